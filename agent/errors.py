@@ -1,0 +1,92 @@
+"""The one exception tree of camveil.
+
+Every error we raise derives from :class:`CamveilError`. Errors a user can cause (config,
+model files, input files, provisioning) carry a message that says what is wrong and how to fix it.
+Raise or log, never both.
+
+::
+
+    CamveilError
+    ├── ConfigError                 bad or missing configuration (names the key and the fix)
+    ├── ModelError                  a model file cannot be used
+    │   ├── ModelMissingError       file absent / runtime not installed
+    │   └── ModelHashError          sha256 differs from models/manifest.json
+    ├── RuntimeUnavailableError     no TFLite runtime (ai-edge-litert / tflite-runtime) importable
+    ├── CameraError                 a camera backend failed
+    │   ├── CameraUnavailableError  cannot open / disappeared (reopened with backoff)
+    │   └── FrameError              a corrupt or undecodable frame (counted, dropped)
+    ├── InputFileError              an input file for `camveil redact` / eval cannot be read
+    ├── PrivacyError                the privacy guarantee would be broken: the frame is dropped
+    │   ├── DetectorFailedError     the detector raised
+    │   ├── DetectorTimeoutError    the detector did not answer in time
+    │   ├── DetectorOverloadError   the detector is still busy with an earlier frame
+    │   └── UnredactedDataError     something other than a RedactedFrame / sealed envelope
+    │                               reached a publish or store path
+    └── EnvelopeError               a sealed message failed to open (see agent.envelope)
+"""
+
+from __future__ import annotations
+
+
+class CamveilError(Exception):
+    """Base of every camveil error."""
+
+
+class ConfigError(CamveilError):
+    """Configuration is invalid; the message names the key and the fix."""
+
+
+class ModelError(CamveilError):
+    """A model file cannot be used."""
+
+
+class ModelMissingError(ModelError):
+    """A model file is absent."""
+
+
+class ModelHashError(ModelError):
+    """A model file's sha256 does not match the manifest."""
+
+
+class RuntimeUnavailableError(CamveilError):
+    """No TFLite runtime can be imported."""
+
+
+class CameraError(CamveilError):
+    """A camera backend failed."""
+
+
+class CameraUnavailableError(CameraError):
+    """The camera cannot be opened or has disappeared."""
+
+
+class FrameError(CameraError):
+    """A frame is corrupt or cannot be decoded."""
+
+
+class InputFileError(CamveilError):
+    """An input file cannot be read or decoded."""
+
+
+class PrivacyError(CamveilError):
+    """Continuing would break the privacy guarantee; the frame is dropped."""
+
+
+class DetectorFailedError(PrivacyError):
+    """The detector raised an exception."""
+
+
+class DetectorTimeoutError(PrivacyError):
+    """The detector did not answer within its deadline."""
+
+
+class DetectorOverloadError(PrivacyError):
+    """The detector is still busy with an earlier frame."""
+
+
+class UnredactedDataError(PrivacyError):
+    """Something other than redacted / sealed data reached a publish or store path."""
+
+
+class EnvelopeError(CamveilError):
+    """A sealed message failed to open."""

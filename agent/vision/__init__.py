@@ -1,0 +1,1 @@
+"""Detection, tracking and embedding on the device."""
