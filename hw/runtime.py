@@ -58,7 +58,7 @@ def _interpreter_class() -> tuple[Any, Any, str]:
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as tflr  # type: ignore[import-not-found]
+        from tflite_runtime import interpreter as tflr
 
         return tflr.Interpreter, tflr.load_delegate, "tflite_runtime"
     except ImportError as exc:

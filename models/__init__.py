@@ -55,7 +55,9 @@ def verified_path(name: str, models_dir: Path = MODELS_DIR) -> Path:
     manifest = load_manifest(models_dir / "manifest.json")
     if name not in manifest:
         known = ", ".join(sorted(manifest)) or "none"
-        raise ModelMissingError(f"model {name!r} is not in {models_dir}/manifest.json (known: {known})")
+        raise ModelMissingError(
+            f"model {name!r} is not in {models_dir}/manifest.json (known: {known})"
+        )
     entry = manifest[name]
     path = models_dir / entry.file
     if not path.is_file():

@@ -1,0 +1,128 @@
+"""The privacy pipeline: camera -> detect -> track -> redact -> sink. Wiring happens here.
+
+Fail closed: when detection fails for any reason (exception, timeout, overload, bad model) the
+frame is dropped and counted, and nothing derived from its pixels reaches the sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.errors import CameraUnavailableError, FrameError, PrivacyError
+from agent.privacy.redact import RedactedFrame, RedactionConfig, redact
+from agent.stats import PipelineStats
+from agent.vision.detection import Box, Detector
+from agent.vision.track import TrackedRegion, Tracker, TrackerConfig
+from hw.frame import Frame
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[RedactedFrame], None]
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """What gets redacted and how."""
+
+    redaction: RedactionConfig = field(default_factory=RedactionConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    redact_person_heads: bool = True
+    """Where a person is detected, also redact the top of the person box (its head)."""
+    head_fraction: float = 0.3
+    """Share of a person box's height (from the top) treated as the head region."""
+
+
+def head_region(person: Box, fraction: float) -> Box:
+    """The top ``fraction`` of a person box, where the head is."""
+    return Box(person.x0, person.y0, person.x1, person.y0 + person.height * fraction)
+
+
+def regions_to_redact(tracked: list[TrackedRegion], config: PrivacyConfig) -> list[Box]:
+    """Face boxes plus (if configured) person head regions, from the tracker's output."""
+    out: list[Box] = []
+    for region in tracked:
+        if region.kind == "face":
+            out.append(region.box)
+        elif config.redact_person_heads:
+            out.append(head_region(region.box, config.head_fraction))
+    return out
+
+
+class Pipeline:
+    """Pulls frames from ``read_frame`` until stopped; hands each RedactedFrame to ``sink``."""
+
+    def __init__(
+        self,
+        read_frame: Callable[[], Frame],
+        detector: Detector,
+        sink: Sink,
+        config: PrivacyConfig,
+        stats: PipelineStats | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._read = read_frame
+        self._detector = detector
+        self._sink = sink
+        self._config = config
+        self._tracker = Tracker(config.tracker)
+        self.stats = stats if stats is not None else PipelineStats()
+        self._clock = clock
+        self._stop = threading.Event()
+        self.last_output_mono: float | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def step(self) -> RedactedFrame | None:
+        """Process one frame. Returns the redacted frame, or None if it was dropped."""
+        clock, stats = self._clock, self.stats
+        t0 = clock()
+        try:
+            frame = self._read()
+        except FrameError as exc:
+            stats.drop("corrupt_frame")
+            logger.warning("corrupt frame dropped: %s", exc)
+            return None
+        t1 = clock()
+        stats.time("capture", t1 - t0)
+        stats.frames_in += 1
+        try:
+            detections = self._detector.detect(frame.pixels)
+        except PrivacyError as exc:
+            stats.drop(type(exc).__name__)
+            logger.warning("frame %d dropped (fail closed): %s", frame.index, exc)
+            return None
+        except Exception as exc:  # any detector failure drops the frame: fail closed
+            stats.drop("DetectorFailedError")
+            logger.warning("frame %d dropped, detector raised %s", frame.index, exc)
+            return None
+        t2 = clock()
+        stats.time("detect", t2 - t1)
+        tracked = self._tracker.update(detections)
+        regions = regions_to_redact(tracked, self._config)
+        t3 = clock()
+        stats.time("track", t3 - t2)
+        redacted = redact(frame, regions, self._config.redaction)
+        t4 = clock()
+        stats.time("redact", t4 - t3)
+        self._sink(redacted)
+        stats.time("sink", clock() - t4)
+        stats.frames_out += 1
+        self.last_output_mono = time.monotonic()
+        return redacted
+
+    def run(self, max_frames: int | None = None) -> None:
+        """Loop until :meth:`stop`, the camera ends, or ``max_frames`` frames were read."""
+        n = 0
+        while not self._stop.is_set() and (max_frames is None or n < max_frames):
+            try:
+                self.step()
+            except CameraUnavailableError as exc:
+                logger.info("camera finished or unavailable: %s", exc)
+                self._tracker.reset()
+                break
+            n += 1
