@@ -14,7 +14,8 @@ Raise or log, never both.
     ├── RuntimeUnavailableError     no TFLite runtime (ai-edge-litert / tflite-runtime) importable
     ├── CameraError                 a camera backend failed
     │   ├── CameraUnavailableError  cannot open / disappeared (reopened with backoff)
-    │   └── FrameError              a corrupt or undecodable frame (counted, dropped)
+    │   ├── FrameError              a corrupt or undecodable frame (counted, dropped)
+    │   └── EndOfStream             a finite, non-looping replay has no more frames
     ├── InputFileError              an input file for `camveil redact` / eval cannot be read
     ├── PrivacyError                the privacy guarantee would be broken: the frame is dropped
     │   ├── DetectorFailedError     the detector raised
@@ -62,6 +63,10 @@ class CameraUnavailableError(CameraError):
 
 class FrameError(CameraError):
     """A frame is corrupt or cannot be decoded."""
+
+
+class EndOfStream(CameraError):  # noqa: N818 - an end, not an error: the name says what it is
+    """A finite, non-looping source (replay) has delivered its last frame; not retried."""
 
 
 class InputFileError(CamveilError):
