@@ -24,6 +24,14 @@ Raise or log, never both.
     │   └── UnredactedDataError     something other than a RedactedFrame / sealed envelope
     │                               reached a publish or store path
     └── EnvelopeError               a sealed message failed to open (see agent.envelope)
+        ├── MalformedEnvelopeError  not exactly a camveil COSE_Sign1/COSE_Encrypt, or too large
+        ├── UnknownKeyError         signer kid not trusted, or encrypted to a key we do not hold
+        ├── BadSignatureError       the Ed25519 signature does not verify
+        ├── DecryptError            ECDH / HKDF / ChaCha20-Poly1305 failed (wrong key, tampered)
+        ├── BindingMismatchError    device / topic / seq / signer disagree with where it came
+        ├── ReplayError             seq already accepted, or older than the replay window
+        ├── ExpiredError            a command past its expiry (or expiring implausibly late)
+        └── KeyFileError            a key file cannot be used (names the file and the fix)
 """
 
 from __future__ import annotations
@@ -95,3 +103,35 @@ class UnredactedDataError(PrivacyError):
 
 class EnvelopeError(CamveilError):
     """A sealed message failed to open."""
+
+
+class MalformedEnvelopeError(EnvelopeError):
+    """The bytes are not exactly a camveil COSE_Sign1 / COSE_Encrypt envelope."""
+
+
+class UnknownKeyError(EnvelopeError):
+    """The signer's kid is not trusted, or the message is encrypted to a key we do not hold."""
+
+
+class BadSignatureError(EnvelopeError):
+    """The COSE_Sign1 signature does not verify under the signer's known public key."""
+
+
+class DecryptError(EnvelopeError):
+    """Key agreement or authenticated decryption failed (wrong key or tampered ciphertext)."""
+
+
+class BindingMismatchError(EnvelopeError):
+    """Device, topic, seq or signer in the message disagree with where and how it arrived."""
+
+
+class ReplayError(EnvelopeError):
+    """The (sender, device, seq) was already accepted, or is older than the replay window."""
+
+
+class ExpiredError(EnvelopeError):
+    """A command is past its expiry time, or claims an implausibly distant one."""
+
+
+class KeyFileError(EnvelopeError):
+    """A key file cannot be read, parsed or is unsafely readable; names the file and the fix."""
