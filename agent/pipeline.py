@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.errors import CameraUnavailableError, FrameError, PrivacyError
+from agent.errors import CameraUnavailableError, EndOfStream, FrameError, PrivacyError
 from agent.privacy.redact import RedactedFrame, RedactionConfig, redact
 from agent.stats import PipelineStats
 from agent.vision.detection import Box, Detector
@@ -121,7 +121,7 @@ class Pipeline:
         while not self._stop.is_set() and (max_frames is None or n < max_frames):
             try:
                 self.step()
-            except CameraUnavailableError as exc:
+            except (CameraUnavailableError, EndOfStream) as exc:
                 logger.info("camera finished or unavailable: %s", exc)
                 self._tracker.reset()
                 break

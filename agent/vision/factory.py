@@ -1,0 +1,72 @@
+"""Builds the configured face detector: model file checked against the manifest, runtime loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import ConfigError
+from agent.vision.detection import Detector
+
+DETECTOR_MODELS = ("centerface_int8", "blazeface_full_int8")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Which face detector runs, and how."""
+
+    model: str = "centerface_int8"
+    """Model name in models/manifest.json: ``centerface_int8`` (best on small faces) or
+    ``blazeface_full_int8`` (fastest; needs tiling for faces under ~40 px)."""
+    threshold: float | None = None
+    """Score threshold; ``None`` uses the model's tuned default. Lower protects more faces and
+    overwrites more background."""
+    threads: int = 1
+    """CPU threads for the TFLite interpreter (XNNPACK)."""
+    tile: int = 0
+    """Run the detector on overlapping tiles of this many source pixels too (0: whole frame only)."""
+    tile_overlap: float = 0.25
+    """Overlap between neighbouring tiles, as a share of the tile size."""
+    timeout: float = 2.0
+    """Seconds a frame may take in the detector before it is dropped (fail closed)."""
+    edgetpu: bool = False
+    """Use a Coral EdgeTPU delegate (needs libedgetpu and an EdgeTPU-compiled model)."""
+    models_dir: Path | None = None
+    """Folder with manifest.json and the model files; default: the installed ``models`` package."""
+
+    def __post_init__(self) -> None:
+        if self.model not in DETECTOR_MODELS:
+            raise ConfigError(
+                f"[detector] model = {self.model!r} is unknown; use one of {', '.join(DETECTOR_MODELS)}"
+            )
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"[detector] threshold = {self.threshold} must be between 0 and 1")
+        if not 1 <= self.threads <= 64:
+            raise ConfigError(f"[detector] threads = {self.threads} must be between 1 and 64")
+        if self.tile < 0 or (0 < self.tile < 64):
+            raise ConfigError(f"[detector] tile = {self.tile}: use 0 (off) or at least 64 pixels")
+        if not 0.0 <= self.tile_overlap < 0.9:
+            raise ConfigError("[detector] tile_overlap must be in [0, 0.9)")
+        if self.timeout <= 0:
+            raise ConfigError("[detector] timeout must be > 0 seconds")
+
+
+def build_detector(config: DetectorConfig) -> Detector:
+    """Load the configured detector (verifies the model hash; raises ModelError on mismatch)."""
+    from models import MODELS_DIR, verified_path
+
+    path = verified_path(config.model, config.models_dir or MODELS_DIR)
+    detector: Detector
+    if config.model == "centerface_int8":
+        from agent.vision.centerface import CenterFaceDetector
+
+        detector = CenterFaceDetector.from_config(path, config)
+    else:
+        from agent.vision.blazeface import BlazeFaceDetector
+
+        detector = BlazeFaceDetector.from_config(path, config)
+    if config.tile:
+        from agent.vision.tiling import TiledDetector
+
+        detector = TiledDetector(detector, tile=config.tile, overlap=config.tile_overlap)
+    return detector
