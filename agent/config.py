@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import ConfigError
+from agent.pipeline import PrivacyConfig
+from agent.vision.factory import DetectorConfig
+from hw.camera.config import CameraConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,7 +52,10 @@ def from_mapping(cls: type[T], data: dict[str, Any], section: str) -> T:
         raise ConfigError(
             f"[{section}] unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(fields))}"
         )
-    kwargs = {name: _convert(hints[name], value, f"[{section}] {name}") for name, value in data.items()}
+    kwargs = {
+        name: _convert(hints[name], value, f"[{section}] {name}", f"{section}.{name}".strip("."))
+        for name, value in data.items()
+    }
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -58,7 +64,9 @@ def from_mapping(cls: type[T], data: dict[str, Any], section: str) -> T:
         raise ConfigError(f"[{section}] {exc}") from exc
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
+def _convert(hint: Any, value: Any, where: str, qual: str) -> Any:
+    """Check / convert ``value`` to ``hint``; ``where`` names it in errors, ``qual`` is its
+    dotted table path (for nested tables)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -69,7 +77,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, value, where)
+                return _convert(arg, value, where, qual)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
@@ -82,12 +90,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} = {value!r}: expected a list")
         item = args[0] if args else Any
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(item, v, where) for v in value)
+            return tuple(_convert(item, v, where, qual) for v in value)
         if len(args) != len(value):
             raise ConfigError(f"{where} = {value!r}: expected {len(args)} values")
-        return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
+        return tuple(_convert(a, v, where, qual) for a, v in zip(args, value, strict=True))
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return from_mapping(hint, value, where.strip("[]").replace("] ", "."))
+        return from_mapping(hint, value, qual)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(value)
@@ -105,3 +113,43 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} = {value!r}: expected {_TYPE_WORDS[hint]}")
         return value
     return value
+
+
+# --- the agent's configuration file -------------------------------------------------------------
+
+DEFAULT_CONFIG_PATH = Path("/etc/camveil/camveil.toml")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """Where the redacted output of `camveil run` goes (local files; MQTT events come later)."""
+
+    dir: Path = Path("/var/lib/camveil/out")
+    """Folder for redacted video and snapshots."""
+    video: bool = False
+    """Write every redacted frame to ``redacted.mp4`` in ``dir``."""
+    snapshot_every: int = 0
+    """Write a PNG of every N-th redacted frame to ``dir/snapshots`` (0: never)."""
+
+    def __post_init__(self) -> None:
+        if self.snapshot_every < 0:
+            raise ConfigError("[output] snapshot_every must be >= 0 (0 turns snapshots off)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """The whole ``camveil.toml``: one table per section."""
+
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    detector: DetectorConfig = dataclasses.field(default_factory=DetectorConfig)
+    privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate the agent's TOML config; every error names the key and the fix."""
+    data = read_toml(path)
+    try:
+        return from_mapping(AgentConfig, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -115,14 +115,24 @@ class Pipeline:
         self.last_output_mono = time.monotonic()
         return redacted
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def run_once(self) -> bool:
+        """Process one frame; False when the camera has ended or is gone for good."""
+        try:
+            self.step()
+        except (CameraUnavailableError, EndOfStream) as exc:
+            logger.info("camera finished or unavailable: %s", exc)
+            self._tracker.reset()
+            return False
+        return True
+
     def run(self, max_frames: int | None = None) -> None:
         """Loop until :meth:`stop`, the camera ends, or ``max_frames`` frames were read."""
         n = 0
         while not self._stop.is_set() and (max_frames is None or n < max_frames):
-            try:
-                self.step()
-            except (CameraUnavailableError, EndOfStream) as exc:
-                logger.info("camera finished or unavailable: %s", exc)
-                self._tracker.reset()
+            if not self.run_once():
                 break
             n += 1

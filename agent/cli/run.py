@@ -1,0 +1,135 @@
+"""`camveil run [--config FILE] [--demo]`: the agent's main loop.
+
+``--demo`` runs on an embedded default instead of a config file: a replay camera of the sample
+video (``--demo-source``; the Makefile passes the one in ../shared/data when it exists) or, if there
+is none, real photos from scikit-image replayed as a stream; redacted video and snapshots go to
+``out/demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from tqdm import tqdm
+
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, OutputConfig, load_config
+from agent.pipeline import Pipeline
+from agent.privacy.redact import RedactedFrame
+from agent.privacy.store import VideoSink, write_png
+from agent.vision.factory import build_detector
+from agent.vision.guard import GuardedDetector
+from hw.camera import open_camera
+from hw.camera.config import CameraConfig
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help=f"TOML config (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--demo", action="store_true", help="run on the embedded demo default")
+    parser.add_argument("--demo-source", type=Path, help="video or image folder for --demo")
+    parser.add_argument("--frames", type=int, default=0, help="stop after N frames (0: no limit)")
+    parser.add_argument("--out", type=Path, help="override [output] dir")
+
+
+def demo_config(source: Path | None, out: Path) -> AgentConfig:
+    """The embedded default: replay of ``source`` (or of real photos) as fast as possible."""
+    if source is None or not source.exists():
+        source = _demo_photos(out / "photos")
+    camera = CameraConfig(kind="replay", source=str(source), realtime=False, loop=False)
+    output = OutputConfig(dir=out, video=True, snapshot_every=25)
+    return AgentConfig(camera=camera, output=output)
+
+
+def _demo_photos(folder: Path) -> Path:
+    """Write a few real photos (scikit-image's sample data, with faces) as a replayable folder."""
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise SystemExit(
+            "camveil run --demo: no demo video given and scikit-image is not installed "
+            "(pip install scikit-image, or pass --demo-source VIDEO)"
+        ) from exc
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(["astronaut", "coffee", "chelsea", "camera"]):
+        img = Image.fromarray(getattr(data, name)()).convert("RGB").resize((640, 480))
+        for j in range(10):
+            img.save(folder / f"{i:02d}_{name}_{j:02d}.png")
+    return folder
+
+
+class OutputSink:
+    """Writes redacted frames: optional video and every N-th frame as a PNG snapshot."""
+
+    def __init__(self, config: OutputConfig, fps: float) -> None:
+        self._config = config
+        self._video = VideoSink(config.dir / "redacted.mp4", fps) if config.video else None
+        self.snapshots: list[Path] = []
+
+    def __call__(self, frame: RedactedFrame) -> None:
+        if self._video is not None:
+            self._video.write(frame)
+        every = self._config.snapshot_every
+        if every and frame.index % every == 0:
+            path = self._config.dir / "snapshots" / f"frame_{frame.index:06d}.png"
+            write_png(frame, path)
+            self.snapshots.append(path)
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.demo:
+        config = demo_config(args.demo_source, args.out or Path("out/demo"))
+    else:
+        config = load_config(args.config or DEFAULT_CONFIG_PATH)
+        if args.out:
+            config = AgentConfig(config.camera, config.detector, config.privacy,
+                                 OutputConfig(args.out, config.output.video,
+                                              config.output.snapshot_every))
+    detector = build_detector(config.detector)
+    config.output.dir.mkdir(parents=True, exist_ok=True)
+    with open_camera(config.camera) as camera, GuardedDetector(
+        detector, config.detector.timeout
+    ) as guard:
+        sink = OutputSink(config.output, camera.fps or 10.0)
+        pipeline = Pipeline(camera.read, guard, sink, config.privacy)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            pipeline.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        start = time.monotonic()
+        bar = tqdm(desc="frames", unit="f", file=sys.stderr, total=args.frames or None)
+        last = 0
+        try:
+            while not pipeline.stopped and (not args.frames or pipeline.stats.frames_in < args.frames):
+                if not pipeline.run_once():
+                    break
+                bar.update(pipeline.stats.frames_in - last)
+                last = pipeline.stats.frames_in
+        finally:
+            bar.close()
+            sink.close()
+        elapsed = time.monotonic() - start
+        stats = pipeline.stats.snapshot()
+        cam = camera.stats
+    print(f"camveil run: {stats['frames_out']} of {stats['frames_in']} frames redacted in "
+          f"{elapsed:.1f} s ({stats['frames_out'] / max(elapsed, 1e-9):.1f} fps); "
+          f"dropped {dict(stats['dropped']) or 'none'}; camera lost {cam.lost} frames")  # type: ignore[call-overload]
+    if config.output.video:
+        print(f"redacted video: {config.output.dir / 'redacted.mp4'}")
+    if sink.snapshots:
+        print(f"snapshots ({len(sink.snapshots)}): {sink.snapshots[0].parent}/")
+    return 0
