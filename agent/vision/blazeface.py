@@ -1,0 +1,250 @@
+"""BlazeFace full-range face detector (MediaPipe ``face_detection_full_range``), any TFLite build.
+
+The model takes one RGB image letterboxed to 192x192 and scaled to [-1, 1], and returns, for each
+of 2,304 anchors (a 48x48 grid, stride 4, one anchor per cell, centres at (i + 0.5) / 48), a face
+logit and 16 regressors: box centre offset, width and height, then six keypoints, all in input
+pixels (MediaPipe's ``x_scale = y_scale = w_scale = h_scale = 192``).
+
+Decoding follows MediaPipe's ``TensorsToDetectionsCalculator`` for this graph: logits clipped to
++-80 (MediaPipe uses 100, which overflows float32 in ``exp``), sigmoid, ``min_score_thresh``
+0.5, then weighted NMS at IoU 0.3 (each output box is the score-weighted mean of the boxes it
+suppresses). Boxes are mapped back through the letterbox to the caller's pixel coordinates and
+clipped to the image.
+
+The whole frame shrinks to 192 px, so faces below ~40 px in a 720p frame are missed: wrap the
+detector in :class:`agent.vision.tiling.TiledDetector` for those.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import ModelError
+from agent.vision.detection import Box, Detection
+from agent.vision.nms import iou_one_to_many, nms
+from hw.runtime import Runtime, TFLiteRuntime
+
+logger = logging.getLogger(__name__)
+
+INPUT_SIZE = 192
+GRID = 48  # 192 / stride 4
+NUM_ANCHORS = GRID * GRID
+RAW_SCORE_LIMIT = 80.0
+
+
+@dataclass(frozen=True)
+class BlazeFaceConfig:
+    """Decoder settings.
+
+    score_threshold: minimum sigmoid score of a detection (MediaPipe uses 0.5). Lower finds more
+        small and blurred faces at the cost of false positives.
+    iou_threshold: NMS overlap above which a lower-scoring box is merged/suppressed (MediaPipe 0.3).
+    weighted_nms: average suppressed boxes into the kept one (MediaPipe's ``WEIGHTED``), which
+        gives steadier boxes; ``False`` is plain greedy NMS.
+    num_threads: interpreter threads.
+    interpolation: resampling for the letterbox: ``"area"`` (anti-aliased, better for small
+        faces when shrinking a large frame) or ``"linear"`` (MediaPipe's bilinear).
+    max_detections: cap on returned detections (highest scores first); ``None`` for no cap.
+    """
+
+    score_threshold: float = 0.5
+    iou_threshold: float = 0.3
+    weighted_nms: bool = True
+    num_threads: int = 1
+    interpolation: str = "area"
+    max_detections: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.score_threshold < 1.0:
+            raise ValueError(f"score_threshold must be in (0, 1), got {self.score_threshold}")
+        if not 0.0 < self.iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
+        if self.interpolation not in _INTERP:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERP)}")
+
+
+_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+
+def anchor_centres() -> npt.NDArray[np.float32]:
+    """Anchor centres (2304, 2) in input pixels, row-major over the 48x48 grid (x, y)."""
+    idx = (np.arange(GRID, dtype=np.float32) + 0.5) * (INPUT_SIZE / GRID)
+    ys, xs = np.meshgrid(idx, idx, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was placed in the square model input: ``input = image * scale + offset``."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: int
+    offset_y: int
+
+    def to_image(self, boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Map (N, 4) x0, y0, x1, y1 boxes from input pixels to image pixels."""
+        out = boxes.astype(np.float32, copy=True)
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.offset_x) / self.scale_x
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.offset_y) / self.scale_y
+        return out
+
+
+def letterbox(
+    rgb: npt.NDArray[np.uint8], size: int = INPUT_SIZE, interpolation: str = "area"
+) -> tuple[npt.NDArray[np.uint8], Letterbox]:
+    """Resize ``rgb`` to fit ``size`` x ``size`` keeping its aspect, centred on black."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    h, w = rgb.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"empty image {rgb.shape}")
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    flag = _INTERP[interpolation] if scale < 1.0 else cv2.INTER_LINEAR
+    small = cv2.resize(rgb, (nw, nh), interpolation=flag)
+    canvas = np.zeros((size, size, 3), np.uint8)
+    ox, oy = (size - nw) // 2, (size - nh) // 2
+    canvas[oy : oy + nh, ox : ox + nw] = small
+    return canvas, Letterbox(nw / w, nh / h, ox, oy)
+
+
+def weighted_nms(
+    boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou: float
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """MediaPipe's weighted NMS: each kept box is the score-weighted mean of its cluster."""
+    order = np.argsort(-scores, kind="stable")
+    out_boxes: list[npt.NDArray[np.float32]] = []
+    out_scores: list[float] = []
+    while order.size:
+        best = order[0]
+        overlap = iou_one_to_many(boxes[best], boxes[order])
+        members = order[overlap > iou]
+        members = members if members.size else order[:1]
+        w = scores[members].astype(np.float64)
+        out_boxes.append((boxes[members] * w[:, None]).sum(axis=0) / w.sum())
+        out_scores.append(float(scores[best]))
+        order = order[overlap <= iou]
+        order = order[order != best]
+    if not out_boxes:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    return np.asarray(out_boxes, np.float32), np.asarray(out_scores, np.float32)
+
+
+class BlazeFaceDetector:
+    """:class:`agent.vision.detection.Detector` for BlazeFace full range (float or int8 TFLite).
+
+    The constructor only stores; :meth:`load` opens the model (or takes a ready ``runtime``).
+    Pass the path from ``models.verified_path("blazeface_full_int8")`` so the hash is checked.
+    """
+
+    def __init__(self, model_path: Path, config: BlazeFaceConfig | None = None) -> None:
+        self._path = model_path
+        self._config = config or BlazeFaceConfig()
+        self._runtime: Runtime | None = None
+        self._anchors = anchor_centres()
+        self._box_out = 0
+        self._score_out = 1
+
+    @property
+    def config(self) -> BlazeFaceConfig:
+        return self._config
+
+    def load(self, runtime: Runtime | None = None) -> BlazeFaceDetector:
+        """Open the model (or use ``runtime``) and check its input and output shapes."""
+        rt = runtime or TFLiteRuntime(self._path, num_threads=self._config.num_threads).load()
+        ins, outs = rt.inputs, rt.outputs
+        if len(ins) != 1 or tuple(ins[0].shape) != (1, INPUT_SIZE, INPUT_SIZE, 3):
+            raise ModelError(
+                f"{self._path.name}: expected one input [1, 192, 192, 3], got "
+                f"{[list(i.shape) for i in ins]}; is this BlazeFace full range?"
+            )
+        shapes = [tuple(o.shape) for o in outs]
+        try:
+            self._box_out = shapes.index((1, NUM_ANCHORS, 16))
+            self._score_out = shapes.index((1, NUM_ANCHORS, 1))
+        except ValueError:
+            raise ModelError(
+                f"{self._path.name}: expected outputs [1, 2304, 16] and [1, 2304, 1], got "
+                f"{[list(s) for s in shapes]}; is this BlazeFace full range?"
+            ) from None
+        self._runtime = rt
+        return self
+
+    def _input_tensor(self, canvas: npt.NDArray[np.uint8], rt: Runtime) -> npt.NDArray[Any]:
+        info = rt.inputs[0]
+        x: npt.NDArray[np.float32] = canvas.astype(np.float32)[None] * np.float32(2.0 / 255.0)
+        x -= np.float32(1.0)
+        if info.dtype == np.float32:
+            return x
+        # fully integer input: quantize with the tensor's own parameters
+        q = np.round(x / info.scale) + info.zero_point
+        lim = np.iinfo(info.dtype)
+        out: npt.NDArray[Any] = np.clip(q, lim.min, lim.max).astype(info.dtype)
+        return out
+
+    def raw(
+        self, rgb: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Letterbox]:
+        """Run the model: regressors (2304, 16), logits (2304,) and the letterbox used."""
+        rt = self._runtime
+        if rt is None:
+            raise RuntimeError("BlazeFaceDetector.load() was not called")
+        canvas, lb = letterbox(rgb, INPUT_SIZE, self._config.interpolation)
+        outputs = rt.run(self._input_tensor(canvas, rt))
+        infos = rt.outputs
+        regs = _dequantize(
+            outputs[self._box_out], infos[self._box_out].scale, infos[self._box_out].zero_point
+        ).reshape(NUM_ANCHORS, 16)
+        logits = _dequantize(
+            outputs[self._score_out],
+            infos[self._score_out].scale,
+            infos[self._score_out].zero_point,
+        ).reshape(NUM_ANCHORS)
+        return regs, logits, lb
+
+    def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
+        cfg = self._config
+        regs, logits, lb = self.raw(rgb)
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT)))
+        keep = np.flatnonzero(scores >= cfg.score_threshold)
+        if keep.size == 0:
+            return []
+        r, a = regs[keep], self._anchors[keep]
+        cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
+        half_w, half_h = r[:, 2] / 2, r[:, 3] / 2
+        valid = (half_w > 0) & (half_h > 0)
+        cand: npt.NDArray[np.float32] = np.stack(
+            [cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1
+        )[valid].astype(np.float32)
+        cand_scores: npt.NDArray[np.float32] = scores[keep][valid].astype(np.float32)
+        if cfg.weighted_nms:
+            merged, sc = weighted_nms(cand, cand_scores, cfg.iou_threshold)
+        else:
+            idx = nms(cand, cand_scores, cfg.iou_threshold)
+            merged, sc = cand[idx], cand_scores[idx]
+        boxes = lb.to_image(merged)
+        h, w = rgb.shape[:2]
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
+        order = np.argsort(-sc, kind="stable")[: cfg.max_detections]
+        return [
+            Detection(Box(*(float(v) for v in boxes[i])), float(sc[i]))
+            for i in order
+            if boxes[i, 2] > boxes[i, 0] and boxes[i, 3] > boxes[i, 1]
+        ]
+
+
+def _dequantize(value: npt.NDArray[Any], scale: float, zero_point: int) -> npt.NDArray[np.float32]:
+    if value.dtype == np.float32:
+        return value
+    if scale == 0.0:
+        return value.astype(np.float32)
+    return ((value.astype(np.float32) - zero_point) * scale).astype(np.float32)
