@@ -50,7 +50,8 @@ def from_mapping(cls: type[T], data: dict[str, Any], section: str) -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"[{section}] unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(fields))}"
+            f"[{section}] unknown key(s) {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(fields))}"
         )
     kwargs = {
         name: _convert(hints[name], value, f"[{section}] {name}", f"{section}.{name}".strip("."))

@@ -35,8 +35,13 @@ def run(args: argparse.Namespace) -> int:
         return tqdm(items, total=len(annotations), desc="eval", unit="img", file=sys.stderr)
 
     report = evaluate(detector, annotations, redaction_config(args), progress=progress)
-    report["detector"] = {"model": args.model, "threshold": args.threshold, "tile": args.tile,
-                          "threads": args.threads, "margin": args.margin}
+    report["detector"] = {
+        "model": args.model,
+        "threshold": args.threshold,
+        "tile": args.tile,
+        "threads": args.threads,
+        "margin": args.margin,
+    }
     failures: list[str] = []
     if args.floor:
         try:

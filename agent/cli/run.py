@@ -94,14 +94,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config or DEFAULT_CONFIG_PATH)
         if args.out:
-            config = AgentConfig(config.camera, config.detector, config.privacy,
-                                 OutputConfig(args.out, config.output.video,
-                                              config.output.snapshot_every))
+            config = AgentConfig(
+                config.camera,
+                config.detector,
+                config.privacy,
+                OutputConfig(args.out, config.output.video, config.output.snapshot_every),
+            )
     detector = build_detector(config.detector)
     config.output.dir.mkdir(parents=True, exist_ok=True)
-    with open_camera(config.camera) as camera, GuardedDetector(
-        detector, config.detector.timeout
-    ) as guard:
+    with (
+        open_camera(config.camera) as camera,
+        GuardedDetector(detector, config.detector.timeout) as guard,
+    ):
         sink = OutputSink(config.output, camera.fps or 10.0)
         pipeline = Pipeline(camera.read, guard, sink, config.privacy)
 
@@ -114,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(desc="frames", unit="f", file=sys.stderr, total=args.frames or None)
         last = 0
         try:
-            while not pipeline.stopped and (not args.frames or pipeline.stats.frames_in < args.frames):
+            limit = args.frames or None
+            while not pipeline.stopped and (limit is None or pipeline.stats.frames_in < limit):
                 if not pipeline.run_once():
                     break
                 bar.update(pipeline.stats.frames_in - last)
@@ -125,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - start
         stats = pipeline.stats.snapshot()
         cam = camera.stats
-    print(f"camveil run: {stats['frames_out']} of {stats['frames_in']} frames redacted in "
-          f"{elapsed:.1f} s ({stats['frames_out'] / max(elapsed, 1e-9):.1f} fps); "
-          f"dropped {dict(stats['dropped']) or 'none'}; camera lost {cam.lost} frames")  # type: ignore[call-overload]
+    print(
+        f"camveil run: {stats['frames_out']} of {stats['frames_in']} frames redacted in "
+        f"{elapsed:.1f} s ({stats['frames_out'] / max(elapsed, 1e-9):.1f} fps); "
+        f"dropped {dict(stats['dropped']) or 'none'}; camera lost {cam.lost} frames"
+    )  # type: ignore[call-overload]
     if config.output.video:
         print(f"redacted video: {config.output.dir / 'redacted.mp4'}")
     if sink.snapshots:
