@@ -1,0 +1,403 @@
+"""`camveil bench`: speed and memory of the privacy pipeline, and of the envelope.
+
+Pipeline suite: for each frame size and interpreter thread count, the real
+:class:`~agent.pipeline.Pipeline` (the configured detector behind the same
+:class:`~agent.vision.guard.GuardedDetector` as ``camveil run``, the tracker, redaction) runs for a
+number of seconds, with a sink that JPEG-encodes every redacted frame
+(:func:`agent.privacy.store.encode_jpeg`, timed as the stage ``encode``). Reported per case:
+frames per second, p50/p99 latency of ``capture``, ``detect``, ``track``, ``redact`` and
+``encode``, drops, and the process's peak RSS. :func:`run_cases` measures each case in a fresh
+Python process, so that the peak RSS belongs to that case alone.
+
+Frames: ``photo`` tiles a real photograph (scikit-image's astronaut, which must be installed) over
+the frame and pans across it, so detection, redaction and JPEG see real content with several faces
+(a live camera's capture is a buffer copy, which the ``capture`` stage measures here too); a path
+tiles that image instead; ``synthetic`` uses :mod:`hw.camera`'s synthetic camera (flat shapes,
+no faces: JPEG is faster on it than on real content). ``auto`` is ``photo`` when scikit-image is
+installed, else ``synthetic``.
+
+Envelope suite: :func:`agent.envelope.bench.bench_envelope` when that module is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import CamveilError, ConfigError
+from agent.pipeline import Pipeline, PrivacyConfig
+from agent.privacy.redact import RedactedFrame
+from agent.privacy.store import encode_jpeg
+from agent.stats import PipelineStats
+from agent.vision.detection import Detector
+from agent.vision.factory import DetectorConfig, build_detector
+from agent.vision.guard import GuardedDetector
+from hw.frame import Frame, Pixels
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("capture", "detect", "track", "redact", "encode")
+DEFAULT_SIZES = ((640, 480), (1280, 720), (1920, 1080))
+DEFAULT_THREADS = (1, 2)
+PAN_STEP = 7
+"""Pixels the tiled photo moves per frame (so consecutive frames differ, as in a live scene)."""
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One configuration: frame size and interpreter threads."""
+
+    width: int
+    height: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.width}x{self.height} t{self.threads}"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What every case runs with."""
+
+    seconds: float = 5.0
+    """Measured seconds per case (after the warm-up)."""
+    warmup_frames: int = 3
+    """Frames processed before measuring (model and allocator warm-up)."""
+    source: str = "auto"
+    """``auto``, ``photo``, ``synthetic`` or the path of an image to tile."""
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    """The detector; its ``threads`` is replaced by each case's."""
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    jpeg_quality: int = 85
+
+    def __post_init__(self) -> None:
+        if not 0 < self.seconds <= 3600:
+            raise ConfigError(f"bench --seconds {self.seconds}: use a value in (0, 3600]")
+        if self.warmup_frames < 0:
+            raise ConfigError("bench warm-up frames must be >= 0")
+
+
+@dataclass
+class CaseResult:
+    """The measurements of one case (JSON-ready through :meth:`to_dict`)."""
+
+    size: str
+    threads: int
+    model: str
+    source: str
+    seconds: float
+    frames: int
+    fps: float
+    dropped: dict[str, int]
+    stages: dict[str, dict[str, float | None]]
+    """Per stage: ``p50_ms``, ``p99_ms``, ``n``."""
+    peak_rss_mb: float
+    """Peak resident memory of the process that ran the case (ru_maxrss)."""
+    base_rss_mb: float | None = None
+    """Peak RSS before the detector was loaded and frames made (the interpreter and imports)."""
+    subprocess: bool = False
+    """Measured in a fresh process (peak RSS is this case's alone)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"640x480,1280x720"`` -> ``[(640, 480), (1280, 720)]``; ConfigError on a bad item."""
+    sizes: list[tuple[int, int]] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        try:
+            w_text, h_text = item.lower().split("x")
+            width, height = int(w_text), int(h_text)
+        except ValueError:
+            raise ConfigError(
+                f"bench --sizes: {item!r} is not WIDTHxHEIGHT (e.g. 640x480)"
+            ) from None
+        if not (16 <= width <= 8192 and 16 <= height <= 8192) or width % 2 or height % 2:
+            raise ConfigError(
+                f"bench --sizes: {item!r} must be even numbers of pixels between 16 and 8192"
+            )
+        sizes.append((width, height))
+    if not sizes:
+        raise ConfigError("bench --sizes: give at least one size, e.g. 640x480")
+    return sizes
+
+
+def parse_threads(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]``; ConfigError on a bad item."""
+    try:
+        threads = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"bench --threads: {text!r} is not a list of numbers (e.g. 1,2)"
+        ) from None
+    if not threads or any(not 1 <= t <= 64 for t in threads):
+        raise ConfigError(f"bench --threads: {text!r}: give thread counts between 1 and 64")
+    return threads
+
+
+def cases(sizes: Sequence[tuple[int, int]], threads: Sequence[int]) -> list[BenchCase]:
+    return [BenchCase(w, h, t) for (w, h) in sizes for t in threads]
+
+
+# --- frames -----------------------------------------------------------------------------------
+
+
+def resolve_source(source: str) -> str:
+    """``auto`` -> ``photo`` if scikit-image is installed, else ``synthetic``."""
+    if source != "auto":
+        return source
+    try:
+        importlib.import_module("skimage.data")
+    except ImportError:
+        return "synthetic"
+    return "photo"
+
+
+def load_photo(source: str) -> Pixels:
+    """The RGB image a ``photo`` or path source tiles."""
+    if source == "photo":
+        try:
+            skdata: Any = importlib.import_module("skimage.data")
+        except ImportError as exc:
+            raise ConfigError(
+                "bench --source photo needs scikit-image (pip install scikit-image); "
+                "or use --source synthetic or --source PATH_TO_IMAGE"
+            ) from exc
+        return np.ascontiguousarray(skdata.astronaut(), dtype=np.uint8)
+    from agent.batch import load_image
+
+    return load_image(Path(source))
+
+
+class TiledPhoto:
+    """A frame source: ``photo`` repeated over the frame, panning ``PAN_STEP`` px per frame."""
+
+    def __init__(self, photo: Pixels, width: int, height: int, name: str = "photo") -> None:
+        ph, pw = photo.shape[:2]
+        reps_y = -(-(height + ph) // ph)
+        reps_x = -(-(width + pw) // pw)
+        self._canvas = np.tile(photo, (reps_y, reps_x, 1))
+        self._period = (ph, pw)
+        self._size = (width, height)
+        self._index = 0
+        self._name = name
+
+    def read(self) -> Frame:
+        i = self._index
+        self._index += 1
+        width, height = self._size
+        ph, pw = self._period
+        dx, dy = (i * PAN_STEP) % pw, (i * PAN_STEP // 2) % ph
+        pixels = self._canvas[dy : dy + height, dx : dx + width].copy()
+        now = time.monotonic()
+        return Frame(pixels, index=i, ts=time.time(), mono=now, source=self._name)
+
+
+def frame_reader(
+    source: str, width: int, height: int
+) -> tuple[Callable[[], Frame], Callable[[], None]]:
+    """``(read, close)`` for the resolved ``source`` at the given size."""
+    if source == "synthetic":
+        from hw.camera import CameraConfig, open_camera
+
+        camera = open_camera(
+            CameraConfig(
+                kind="synthetic", width=width, height=height, realtime=False, reconnect=False
+            )
+        )
+        camera.start()
+        return camera.read, camera.close
+    tiled = TiledPhoto(load_photo(source), width, height, name=source)
+    return tiled.read, lambda: None
+
+
+# --- one case -----------------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 / (1024 * 1024) if sys.platform == "darwin" else 1 / 1024
+    return round(kib * scale, 1)
+
+
+def run_case(
+    case: BenchCase,
+    settings: BenchSettings,
+    detector: Detector | None = None,
+    *,
+    base_rss_mb: float | None = None,
+) -> CaseResult:
+    """Measure one case in this process. ``detector``: use this one instead of building the
+    configured model (its ``threads`` then is only a label)."""
+    source = resolve_source(settings.source)
+    det_config = replace(settings.detector, threads=case.threads)
+    inner = detector if detector is not None else build_detector(det_config)
+    read, close_source = frame_reader(source, case.width, case.height)
+    stats = PipelineStats()
+    quality = settings.jpeg_quality
+
+    def encode(frame: RedactedFrame) -> None:
+        t0 = time.perf_counter()
+        encode_jpeg(frame, quality=quality)
+        stats.time("encode", time.perf_counter() - t0)
+
+    try:
+        with GuardedDetector(inner, det_config.timeout) as guard:
+            warm = Pipeline(read, guard, lambda _frame: None, settings.privacy, PipelineStats())
+            for _ in range(settings.warmup_frames):
+                warm.step()
+            pipeline = Pipeline(read, guard, encode, settings.privacy, stats)
+            start = time.perf_counter()
+            deadline = start + settings.seconds
+            while time.perf_counter() < deadline:
+                pipeline.step()
+            elapsed = time.perf_counter() - start
+    finally:
+        close_source()
+    snap = stats.snapshot()
+    latency: dict[str, dict[str, float | None]] = snap["latency"]  # type: ignore[assignment]
+    stages = {name: latency.get(name, {"p50_ms": None, "p99_ms": None, "n": 0}) for name in STAGES}
+    return CaseResult(
+        size=f"{case.width}x{case.height}",
+        threads=case.threads,
+        model=det_config.model if detector is None else type(detector).__name__,
+        source=source,
+        seconds=round(elapsed, 3),
+        frames=stats.frames_out,
+        fps=round(stats.frames_out / elapsed, 2) if elapsed > 0 else 0.0,
+        dropped=dict(stats.dropped),
+        stages=stages,
+        peak_rss_mb=peak_rss_mb(),
+        base_rss_mb=base_rss_mb,
+    )
+
+
+# --- every case, each in a fresh process -----------------------------------------------------
+
+
+def child_argv(case: BenchCase, settings: BenchSettings) -> list[str]:
+    """The command line that measures ``case`` in a fresh process (``camveil bench --_one``)."""
+    det = settings.detector
+    red = settings.privacy.redaction
+    argv = [
+        sys.executable, "-m", "agent", "bench",
+        "--_one", f"{case.width}x{case.height}:{case.threads}",
+        "--seconds", repr(settings.seconds),
+        "--warmup", str(settings.warmup_frames),
+        "--source", settings.source,
+        "--model", det.model,
+        "--tile", str(det.tile),
+        "--margin", repr(red.margin),
+        "--fill", red.fill.value,
+    ]  # fmt: skip
+    if det.threshold is not None:
+        argv += ["--threshold", repr(det.threshold)]
+    return argv
+
+
+def run_case_subprocess(case: BenchCase, settings: BenchSettings) -> CaseResult:
+    """Measure ``case`` in a fresh Python process; its peak RSS is that case's alone."""
+    argv = child_argv(case, settings)
+    budget = settings.seconds + 120.0
+    try:
+        done = subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
+            argv, capture_output=True, text=True, timeout=budget, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CamveilError(f"bench case {case.label} did not finish in {budget:.0f} s") from exc
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise CamveilError(f"bench case {case.label} failed (exit {done.returncode}):\n{tail}")
+    try:
+        raw = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise CamveilError(f"bench case {case.label} printed no result") from exc
+    raw["subprocess"] = True
+    return CaseResult(**raw)
+
+
+def run_cases(
+    case_list: Sequence[BenchCase],
+    settings: BenchSettings,
+    on_case: Callable[[BenchCase, CaseResult], None] | None = None,
+) -> list[CaseResult]:
+    """Every case, each in its own process, in order."""
+    results: list[CaseResult] = []
+    for case in case_list:
+        result = run_case_subprocess(case, settings)
+        results.append(result)
+        if on_case is not None:
+            on_case(case, result)
+    return results
+
+
+# --- envelope ---------------------------------------------------------------------------------
+
+
+def bench_envelope(seconds: float) -> dict[str, Any]:
+    """``agent.envelope.bench.bench_envelope(seconds)``, or ``{"available": False, ...}``."""
+    try:
+        module = importlib.import_module("agent.envelope.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("agent.envelope.bench", "agent.envelope"):
+            raise
+        return {"available": False, "reason": "agent.envelope.bench is not installed"}
+    result = module.bench_envelope(seconds)
+    out: dict[str, Any] = {"available": True}
+    out.update(result if isinstance(result, dict) else {"result": result})
+    return out
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def format_table(pipeline: Sequence[CaseResult], envelope: dict[str, Any] | None) -> str:
+    """A readable report: one row per case, p50/p99 in ms per stage."""
+    lines: list[str] = []
+    if pipeline:
+        first = pipeline[0]
+        lines.append(f"pipeline: model {first.model}, source {first.source}, p50/p99 in ms")
+        head = ["size", "thr", "fps", *STAGES, "drops", "peak RSS"]
+        rows = [head]
+        for r in pipeline:
+            cells = [r.size, str(r.threads), f"{r.fps:.1f}"]
+            for stage in STAGES:
+                s = r.stages.get(stage, {})
+                cells.append(f"{_num(s.get('p50_ms'))}/{_num(s.get('p99_ms'))}")
+            cells.append(str(sum(r.dropped.values())))
+            cells.append(f"{r.peak_rss_mb:.0f} MiB")
+            rows.append(cells)
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        for row in rows:
+            lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    if envelope is not None:
+        if lines:
+            lines.append("")
+        if not envelope.get("available"):
+            lines.append(f"envelope: unavailable ({envelope.get('reason', 'unknown')})")
+        else:
+            lines.append("envelope:")
+            for key, value in envelope.items():
+                if key != "available":
+                    lines.append(f"  {key}: {json.dumps(value)}")
+    return "\n".join(lines)
+
+
+def _num(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
