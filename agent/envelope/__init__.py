@@ -1,0 +1,36 @@
+"""Sealed envelopes: COSE_Sign1 (EdDSA, Ed25519) over COSE_Encrypt (ChaCha20/Poly1305 with one
+ECDH-ES + HKDF-256 recipient on X25519), with the external AAD binding device, topic and seq.
+
+Wire format: docs/PROTOCOL.md, section "Envelope". Errors: the EnvelopeError subtree of
+:mod:`agent.errors`.
+"""
+
+from agent.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity, save_identity
+from agent.envelope.replay import ReplayGuard
+from agent.envelope.seal import (
+    OpenedMessage,
+    SealedEnvelope,
+    Topic,
+    external_aad,
+    open_envelope,
+    parse_topic,
+    restore_sealed,
+    seal,
+)
+
+__all__ = [
+    "Identity",
+    "OpenedMessage",
+    "PeerKeys",
+    "PublicIdentity",
+    "ReplayGuard",
+    "SealedEnvelope",
+    "Topic",
+    "external_aad",
+    "load_identity",
+    "open_envelope",
+    "parse_topic",
+    "restore_sealed",
+    "save_identity",
+    "seal",
+]

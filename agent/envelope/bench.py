@@ -1,0 +1,81 @@
+"""Envelope throughput: seals and opens per second of a ~300-byte event (``camveil bench``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agent.envelope.keys import Identity, PeerKeys
+from agent.envelope.replay import ReplayGuard
+from agent.envelope.seal import SealedEnvelope, open_envelope, seal
+
+DEVICE = "cv-bench-0001"
+TOPIC = f"camveil/v1/{DEVICE}/event/person"
+
+
+def sample_event(seq: int) -> dict[str, Any]:
+    """A typical person event (about 300 bytes of plaintext CBOR)."""
+    return {
+        "boot": 7,
+        "ts": 1_764_000_000.25 + seq,
+        "type": "person",
+        "body": {
+            "track": "p-3f9a1c2e",
+            "zone": "entrance",
+            "score": 0.87,
+            "boxes": [[0.12, 0.30, 0.25, 0.71], [0.55, 0.28, 0.68, 0.77]],
+            "faces_redacted": 2,
+            "count": {"person": 2, "car": 0},
+            "model": "ssd-mobilenet-v2-int8",
+            "frame": {"w": 1920, "h": 1080, "n": 123456 + seq},
+        },
+    }
+
+
+def bench_envelope(seconds: float = 2.0) -> dict[str, float]:
+    """Seal for ``seconds / 2``, then open what was sealed for up to ``seconds / 2``."""
+    device = Identity.generate(DEVICE)
+    backend = Identity.generate("backend-bench")
+    half = max(seconds, 0.02) / 2
+    sealed: list[SealedEnvelope] = []
+    start = time.perf_counter()
+    deadline = start + half
+    while time.perf_counter() < deadline or not sealed:
+        n = len(sealed)
+        sealed.append(
+            seal(
+                sample_event(n),
+                sender=device,
+                recipient=backend.public(),
+                topic=TOPIC,
+                seq=n,
+                device=DEVICE,
+            )
+        )
+    seal_elapsed = time.perf_counter() - start
+
+    trusted = PeerKeys([device.public()])
+    guard = ReplayGuard()
+    opened = 0
+    start = time.perf_counter()
+    deadline = start + half
+    for env in sealed:
+        open_envelope(
+            env.data, topic=TOPIC, trusted_senders=trusted, recipient=backend, replay_guard=guard
+        )
+        opened += 1
+        if time.perf_counter() >= deadline:
+            break
+    open_elapsed = time.perf_counter() - start
+    return {
+        "seal_per_s": len(sealed) / seal_elapsed,
+        "open_per_s": opened / open_elapsed,
+        "envelope_bytes": float(len(sealed[0].data)),
+        "plaintext_bytes": float(len(_plaintext_size())),
+    }
+
+
+def _plaintext_size() -> bytes:
+    from agent.envelope import cose
+
+    return cose.dumps({**sample_event(0), "v": 1, "device": DEVICE, "topic": TOPIC, "seq": 0})
