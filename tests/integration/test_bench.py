@@ -1,0 +1,118 @@
+"""`camveil bench`: a tiny run of the real pipeline gives sane numbers, in-process and per case in
+a fresh process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent.__main__ import main
+from agent.bench import (
+    STAGES,
+    BenchCase,
+    BenchSettings,
+    bench_envelope,
+    format_table,
+    parse_sizes,
+    parse_threads,
+    run_case,
+)
+from agent.errors import ConfigError
+from agent.vision.detection import Box, Detection
+from agent.vision.factory import DETECTOR_MODELS, DetectorConfig
+from models import load_manifest
+
+pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    available = [m for m in DETECTOR_MODELS if m in load_manifest()]
+    if not available:
+        pytest.skip("no detector model in models/manifest.json yet")
+    return available[0]
+
+
+def _assert_sane(result: dict[str, object] | object) -> None:
+    r = result if isinstance(result, dict) else result.to_dict()  # type: ignore[attr-defined]
+    assert r["fps"] > 0 and r["frames"] > 0
+    assert r["peak_rss_mb"] > 0
+    assert set(r["stages"]) == set(STAGES)
+    for stage in STAGES:
+        s = r["stages"][stage]
+        assert s["n"] > 0, stage
+        assert 0 <= s["p50_ms"] <= s["p99_ms"], stage
+
+
+def test_one_case_with_the_real_model_in_process(model: str) -> None:
+    settings = BenchSettings(seconds=0.3, warmup_frames=1, detector=DetectorConfig(model=model))
+    result = run_case(BenchCase(320, 240, 1), settings)
+    _assert_sane(result)
+    assert result.model == model and result.source == "photo" and result.size == "320x240"
+    assert not result.dropped
+
+
+def test_cli_runs_each_case_in_a_fresh_process(
+    model: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["bench", "--json", "--suite", "all", "--seconds", "0.3", "--sizes", "320x240",
+                   "--threads", "1,2", "--warmup", "1", "--model", model])  # fmt: skip
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    cases = report["pipeline"]
+    assert [(c["size"], c["threads"]) for c in cases] == [("320x240", 1), ("320x240", 2)]
+    for case in cases:
+        _assert_sane(case)
+        assert case["subprocess"] is True
+        assert 0 < case["base_rss_mb"] <= case["peak_rss_mb"]
+    assert "available" in report["envelope"]
+
+
+def test_table_output(model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["bench", "--suite", "pipeline", "--seconds", "0.2", "--sizes", "160x120",
+                   "--threads", "1", "--warmup", "0", "--model", model])  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "160x120" in out and "fps" in out and "encode" in out and "MiB" in out
+
+
+class Fixed:
+    """A fake detector: one face in the middle of every frame."""
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        return [Detection(Box(w * 0.4, h * 0.4, w * 0.6, h * 0.6), 0.9)]
+
+
+def test_synthetic_frames_with_an_injected_detector() -> None:
+    settings = BenchSettings(seconds=0.2, warmup_frames=0, source="synthetic")
+    result = run_case(BenchCase(128, 96, 1), settings, detector=Fixed())
+    _assert_sane(result)
+    assert result.source == "synthetic" and result.model == "Fixed"
+    assert "128x96" in format_table([result], None)
+
+
+def test_envelope_suite_reports_availability() -> None:
+    report = bench_envelope(0.1)
+    assert isinstance(report["available"], bool)
+    assert "unavailable" in format_table([], {"available": False, "reason": "x"})
+
+
+@pytest.mark.parametrize("text", ["", "640", "640x", "axb", "641x480", "8x8"])
+def test_bad_sizes_are_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_sizes(text)
+
+
+def test_sizes_and_threads_parse() -> None:
+    assert parse_sizes("640x480, 1280X720") == [(640, 480), (1280, 720)]
+    assert parse_threads("1,2") == [1, 2]
+    with pytest.raises(ConfigError):
+        parse_threads("0")
+
+
+def test_bad_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--suite", "pipeline", "--sizes", "big"]) == 2
+    assert "--sizes" in capsys.readouterr().err

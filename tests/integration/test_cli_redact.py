@@ -1,0 +1,282 @@
+"""`camveil redact` end to end with the real int8 model: folders, nested paths, a corrupt JPEG, a
+video, fail-closed detector failures, exit statuses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agent.__main__ import main
+from agent.batch import find_inputs, redact_files
+from agent.pipeline import PrivacyConfig
+from agent.privacy.redact import pixel_rect
+from agent.vision.detection import Detection, Detector
+from agent.vision.factory import DETECTOR_MODELS, DetectorConfig, build_detector
+from models import load_manifest
+
+cv2 = pytest.importorskip("cv2")
+skdata = pytest.importorskip("skimage.data")
+
+# The astronaut's face in skimage.data.astronaut() (512 x 512): a box inside it, in any detector's
+# face box, that must be overwritten.
+FACE_CORE = (200, 80, 250, 160)  # x0, y0, x1, y1
+VIDEO_FRAMES = 12
+VIDEO_SIZE = 256
+
+
+def _model() -> str:
+    available = [m for m in DETECTOR_MODELS if m in load_manifest()]
+    if not available:
+        pytest.skip("no detector model in models/manifest.json yet")
+    return available[0]  # the CLI default (centerface_int8) first
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def detector(model: str) -> Detector:
+    return build_detector(DetectorConfig(model=model))
+
+
+def _astronaut() -> np.ndarray:
+    return np.asarray(skdata.astronaut(), dtype=np.uint8)
+
+
+def _write_video(path: Path, n: int = VIDEO_FRAMES) -> None:
+    small = cv2.resize(_astronaut(), (VIDEO_SIZE, VIDEO_SIZE), interpolation=cv2.INTER_AREA)
+    bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(
+        str(path), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, (VIDEO_SIZE, VIDEO_SIZE)
+    )
+    assert writer.isOpened()
+    for i in range(n):
+        writer.write(np.roll(bgr, i, axis=1))  # the face drifts right 1 px per frame
+    writer.release()
+
+
+def _video_frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return frames
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    """in/astronaut.jpg, in/nested/deeper/portrait.jpeg, in/nested/broken.jpg (truncated),
+    in/nested/clip.mp4, in/notes.txt (neither image nor video)."""
+    root = tmp_path / "in"
+    (root / "nested" / "deeper").mkdir(parents=True)
+    Image.fromarray(_astronaut()).save(root / "astronaut.jpg", quality=95)
+    Image.fromarray(_astronaut()[:, ::-1]).save(root / "nested" / "deeper" / "portrait.jpeg")
+    data = (root / "astronaut.jpg").read_bytes()
+    (root / "nested" / "broken.jpg").write_bytes(data[: len(data) // 3])
+    _write_video(root / "nested" / "clip.mp4")
+    (root / "notes.txt").write_text("not a picture\n", encoding="utf-8")
+    return root
+
+
+def _decoded(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _assert_face_overwritten(
+    out: np.ndarray, original: np.ndarray, detections: list[Detection], margin: float = 0.25
+) -> None:
+    """Every detected box (grown by the margin) is solid black; everything else is untouched."""
+    assert detections, "the detector found no face on the astronaut"
+    h, w = original.shape[:2]
+    mask = np.zeros((h, w), bool)
+    for det in detections:
+        rect = pixel_rect(det.box, margin, w, h)
+        assert rect is not None
+        x0, y0, x1, y1 = rect
+        assert (out[y0:y1, x0:x1] == 0).all()
+        mask[y0:y1, x0:x1] = True
+    assert np.array_equal(out[~mask], original[~mask]), "pixels outside the faces changed"
+    assert mask.mean() < 0.2, "far more than the face was overwritten"
+
+
+def test_folder_outputs_png_at_relative_paths_and_reports_the_corrupt_file(
+    tree: Path, tmp_path: Path, model: str, detector: Detector, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    status = main(["redact", str(tree), "--out", str(out), "--model", model, "--no-progress"])
+    err = capsys.readouterr().err
+
+    assert status == 1  # the corrupt JPEG failed
+    assert f"skipped {tree / 'nested' / 'broken.jpg'}: cannot decode image" in err
+    assert "ignored" in err and "notes.txt" in err
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["astronaut.png", "nested/clip.mp4", "nested/deeper/portrait.png"]
+    for name in ("astronaut.png", "nested/deeper/portrait.png"):
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.mode == "RGB"
+
+    original = _decoded(tree / "astronaut.jpg")
+    result = _decoded(out / "astronaut.png")
+    _assert_face_overwritten(result, original, detector.detect(original))
+    x0, y0, x1, y1 = FACE_CORE
+    assert (result[y0:y1, x0:x1] == 0).all()
+
+    mirrored = _decoded(out / "nested" / "deeper" / "portrait.png")
+    assert (mirrored[y0:y1, 512 - x1 : 512 - x0] == 0).all()
+
+
+def test_video_keeps_every_frame_with_the_face_overwritten(
+    tree: Path, tmp_path: Path, model: str
+) -> None:
+    out = tmp_path / "out"
+    status = main(["redact", str(tree / "nested" / "clip.mp4"), "--out", str(out),
+                   "--model", model, "--no-progress"])  # fmt: skip
+    assert status == 0
+    frames = _video_frames(out / "clip.mp4")
+    assert len(frames) == len(_video_frames(tree / "nested" / "clip.mp4")) == VIDEO_FRAMES
+    scale = VIDEO_SIZE / 512
+    x0, y0, x1, y1 = (round(v * scale) for v in FACE_CORE)
+    for i, frame in enumerate(frames):
+        core = frame[y0:y1, x0 + i : x1 + i]  # the face moves 1 px per frame
+        assert core.mean() < 8, f"frame {i}: face not overwritten (mean {core.mean():.1f})"
+    assert not list(out.glob(".*part*")), "temporary file left behind"
+
+
+def test_single_file_goes_to_its_name_and_status_is_zero(
+    tree: Path, tmp_path: Path, model: str
+) -> None:
+    out = tmp_path / "single"
+    assert main(["redact", str(tree / "astronaut.jpg"), "--out", str(out),
+                 "--model", model, "--no-progress"]) == 0  # fmt: skip
+    assert [p.name for p in out.iterdir()] == ["astronaut.png"]
+
+
+def test_as_a_real_process(tree: Path, tmp_path: Path, model: str) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "redact", str(tree), "--out", str(out), "--model", model],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "skipped" in done.stderr and "broken.jpg: cannot decode image" in done.stderr
+    assert "redacted 3 of 5 files" in done.stderr
+    assert (out / "astronaut.png").is_file()
+    assert (out / "nested" / "clip.mp4").is_file()
+
+
+def test_usage_errors_exit_2(tmp_path: Path, model: str) -> None:
+    assert main(["redact", str(tmp_path / "absent.jpg"), "--out", str(tmp_path / "o"),
+                 "--model", model, "--no-progress"]) == 2  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(["redact", str(tmp_path)])  # no --out
+    assert exc.value.code == 2
+
+
+def test_output_folder_equal_to_input_folder_is_refused(tree: Path, model: str) -> None:
+    assert main(["redact", str(tree), "--out", str(tree), "--model", model,
+                 "--no-progress"]) == 2  # fmt: skip
+    assert not list(tree.rglob("*.png"))
+
+
+def test_output_folder_inside_the_input_folder_is_not_redacted_again(
+    tree: Path, model: str
+) -> None:
+    out = tree / "redacted"
+    args = ["redact", str(tree), "--out", str(out), "--model", model, "--no-progress"]
+    main(args)
+    first = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    main(args)
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == first
+
+
+class Failing:
+    """Wraps a real detector; raises on the calls listed in ``fail`` (0-based), or always."""
+
+    def __init__(self, inner: Detector, fail: set[int] | None = None) -> None:
+        self.inner, self.fail, self.calls = inner, fail, 0
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        n = self.calls
+        self.calls += 1
+        if self.fail is None or n in self.fail:
+            raise RuntimeError("inference crashed")
+        return self.inner.detect(rgb)
+
+
+def test_a_detector_that_raises_writes_nothing_for_the_image(
+    tree: Path, tmp_path: Path, detector: Detector
+) -> None:
+    out = tmp_path / "out"
+    items = find_inputs([tree / "astronaut.jpg", tree / "nested" / "deeper"], out)
+    results = redact_files(Failing(detector), items, out, PrivacyConfig())
+    assert [r.ok for r in results] == [False, False]
+    assert all("fail closed" in (r.error or "") for r in results)
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_video_frames_whose_detection_fails_are_dropped_and_counted(
+    tree: Path, tmp_path: Path, detector: Detector
+) -> None:
+    out = tmp_path / "out"
+    items = find_inputs([tree / "nested" / "clip.mp4"], out)
+    (result,) = redact_files(Failing(detector, fail={3, 4, 9}), items, out, PrivacyConfig())
+    assert result.ok and result.output == out / "clip.mp4"
+    assert result.frames_in == VIDEO_FRAMES
+    assert result.dropped == {"DetectorFailedError": 3}
+    assert result.frames_out == VIDEO_FRAMES - 3
+    assert len(_video_frames(out / "clip.mp4")) == VIDEO_FRAMES - 3
+
+
+def test_cli_reports_dropped_frames_and_exits_1(
+    tree: Path,
+    tmp_path: Path,
+    detector: Detector,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    failing = Failing(detector, fail={0})
+    monkeypatch.setattr("agent.cli.redact.build_detector", lambda _config: failing)
+    out = tmp_path / "out"
+    status = main(["redact", str(tree / "nested" / "clip.mp4"), "--out", str(out),
+                   "--no-progress"])  # fmt: skip
+    assert status == 1
+    assert "dropped 1 of 12 frames" in capsys.readouterr().err
+    assert len(_video_frames(out / "clip.mp4")) == VIDEO_FRAMES - 1
+
+
+def test_a_video_whose_every_frame_fails_is_not_written(
+    tree: Path, tmp_path: Path, detector: Detector
+) -> None:
+    out = tmp_path / "out"
+    items = find_inputs([tree / "nested" / "clip.mp4"], out)
+    (result,) = redact_files(Failing(detector), items, out, PrivacyConfig())
+    assert not result.ok and "all 12 frames dropped" in (result.error or "")
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_two_inputs_with_the_same_output_path_do_not_overwrite(
+    tmp_path: Path, detector: Detector
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.fromarray(_astronaut()).save(root / "x.jpg")
+    Image.fromarray(_astronaut()).save(root / "x.png")
+    out = tmp_path / "out"
+    results = redact_files(detector, find_inputs([root], out), out, PrivacyConfig())
+    assert [r.ok for r in results] == [True, False]
+    assert "already written" in (results[1].error or "")
