@@ -1,10 +1,13 @@
-"""Typed, validated configuration of the camera (the ``[camera]`` table of the agent's TOML)."""
+"""Typed, validated configuration of the camera (the ``[camera]`` table of the agent's TOML).
+
+``agent.config.from_mapping`` builds it from TOML (unknown keys, wrong types); ``__post_init__``
+checks the values, so an invalid CameraConfig cannot exist.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 from agent.errors import ConfigError
@@ -115,23 +118,6 @@ class CameraConfig:
                 f"camera.backoff_max_s: must not be below camera.backoff_initial_s "
                 f"({self.backoff_initial_s}), got {self.backoff_max_s}"
             )
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> CameraConfig:
-        """Build from a parsed ``[camera]`` TOML table; unknown keys are errors (typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"camera.{unknown[0]}: unknown key; the [camera] table accepts "
-                f"{', '.join(sorted(known))}"
-            )
-        values = dict(data)
-        for name in ("fps", "backoff_initial_s", "backoff_max_s"):
-            value = values.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                values[name] = float(value)  # TOML writes `fps = 15` as an integer
-        return cls(**values)  # type: ignore[arg-type]  # __post_init__ checks every type
 
 
 def _is_int(value: object) -> bool:
