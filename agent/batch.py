@@ -81,6 +81,8 @@ class FileResult:
     """Video frames not written, by reason (fail closed)."""
     regions: int = 0
     """Regions overwritten (over all frames of a video)."""
+    declared_frames: int | None = None
+    """A video's frame count as its container declares it (may be approximate)."""
 
     @property
     def ok(self) -> bool:
@@ -296,7 +298,8 @@ def redact_video(
             )
             fps = DEFAULT_FPS
         declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        progress.file_started(item, "video", declared if declared > 0 else None)
+        result.declared_frames = declared if declared > 0 else None
+        progress.file_started(item, "video", result.declared_frames)
         counter = {"read": 0}
 
         def read_frame() -> Frame:

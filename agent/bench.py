@@ -11,10 +11,12 @@ Python process, so that the peak RSS belongs to that case alone.
 
 Frames: ``photo`` tiles a real photograph (scikit-image's astronaut, which must be installed) over
 the frame and pans across it, so detection, redaction and JPEG see real content with several faces
-(a live camera's capture is a buffer copy, which the ``capture`` stage measures here too); a path
-tiles that image instead; ``synthetic`` uses :mod:`hw.camera`'s synthetic camera (flat shapes,
-no faces: JPEG is faster on it than on real content). ``auto`` is ``photo`` when scikit-image is
-installed, else ``synthetic``.
+(a live camera's capture is a buffer copy, which the ``capture`` stage measures here too); the
+path of an image tiles that image instead; the path of a video or of an image folder replays it
+through :mod:`hw.camera`'s replay camera (looping, resized to the case's size; ``capture`` then
+includes decoding); ``synthetic`` uses :mod:`hw.camera`'s synthetic camera (flat shapes, no faces:
+JPEG is faster on it than on real content). ``auto`` is ``photo`` when scikit-image is installed,
+else ``synthetic``.
 
 Envelope suite: :func:`agent.envelope.bench.bench_envelope` when that module is installed.
 """
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import CamveilError, ConfigError
+from agent.errors import CamveilError, ConfigError, InputFileError
 from agent.pipeline import Pipeline, PrivacyConfig
 from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import encode_jpeg
@@ -76,7 +78,8 @@ class BenchSettings:
     warmup_frames: int = 3
     """Frames processed before measuring (model and allocator warm-up)."""
     source: str = "auto"
-    """``auto``, ``photo``, ``synthetic`` or the path of an image to tile."""
+    """``auto``, ``photo``, ``synthetic``, the path of an image to tile, or of a video or image
+    folder to replay."""
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     """The detector; its ``threads`` is replaced by each case's."""
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -179,7 +182,10 @@ def load_photo(source: str) -> Pixels:
         return np.ascontiguousarray(skdata.astronaut(), dtype=np.uint8)
     from agent.batch import load_image
 
-    return load_image(Path(source))
+    try:
+        return load_image(Path(source))
+    except InputFileError as exc:
+        raise ConfigError(f"bench --source {source}: {exc}") from exc
 
 
 class TiledPhoto:
@@ -206,18 +212,52 @@ class TiledPhoto:
         return Frame(pixels, index=i, ts=time.time(), mono=now, source=self._name)
 
 
+def is_replay(source: str) -> bool:
+    """A path that the replay camera plays: a folder, or a file that is not a still image."""
+    if source in ("auto", "photo", "synthetic"):
+        return False
+    from agent.batch import guess_kind
+
+    path = Path(source)
+    return path.is_dir() or (path.is_file() and guess_kind(path) != "image")
+
+
+def check_source(source: str) -> None:
+    """Raise ConfigError (before any case runs) if ``source`` cannot give frames."""
+    resolved = resolve_source(source)
+    if resolved == "synthetic":
+        return
+    if resolved != "photo" and not Path(resolved).exists():
+        raise ConfigError(
+            f"bench --source {resolved}: no such file or folder; use auto, photo, synthetic, "
+            "or the path of an image, a video or an image folder"
+        )
+    if not is_replay(resolved):
+        load_photo(resolved)
+
+
 def frame_reader(
     source: str, width: int, height: int
 ) -> tuple[Callable[[], Frame], Callable[[], None]]:
     """``(read, close)`` for the resolved ``source`` at the given size."""
-    if source == "synthetic":
+    if source == "synthetic" or is_replay(source):
         from hw.camera import CameraConfig, open_camera
 
-        camera = open_camera(
-            CameraConfig(
+        if source == "synthetic":
+            config = CameraConfig(
                 kind="synthetic", width=width, height=height, realtime=False, reconnect=False
             )
-        )
+        else:
+            config = CameraConfig(
+                kind="replay",
+                source=source,
+                width=width,
+                height=height,
+                loop=True,
+                realtime=False,
+                reconnect=False,
+            )
+        camera = open_camera(config)
         camera.start()
         return camera.read, camera.close
     tiled = TiledPhoto(load_photo(source), width, height, name=source)
@@ -225,6 +265,25 @@ def frame_reader(
 
 
 # --- one case -----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import os
+    import platform
+
+    try:
+        from hw.runtime import runtime_name
+
+        runtime = runtime_name()
+    except CamveilError:
+        runtime = "none"
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "tflite_runtime": runtime,
+    }
 
 
 def peak_rss_mb() -> float:

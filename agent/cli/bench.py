@@ -17,7 +17,9 @@ from agent.bench import (
     CaseResult,
     bench_envelope,
     cases,
+    check_source,
     format_table,
+    machine,
     parse_sizes,
     parse_threads,
     peak_rss_mb,
@@ -26,12 +28,14 @@ from agent.bench import (
 )
 from agent.cli.common import add_detector_arguments, detector_config, redaction_config
 from agent.pipeline import PrivacyConfig
+from models import MODELS_DIR, verified_path
 
 EPILOG = """\
 The pipeline suite runs the real pipeline (guarded detector, tracker, redaction, JPEG encoding of
 every redacted frame) for each size and thread count, each in a fresh process so that the peak RSS
 is that configuration's own. --source: 'auto' (a real photo tiled over the frame if scikit-image is
-installed, else synthetic frames), 'photo', 'synthetic', or the path of an image to tile.
+installed, else synthetic frames), 'photo', 'synthetic', the path of an image to tile, or of a video
+or image folder to replay (looping, resized to each size).
 """
 
 
@@ -50,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="640x480,1280x720,1920x1080",
         help="frame sizes, WIDTHxHEIGHT,... (default 640x480,1280x720,1920x1080)",
     )
-    parser.add_argument("--source", default="auto", help="auto, photo, synthetic or an image path")
+    parser.add_argument(
+        "--source",
+        default="auto",
+        help="auto, photo, synthetic, an image to tile, or a video / image folder to replay",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="frames before measuring (default 3)")
     # internal: measure one WxH:threads case in this process and print it as one JSON line
     parser.add_argument("--_one", dest="one", help=argparse.SUPPRESS)
@@ -85,10 +93,12 @@ def run(args: argparse.Namespace) -> int:
     if args.one:
         return _run_one(args)
     settings = settings_from(args)
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"machine": machine()}
     results: list[CaseResult] = []
     if args.suite in ("pipeline", "all"):
         case_list = cases(parse_sizes(args.sizes), parse_threads(args.thread_counts))
+        check_source(settings.source)
+        verified_path(settings.detector.model, settings.detector.models_dir or MODELS_DIR)
         bar = tqdm(total=len(case_list), desc="bench", unit="case", file=sys.stderr)
 
         def done(case: BenchCase, result: CaseResult) -> None:
@@ -108,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        info = report["machine"]
+        print(
+            f"machine: {info['cpus']} CPUs {info['machine']}, Python {info['python']}, "
+            f"{info['tflite_runtime']}"
+        )
         print(format_table(results, envelope))
     return 0
 

@@ -17,8 +17,10 @@ from agent.vision.factory import build_detector
 EPILOG = """\
 Images (anything Pillow can open) are written as lossless PNG, videos (.mp4 .avi .mov .mkv .webm
 .m4v, or anything else OpenCV can open) as mp4 (mp4v codec, the source's frame rate). AUDIO IS
-DROPPED: the output videos have no sound track. Outputs keep their path relative to the input
-folder (a single file: its name), e.g. photos/a/x.jpg -> OUT/a/x.png.
+DROPPED: the output videos have no sound track. Metadata (EXIF, GPS, captions) is not copied; an
+image's EXIF orientation is applied to its pixels; of an animated or multi-page image only the first
+frame is written. Outputs keep their path relative to the input folder (a single file: its name),
+e.g. photos/a/x.jpg -> OUT/a/x.png.
 
 Fail closed: if the detector fails on an image, nothing is written for it; if it fails on a video
 frame, that frame is dropped from the output (and counted). Files that cannot be decoded are
@@ -89,13 +91,20 @@ def describe(result: FileResult) -> str | None:
         return f"skipped {name}: {result.error}"
     if result.ignored:
         return f"ignored {name}: not an image or a video"
+    notes: list[str] = []
     if result.frames_dropped:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.dropped.items()))
-        return (
+        notes.append(
             f"dropped {result.frames_dropped} of {result.frames_in} frames of {name} "
             f"(fail closed: {reasons}); wrote {result.frames_out} frames to {result.output}"
         )
-    return None
+    declared = result.declared_frames
+    if declared is not None and result.frames_in < declared:
+        notes.append(
+            f"note: {name} declares {declared} frames but only {result.frames_in} could be "
+            "decoded (truncated or damaged file?)"
+        )
+    return "\n".join(notes) or None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,9 +4,11 @@ a fresh process."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from agent.__main__ import main
 from agent.bench import (
@@ -14,6 +16,7 @@ from agent.bench import (
     BenchCase,
     BenchSettings,
     bench_envelope,
+    check_source,
     format_table,
     parse_sizes,
     parse_threads,
@@ -116,3 +119,25 @@ def test_sizes_and_threads_parse() -> None:
 def test_bad_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--suite", "pipeline", "--sizes", "big"]) == 2
     assert "--sizes" in capsys.readouterr().err
+
+
+def test_a_video_is_replayed_through_the_replay_camera(tmp_path: Path) -> None:
+    cv2 = pytest.importorskip("cv2")
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, (64, 48))
+    for i in range(4):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    settings = BenchSettings(seconds=0.2, warmup_frames=0, source=str(video))
+    result = run_case(BenchCase(96, 64, 1), settings, detector=Fixed())
+    _assert_sane(result)
+    assert result.frames > 4  # it loops
+
+
+def test_an_image_path_is_tiled(tmp_path: Path) -> None:
+    image = tmp_path / "face.png"
+    Image.fromarray(np.full((40, 30, 3), 128, np.uint8)).save(image)
+    settings = BenchSettings(seconds=0.1, warmup_frames=0, source=str(image))
+    _assert_sane(run_case(BenchCase(100, 80, 1), settings, detector=Fixed()))
+    with pytest.raises(ConfigError):
+        check_source(str(tmp_path / "absent.png"))

@@ -280,3 +280,20 @@ def test_two_inputs_with_the_same_output_path_do_not_overwrite(
     results = redact_files(detector, find_inputs([root], out), out, PrivacyConfig())
     assert [r.ok for r in results] == [True, False]
     assert "already written" in (results[1].error or "")
+
+
+def test_exif_orientation_is_applied_before_detection(tmp_path: Path, model: str) -> None:
+    """A phone photo stored sideways with an EXIF orientation tag is redacted upright."""
+    root = tmp_path / "in"
+    root.mkdir()
+    sideways = Image.fromarray(_astronaut()).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    sideways.save(root / "phone.jpg", quality=95, exif=exif)
+    out = tmp_path / "out"
+    assert main(["redact", str(root), "--out", str(out), "--model", model, "--no-progress"]) == 0
+    result = _decoded(out / "phone.png")
+    assert result.shape == (512, 512, 3)
+    x0, y0, x1, y1 = FACE_CORE
+    assert (result[y0:y1, x0:x1] == 0).all()
+    assert result[400:, :100].mean() > 20  # the rest is still the (upright) photo
