@@ -43,8 +43,9 @@ class CameraStats:
 
     ``lost`` counts every frame slot that was not delivered for any reason (dropped because the
     reader was late, corrupt, missed while the device was away); ``corrupt`` is the part of
-    ``lost`` that was delivered by the device but could not be decoded. ``reconnects`` counts
-    successful reopenings (only a :class:`~hw.camera.reconnect.ReconnectingCamera` reopens).
+    ``lost`` that raised FrameError (undecodable, or a capture that failed without the device
+    going away). ``reconnects`` counts successful reopenings (only a
+    :class:`~hw.camera.reconnect.ReconnectingCamera` reopens).
     """
 
     delivered: int = 0

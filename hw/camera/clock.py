@@ -6,6 +6,7 @@ attempts through a :class:`Clock`, so tests drive time with :class:`FakeClock` i
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Protocol
 
@@ -25,6 +26,10 @@ class Clock(Protocol):
         """Block for ``seconds`` (non-positive values return at once)."""
         ...
 
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Block for ``seconds`` or until ``event`` is set; return whether it is set."""
+        ...
+
 
 class SystemClock:
     """The real clock: :func:`time.time`, :func:`time.monotonic`, :func:`time.sleep`."""
@@ -38,6 +43,9 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(max(0.0, seconds))
 
 
 class FakeClock:
@@ -62,6 +70,13 @@ class FakeClock:
         self.sleeps.append(seconds)
         if seconds > 0:
             self._mono += seconds
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Like :meth:`sleep` (recorded, time advances) unless ``event`` is already set."""
+        if event.is_set():
+            return True
+        self.sleep(seconds)
+        return event.is_set()
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass without recording a sleep (time spent elsewhere)."""

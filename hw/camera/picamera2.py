@@ -19,7 +19,7 @@ from agent.errors import CameraUnavailableError, FrameError
 from hw.camera.base import BaseCamera
 from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig
-from hw.camera.convert import bgr_to_rgb
+from hw.camera.convert import bgr_to_rgb, resize
 from hw.frame import Frame
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ class PiCamera2Camera(BaseCamera):
         self._index = 0
         self._last_sensor_ns: int | None = None
         self._rate: float | None = None
+        self._size = (
+            (config.width, config.height)
+            if config.width is not None and config.height is not None
+            else None
+        )
 
     @property
     def fps(self) -> float | None:
@@ -123,7 +128,7 @@ class PiCamera2Camera(BaseCamera):
         index = self._index + self._dropped_before(metadata)
         self._count_lost(index - self._index)
         self._index = index + 1
-        return self._frame(rgb, index)
+        return self._frame(resize(rgb, self._size), index)  # if libcamera aligned the size
 
     def _dropped_before(self, metadata: dict[str, Any]) -> int:
         """Frames the sensor produced since the previous request that we never saw."""

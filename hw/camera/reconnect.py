@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -98,6 +99,7 @@ class ReconnectingCamera:
         self._corrupt_in_row = 0
         self._corrupt_since_frame = 0
         self._attempt = 0
+        self._interrupted = threading.Event()
 
     @property
     def name(self) -> str:
@@ -118,9 +120,17 @@ class ReconnectingCamera:
         """Whether a camera is open right now (False while waiting to reopen)."""
         return self._camera is not None
 
+    def interrupt(self) -> None:
+        """Stop waiting to reopen: a ``read`` blocked in backoff raises CameraUnavailableError at
+        once, and so does every later reopening until :meth:`start`. Safe from another thread or a
+        signal handler (call it beside ``Pipeline.stop``, so shutdown does not wait out a backoff).
+        """
+        self._interrupted.set()
+
     def start(self) -> None:
         if self._started:
             return
+        self._interrupted.clear()
         camera = self._factory()
         camera.start()
         self._camera = camera
@@ -205,7 +215,8 @@ class ReconnectingCamera:
                 )
             delay = self._backoff.delay(self._attempt, self._rng)
             self._attempt += 1
-            self._clock.sleep(delay)
+            if self._clock.wait(self._interrupted, delay):
+                raise CameraUnavailableError(f"{self._name}: interrupted while waiting to reopen")
             camera: Camera | None = None
             try:
                 camera = self._factory()

@@ -251,3 +251,77 @@ def test_frame_errors_do_not_escape(monkeypatch: pytest.MonkeyPatch) -> None:
             pytest.fail("FrameError escaped")
     assert frame.index == 1
     assert cam.stats.lost == 1
+
+
+def test_interrupt_ends_a_backoff_wait_at_once() -> None:
+    clock = FakeClock()
+    cam = ReconnectingCamera(scripted(clock, [SyntheticFaults(disconnect_after=1)]), clock=clock)
+    with cam:
+        cam.read()
+        cam.interrupt()
+        with pytest.raises(CameraUnavailableError, match="interrupted"):
+            cam.read()
+    assert [s for s in clock.sleeps if s > 0.2] == []  # no backoff (>= 0.4 s) was waited out
+
+
+def test_interrupt_from_another_thread_on_the_real_clock() -> None:
+    import threading
+    import time
+
+    config = CameraConfig(width=32, height=24, realtime=False)
+    faults = iter([SyntheticFaults(disconnect_after=1)])
+    slow = Backoff(initial=30.0, maximum=30.0, jitter=0.0)
+    cam = ReconnectingCamera(
+        lambda: SyntheticCamera(config, faults=next(faults, SyntheticFaults())), slow
+    )
+    with cam:
+        cam.read()
+        timer = threading.Timer(0.2, cam.interrupt)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(CameraUnavailableError, match="interrupted"):
+            cam.read()
+        timer.join()
+    assert time.monotonic() - started < 5.0
+
+
+_session = st.one_of(
+    st.none(),
+    st.builds(
+        SyntheticFaults,
+        corrupt=st.frozensets(st.integers(0, 12), max_size=5),
+        disconnect_after=st.one_of(st.none(), st.integers(0, 12)),
+    ),
+)
+
+
+@given(
+    plan=st.lists(_session, min_size=1, max_size=8),
+    realtime=st.booleans(),
+    late=st.lists(st.sampled_from([0.0, 0.0, 0.05, 0.25, 1.0]), min_size=20, max_size=20),
+)
+def test_accounting_invariants_hold_for_any_fault_plan(
+    plan: list[SyntheticFaults | None], realtime: bool, late: list[float]
+) -> None:
+    """Indices only grow, and every index not delivered is counted as lost, whatever happens."""
+    clock = FakeClock()
+    sessions = iter([SyntheticFaults(), *plan])  # the first open works (start() would raise)
+    config = CameraConfig(width=16, height=12, fps=10.0, realtime=realtime)
+
+    def factory() -> Camera:
+        faults = next(sessions, SyntheticFaults())
+        if faults is None:
+            raise CameraUnavailableError("absent")
+        return SyntheticCamera(config, faults=faults, clock=clock)
+
+    cam = ReconnectingCamera(factory, NO_JITTER, clock=clock, max_corrupt_in_row=4)
+    with cam:
+        indices = []
+        for pause in late:
+            clock.advance(pause)
+            indices.append(cam.read().index)
+        stats = cam.stats
+    assert indices == sorted(set(indices))
+    assert stats.delivered == len(late)
+    assert stats.lost == indices[-1] + 1 - stats.delivered
+    assert stats.corrupt <= stats.lost
