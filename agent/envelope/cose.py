@@ -57,19 +57,90 @@ def dumps(obj: Any) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
-def strict_loads(data: bytes) -> Any:
-    """Decode one CBOR item and insist that ``data`` is exactly its deterministic encoding.
+def check_wellformed(
+    data: bytes, *, allowed_tags: frozenset[int] = frozenset(), max_depth: int = 16
+) -> int:
+    """Check that ``data`` is exactly one well-formed CBOR item, before any decoder sees it.
 
-    Re-encoding and comparing rejects trailing bytes, indefinite lengths, non-shortest integer
-    or length encodings, duplicate and unsorted map keys: any byte string we accept is the one
-    and only encoding of its value, so a changed byte can never decode to the same message.
-    Every failure is raised as :class:`StrictCBORError`.
+    Definite lengths only, no trailing bytes, no tags outside ``allowed_tags`` (so no semantic
+    decoding of bignums, fractions, regexes, MIME, dates... of hostile input), nesting at most
+    ``max_depth``. Linear in ``len(data)`` and allocates nothing but a small stack. Returns the
+    argument of the top-level item (for a map: its number of entries). Raises
+    :class:`StrictCBORError`.
     """
+    n = len(data)
+    pos = 0
+    top: int | None = None
+    todo = [1]  # items still to read in each open container
+    while todo:
+        if todo[-1] == 0:
+            todo.pop()
+            continue
+        todo[-1] -= 1
+        if pos >= n:
+            raise StrictCBORError("truncated CBOR")
+        initial = data[pos]
+        pos += 1
+        major, info = initial >> 5, initial & 0x1F
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            size = 1 << (info - 24)
+            if pos + size > n:
+                raise StrictCBORError("truncated CBOR")
+            arg = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+        else:
+            raise StrictCBORError("indefinite-length or reserved CBOR encoding")
+        if top is None:
+            top = arg
+        if major in (2, 3):
+            if arg > n - pos:
+                raise StrictCBORError("truncated CBOR string")
+            pos += arg
+        elif major in (4, 5, 6):
+            if major == 6 and arg not in allowed_tags:
+                raise StrictCBORError(f"CBOR tag {arg} is not allowed here")
+            if len(todo) > max_depth:
+                raise StrictCBORError("CBOR nested too deeply")
+            todo.append(arg * 2 if major == 5 else 1 if major == 6 else arg)
+        elif major == 7 and info == 24 and arg < 32:
+            raise StrictCBORError("badly encoded CBOR simple value")
+    if pos != n:
+        raise StrictCBORError("trailing bytes after the CBOR item")
+    if top is None:  # unreachable: the loop reads at least one item
+        raise StrictCBORError("empty CBOR")
+    return top
+
+
+def loads(data: bytes, *, allowed_tags: frozenset[int] = frozenset(), max_depth: int = 16) -> Any:
+    """Decode exactly one well-formed CBOR item (see :func:`check_wellformed`).
+
+    Maps must not repeat a key (RFC 9052 §3: labels are unique); this is checked for a map at
+    the top level, which is where COSE headers live. Every failure is :class:`StrictCBORError`.
+    """
+    count = check_wellformed(data, allowed_tags=allowed_tags, max_depth=max_depth)
     try:
         value = cbor2.loads(data)
-        again = dumps(value)
-    except Exception as exc:  # cbor2 raises several types on hostile input; all mean "malformed"
+    except Exception as exc:  # cbor2 raises several types on bad input; all mean "malformed"
         raise StrictCBORError(f"not decodable CBOR ({type(exc).__name__})") from None
+    if isinstance(value, Mapping) and len(value) != count:
+        raise StrictCBORError("CBOR map with duplicate keys")
+    return value
+
+
+def strict_loads(data: bytes, *, allowed_tags: frozenset[int] = frozenset()) -> Any:
+    """Like :func:`loads`, and ``data`` must be the deterministic encoding of its value.
+
+    Re-encoding and comparing rejects non-shortest integer or length encodings, duplicate and
+    unsorted map keys: any byte string we accept is the one and only encoding of its value, so
+    a changed byte can never decode to the same message.
+    """
+    value = loads(data, allowed_tags=allowed_tags)
+    try:
+        again = dumps(value)
+    except Exception as exc:  # e.g. an unencodable decoded value
+        raise StrictCBORError(f"not re-encodable CBOR ({type(exc).__name__})") from None
     if again != data:
         raise StrictCBORError("not the deterministic encoding of a single CBOR item")
     return value

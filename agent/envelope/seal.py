@@ -12,7 +12,6 @@ subclass; nothing else escapes for any input bytes.
 
 from __future__ import annotations
 
-import io
 import re
 import secrets
 import time
@@ -53,6 +52,7 @@ HDR_EXP: Final = -65538
 MAX_SEQ: Final = 2**63 - 1
 MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
 MAX_COMMAND_LIFETIME_S: Final = 24 * 3600
+MAX_CBOR_DEPTH: Final = 16
 # Plaintext keys that seal() writes itself and open_envelope() checks against the headers.
 BOUND_KEYS: Final = frozenset({"v", "device", "topic", "seq", "exp"})
 
@@ -68,6 +68,8 @@ _SIGN1_PROTECTED_LABELS: Final = frozenset(
 _CONTENT_PROTECTED: Final = cose.dumps({cose.HDR_ALG: cose.ALG_CHACHA20_POLY1305})
 _RECIPIENT_PROTECTED: Final = cose.dumps({cose.HDR_ALG: cose.ALG_ECDH_ES_HKDF_256})
 _SEAL_TOKEN: Final = object()
+_SIGN1_TAGS: Final = frozenset({cose.TAG_COSE_SIGN1})
+_ENCRYPT_TAGS: Final = frozenset({cose.TAG_COSE_ENCRYPT})
 
 
 # --- topics and AAD ----------------------------------------------------------------------------
@@ -180,8 +182,12 @@ def seal(
             raise ValueError(f"plaintext key {key!r} disagrees with the envelope binding")
     try:
         plaintext = cose.dumps({**plaintext_map, **bound})
+        cose.check_wellformed(plaintext, max_depth=MAX_CBOR_DEPTH)
     except Exception as exc:  # cbor2 raises CBOREncodeError/TypeError for unencodable values
-        raise ValueError(f"plaintext is not CBOR-encodable: {exc}") from None
+        raise ValueError(
+            f"plaintext is not tag-free CBOR nested at most {MAX_CBOR_DEPTH} deep (use ints "
+            f"below 2**64, floats, text, bytes, bools, None, lists, maps): {exc}"
+        ) from None
 
     aad = external_aad(device, topic, seq)
     encrypt = _encrypt(plaintext, aad, recipient)
@@ -355,7 +361,7 @@ def restore_sealed(data: bytes, *, topic: str, signer: PublicIdentity) -> Sealed
 
 def _parse_sign1(data: bytes) -> _Sign1:
     try:
-        msg = cose.strict_loads(data)
+        msg = cose.strict_loads(data, allowed_tags=_SIGN1_TAGS)
     except cose.StrictCBORError as exc:
         raise MalformedEnvelopeError(f"envelope: {exc}") from None
     if not (isinstance(msg, cbor2.CBORTag) and msg.tag == cose.TAG_COSE_SIGN1):
@@ -395,7 +401,7 @@ def _parse_sign1(data: bytes) -> _Sign1:
 
 def _decrypt(encrypt_bytes: bytes, aad: bytes, recipient: Identity) -> bytes:
     """Decrypt our COSE_Encrypt (already authenticated by the signature, but checked anyway)."""
-    msg = _loads(encrypt_bytes, "COSE_Encrypt")
+    msg = _loads(encrypt_bytes, "COSE_Encrypt", allowed_tags=_ENCRYPT_TAGS)
     if not (isinstance(msg, cbor2.CBORTag) and msg.tag == cose.TAG_COSE_ENCRYPT):
         raise MalformedEnvelopeError("payload is not a tagged COSE_Encrypt (tag 96)")
     body = msg.value
@@ -473,16 +479,12 @@ def _check_plaintext(
     return message
 
 
-def _loads(data: bytes, what: str) -> Any:
-    """Decode exactly one CBOR item (any valid encoding) that uses all of ``data``."""
-    fp = io.BytesIO(data)
+def _loads(data: bytes, what: str, allowed_tags: frozenset[int] = frozenset()) -> Any:
+    """Decode exactly one well-formed, tag-free (but for ``allowed_tags``) CBOR item."""
     try:
-        value = cbor2.CBORDecoder(fp).decode()
-    except Exception:  # cbor2 raises several types on hostile input; all mean "malformed"
-        raise MalformedEnvelopeError(f"{what} is not CBOR") from None
-    if fp.tell() != len(data):
-        raise MalformedEnvelopeError(f"{what} has trailing bytes")
-    return value
+        return cose.loads(data, allowed_tags=allowed_tags, max_depth=MAX_CBOR_DEPTH)
+    except cose.StrictCBORError as exc:
+        raise MalformedEnvelopeError(f"{what}: {exc}") from None
 
 
 def _loads_map(data: bytes, what: str) -> dict[Any, Any]:

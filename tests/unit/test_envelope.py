@@ -9,6 +9,7 @@ import importlib
 import os
 import stat
 from collections.abc import Mapping
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -724,3 +725,86 @@ def test_bench_envelope_reports_rates() -> None:
     result = bench_envelope(0.1)
     assert result["seal_per_s"] > 0 and result["open_per_s"] > 0
     assert 250 <= result["plaintext_bytes"] <= 400
+
+
+# --- hostile CBOR never reaches a semantic decoder --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (bytes.fromhex("9f01ff"), "indefinite"),
+        (bytes.fromhex("1c"), "reserved"),
+        (bytes.fromhex("0100"), "trailing"),
+        (bytes.fromhex("5b00000000ffffffff00"), "truncated"),
+        (bytes.fromhex("81" * 20 + "00"), "deeply"),
+        (bytes.fromhex("c11a69264300"), "tag 1"),
+        (bytes.fromhex("f800"), "simple"),
+        (b"", "truncated"),
+    ],
+)
+def test_check_wellformed_refusals(data: bytes, match: str) -> None:
+    from agent.envelope.cose import StrictCBORError, check_wellformed
+
+    with pytest.raises(StrictCBORError, match=match):
+        check_wellformed(data)
+
+
+def test_semantic_tag_bombs_are_refused_before_decoding(
+    device: Identity, backend: Identity
+) -> None:
+    big = (1 << 2_000_000) - 1
+    env = cbor2.loads(
+        seal(
+            EVENT,
+            sender=device,
+            recipient=backend.public(),
+            topic=EVENT_TOPIC,
+            seq=1,
+            device=DEVICE,
+        ).data
+    )
+    prot, _, payload, sig = env.value
+    for bomb in (cbor2.CBORTag(30, [big, big - 2]), cbor2.CBORTag(35, "(a+)+$"), big):
+        data = cbor2.dumps(cbor2.CBORTag(18, [prot, {1: bomb}, payload, sig]))
+        with pytest.raises(MalformedEnvelopeError, match=r"tag|unprotected"):
+            open_event(data, device, backend)
+
+
+def test_rejects_duplicate_labels_in_the_signed_protected_header(
+    device: Identity, backend: Identity
+) -> None:
+    aad = external_aad(DEVICE, EVENT_TOPIC, 42)
+    inner = cbor2.loads(hand_event(device, backend, seq=42)).value[2]
+    # {1: -8, 3: 96, 4: kid, -65537: 1, -65537: 42}: a second seq label, validly signed
+    prot = (
+        bytes.fromhex("a501270318600447")
+        + DEVICE.encode()
+        + bytes.fromhex("3a00010000013a00010000182a")
+    )
+    sig = device.signing_key.sign(cbor2.dumps(["Signature1", prot, aad, inner])).signature
+    data = cbor2.dumps(cbor2.CBORTag(18, [prot, {}, inner, sig]))
+    with pytest.raises(MalformedEnvelopeError, match="duplicate"):
+        open_event(data, device, backend)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [2**64, Decimal("1.5"), {1, 2}, _nested(20)])
+def test_seal_refuses_plaintext_that_would_need_tags_or_deep_nesting(
+    device: Identity, backend: Identity, value: Any
+) -> None:
+    with pytest.raises(ValueError, match="tag-free"):
+        seal(
+            {"x": value},
+            sender=device,
+            recipient=backend.public(),
+            topic=EVENT_TOPIC,
+            seq=1,
+            device=DEVICE,
+        )
