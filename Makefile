@@ -4,6 +4,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-done
 DATASET ?= ../shared/data/faces/detection/dev
 ARGS    ?=
+DEMO_SOURCE ?= ../shared/data/video/intel-sample-videos/one-by-one-person-detection.mp4
 
 .PHONY: setup run demo test check bench eval models bundle clean
 
@@ -19,7 +20,7 @@ run: setup
 
 ## the main job on an embedded default: replay camera -> redaction -> outputs under out/demo
 demo: setup
-	$(BIN)/camveil run --demo $(ARGS)
+	$(BIN)/camveil run --demo $(if $(wildcard $(DEMO_SOURCE)),--demo-source $(DEMO_SOURCE)) $(ARGS)
 
 test: setup
 	$(BIN)/pytest $(ARGS)

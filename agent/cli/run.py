@@ -9,6 +9,7 @@ is none, real photos from scikit-image replayed as a stream; redacted video and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo-source", type=Path, help="video or image folder for --demo")
     parser.add_argument("--frames", type=int, default=0, help="stop after N frames (0: no limit)")
     parser.add_argument("--out", type=Path, help="override [output] dir")
+    parser.add_argument("--model", help="override [detector] model")
 
 
 def demo_config(source: Path | None, out: Path) -> AgentConfig:
@@ -100,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
                 config.privacy,
                 OutputConfig(args.out, config.output.video, config.output.snapshot_every),
             )
+    if args.model:
+        config = dataclasses.replace(
+            config, detector=dataclasses.replace(config.detector, model=args.model)
+        )
     detector = build_detector(config.detector)
     config.output.dir.mkdir(parents=True, exist_ok=True)
     with (
