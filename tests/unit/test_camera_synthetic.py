@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -138,3 +140,18 @@ def test_read_needs_start_and_lifecycle_is_idempotent() -> None:
     cam.close()
     with pytest.raises(CameraError, match="not started"):
         cam.read()
+
+
+def test_paces_on_the_real_clock_too() -> None:
+    cfg = CameraConfig(width=16, height=12, fps=50.0)
+    with SyntheticCamera(cfg) as cam:
+        frames = [cam.read() for _ in range(4)]
+    assert frames[-1].mono - frames[0].mono >= 3 / 50 * 0.9
+    assert abs(frames[0].ts - time.time()) < 5.0
+
+
+def test_timestamps_come_from_the_injected_clock() -> None:
+    clock = FakeClock(start=50.0, epoch=1_800_000_000.0)
+    with _cam(clock) as cam:
+        frame = cam.read()
+    assert (frame.mono, frame.ts) == (50.0, 1_800_000_000.0)
