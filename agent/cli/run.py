@@ -117,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
 
         def stop(signum: int, frame: FrameType | None) -> None:
             pipeline.stop()
+            interrupt = getattr(camera, "interrupt", None)  # ends a reconnect backoff wait
+            if interrupt is not None:
+                interrupt()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
