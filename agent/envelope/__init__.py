@@ -7,16 +7,8 @@ Wire format: docs/PROTOCOL.md, section "Envelope". Errors: the EnvelopeError sub
 
 from agent.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity, save_identity
 from agent.envelope.replay import ReplayGuard
-from agent.envelope.seal import (
-    OpenedMessage,
-    SealedEnvelope,
-    Topic,
-    external_aad,
-    open_envelope,
-    parse_topic,
-    restore_sealed,
-    seal,
-)
+from agent.envelope.seal import OpenedMessage, SealedEnvelope, open_envelope, restore_sealed, seal
+from agent.envelope.wire import Topic, external_aad, parse_topic
 
 __all__ = [
     "Identity",

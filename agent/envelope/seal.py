@@ -12,13 +12,14 @@ subclass; nothing else escapes for any input bytes.
 
 from __future__ import annotations
 
-import re
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
 import cbor2
 from nacl.bindings import (
@@ -31,8 +32,26 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.exceptions import CryptoError
 
 from agent.envelope import cose
-from agent.envelope.keys import Identity, PeerKeys, PublicIdentity, check_kid
+from agent.envelope.keys import Identity, PeerKeys, PublicIdentity
 from agent.envelope.replay import ReplayGuard
+from agent.envelope.wire import (
+    BOUND_KEYS,
+    CONTENT_PROTECTED,
+    ENVELOPE_VERSION,
+    HDR_EXP,
+    HDR_SEQ,
+    KIND_CMD,
+    MAX_CBOR_DEPTH,
+    MAX_SEQ,
+    RECIPIENT_PROTECTED,
+    Sign1,
+    check_plaintext,
+    external_aad,
+    is_uint,
+    parse_encrypt,
+    parse_sign1,
+    parse_topic,
+)
 from agent.errors import (
     BadSignatureError,
     BindingMismatchError,
@@ -42,65 +61,14 @@ from agent.errors import (
     UnknownKeyError,
 )
 
-ENVELOPE_VERSION: Final = 1
-AAD_CONTEXT: Final = "camveil/v1"
-TOPIC_PREFIX: Final = "camveil/v1/"
-# Private-use COSE header labels (RFC 9052 §11.1: integers below -65536), in the Sign1 protected
-# header, so that seq and expiry are readable (and signed) before anything is decrypted.
-HDR_SEQ: Final = -65537
-HDR_EXP: Final = -65538
-MAX_SEQ: Final = 2**63 - 1
 MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
 MAX_COMMAND_LIFETIME_S: Final = 24 * 3600
-MAX_CBOR_DEPTH: Final = 16
-# Plaintext keys that seal() writes itself and open_envelope() checks against the headers.
-BOUND_KEYS: Final = frozenset({"v", "device", "topic", "seq", "exp"})
-
-KIND_EVENT: Final = "event"
-KIND_STATUS: Final = "status"
-KIND_CMD: Final = "cmd"
-KIND_CMD_ACK: Final = "cmd/ack"
-
-_EVENT_TYPE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_SIGN1_PROTECTED_LABELS: Final = frozenset(
-    {cose.HDR_ALG, cose.HDR_CONTENT_TYPE, cose.HDR_KID, HDR_SEQ, HDR_EXP}
-)
-_CONTENT_PROTECTED: Final = cose.dumps({cose.HDR_ALG: cose.ALG_CHACHA20_POLY1305})
-_RECIPIENT_PROTECTED: Final = cose.dumps({cose.HDR_ALG: cose.ALG_ECDH_ES_HKDF_256})
-_SEAL_TOKEN: Final = object()
-_SIGN1_TAGS: Final = frozenset({cose.TAG_COSE_SIGN1})
-_ENCRYPT_TAGS: Final = frozenset({cose.TAG_COSE_ENCRYPT})
+_MINT_KEY: Final = secrets.token_bytes(32)
 
 
-# --- topics and AAD ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Topic:
-    """A parsed camveil topic: ``camveil/v1/<device>/{event/<type>|status|cmd|cmd/ack}``."""
-
-    device: str
-    kind: str
-    event_type: str | None = None
-
-
-def parse_topic(topic: str) -> Topic:
-    """Parse a camveil MQTT topic (DESIGN §4); ValueError when it is not one."""
-    if not isinstance(topic, str) or not topic.startswith(TOPIC_PREFIX):
-        raise ValueError(f"topic {topic!r} does not start with {TOPIC_PREFIX!r}")
-    device, _, rest = topic[len(TOPIC_PREFIX) :].partition("/")
-    check_kid(device)
-    if rest in (KIND_STATUS, KIND_CMD, KIND_CMD_ACK):
-        return Topic(device=device, kind=rest)
-    kind, _, event_type = rest.partition("/")
-    if kind == KIND_EVENT and _EVENT_TYPE.fullmatch(event_type):
-        return Topic(device=device, kind=KIND_EVENT, event_type=event_type)
-    raise ValueError(f"topic {topic!r} is not event/<type>, status, cmd or cmd/ack")
-
-
-def external_aad(device: str, topic: str, seq: int) -> bytes:
-    """External AAD of both COSE layers: ``cbor(["camveil/v1", device, topic, seq])``."""
-    return cose.dumps([AAD_CONTEXT, device, topic, seq])
+def _mint(data: bytes, topic: str, device: str, sender_kid: str, seq: int) -> bytes:
+    fields = cose.dumps([data, topic, device, sender_kid, seq])
+    return hmac.new(_MINT_KEY, fields, hashlib.sha256).digest()
 
 
 # --- sealed and opened values ------------------------------------------------------------------
@@ -116,10 +84,14 @@ class SealedEnvelope:
     device: str
     sender_kid: str
     seq: int
-    _token: object = field(default=None, repr=False, compare=False)
+    _mint: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self._token is not _SEAL_TOKEN:
+        # _mint is a MAC under a per-process secret over every field, so neither the
+        # constructor nor dataclasses.replace() can wrap other bytes or move them elsewhere.
+        if not hmac.compare_digest(
+            self._mint, _mint(self.data, self.topic, self.device, self.sender_kid, self.seq)
+        ):
             raise TypeError("SealedEnvelope is made only by seal() or restore_sealed()")
 
 
@@ -167,11 +139,9 @@ def seal(
         raise ValueError(f"{parsed.kind} messages of {device!r} must be signed by that device")
     if parsed.kind == KIND_CMD and expires_at is None:
         raise ValueError("commands need expires_at")
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+    if not is_uint(seq, MAX_SEQ):
         raise ValueError(f"seq must be an int in 0..2**63-1, got {seq!r}")
-    if expires_at is not None and (
-        not isinstance(expires_at, int) or isinstance(expires_at, bool) or expires_at < 0
-    ):
+    if expires_at is not None and not is_uint(expires_at, MAX_SEQ):
         raise ValueError("expires_at must be a non-negative int (Unix seconds)")
 
     bound: dict[str, Any] = {"v": ENVELOPE_VERSION, "device": device, "topic": topic, "seq": seq}
@@ -206,7 +176,12 @@ def seal(
     ).signature
     data = cose.dumps(cbor2.CBORTag(cose.TAG_COSE_SIGN1, [protected_bytes, {}, encrypt, signature]))
     return SealedEnvelope(
-        data=data, topic=topic, device=device, sender_kid=sender.kid, seq=seq, _token=_SEAL_TOKEN
+        data=data,
+        topic=topic,
+        device=device,
+        sender_kid=sender.kid,
+        seq=seq,
+        _mint=_mint(data, topic, device, sender.kid, seq),
     )
 
 
@@ -215,13 +190,13 @@ def _encrypt(plaintext: bytes, aad: bytes, recipient: PublicIdentity) -> bytes:
     ephemeral = secrets.token_bytes(cose.X25519_KEY_LEN)
     ephemeral_public = crypto_scalarmult_base(ephemeral)
     shared = crypto_scalarmult(ephemeral, bytes(recipient.encryption_key))
-    cek = _derive_cek(shared, _RECIPIENT_PROTECTED)
+    cek = _derive_cek(shared, RECIPIENT_PROTECTED)
     iv = secrets.token_bytes(cose.CHACHA20_POLY1305_IV_LEN)
     ciphertext = crypto_aead_chacha20poly1305_ietf_encrypt(
-        plaintext, cose.enc_structure(_CONTENT_PROTECTED, aad), iv, cek
+        plaintext, cose.enc_structure(CONTENT_PROTECTED, aad), iv, cek
     )
     recipient_entry = [
-        _RECIPIENT_PROTECTED,
+        RECIPIENT_PROTECTED,
         {
             cose.HDR_EPHEMERAL_KEY: cose.x25519_cose_key(ephemeral_public),
             cose.HDR_KID: recipient.kid.encode(),
@@ -231,7 +206,7 @@ def _encrypt(plaintext: bytes, aad: bytes, recipient: PublicIdentity) -> bytes:
     return cose.dumps(
         cbor2.CBORTag(
             cose.TAG_COSE_ENCRYPT,
-            [_CONTENT_PROTECTED, {cose.HDR_IV: iv}, ciphertext, [recipient_entry]],
+            [CONTENT_PROTECTED, {cose.HDR_IV: iv}, ciphertext, [recipient_entry]],
         )
     )
 
@@ -244,16 +219,6 @@ def _derive_cek(shared: bytes, recipient_protected: bytes) -> bytes:
 
 
 # --- open --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Sign1:
-    protected: bytes
-    payload: bytes
-    signature: bytes
-    kid: str
-    seq: int
-    exp: int | None
 
 
 def open_envelope(
@@ -286,7 +251,7 @@ def open_envelope(
     if len(data) > max_size:
         raise MalformedEnvelopeError(f"envelope of {len(data)} bytes exceeds {max_size}")
 
-    outer = _parse_sign1(data)
+    outer = parse_sign1(data)
     signer = trusted_senders.require(outer.kid)
     if parsed.kind != KIND_CMD and outer.kid != parsed.device:
         raise BindingMismatchError(
@@ -296,14 +261,7 @@ def open_envelope(
         raise MalformedEnvelopeError("command without expiry")
 
     aad = external_aad(parsed.device, topic, outer.seq)
-    try:
-        signer.verify_key.verify(
-            cose.sig_structure1(outer.protected, aad, outer.payload), outer.signature
-        )
-    except NaclBadSignatureError:
-        raise BadSignatureError(
-            f"signature of key {outer.kid!r} does not verify for topic {topic!r} seq {outer.seq}"
-        ) from None
+    _verify(signer, outer, aad, topic)
 
     if outer.exp is not None:
         now = clock()
@@ -315,7 +273,7 @@ def open_envelope(
             )
 
     plaintext = _decrypt(outer.payload, aad, recipient)
-    message = _check_plaintext(plaintext, parsed.device, topic, outer.seq, outer.exp)
+    message = check_plaintext(plaintext, parsed.device, topic, outer.seq, outer.exp)
 
     replay_guard.accept((outer.kid, parsed.device), outer.seq)
     return OpenedMessage(
@@ -339,165 +297,48 @@ def restore_sealed(data: bytes, *, topic: str, signer: PublicIdentity) -> Sealed
         parsed = parse_topic(topic)
     except ValueError as exc:
         raise BindingMismatchError(f"not a camveil topic: {exc}") from None
-    outer = _parse_sign1(bytes(data))
+    outer = parse_sign1(bytes(data))
     if outer.kid != signer.kid:
         raise UnknownKeyError(f"envelope signed by {outer.kid!r}, expected {signer.kid!r}")
     aad = external_aad(parsed.device, topic, outer.seq)
+    _verify(signer, outer, aad, topic)
+    data = bytes(data)
+    return SealedEnvelope(
+        data=data,
+        topic=topic,
+        device=parsed.device,
+        sender_kid=outer.kid,
+        seq=outer.seq,
+        _mint=_mint(data, topic, parsed.device, outer.kid, outer.seq),
+    )
+
+
+def _verify(signer: PublicIdentity, outer: Sign1, aad: bytes, topic: str) -> None:
     try:
         signer.verify_key.verify(
             cose.sig_structure1(outer.protected, aad, outer.payload), outer.signature
         )
     except NaclBadSignatureError:
-        raise BadSignatureError(f"stored envelope for {topic!r} does not verify") from None
-    return SealedEnvelope(
-        data=bytes(data),
-        topic=topic,
-        device=parsed.device,
-        sender_kid=outer.kid,
-        seq=outer.seq,
-        _token=_SEAL_TOKEN,
-    )
-
-
-def _parse_sign1(data: bytes) -> _Sign1:
-    try:
-        msg = cose.strict_loads(data, allowed_tags=_SIGN1_TAGS)
-    except cose.StrictCBORError as exc:
-        raise MalformedEnvelopeError(f"envelope: {exc}") from None
-    if not (isinstance(msg, cbor2.CBORTag) and msg.tag == cose.TAG_COSE_SIGN1):
-        raise MalformedEnvelopeError("envelope is not a tagged COSE_Sign1 (tag 18)")
-    body = msg.value
-    if not (_is_array(body) and len(body) == 4):
-        raise MalformedEnvelopeError("COSE_Sign1 is not an array of 4")
-    protected, unprotected, payload, signature = body
-    if not (isinstance(protected, bytes) and isinstance(payload, bytes)):
-        raise MalformedEnvelopeError("COSE_Sign1 protected header or payload is not a bstr")
-    if not (isinstance(unprotected, Mapping) and len(unprotected) == 0):
-        raise MalformedEnvelopeError("COSE_Sign1 unprotected header must be empty")
-    if not (isinstance(signature, bytes) and len(signature) == cose.ED25519_SIG_LEN):
-        raise MalformedEnvelopeError("COSE_Sign1 signature is not 64 bytes")
-    header = _loads_map(protected, "COSE_Sign1 protected header")
-    if set(header) - _SIGN1_PROTECTED_LABELS:
-        raise MalformedEnvelopeError("COSE_Sign1 protected header has unknown labels")
-    if header.get(cose.HDR_ALG) != cose.ALG_EDDSA:
-        raise MalformedEnvelopeError("COSE_Sign1 alg is not EdDSA (-8)")
-    if header.get(cose.HDR_CONTENT_TYPE) != cose.CONTENT_FORMAT_COSE_ENCRYPT:
-        raise MalformedEnvelopeError("COSE_Sign1 content type is not COSE_Encrypt (96)")
-    kid_bytes = header.get(cose.HDR_KID)
-    try:
-        if not isinstance(kid_bytes, bytes):
-            raise ValueError("kid is not a bstr")
-        kid = check_kid(kid_bytes.decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        raise MalformedEnvelopeError("COSE_Sign1 kid is missing or not a valid key id") from None
-    seq = header.get(HDR_SEQ)
-    if not _is_uint(seq, MAX_SEQ):
-        raise MalformedEnvelopeError("COSE_Sign1 seq header is missing or out of range")
-    exp = header.get(HDR_EXP)
-    if exp is not None and not _is_uint(exp, MAX_SEQ):
-        raise MalformedEnvelopeError("COSE_Sign1 exp header is out of range")
-    return _Sign1(protected, payload, signature, kid, seq, exp)
+        raise BadSignatureError(
+            f"signature of key {outer.kid!r} does not verify for topic {topic!r} seq {outer.seq}"
+        ) from None
 
 
 def _decrypt(encrypt_bytes: bytes, aad: bytes, recipient: Identity) -> bytes:
     """Decrypt our COSE_Encrypt (already authenticated by the signature, but checked anyway)."""
-    msg = _loads(encrypt_bytes, "COSE_Encrypt", allowed_tags=_ENCRYPT_TAGS)
-    if not (isinstance(msg, cbor2.CBORTag) and msg.tag == cose.TAG_COSE_ENCRYPT):
-        raise MalformedEnvelopeError("payload is not a tagged COSE_Encrypt (tag 96)")
-    body = msg.value
-    if not (_is_array(body) and len(body) == 4):
-        raise MalformedEnvelopeError("COSE_Encrypt is not an array of 4")
-    protected, unprotected, ciphertext, recipients = body
-    if not isinstance(protected, bytes) or not isinstance(ciphertext, bytes):
-        raise MalformedEnvelopeError("COSE_Encrypt protected header or ciphertext is not a bstr")
-    if _loads_map(protected, "COSE_Encrypt protected header") != {
-        cose.HDR_ALG: cose.ALG_CHACHA20_POLY1305
-    }:
-        raise MalformedEnvelopeError("COSE_Encrypt protected header is not {1: 24}")
-    if not isinstance(unprotected, Mapping) or set(unprotected) != {cose.HDR_IV}:
-        raise MalformedEnvelopeError("COSE_Encrypt unprotected header is not {5: iv}")
-    iv = unprotected[cose.HDR_IV]
-    if not (isinstance(iv, bytes) and len(iv) == cose.CHACHA20_POLY1305_IV_LEN):
-        raise MalformedEnvelopeError("COSE_Encrypt iv is not 12 bytes")
-    if not (_is_array(recipients) and len(recipients) == 1):
-        raise MalformedEnvelopeError("COSE_Encrypt must have exactly one recipient")
-    entry = recipients[0]
-    if not (_is_array(entry) and len(entry) == 3):
-        raise MalformedEnvelopeError("COSE_recipient is not an array of 3")
-    r_protected, r_unprotected, r_ciphertext = entry
-    if not isinstance(r_protected, bytes) or r_ciphertext != b"":
-        raise MalformedEnvelopeError("COSE_recipient protected is not a bstr or has a key")
-    if _loads_map(r_protected, "COSE_recipient protected header") != {
-        cose.HDR_ALG: cose.ALG_ECDH_ES_HKDF_256
-    }:
-        raise MalformedEnvelopeError("COSE_recipient protected header is not {1: -25}")
-    if not isinstance(r_unprotected, Mapping) or set(r_unprotected) != {
-        cose.HDR_EPHEMERAL_KEY,
-        cose.HDR_KID,
-    }:
-        raise MalformedEnvelopeError("COSE_recipient unprotected header is not {-1: key, 4: kid}")
-    try:
-        ephemeral_public = cose.parse_x25519_cose_key(r_unprotected[cose.HDR_EPHEMERAL_KEY])
-    except ValueError as exc:
-        raise MalformedEnvelopeError(f"COSE_recipient: {exc}") from None
-    if r_unprotected[cose.HDR_KID] != recipient.kid.encode():
+    enc = parse_encrypt(encrypt_bytes)
+    if enc.recipient_kid != recipient.kid.encode():
         raise UnknownKeyError("message is encrypted to a key id we do not hold")
-
     try:
-        shared = crypto_scalarmult(bytes(recipient.encryption_key), ephemeral_public)
+        shared = crypto_scalarmult(bytes(recipient.encryption_key), enc.ephemeral_public)
     except CryptoError:  # libsodium refuses low-order points (all-zero shared secret)
         raise DecryptError("ephemeral key is a low-order point") from None
-    cek = _derive_cek(shared, r_protected)
+    cek = _derive_cek(shared, enc.recipient_protected)
     try:
         return crypto_aead_chacha20poly1305_ietf_decrypt(
-            ciphertext, cose.enc_structure(protected, aad), iv, cek
+            enc.ciphertext, cose.enc_structure(enc.protected, aad), enc.iv, cek
         )
     except CryptoError:
         raise DecryptError(
             "authenticated decryption failed (wrong recipient key or tampered)"
         ) from None
-
-
-def _check_plaintext(
-    plaintext: bytes, device: str, topic: str, seq: int, exp: int | None
-) -> dict[str, Any]:
-    message = _loads(plaintext, "plaintext")
-    if not isinstance(message, Mapping) or not all(isinstance(k, str) for k in message):
-        raise MalformedEnvelopeError("plaintext is not a map with text keys")
-    message = dict(message)
-    if message.get("v") != ENVELOPE_VERSION:
-        raise MalformedEnvelopeError(f"plaintext version is not {ENVELOPE_VERSION}")
-    expected: dict[str, Any] = {"device": device, "topic": topic, "seq": seq}
-    if exp is not None:
-        expected["exp"] = exp
-    for key, want in expected.items():
-        got = message.get(key)
-        if type(got) is not type(want) or got != want:
-            raise BindingMismatchError(f"plaintext {key!r} does not match the envelope binding")
-    if exp is None and "exp" in message:
-        raise BindingMismatchError("plaintext 'exp' is not in the signed header")
-    return message
-
-
-def _loads(data: bytes, what: str, allowed_tags: frozenset[int] = frozenset()) -> Any:
-    """Decode exactly one well-formed, tag-free (but for ``allowed_tags``) CBOR item."""
-    try:
-        return cose.loads(data, allowed_tags=allowed_tags, max_depth=MAX_CBOR_DEPTH)
-    except cose.StrictCBORError as exc:
-        raise MalformedEnvelopeError(f"{what}: {exc}") from None
-
-
-def _loads_map(data: bytes, what: str) -> dict[Any, Any]:
-    value = _loads(data, what)
-    if not isinstance(value, Mapping):
-        raise MalformedEnvelopeError(f"{what} is not a map")
-    return dict(value)
-
-
-def _is_array(value: Any) -> bool:
-    # cbor2 >= 6 decodes arrays inside tags as tuples, older versions as lists
-    return isinstance(value, list | tuple)
-
-
-def _is_uint(value: object, maximum: int) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum

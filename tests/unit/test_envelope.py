@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import importlib
@@ -226,9 +227,16 @@ def test_golden_vector_matches_hand_built_and_protocol_doc(monkeypatch: pytest.M
     assert "".join(doc.split()).find(env.data.hex()) >= 0, "PROTOCOL.md example is stale"
 
 
-def test_sealed_envelope_is_made_only_by_seal() -> None:
+def test_sealed_envelope_is_made_only_by_seal(device: Identity, backend: Identity) -> None:
     with pytest.raises(TypeError):
         SealedEnvelope(data=b"\xd2", topic=EVENT_TOPIC, device=DEVICE, sender_kid=DEVICE, seq=0)
+    env = seal(
+        EVENT, sender=device, recipient=backend.public(), topic=EVENT_TOPIC, seq=1, device=DEVICE
+    )
+    for change in ({"data": b"\xff\xd8 raw jpeg"}, {"topic": EVENT_TOPIC + "x"}, {"seq": 2}):
+        with pytest.raises(TypeError):
+            dataclasses.replace(env, **change)
+    assert dataclasses.replace(env) == env
 
 
 def test_restore_sealed(device: Identity, backend: Identity, operator: Identity) -> None:
@@ -808,3 +816,35 @@ def test_seal_refuses_plaintext_that_would_need_tags_or_deep_nesting(
             seq=1,
             device=DEVICE,
         )
+
+
+def _resign(device: Identity, header: Any, inner: bytes, seq: int = 42) -> bytes:
+    prot = cbor2.dumps(header)
+    aad = external_aad(DEVICE, EVENT_TOPIC, seq)
+    sig = device.signing_key.sign(cbor2.dumps(["Signature1", prot, aad, inner])).signature
+    return cbor2.dumps(cbor2.CBORTag(18, [prot, {}, inner, sig]))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {1: -8.0, 3: 96, 4: DEVICE.encode(), -65537: 42},  # alg as a float
+        {1: -8, 3: "96", 4: DEVICE.encode(), -65537: 42},  # content type as text
+        {1: -8, 3: 96, 4: DEVICE, -65537: 42},  # kid as text
+        {1: -8, 3: 96, 4: DEVICE.encode(), -65537: 42, "x": 1},  # text label
+        {1: -8, 3: 96, 4: DEVICE.encode(), -65537: 42, 99: 1},  # unknown label
+        {1: -8, 3: 96, 4: DEVICE.encode(), -65537: 42.0},  # seq as a float
+        {1: -8, 3: 96, 4: DEVICE.encode()},  # no seq
+        {1: -8, 3: 96, 4: DEVICE.encode(), -65537: 42, -65538: -1},  # negative exp
+        {1: -7, 3: 96, 4: DEVICE.encode(), -65537: 42},  # ES256
+        [1, -8],  # not a map
+    ],
+)
+def test_rejects_signed_but_wrong_protected_headers(
+    device: Identity, backend: Identity, header: Any
+) -> None:
+    inner = cbor2.loads(hand_event(device, backend, seq=42)).value[2]
+    with pytest.raises(MalformedEnvelopeError):
+        open_event(_resign(device, header, inner), device, backend)
+    good = {1: -8, 3: 96, 4: DEVICE.encode(), -65537: 42}
+    assert open_event(_resign(device, good, inner), device, backend).seq == 42
