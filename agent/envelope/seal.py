@@ -245,13 +245,7 @@ def open_envelope(
         parsed = parse_topic(topic)
     except ValueError as exc:
         raise BindingMismatchError(f"not a camveil topic: {exc}") from None
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedEnvelopeError(f"envelope must be bytes, not {type(data).__name__}")
-    data = bytes(data)
-    if len(data) > max_size:
-        raise MalformedEnvelopeError(f"envelope of {len(data)} bytes exceeds {max_size}")
-
-    outer = parse_sign1(data)
+    outer = parse_sign1(_as_bytes(data, max_size))
     signer = trusted_senders.require(outer.kid)
     if parsed.kind != KIND_CMD and outer.kid != parsed.device:
         raise BindingMismatchError(
@@ -272,10 +266,12 @@ def open_envelope(
                 f"command expiry {outer.exp} is more than {max_command_lifetime_s:.0f} s ahead"
             )
 
+    stream = (outer.kid, parsed.device)
+    replay_guard.check(stream, outer.seq)  # cheap early refusal of QoS 1 redeliveries
     plaintext = _decrypt(outer.payload, aad, recipient)
     message = check_plaintext(plaintext, parsed.device, topic, outer.seq, outer.exp)
 
-    replay_guard.accept((outer.kid, parsed.device), outer.seq)
+    replay_guard.accept(stream, outer.seq)
     return OpenedMessage(
         sender_kid=outer.kid,
         device=parsed.device,
@@ -297,12 +293,12 @@ def restore_sealed(data: bytes, *, topic: str, signer: PublicIdentity) -> Sealed
         parsed = parse_topic(topic)
     except ValueError as exc:
         raise BindingMismatchError(f"not a camveil topic: {exc}") from None
-    outer = parse_sign1(bytes(data))
+    data = _as_bytes(data, MAX_ENVELOPE_BYTES)
+    outer = parse_sign1(data)
     if outer.kid != signer.kid:
         raise UnknownKeyError(f"envelope signed by {outer.kid!r}, expected {signer.kid!r}")
     aad = external_aad(parsed.device, topic, outer.seq)
     _verify(signer, outer, aad, topic)
-    data = bytes(data)
     return SealedEnvelope(
         data=data,
         topic=topic,
@@ -342,3 +338,12 @@ def _decrypt(encrypt_bytes: bytes, aad: bytes, recipient: Identity) -> bytes:
         raise DecryptError(
             "authenticated decryption failed (wrong recipient key or tampered)"
         ) from None
+
+
+def _as_bytes(data: object, max_size: int) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedEnvelopeError(f"envelope must be bytes, not {type(data).__name__}")
+    raw = bytes(data)
+    if len(raw) > max_size:
+        raise MalformedEnvelopeError(f"envelope of {len(raw)} bytes exceeds {max_size}")
+    return raw
