@@ -1,7 +1,7 @@
 """Replay protection: a sliding window over each stream's monotonic sequence numbers.
 
-A stream is ``(signer kid, device)``: for events that is the device talking about itself, for
-commands the operator key talking to one device. Senders number their messages 0, 1, 2, ...
+A stream is ``(signer kid, topic)``: the device talking on one of its topics, or an operator key
+commanding one device. Senders number their messages with one counter that only grows
 (persisted across restarts, so numbers are never reused). The guard remembers, per stream, the
 highest accepted seq and a bitmap of the ``window`` numbers below it, as in IPsec/DTLS (RFC 4303
 §3.4.3): a seq above the highest is accepted and slides the window; one inside the window is
@@ -9,7 +9,8 @@ accepted once (out-of-order QoS 1 delivery, outbox retries after a reconnect); a
 that has fallen out of the window, raises :class:`~agent.errors.ReplayError`.
 
 Memory is one int and one ``window``-bit int per stream; streams only come into being after a
-signature verified under a trusted key, so their number is bounded by the trusted fleet.
+signature verified under a trusted key, so their number is bounded by the trusted signers and
+the topics they use.
 :meth:`ReplayGuard.snapshot` / :meth:`ReplayGuard.restore` let a caller persist the state.
 """
 

@@ -266,7 +266,7 @@ def open_envelope(
                 f"command expiry {outer.exp} is more than {max_command_lifetime_s:.0f} s ahead"
             )
 
-    stream = (outer.kid, parsed.device)
+    stream = (outer.kid, topic)  # one window per signer and topic (see docs/PROTOCOL.md)
     replay_guard.check(stream, outer.seq)  # cheap early refusal of QoS 1 redeliveries
     plaintext = _decrypt(outer.payload, aad, recipient)
     message = check_plaintext(plaintext, parsed.device, topic, outer.seq, outer.exp)

@@ -848,3 +848,28 @@ def test_rejects_signed_but_wrong_protected_headers(
         open_event(_resign(device, header, inner), device, backend)
     good = {1: -8, 3: 96, 4: DEVICE.encode(), -65537: 42}
     assert open_event(_resign(device, good, inner), device, backend).seq == 42
+
+
+def test_last_will_sealed_at_connect_is_fresh_when_published_much_later(
+    device: Identity, backend: Identity
+) -> None:
+    status = f"camveil/v1/{DEVICE}/status"
+    guard = ReplayGuard(window=4)
+
+    def sealed(topic: str, seq: int) -> bytes:
+        return seal(
+            {"state": "x"},
+            sender=device,
+            recipient=backend.public(),
+            topic=topic,
+            seq=seq,
+            device=DEVICE,
+        ).data
+
+    online, will = sealed(status, 1), sealed(status, 2)  # the will is sealed at connect
+    open_event(online, device, backend, topic=status, replay_guard=guard)
+    for seq in range(3, 20):  # many events later ...
+        open_event(sealed(EVENT_TOPIC, seq), device, backend, replay_guard=guard)
+    assert open_event(will, device, backend, topic=status, replay_guard=guard).seq == 2
+    with pytest.raises(ReplayError):
+        open_event(will, device, backend, topic=status, replay_guard=guard)
