@@ -5,7 +5,15 @@ Wire format: docs/PROTOCOL.md, section "Envelope". Errors: the EnvelopeError sub
 :mod:`agent.errors`.
 """
 
-from agent.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity, save_identity
+from agent.envelope.keys import (
+    Identity,
+    PeerKeys,
+    PublicIdentity,
+    load_identity,
+    load_peers,
+    save_identity,
+    save_peers,
+)
 from agent.envelope.replay import ReplayGuard
 from agent.envelope.seal import OpenedMessage, SealedEnvelope, open_envelope, restore_sealed, seal
 from agent.envelope.wire import Topic, external_aad, parse_topic
@@ -20,9 +28,11 @@ __all__ = [
     "Topic",
     "external_aad",
     "load_identity",
+    "load_peers",
     "open_envelope",
     "parse_topic",
     "restore_sealed",
     "save_identity",
+    "save_peers",
     "seal",
 ]

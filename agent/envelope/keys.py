@@ -169,6 +169,32 @@ def load_identity(path: Path) -> Identity:
         ) from None
 
 
+def save_peers(path: Path, peers: Iterable[PublicIdentity]) -> None:
+    """Write public identities (no secrets) atomically: a CBOR array of :meth:`to_cbor` maps."""
+    items = [cbor2.loads(p.to_cbor()) for p in peers]
+    write_private_file(path, cbor2.dumps({"v": KEY_FILE_VERSION, "peers": items}, canonical=True))
+
+
+def load_peers(path: Path) -> PeerKeys:
+    """Read :func:`save_peers` output; :class:`KeyFileError` says what is wrong."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(
+            f"peer key file {path} cannot be read ({exc.strerror}); provision the unit first"
+        ) from None
+    try:
+        m = _load_map(data)
+        items = m.get("peers")
+        if not isinstance(items, list | tuple):
+            raise ValueError("'peers' missing or not an array")
+        return PeerKeys(PublicIdentity.from_cbor(cbor2.dumps(dict(i))) for i in items)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(
+            f"peer key file {path} is not a camveil peer list ({exc}); re-provision the unit"
+        ) from None
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``: temp file 0600 + fsync + rename + dir fsync."""
     directory = path.parent

@@ -873,3 +873,19 @@ def test_last_will_sealed_at_connect_is_fresh_when_published_much_later(
     assert open_event(will, device, backend, topic=status, replay_guard=guard).seq == 2
     with pytest.raises(ReplayError):
         open_event(will, device, backend, topic=status, replay_guard=guard)
+
+
+def test_peer_key_file_round_trip_and_refusals(tmp_path: Path) -> None:
+    from agent.envelope import load_peers, save_peers
+
+    pubs = [Identity.generate("operator-1").public(), Identity.generate("backend-1").public()]
+    path = tmp_path / "peers.cbor"
+    save_peers(path, pubs)
+    peers = load_peers(path)
+    assert sorted(peers) == ["backend-1", "operator-1"] and peers["operator-1"] == pubs[0]
+    with pytest.raises(KeyFileError, match="cannot be read"):
+        load_peers(tmp_path / "missing.cbor")
+    for bad in (b"\xff", cbor2.dumps({"v": 1}), cbor2.dumps({"v": 1, "peers": [{"v": 1}]})):
+        path.write_bytes(bad)
+        with pytest.raises(KeyFileError, match="not a camveil peer list"):
+            load_peers(path)
