@@ -23,6 +23,13 @@ Raise or log, never both.
     │   ├── DetectorOverloadError   the detector is still busy with an earlier frame
     │   └── UnredactedDataError     something other than a RedactedFrame / sealed envelope
     │                               reached a publish or store path
+    ├── EventError                  an event cannot be built as asked
+    │   └── SnapshotTooLargeError   no JPEG of the frame fits under the size cap
+    ├── SequenceError               the persisted seq high-water mark cannot be read or written
+    ├── OutboxError                 the durable outbox cannot be used (see agent.outbox)
+    │   ├── OutboxFullError         disk or database full even after evicting the oldest, or
+    │   │                           one envelope larger than the whole outbox bound
+    │   └── OutboxCorruptError      the database file fails its integrity check at open
     └── EnvelopeError               a sealed message failed to open (see agent.envelope)
         ├── MalformedEnvelopeError  not exactly a camveil COSE_Sign1/COSE_Encrypt, or too large
         ├── UnknownKeyError         signer kid not trusted, or encrypted to a key we do not hold
@@ -99,6 +106,31 @@ class DetectorOverloadError(PrivacyError):
 
 class UnredactedDataError(PrivacyError):
     """Something other than redacted / sealed data reached a publish or store path."""
+
+
+class EventError(CamveilError):
+    """An event cannot be built from what was given."""
+
+
+class SnapshotTooLargeError(EventError):
+    """No JPEG of the frame, at the lowest allowed quality and size, fits under the cap."""
+
+
+class SequenceError(CamveilError):
+    """The persisted seq high-water mark cannot be read or written; names the file and the fix."""
+
+
+class OutboxError(CamveilError):
+    """The durable outbox cannot be used."""
+
+
+class OutboxFullError(OutboxError):
+    """The disk or database is full even after evicting the oldest envelopes (or one envelope
+    is larger than the whole outbox bound); the envelope was not stored and this is counted."""
+
+
+class OutboxCorruptError(OutboxError):
+    """The outbox database fails its integrity check at open; the message says how to recover."""
 
 
 class EnvelopeError(CamveilError):

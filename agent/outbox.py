@@ -1,0 +1,640 @@
+"""Durable outbox of sealed envelopes: stdlib sqlite3 in WAL mode, one row per envelope.
+
+Only :class:`~agent.envelope.SealedEnvelope` instances may enter (anything else raises
+:class:`~agent.errors.UnredactedDataError`). A row leaves only when the broker acknowledged it
+(:meth:`Outbox.ack`, called from the transport's PUBACK callback) or when a bound evicts it; every
+eviction and every refused envelope is counted in a table of the same database, in the same
+transaction as the change it counts, so the totals survive restarts.
+
+Rows come back out as :class:`OutboxItem` holding a :class:`~agent.envelope.SealedEnvelope`
+rebuilt with :func:`~agent.envelope.restore_sealed`, which checks the device's signature: a row
+damaged on disk, or signed by keys the device no longer has, is evicted (counted ``invalid``)
+instead of being published.
+
+Delivery is at least once. :meth:`Outbox.requeue_in_flight` makes everything that was published
+but not acknowledged eligible again: it runs at open (a restart) and must be called whenever the
+transport session is restarted (its outstanding message ids are void then); after paho's own
+reconnect it is not needed, paho retransmits unacknowledged messages itself. A PUBACK with a
+failure reason calls :meth:`Outbox.release` for that row. The receiver de-duplicates on
+(device, seq).
+
+Durability. The database is in WAL mode. ``enqueue`` commits with ``synchronous=FULL``: the WAL is
+fsynced before ``enqueue`` returns, so an acknowledged enqueue survives power loss, not only a
+process crash. (With ``NORMAL``, WAL commits are fsynced only at checkpoints: a kill -9 loses
+nothing, but a power cut can roll back the last transactions, i.e. lose events the caller was told
+were stored.) ``ack``, ``mark_in_flight`` and ``requeue_in_flight`` commit with ``NORMAL``: if a
+power cut undoes one of them, the envelope is simply sent again and de-duplicated downstream, so
+paying an fsync for them buys nothing. The WAL is append-only with checksummed frames, so an
+un-synced commit can be lost but never corrupt an earlier synced one, and the next ``FULL``
+commit's fsync covers the earlier ``NORMAL`` frames too. Measured numbers: docs/_protocol_events.md
+(section "Outbox") and ``tests/integration/test_outbox.py::test_throughput``.
+
+Disk full: SQLite reports ``database or disk is full`` (also when ``max_db_bytes`` is reached).
+The outbox then checkpoints the WAL, evicts the oldest envelopes (counted as ``disk_full``) and
+retries; if nothing is left to evict it raises :class:`~agent.errors.OutboxFullError` (counted as
+rejected ``full``).
+
+Corruption: at open the file gets ``PRAGMA quick_check``. A corrupt file raises
+:class:`~agent.errors.OutboxCorruptError`; with ``recover_corrupt=True`` the file (with its
+``-wal``/``-shm``) is instead moved aside to ``<name>.corrupt-<UTC time>``, a new database is
+started and ``corrupt_recovered`` is counted in it. The envelopes in the old file are not re-sent
+(they can be inspected with the sqlite3 shell); the seq counter lives elsewhere
+(:mod:`agent.sequence`), so new events never reuse a seq.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, Literal
+
+from agent.envelope.keys import PublicIdentity
+from agent.envelope.seal import SealedEnvelope, restore_sealed
+from agent.errors import (
+    EnvelopeError,
+    OutboxCorruptError,
+    OutboxError,
+    OutboxFullError,
+    UnredactedDataError,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
+
+# Counter names (the ``counters`` table). Evictions by reason, refusals by reason.
+EVICTED_BYTES: Final = "evicted.bytes"
+EVICTED_AGE: Final = "evicted.age"
+EVICTED_DISK_FULL: Final = "evicted.disk_full"
+EVICTED_INVALID: Final = "evicted.invalid"
+REJECTED_FULL: Final = "rejected.full"
+REJECTED_TOO_LARGE: Final = "rejected.too_large"
+CORRUPT_RECOVERED: Final = "corrupt_recovered"
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_FULL: Final = 13
+_SQLITE_NOTADB: Final = 26
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a late ack cannot hit a new row
+    topic    TEXT    NOT NULL,
+    seq      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    created  REAL    NOT NULL,                   -- Unix seconds at enqueue
+    attempts INTEGER NOT NULL DEFAULT 0,
+    mid      INTEGER,                            -- MQTT message id while in flight, else NULL
+    sent_at  REAL,
+    payload  BLOB    NOT NULL                    -- sealed envelope bytes (COSE_Sign1)
+);
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox(created);
+CREATE INDEX IF NOT EXISTS outbox_queued ON outbox(id) WHERE mid IS NULL;
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One stored envelope, as handed to the transport (``envelope`` is what it publishes)."""
+
+    id: int
+    envelope: SealedEnvelope
+    size: int
+    created: float
+    """Unix seconds at enqueue."""
+    attempts: int
+    """How many times it was marked in flight before."""
+
+    @property
+    def topic(self) -> str:
+        return self.envelope.topic
+
+    @property
+    def seq(self) -> int:
+        return self.envelope.seq
+
+    @property
+    def payload(self) -> bytes:
+        return self.envelope.data
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """What ``health`` events report about the outbox."""
+
+    depth: int
+    bytes: int
+    in_flight: int
+    oldest_age_s: float | None
+    evicted_total: Mapping[str, int]
+    """Evicted envelopes by reason: ``bytes``, ``age``, ``disk_full``, ``invalid``."""
+    rejected_total: Mapping[str, int]
+    """Envelopes refused at enqueue by reason: ``full``, ``too_large``."""
+    corrupt_recovered: int
+    """How many times a corrupt database file was moved aside and replaced."""
+
+
+class Outbox:
+    """Durable, bounded, thread-safe queue of sealed envelopes. A context manager.
+
+    ``signer`` is the device's public identity: stored rows are checked against it when they
+    come out. ``max_bytes`` bounds the sum of stored payload sizes, ``max_age_s`` the age of the
+    oldest row; both evict oldest first. ``max_db_bytes`` caps the database file itself (SQLite
+    ``max_page_count``; the disk-full path handles it). ``synchronous`` applies to enqueue,
+    ``ack_synchronous`` to ack / mark_in_flight / release / requeue (see the module docstring).
+    ``clock`` gives Unix seconds.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        signer: PublicIdentity,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        max_db_bytes: int | None = None,
+        synchronous: Synchronous = "FULL",
+        ack_synchronous: Synchronous = "NORMAL",
+        recover_corrupt: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes <= 0 or max_age_s <= 0:
+            raise ValueError("outbox max_bytes and max_age_s must be positive")
+        for value in (synchronous, ack_synchronous):
+            if value not in ("FULL", "NORMAL"):
+                raise ValueError(f"synchronous must be FULL or NORMAL, got {value!r}")
+        self._path = Path(path)
+        self._signer = signer
+        self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
+        self._max_db_bytes = max_db_bytes
+        self._sync_enqueue: Synchronous = synchronous
+        self._sync_ack: Synchronous = ack_synchronous
+        self._recover_corrupt = recover_corrupt
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._sync_now: str | None = None
+        self._depth = 0
+        self._bytes = 0
+        self._pending: dict[str, int] = {}  # counts not yet persisted (their commit failed)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # --- lifetime ------------------------------------------------------------------------------
+
+    def __enter__(self) -> Outbox:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Open (creating if needed), check integrity, requeue what was in flight."""
+        with self._lock:
+            if self._conn is not None:
+                return
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                conn = self._connect()
+            except OutboxCorruptError:
+                if not self._recover_corrupt:
+                    raise
+                aside = self._move_aside()
+                logger.warning(
+                    "outbox %s was corrupt: moved aside to %s, starting a new one",
+                    self._path,
+                    aside,
+                    extra={"outbox": str(self._path), "moved_to": str(aside)},
+                )
+                conn = self._connect()
+                self._pending[CORRUPT_RECOVERED] = self._pending.get(CORRUPT_RECOVERED, 0) + 1
+            self._conn = conn
+            depth, total = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
+            ).fetchone()
+            self._depth, self._bytes = int(depth), int(total)
+            self._flush_pending()
+        self.requeue_in_flight()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                self._flush_pending()
+            finally:
+                self._conn.close()
+                self._conn = None
+                self._sync_now = None
+
+    # --- API -----------------------------------------------------------------------------------
+
+    def enqueue(self, envelope: SealedEnvelope, topic: str | None = None) -> int:
+        """Store ``envelope`` durably (fsynced when this returns); return its row id.
+
+        ``topic`` defaults to the envelope's own (which its signature binds); a different one
+        is a ValueError. Raises UnredactedDataError for anything but a SealedEnvelope, and
+        OutboxFullError when it cannot be stored even after evicting the oldest rows.
+        """
+        if not isinstance(envelope, SealedEnvelope):
+            raise UnredactedDataError(
+                f"refusing to queue a {type(envelope).__name__}: only SealedEnvelope (made by "
+                "agent.envelope.seal) may enter the outbox"
+            )
+        if envelope.sender_kid != self._signer.kid:
+            raise ValueError(
+                f"envelope signed by {envelope.sender_kid!r}, this outbox is {self._signer.kid!r}'s"
+            )
+        if topic is not None and topic != envelope.topic:
+            raise ValueError(f"topic {topic!r} differs from the envelope's {envelope.topic!r}")
+        payload = bytes(envelope.data)
+        size = len(payload)
+        with self._lock:
+            conn = self._require()
+            if size > self._max_bytes:
+                self._count_now(REJECTED_TOO_LARGE)
+                raise OutboxFullError(
+                    f"envelope of {size} bytes exceeds the whole outbox bound of "
+                    f"{self._max_bytes} bytes; not stored"
+                )
+            self._set_sync(self._sync_enqueue)
+            now = self._clock()
+            while True:
+                try:
+                    return self._insert(conn, envelope, payload, now)
+                except sqlite3.OperationalError as exc:
+                    if not _is_full(exc):
+                        raise
+                if not self._evict_for_space(conn, size):
+                    self._count_now(REJECTED_FULL)
+                    raise OutboxFullError(
+                        f"outbox {self._path}: database or disk is full and nothing is left to "
+                        "evict; envelope not stored. Free disk space or lower outbox.max_bytes."
+                    )
+
+    def next_batch(self, limit: int) -> list[OutboxItem]:
+        """Up to ``limit`` queued (not in-flight) envelopes, oldest first. Prunes by age first.
+
+        A row whose envelope no longer verifies under ``signer`` is evicted (``invalid``), so
+        the batch can be shorter than ``limit`` while more rows are queued.
+        """
+        with self._lock:
+            conn = self._require()
+            self._prune_age(conn)
+            rows = conn.execute(
+                "SELECT id, topic, payload, size, created, attempts FROM outbox "
+                "WHERE mid IS NULL ORDER BY id LIMIT ?",
+                (max(0, limit),),
+            ).fetchall()
+        items: list[OutboxItem] = []
+        invalid: list[int] = []
+        for item_id, topic, payload, size, created, attempts in rows:
+            try:  # outside the lock: verifying signatures must not stall enqueue
+                envelope = restore_sealed(bytes(payload), topic=topic, signer=self._signer)
+            except EnvelopeError as exc:
+                logger.warning(
+                    "outbox row %d does not verify (%s): evicted",
+                    item_id,
+                    type(exc).__name__,
+                    extra={"reason": "invalid"},
+                )
+                invalid.append(item_id)
+                continue
+            items.append(OutboxItem(item_id, envelope, size, created, attempts))
+        if invalid:
+            self._evict_ids(invalid, EVICTED_INVALID)
+        return items
+
+    def mark_in_flight(self, item_id: int, mid: int) -> bool:
+        """Record that row ``item_id`` was published as MQTT message ``mid``. False if gone."""
+        with self._lock:
+            conn = self._require()
+            self._set_sync(self._sync_ack)
+            cur = conn.execute(
+                "UPDATE outbox SET mid = ?, attempts = attempts + 1, sent_at = ? WHERE id = ?",
+                (mid, self._clock(), item_id),
+            )
+            return cur.rowcount == 1
+
+    def release(self, item_id: int) -> bool:
+        """Make one in-flight row eligible again (the broker refused it, or publish failed)."""
+        with self._lock:
+            conn = self._require()
+            self._set_sync(self._sync_ack)
+            cur = conn.execute("UPDATE outbox SET mid = NULL WHERE id = ?", (item_id,))
+            return cur.rowcount == 1
+
+    def ack(self, item_id: int) -> bool:
+        """Delete row ``item_id``: call only when the broker acknowledged it (PUBACK).
+
+        Returns False when the row is already gone (acked before, or evicted meanwhile).
+        """
+        with self._lock:
+            conn = self._require()
+            self._set_sync(self._sync_ack)
+            row = conn.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (item_id,))
+            deleted = row.fetchall()
+            if not deleted:
+                return False
+            self._depth -= 1
+            self._bytes -= int(deleted[0][0])
+            return True
+
+    def requeue_in_flight(self) -> int:
+        """Make every in-flight row eligible again (after reconnect or restart); how many."""
+        with self._lock:
+            conn = self._require()
+            self._set_sync(self._sync_ack)
+            cur = conn.execute("UPDATE outbox SET mid = NULL WHERE mid IS NOT NULL")
+            return cur.rowcount
+
+    def prune(self) -> int:
+        """Evict rows older than ``max_age_s`` now (also done by enqueue and next_batch)."""
+        with self._lock:
+            return self._prune_age(self._require())
+
+    def stats(self) -> OutboxStats:
+        with self._lock:
+            conn = self._require()
+            in_flight, oldest = conn.execute(
+                "SELECT (SELECT COUNT(*) FROM outbox WHERE mid IS NOT NULL), "
+                "(SELECT MIN(created) FROM outbox)"
+            ).fetchone()
+            counts = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+            for name, n in self._pending.items():
+                counts[name] = counts.get(name, 0) + n
+            depth, total = self._depth, self._bytes
+            now = self._clock()
+        return OutboxStats(
+            depth=depth,
+            bytes=total,
+            in_flight=int(in_flight),
+            oldest_age_s=None if oldest is None else max(0.0, now - float(oldest)),
+            evicted_total=MappingProxyType(_with_prefix(counts, "evicted.")),
+            rejected_total=MappingProxyType(_with_prefix(counts, "rejected.")),
+            corrupt_recovered=int(counts.get(CORRUPT_RECOVERED, 0)),
+        )
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError("outbox is not open (use it as a context manager)")
+        return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox database {self._path}: {exc}") from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise OutboxError(
+                    f"{self._path}: SQLite refused WAL mode (got {mode!r}); the outbox needs a "
+                    "local filesystem with shared-memory support"
+                )
+            check = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if check != ["ok"]:
+                raise OutboxCorruptError(self._corrupt_message("; ".join(map(str, check[:3]))))
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise OutboxError(
+                    f"{self._path} has outbox schema {version}, this camveil knows "
+                    f"{SCHEMA_VERSION}: it was written by another version"
+                )
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("PRAGMA journal_size_limit=4194304")
+            if self._max_db_bytes is not None:
+                page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                conn.execute(f"PRAGMA max_page_count={max(1, self._max_db_bytes // page)}")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if _errcode(exc) in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or not isinstance(
+                exc, sqlite3.OperationalError
+            ):
+                raise OutboxCorruptError(self._corrupt_message(str(exc))) from None
+            raise OutboxError(f"cannot open outbox database {self._path}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _corrupt_message(self, detail: str) -> str:
+        return (
+            f"outbox database {self._path} is corrupt ({detail}). Recovery: stop camveil, move "
+            f"{self._path.name} and its -wal/-shm files aside, start again (a new outbox is "
+            "created), or set outbox.recover_corrupt = true to do this automatically"
+        )
+
+    def _move_aside(self) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self._path.with_name(f"{self._path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = self._path.with_name(self._path.name + suffix)
+            if src.exists():
+                src.replace(aside.with_name(aside.name + suffix))
+        return aside
+
+    def _set_sync(self, mode: str) -> None:
+        if self._sync_now != mode:
+            self._require().execute(f"PRAGMA synchronous={mode}")
+            self._sync_now = mode
+
+    def _insert(
+        self, conn: sqlite3.Connection, envelope: SealedEnvelope, payload: bytes, now: float
+    ) -> int:
+        size = len(payload)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            counts: dict[str, int] = {}
+            aged = self._delete_older_than(conn, now - self._max_age_s)
+            if aged[0]:
+                counts[EVICTED_AGE] = aged[0]
+            excess = self._bytes - aged[1] + size - self._max_bytes
+            by_bytes = self._delete_oldest(conn, excess) if excess > 0 else (0, 0)
+            if by_bytes[0]:
+                counts[EVICTED_BYTES] = by_bytes[0]
+            cur = conn.execute(
+                "INSERT INTO outbox (topic, seq, size, created, payload) VALUES (?, ?, ?, ?, ?)",
+                (envelope.topic, envelope.seq, size, now, payload),
+            )
+            self._write_counts(conn, counts)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self._pending.clear()
+        self._depth += 1 - aged[0] - by_bytes[0]
+        self._bytes += size - aged[1] - by_bytes[1]
+        for reason, n in counts.items():
+            logger.warning("outbox evicted %d envelope(s): %s", n, reason, extra={"reason": reason})
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _evict_for_space(self, conn: sqlite3.Connection, size: int) -> bool:
+        """After SQLITE_FULL: free the WAL, evict the oldest rows (at least ``size`` bytes)."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            logger.debug("wal checkpoint failed while the disk is full")
+        if self._depth == 0:
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n, freed = self._delete_oldest(conn, max(size, 1))
+                self._write_counts(conn, {EVICTED_DISK_FULL: n})
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            return False
+        self._pending.clear()
+        self._depth -= n
+        self._bytes -= freed
+        logger.warning(
+            "outbox full: evicted %d oldest envelope(s) (%d bytes)",
+            n,
+            freed,
+            extra={"reason": "disk_full"},
+        )
+        return n > 0
+
+    def _prune_age(self, conn: sqlite3.Connection) -> int:
+        cutoff = self._clock() - self._max_age_s
+        row = conn.execute("SELECT MIN(created) FROM outbox").fetchone()
+        if row[0] is None or row[0] >= cutoff:
+            return 0
+        self._set_sync(self._sync_ack)  # losing a prune to a power cut only delays it
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n, freed = self._delete_older_than(conn, cutoff)
+            self._write_counts(conn, {EVICTED_AGE: n})
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self._pending.clear()
+        self._depth -= n
+        self._bytes -= freed
+        logger.warning("outbox evicted %d envelope(s): age", n, extra={"reason": "age"})
+        return n
+
+    def _evict_ids(self, ids: list[int], reason: str) -> None:
+        with self._lock:
+            conn = self._require()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                sizes = [
+                    int(row[0])
+                    for item_id in ids
+                    for row in conn.execute(
+                        "DELETE FROM outbox WHERE id = ? RETURNING size", (item_id,)
+                    ).fetchall()
+                ]
+                self._write_counts(conn, {reason: len(sizes)})
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            self._pending.clear()
+            self._depth -= len(sizes)
+            self._bytes -= sum(sizes)
+
+    def _delete_older_than(self, conn: sqlite3.Connection, cutoff: float) -> tuple[int, int]:
+        rows = conn.execute(
+            "DELETE FROM outbox WHERE created < ? RETURNING size", (cutoff,)
+        ).fetchall()
+        return len(rows), sum(int(r[0]) for r in rows)
+
+    def _delete_oldest(self, conn: sqlite3.Connection, need: int) -> tuple[int, int]:
+        """Delete the oldest rows until at least ``need`` bytes are freed (or none are left)."""
+        n = freed = 0
+        last_id: int | None = None
+        for row_id, size in conn.execute("SELECT id, size FROM outbox ORDER BY id"):
+            last_id = row_id
+            n += 1
+            freed += int(size)
+            if freed >= need:
+                break
+        if last_id is not None:
+            conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+        return n, freed
+
+    def _write_counts(self, conn: sqlite3.Connection, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` and any pending (earlier unpersisted) counts, inside the open txn."""
+        merged = dict(self._pending)
+        for name, n in counts.items():
+            merged[name] = merged.get(name, 0) + n
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            [(name, n) for name, n in merged.items() if n],
+        )
+
+    def _count_now(self, name: str) -> None:
+        """Count a refusal in its own transaction; if even that fails, keep it pending."""
+        self._pending[name] = self._pending.get(name, 0) + 1
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if not self._pending or self._conn is None:
+            return
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_counts(conn, {})
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            return  # stays pending; flushed with the next successful commit
+        self._pending.clear()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite may already have on SQLITE_FULL)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _errcode(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return _errcode(exc) == _SQLITE_FULL or "database or disk is full" in str(exc)
+
+
+def _with_prefix(counts: Mapping[str, int], prefix: str) -> dict[str, int]:
+    return {k[len(prefix) :]: int(v) for k, v in counts.items() if k.startswith(prefix)}

@@ -1,0 +1,440 @@
+"""The durable outbox on real SQLite files: order, acks, requeue, bounds, counters, disk full,
+corruption, threads, and kill -9 in the middle of writes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.envelope import Identity, SealedEnvelope, seal
+from agent.errors import OutboxCorruptError, OutboxFullError, UnredactedDataError
+from agent.outbox import Outbox
+
+DEVICE = "cv-test-0001"
+TOPIC = f"camveil/v1/{DEVICE}/event/presence"
+
+_device = Identity.generate(DEVICE)
+_backend = Identity.generate("backend-test").public()
+SIGNER = _device.public()
+
+
+def sealed(seq: int, pad: int = 0, topic: str = TOPIC) -> SealedEnvelope:
+    body: dict[str, Any] = {"type": "presence", "n": seq}
+    if pad:
+        body["pad"] = b"\x00" * pad
+    return seal(body, sender=_device, recipient=_backend, topic=topic, seq=seq, device=DEVICE)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_764_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_batches_are_oldest_first_and_skip_in_flight(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        ids = [box.enqueue(sealed(seq)) for seq in range(5)]
+        assert ids == sorted(ids)
+        batch = box.next_batch(3)
+        assert [item.id for item in batch] == ids[:3]
+        assert [item.seq for item in batch] == [0, 1, 2]
+        assert all(item.topic == TOPIC for item in batch)
+        assert batch[0].payload == sealed_payload(box, ids[0])
+        assert box.mark_in_flight(ids[0], mid=17)
+        assert box.mark_in_flight(ids[1], mid=18)
+        assert [item.id for item in box.next_batch(10)] == ids[2:]
+        assert box.stats().in_flight == 2
+
+
+def sealed_payload(box: Outbox, item_id: int) -> bytes:
+    with sqlite3.connect(box.path) as conn:
+        row = conn.execute("SELECT payload FROM outbox WHERE id = ?", (item_id,)).fetchone()
+    conn.close()
+    return bytes(row[0])
+
+
+def test_payload_is_exactly_the_sealed_bytes(tmp_path: Path) -> None:
+    env = sealed(3)
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        box.enqueue(env, TOPIC)
+        (item,) = box.next_batch(1)
+    assert item.payload == env.data
+    assert item.size == len(env.data)
+    assert item.attempts == 0
+
+
+def test_ack_deletes_and_is_idempotent(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        a, b = box.enqueue(sealed(1)), box.enqueue(sealed(2))
+        size_b = box.next_batch(2)[1].size
+        box.mark_in_flight(a, mid=1)
+        assert box.ack(a) is True
+        assert box.ack(a) is False  # a duplicate PUBACK, or already evicted
+        assert [item.id for item in box.next_batch(10)] == [b]
+        stats = box.stats()
+        assert (stats.depth, stats.bytes, stats.in_flight) == (1, size_b, 0)
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        assert [item.id for item in box.next_batch(10)] == [b]
+
+
+def test_ids_are_never_reused_after_the_newest_row_is_acked(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        first = box.enqueue(sealed(1))
+        box.ack(first)
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        second = box.enqueue(sealed(2))
+        assert second > first
+        assert box.ack(first) is False  # a stale PUBACK for the old id deletes nothing
+        assert box.stats().depth == 1
+
+
+def test_in_flight_is_requeued_on_reconnect_and_on_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, signer=SIGNER) as box:
+        ids = [box.enqueue(sealed(seq)) for seq in range(3)]
+        for mid, item in enumerate(box.next_batch(10), start=1):
+            box.mark_in_flight(item.id, mid)
+        assert box.next_batch(10) == []
+        assert box.requeue_in_flight() == 3  # reconnect: everything unacked goes again
+        again = box.next_batch(10)
+        assert [item.id for item in again] == ids
+        assert all(item.attempts == 1 for item in again)
+        box.mark_in_flight(ids[1], mid=9)
+    with Outbox(path, signer=SIGNER) as box:  # restart: in-flight rows are queued again at open
+        items = box.next_batch(10)
+        assert [item.id for item in items] == ids
+        assert items[1].attempts == 2
+        assert box.stats().in_flight == 0
+
+
+def test_release_makes_a_refused_row_eligible_again(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        a = box.enqueue(sealed(1))
+        box.mark_in_flight(a, mid=5)
+        assert box.next_batch(1) == []
+        assert box.release(a)  # PUBACK with a failure reason: the broker did not take it
+        assert [item.id for item in box.next_batch(1)] == [a]
+        assert box.release(12345) is False
+
+
+def test_items_carry_verified_sealed_envelopes(tmp_path: Path) -> None:
+    env = sealed(7)
+    path = tmp_path / "o.db"
+    with Outbox(path, signer=SIGNER) as box:
+        box.enqueue(env)
+    with Outbox(path, signer=SIGNER) as box:  # after a restart: rebuilt from the row
+        (item,) = box.next_batch(1)
+    assert isinstance(item.envelope, SealedEnvelope)
+    assert (item.envelope.data, item.envelope.topic, item.envelope.seq) == (env.data, TOPIC, 7)
+
+
+def test_a_row_damaged_on_disk_is_evicted_as_invalid_not_published(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, signer=SIGNER) as box:
+        bad, good = box.enqueue(sealed(1)), box.enqueue(sealed(2))
+    conn = sqlite3.connect(path)
+    with conn:
+        (payload,) = conn.execute("SELECT payload FROM outbox WHERE id = ?", (bad,)).fetchone()
+        flipped = bytes(payload[:-1]) + bytes([payload[-1] ^ 1])  # one bit of the signature
+        conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (flipped, bad))
+    conn.close()
+    with Outbox(path, signer=SIGNER) as box:
+        assert [item.id for item in box.next_batch(10)] == [good]
+        stats = box.stats()
+        assert stats.evicted_total == {"invalid": 1}
+        assert stats.depth == 1
+
+
+def test_rows_of_other_keys_are_refused_in_and_evicted_out(tmp_path: Path) -> None:
+    other = Identity.generate(DEVICE)  # same id, re-provisioned keys
+    path = tmp_path / "o.db"
+    with Outbox(path, signer=SIGNER) as box:
+        box.enqueue(sealed(1))
+        stranger = seal(
+            {},
+            sender=Identity.generate("cv-other"),
+            recipient=_backend,
+            topic="camveil/v1/cv-other/status",
+            seq=1,
+            device="cv-other",
+        )
+        with pytest.raises(ValueError, match="signed by"):
+            box.enqueue(stranger)
+    with Outbox(path, signer=other.public()) as box:
+        assert box.next_batch(10) == []
+        assert box.stats().evicted_total == {"invalid": 1}
+
+
+def test_byte_bound_evicts_oldest_first_and_counts(tmp_path: Path) -> None:
+    size = len(sealed(0).data)
+    with Outbox(tmp_path / "o.db", max_bytes=int(size * 3.5), signer=SIGNER) as box:
+        ids = [box.enqueue(sealed(seq)) for seq in range(6)]
+        assert [item.id for item in box.next_batch(10)] == ids[3:]
+        stats = box.stats()
+        assert stats.depth == 3
+        assert stats.bytes == 3 * size <= int(size * 3.5)
+        assert stats.evicted_total == {"bytes": 3}
+
+
+def test_an_envelope_larger_than_the_bound_is_refused_and_counted(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=1000, signer=SIGNER) as box:
+        keep = box.enqueue(sealed(1))
+        with pytest.raises(OutboxFullError, match="exceeds the whole outbox bound"):
+            box.enqueue(sealed(2, pad=2000))
+        assert [item.id for item in box.next_batch(10)] == [keep]
+        assert box.stats().rejected_total == {"too_large": 1}
+
+
+def test_age_bound_evicts_and_counts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Outbox(tmp_path / "o.db", max_age_s=60.0, clock=clock, signer=SIGNER) as box:
+        old = [box.enqueue(sealed(seq)) for seq in range(3)]
+        clock.now += 30
+        young = box.enqueue(sealed(3))
+        assert box.stats().oldest_age_s == pytest.approx(30.0)
+        clock.now += 40  # the first three are 70 s old now
+        assert [item.id for item in box.next_batch(10)] == [young]
+        stats = box.stats()
+        assert stats.evicted_total == {"age": 3}
+        assert stats.depth == 1
+        assert stats.oldest_age_s == pytest.approx(40.0)
+        assert not set(old) & {item.id for item in box.next_batch(10)}
+        clock.now += 100
+        box.enqueue(sealed(4))  # enqueue prunes too
+        assert box.stats().evicted_total == {"age": 4}
+
+
+def test_counters_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    size = len(sealed(0).data)
+    clock = FakeClock()
+    with Outbox(path, max_bytes=size * 2, max_age_s=10, clock=clock, signer=SIGNER) as box:
+        for seq in range(4):
+            box.enqueue(sealed(seq))
+        clock.now += 11
+        assert box.prune() == 2
+    with Outbox(path, max_bytes=size * 2, clock=clock, signer=SIGNER) as box:
+        stats = box.stats()
+        assert stats.evicted_total == {"bytes": 2, "age": 2}
+        assert stats.depth == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\xd2\x84raw cose bytes",
+        bytearray(b"raw"),
+        {"type": "presence", "body": {}},
+        "a string",
+        None,
+    ],
+)
+def test_refuses_anything_but_a_sealed_envelope(tmp_path: Path, bad: object) -> None:
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        with pytest.raises(UnredactedDataError, match="only SealedEnvelope"):
+            box.enqueue(bad)  # type: ignore[arg-type]
+        assert box.stats().depth == 0
+
+
+def test_refuses_a_look_alike_and_a_forged_envelope(tmp_path: Path) -> None:
+    class LookAlike:
+        data = b"bytes"
+        topic = TOPIC
+        seq = 1
+
+    with pytest.raises(TypeError):  # only seal() / restore_sealed() can make one
+        SealedEnvelope(data=b"x", topic=TOPIC, device=DEVICE, sender_kid=DEVICE, seq=1)
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box, pytest.raises(UnredactedDataError):
+        box.enqueue(LookAlike())  # type: ignore[arg-type]
+
+
+def test_topic_must_match_the_envelope(tmp_path: Path) -> None:
+    with (
+        Outbox(tmp_path / "o.db", signer=SIGNER) as box,
+        pytest.raises(ValueError, match="differs"),
+    ):
+        box.enqueue(sealed(1), f"camveil/v1/{DEVICE}/event/tamper")
+
+
+def test_disk_full_evicts_oldest_counts_and_keeps_going(tmp_path: Path) -> None:
+    """``max_db_bytes`` sets PRAGMA max_page_count: SQLite then reports 'database or disk is
+    full' exactly as on a full filesystem."""
+    path = tmp_path / "o.db"
+    with Outbox(path, max_db_bytes=96 * 1024, signer=SIGNER) as box:
+        ids = [box.enqueue(sealed(seq, pad=6000)) for seq in range(40)]
+        stats = box.stats()
+        assert stats.evicted_total.get("disk_full", 0) > 0
+        assert stats.depth + stats.evicted_total["disk_full"] == 40
+        remaining = [item.id for item in box.next_batch(100)]
+        assert remaining == ids[-len(remaining) :]  # the oldest went first
+        assert path.stat().st_size <= 96 * 1024
+        with pytest.raises(OutboxFullError, match="full"):
+            box.enqueue(sealed(99, pad=200_000))  # fits max_bytes, never fits the database
+        assert box.stats().rejected_total == {"full": 1}
+    with Outbox(path, signer=SIGNER) as box:
+        stats = box.stats()
+        assert stats.rejected_total == {"full": 1}
+        assert stats.evicted_total["disk_full"] >= 1
+
+
+def test_a_real_sqlite_full_error_becomes_outbox_full_error(tmp_path: Path) -> None:
+    # One page short of holding anything: even the first insert cannot be stored.
+    with Outbox(tmp_path / "o.db", max_db_bytes=8 * 4096, signer=SIGNER) as box:
+        with pytest.raises(OutboxFullError):
+            box.enqueue(sealed(1, pad=60_000))
+        assert box.stats().depth == 0
+
+
+def test_garbage_file_is_detected_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(OutboxCorruptError, match=r"move .* aside"):
+        Outbox(path, signer=SIGNER).open()
+
+
+def _corrupt_a_btree_page(path: Path) -> None:
+    with Outbox(path, signer=SIGNER) as box:
+        for seq in range(50):
+            box.enqueue(sealed(seq, pad=1500))
+    raw = bytearray(path.read_bytes())
+    page = 4096
+    for n in range(2, len(raw) // page):  # wreck the b-tree page headers, keep the file header
+        raw[n * page : n * page + 12] = b"\xff" * 12
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_pages_are_detected_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    _corrupt_a_btree_page(path)
+    with pytest.raises(OutboxCorruptError, match="corrupt"):
+        Outbox(path, signer=SIGNER).open()
+
+
+def test_corrupt_file_is_moved_aside_and_counted_when_recovery_is_on(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    _corrupt_a_btree_page(path)
+    with Outbox(path, recover_corrupt=True, signer=SIGNER) as box:
+        stats = box.stats()
+        assert stats.corrupt_recovered == 1
+        assert stats.depth == 0
+        box.enqueue(sealed(1))
+    aside = list(tmp_path.glob("o.db.corrupt-*"))
+    assert len(aside) == 1
+    with Outbox(path, signer=SIGNER) as box:
+        assert box.stats().corrupt_recovered == 1
+        assert box.stats().depth == 1
+
+
+def test_threads_enqueue_mark_and_ack_concurrently(tmp_path: Path) -> None:
+    envs = [sealed(seq) for seq in range(200)]
+    acked: list[int] = []
+    with Outbox(tmp_path / "o.db", synchronous="NORMAL", signer=SIGNER) as box:
+
+        def producer(part: list[SealedEnvelope]) -> None:
+            for env in part:
+                box.enqueue(env)
+
+        def transport() -> None:  # paho's thread: publish, then PUBACK
+            deadline = time.monotonic() + 30
+            while len(acked) < len(envs) and time.monotonic() < deadline:
+                for item in box.next_batch(16):
+                    box.mark_in_flight(item.id, mid=item.id % 65535 + 1)
+                    assert box.ack(item.id)
+                    acked.append(item.seq)
+
+        threads = [threading.Thread(target=producer, args=(envs[i::4],)) for i in range(4)]
+        threads.append(threading.Thread(target=transport))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(acked) == list(range(200))
+        assert box.stats().depth == 0
+        assert box.stats().bytes == 0
+
+
+_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from agent.envelope import Identity, seal
+    from agent.outbox import Outbox
+
+    path, out_fd, start = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    device = Identity.generate("cv-test-0001")
+    backend = Identity.generate("backend-test").public()
+    topic = "camveil/v1/cv-test-0001/event/presence"
+    with Outbox(path, signer=device.public()) as box:
+        os.write(out_fd, b"R\\n")
+        seq = start
+        while True:
+            env = seal({"n": seq, "pad": os.urandom(seq % 3000)}, sender=device,
+                       recipient=backend, topic=topic, seq=seq, device="cv-test-0001")
+            item = box.enqueue(env)
+            os.write(out_fd, f"E {item} {seq}\\n".encode())
+            if seq % 3 == 0:
+                box.mark_in_flight(item, mid=seq % 65535 + 1)
+                if box.ack(item):
+                    os.write(out_fd, f"A {item}\\n".encode())
+            seq += 1
+    """
+)
+
+
+def test_kill_9_mid_write_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+    committed: dict[int, int] = {}
+    acked: set[int] = set()
+    seq = 0
+    for _round in range(6):
+        read_fd, write_fd = os.pipe()
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(path), str(write_fd), str(seq)],
+            pass_fds=(write_fd,),
+        )
+        os.close(write_fd)
+        reader = os.fdopen(read_fd, "rb")
+        assert reader.readline() == b"R\n"  # opened; now kill it at a random moment of writing
+        time.sleep(rng.uniform(0.05, 0.4))
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+        for line in reader.read().decode().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "E":
+                committed[int(parts[1])] = int(parts[2])
+                seq = max(seq, int(parts[2]) + 1)
+            elif len(parts) == 2 and parts[0] == "A":
+                acked.add(int(parts[1]))
+        reader.close()
+        seq += 1  # the seq in progress at the kill may or may not be stored
+
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            present = dict(conn.execute("SELECT id, seq FROM outbox").fetchall())
+        finally:
+            conn.close()
+        for item_id, item_seq in committed.items():
+            if item_id in acked:
+                assert item_id not in present
+            else:
+                assert present.get(item_id) == item_seq, f"committed id {item_id} lost"
+        with Outbox(path, signer=SIGNER) as box:  # opens fine and agrees
+            assert box.stats().depth == len(present)
+    assert len(committed) > 20, "the child never got going"
