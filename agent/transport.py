@@ -1,0 +1,485 @@
+"""The MQTT session of a unit: paho-mqtt 2.x, MQTT v5, QoS 1, mutual TLS with the pinned CA.
+
+Contract with the outbox (the only user that publishes):
+
+- :meth:`Transport.publish` takes a :class:`~agent.envelope.SealedEnvelope` and nothing else
+  (:class:`~agent.errors.UnredactedDataError` otherwise). It returns the MQTT message id, or
+  ``None`` when the message was *not* taken: disconnected, or ``max_outstanding`` messages are
+  already waiting for their PUBACK. On ``None`` keep the row and offer it again after the next
+  ``CONNECTED`` event or the next ack. Nothing is queued behind the caller's back.
+- ``on_acked(mid)`` fires once per mid when the broker's PUBACK reports success (reason code
+  < 0x80, including 0x10 "no matching subscribers"). It is the only signal to delete a row.
+- ``on_rejected(mid, reason_code)`` fires when the PUBACK carries a failure (e.g. 0x87 not
+  authorized, 0x97 quota exceeded): the broker did not take the message; keep the row, count it.
+- A returned mid stays owned by the transport until it is acked or rejected, or :meth:`stop`
+  is called: after a reconnect paho retransmits it by itself (DUP flag) and the ack still comes
+  with the same mid, so do not publish that row again meanwhile. After :meth:`stop` every
+  outstanding mid is void: publish the rows again on the next start (the dashboard dedupes on
+  device + seq).
+
+Callbacks (``on_acked``, ``on_rejected``, ``on_state``, ``on_command``) run one at a time on the
+transport's dispatcher thread, never on paho's network thread and never while the transport or
+paho hold a lock. So a caller may hold its own lock around ``publish()`` (to record the mid) and
+take the same lock in ``on_acked`` without deadlock; an ack can be dispatched before ``publish()``
+returns to its caller, so do record the mid under that lock. Callbacks must not block for long
+and must not call :meth:`stop`. An exception in a callback is logged and the transport goes on.
+
+Reconnection is automatic, with exponential backoff and jitter: the n-th consecutive failure
+waits a uniformly random time in [d/2, d], d = min(reconnect_max_s, reconnect_min_s * 2**n).
+
+The last will is a pre-sealed "offline" status (retained, QoS 1) that the broker publishes when
+the connection dies without a DISCONNECT, and also on :meth:`stop` (MQTT v5 reason code 0x04
+"disconnect with will message"), so the retained status is "offline" whenever the unit is not
+connected. The will held by the broker is the one set at the time of each (re)connect.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, cast
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.envelope import SealedEnvelope
+from agent.errors import UnredactedDataError
+
+logger = logging.getLogger(__name__)
+
+TOPIC_ROOT: Final = "camveil/v1"
+QOS: Final = 1
+_DISCONNECT_WITH_WILL: Final = 0x04
+
+
+def status_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/status"
+
+
+def command_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/cmd"
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """How the unit reaches the broker. Filled from the provisioning bundle and agent config."""
+
+    #: this unit's id: MQTT client id, certificate CN and topic level
+    device_id: str
+    #: broker host name or IP; must be in the broker certificate's subjectAltName
+    host: str
+    #: CA certificate pinned at provisioning; the only trust anchor (system CAs are not used)
+    ca_file: Path
+    #: this unit's client certificate (CN = device_id) and its private key
+    cert_file: Path
+    key_file: Path
+    #: broker port (MQTT over TLS)
+    port: int = 8883
+    #: MQTT keepalive in seconds; a dead link is noticed after about 1.5 times this
+    keepalive_s: int = 30
+    #: first reconnect delay and cap, in seconds (each attempt doubles, with jitter)
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    #: how long the broker keeps this unit's session (subscription, queued commands) offline
+    session_expiry_s: int = 24 * 3600
+    #: publishes waiting for PUBACK before publish() returns None (backpressure)
+    max_outstanding: int = 100
+
+
+class ConnectionState(enum.Enum):
+    CONNECTED = "connected"
+    #: an established session ended (broker gone, network lost, keepalive timeout)
+    DISCONNECTED = "disconnected"
+    #: an attempt failed: TCP refused, TLS verification failed, CONNACK refused
+    CONNECT_FAILED = "connect_failed"
+    #: stop() finished; no further events
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    state: ConnectionState
+    #: human-readable cause, e.g. "TLS: certificate verify failed: unable to get local issuer"
+    reason: str = ""
+    #: seconds until the next attempt, for DISCONNECTED / CONNECT_FAILED
+    retry_in_s: float | None = None
+
+
+AckCallback = Callable[[int], None]
+RejectCallback = Callable[[int, int], None]
+StateCallback = Callable[[ConnectionEvent], None]
+CommandCallback = Callable[[str, bytes], None]
+
+
+class _Client(mqtt.Client):
+    """paho's client, remembering why the last connection attempt failed (paho's loop swallows
+    the exception and calls ``on_connect_fail`` without it), and closing the socket of a failed
+    TLS handshake (paho 2.2 leaves it to the garbage collector: a ResourceWarning and an open
+    descriptor per failed attempt)."""
+
+    last_error: BaseException | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.last_error = exc
+            raise
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        context = self._ssl_context
+        if context is None or not context.check_hostname:
+            raise RuntimeError("the transport always verifies the broker's host name")
+        ssl_sock = context.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection failed"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {exc.verify_message or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Transport:
+    """One MQTT v5 session for one device. Constructor only stores; I/O starts in
+    :meth:`start` (or ``with Transport(...) as t:``) and ends in :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        *,
+        on_acked: AckCallback,
+        on_rejected: RejectCallback | None = None,
+        on_state: StateCallback | None = None,
+        on_command: CommandCallback | None = None,
+        will: SealedEnvelope | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._on_acked = on_acked
+        self._on_rejected = on_rejected
+        self._on_state = on_state
+        self._on_command = on_command
+        self._will = will
+        self._rng = rng or random.SystemRandom()
+        self._client: _Client | None = None
+        self._connected = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()  # guards _outstanding/_early; never held over paho calls
+        self._publish_lock = threading.Lock()  # serialises publish(); never taken by paho
+        self._outstanding: set[int] = set()
+        self._early: set[int] = set()
+        self._failures = 0
+        self._events: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+        if will is not None:
+            self._check_will(will)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the TLS files and connect in the background (returns at once; watch
+        ``on_state`` or :meth:`wait_connected`). Raises OSError/ssl.SSLError if the
+        certificate, key or CA file cannot be loaded."""
+        if self._client is not None:
+            raise RuntimeError("Transport already started")
+        cfg = self._config
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_verify_locations(cafile=cfg.ca_file)  # the pinned CA only
+        context.load_cert_chain(cfg.cert_file, cfg.key_file)
+
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.device_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.tls_set_context(context)
+        client.max_inflight_messages_set(min(cfg.max_outstanding, 65535))
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(self._next_delay_int(), self._next_delay_int())
+        client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
+        client.on_message = self._handle_message
+        if self._will is not None:
+            self._apply_will(client, self._will)
+
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = cfg.session_expiry_s
+        self._stopping = False
+        self._failures = 0
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name=f"mqtt-dispatch-{cfg.device_id}", daemon=True
+        )
+        self._dispatcher.start()
+        self._client = client
+        client.connect_async(
+            cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=properties
+        )
+        client.loop_start()
+        logger.info("mqtt: connecting to %s:%s as %s", cfg.host, cfg.port, cfg.device_id)
+
+    def stop(self, *, publish_will: bool = True, timeout: float = 10.0) -> None:
+        """Disconnect and stop the threads. With ``publish_will`` the broker publishes the last
+        will ("offline") as for a lost connection. Outstanding mids are void afterwards."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        self._stopping = True
+        if publish_will and self._connected.is_set():
+            client.disconnect(
+                reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=_DISCONNECT_WITH_WILL)
+            )
+        else:
+            client.disconnect()
+        client.loop_stop()
+        self._connected.clear()
+        with self._lock:
+            self._outstanding.clear()
+            self._early.clear()
+        self._emit(ConnectionEvent(ConnectionState.STOPPED, "stopped"))
+        self._events.put(None)
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout)
+            self._dispatcher = None
+        logger.info("mqtt: stopped")
+
+    def __enter__(self) -> Transport:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- state ----------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Block until connected (True) or ``timeout`` seconds passed (False)."""
+        return self._connected.wait(timeout)
+
+    @property
+    def outstanding(self) -> int:
+        """Published messages still waiting for their PUBACK."""
+        with self._lock:
+            return len(self._outstanding)
+
+    # --- publish --------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: SealedEnvelope, *, retain: bool = False) -> int | None:
+        """Publish a sealed envelope with QoS 1 on ``topic`` (which must be the topic it was
+        sealed for). Returns the mid, or None if not taken now (disconnected or too many
+        outstanding): keep the message and offer it again later. See the module docstring."""
+        if not isinstance(payload, SealedEnvelope):
+            raise UnredactedDataError(
+                f"the transport publishes only SealedEnvelope, not {type(payload).__name__}"
+            )
+        if topic != payload.topic:
+            raise ValueError(f"envelope sealed for {payload.topic!r}, not {topic!r}")
+        if payload.device != self._config.device_id:
+            raise ValueError(f"envelope of device {payload.device!r} on {self._config.device_id}")
+        client = self._client
+        if client is None:
+            raise RuntimeError("Transport.publish() before start() or after stop()")
+        with self._publish_lock:
+            if not self._connected.is_set():
+                return None
+            with self._lock:
+                if len(self._outstanding) >= self._config.max_outstanding:
+                    return None
+            info = client.publish(topic, payload.data, qos=QOS, retain=retain)
+            # NO_CONN: the link dropped just now; paho holds the message and sends it after the
+            # reconnect, so the mid is as good as any other.
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                logger.warning("mqtt: publish not taken: %s", mqtt.error_string(info.rc))
+                return None
+            with self._lock:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)  # acked before we got here
+                else:
+                    self._outstanding.add(info.mid)
+            return info.mid
+
+    def set_will(self, will: SealedEnvelope) -> None:
+        """Replace the last will used from the next (re)connect on (e.g. re-sealed with a newer
+        seq). The broker keeps the one sent with the current connection."""
+        self._check_will(will)
+        self._will = will
+        if self._client is not None:
+            self._apply_will(self._client, will)
+
+    def _check_will(self, will: SealedEnvelope) -> None:
+        if not isinstance(will, SealedEnvelope):
+            raise UnredactedDataError("the last will must be a SealedEnvelope")
+        if will.topic != status_topic(self._config.device_id):
+            raise ValueError(f"the last will goes to {status_topic(self._config.device_id)!r}")
+
+    @staticmethod
+    def _apply_will(client: mqtt.Client, will: SealedEnvelope) -> None:
+        client.will_set(will.topic, will.data, qos=QOS, retain=True)
+
+    # --- paho callbacks (network thread): record, then hand over to the dispatcher ---------------
+
+    def _handle_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            logger.warning("mqtt: broker refused the connection: %s", reason_code.getName())
+            cast(_Client, client).last_error = ConnectionRefusedError(
+                f"CONNACK {reason_code.value:#04x} {reason_code.getName()}"
+            )
+            return
+        self._failures = 0
+        if self._on_command is not None:
+            client.subscribe(command_topic(self._config.device_id), qos=QOS)
+        self._connected.set()
+        logger.info("mqtt: connected (session present: %s)", flags.session_present)
+        self._emit(ConnectionEvent(ConnectionState.CONNECTED, "connected"))
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        reason = _describe(cast(_Client, client).last_error)
+        delay = self._schedule_retry(client)
+        logger.warning("mqtt: connect failed (%s); retry in %.1fs", reason, delay)
+        self._emit(ConnectionEvent(ConnectionState.CONNECT_FAILED, reason, delay))
+
+    def _handle_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if self._stopping:
+            return
+        delay = self._schedule_retry(client)
+        if was_connected:
+            reason = f"connection lost: {reason_code.getName()}"
+            logger.warning("mqtt: %s; reconnect in %.1fs", reason, delay)
+            self._emit(ConnectionEvent(ConnectionState.DISCONNECTED, reason, delay))
+        else:  # TLS/CONNACK refusal: the socket opened, then closed before a session existed
+            last = cast(_Client, client).last_error
+            reason = _describe(last) if last is not None else reason_code.getName()
+            cast(_Client, client).last_error = None
+            logger.warning("mqtt: connect failed (%s); retry in %.1fs", reason, delay)
+            self._emit(ConnectionEvent(ConnectionState.CONNECT_FAILED, reason, delay))
+
+    def _handle_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            if mid in self._outstanding:
+                self._outstanding.discard(mid)
+            else:
+                self._early.add(mid)  # publish() has not recorded it yet
+        if reason_code.is_failure:
+            code = reason_code.value
+            logger.error("mqtt: broker rejected mid %s: %#04x %s", mid, code, reason_code.getName())
+            on_rejected = self._on_rejected
+            if on_rejected is not None:
+                self._submit(lambda: on_rejected(mid, code))
+        else:
+            self._submit(lambda: self._on_acked(mid))
+
+    def _handle_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        for code in reason_codes:
+            if code.is_failure:
+                logger.error("mqtt: command subscription refused: %s", code.getName())
+
+    def _handle_message(
+        self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        on_command = self._on_command
+        if on_command is None:
+            return
+        topic, payload = message.topic, bytes(message.payload)
+        self._submit(lambda: on_command(topic, payload))
+
+    # --- backoff and dispatch -------------------------------------------------------------------
+
+    def _next_delay(self) -> float:
+        cfg = self._config
+        ceiling = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2.0 ** min(self._failures, 30))
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def _next_delay_int(self) -> int:
+        # paho annotates the delay as int but computes and sleeps in float seconds
+        return cast(int, self._next_delay())
+
+    def _schedule_retry(self, client: mqtt.Client) -> float:
+        delay = self._next_delay()
+        self._failures += 1
+        client.reconnect_delay_set(cast(int, delay), cast(int, delay))
+        return delay
+
+    def _emit(self, event: ConnectionEvent) -> None:
+        on_state = self._on_state
+        if on_state is not None:
+            self._submit(lambda: on_state(event))
+
+    def _submit(self, call: Callable[[], None]) -> None:
+        self._events.put(call)
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            call = self._events.get()
+            if call is None:
+                return
+            try:
+                call()
+            except Exception:
+                logger.exception("mqtt: a transport callback raised")

@@ -1,0 +1,350 @@
+"""A real mosquitto for integration tests: certificates, config, start/stop/restart/kill.
+
+Not a test module: :mod:`conftest` builds fixtures from it, and later tests (outbox chaos,
+dashboard) use :class:`Mosquitto` directly. The broker runs from ``/usr/sbin/mosquitto`` (or
+``$PATH``) with the config :mod:`provisioning.broker` renders, on a free loopback port, with all
+state in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from provisioning import broker as broker_config
+from provisioning import pki
+
+HOST = "127.0.0.1"
+INSTALL_HINT = (
+    "mosquitto is not installed: run `make setup` (it installs the Debian packages mosquitto and "
+    "mosquitto-clients) or `apt-get install mosquitto mosquitto-clients`"
+)
+
+
+def mosquitto_binary() -> str:
+    """Path of the mosquitto executable; AssertionError with the install hint when missing (the
+    integration tests fail, never skip, without a broker)."""
+    for candidate in ("/usr/sbin/mosquitto", shutil.which("mosquitto")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise AssertionError(INSTALL_HINT)
+
+
+def free_port() -> int:
+    """A TCP port that was free on loopback a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class ClientFiles:
+    """PEM files a client connects with."""
+
+    name: str  # certificate CN = MQTT username
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass
+class TestPki:
+    """A CA and the certificates made from it, written under ``directory``."""
+
+    __test__ = False  # not a test class, despite the name
+
+    directory: Path
+    ca: pki.Issued
+    server: pki.Issued
+    ca_file: Path
+    _clients: dict[str, ClientFiles] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, directory: Path, server_names: tuple[str, ...] = (), loopback: bool = True
+    ) -> TestPki:
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = pki.make_ca("camveil test CA")
+        ca_file = directory / "ca.crt"
+        pki.write_cert(ca_file, ca.cert)
+        server = pki.make_server_cert(ca, server_names, loopback=loopback)
+        return cls(directory, ca, server, ca_file)
+
+    def with_server(self, server_names: tuple[str, ...], loopback: bool = False) -> TestPki:
+        """The same CA and client certificates, another broker certificate."""
+        server = pki.make_server_cert(self.ca, server_names, loopback=loopback)
+        return TestPki(self.directory, self.ca, server, self.ca_file, self._clients)
+
+    def _write(self, stem: str, issued: pki.Issued) -> ClientFiles:
+        files = pki.write_issued(self.directory, stem, issued)
+        client = ClientFiles(issued.common_name, self.ca_file, files.cert, files.key)
+        self._clients[stem] = client
+        return client
+
+    def device(self, device_id: str) -> ClientFiles:
+        """Certificate for ``device_id``, made the way a unit gets one (key, CSR, signature)."""
+        stem = f"device-{device_id}"
+        if stem not in self._clients:
+            key = pki.make_device_key()
+            cert = pki.sign_device_csr(self.ca, pki.make_csr(key, device_id))
+            self._write(stem, pki.Issued(key, cert))
+        return self._clients[stem]
+
+    def backend(self, name: str) -> ClientFiles:
+        stem = pki.backend_identity(name)
+        if stem not in self._clients:
+            self._write(stem, pki.make_backend_cert(self.ca, name))
+        return self._clients[stem]
+
+    def operator(self, name: str) -> ClientFiles:
+        stem = pki.operator_identity(name)
+        if stem not in self._clients:
+            self._write(stem, pki.make_operator_cert(self.ca, name))
+        return self._clients[stem]
+
+
+class BrokerStartError(AssertionError):
+    """mosquitto did not come up; the message holds the end of its log."""
+
+
+class Mosquitto:
+    """One mosquitto process on a fixed port with its state directory.
+
+    ``start()`` / ``stop()`` (SIGTERM, waits, saves persistence) / ``kill()`` (SIGKILL) /
+    ``restart()`` may be called any number of times; port, certificates and persistence
+    directory stay the same, so clients reconnect to the "same" broker. Also a context manager.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        test_pki: TestPki,
+        *,
+        port: int | None = None,
+        backends: tuple[str, ...] = ("dashboard", "ingest"),
+        operators: tuple[str, ...] = ("console",),
+        persistence: bool = True,
+    ) -> None:
+        self.state_dir = state_dir
+        self.pki = test_pki
+        self.port = port if port is not None else free_port()
+        self.backends = backends
+        self.operators = operators
+        self.persistence = persistence
+        self.log_path = state_dir / "mosquitto.log"
+        self.files: broker_config.BrokerFiles | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def configure(self) -> broker_config.BrokerFiles:
+        settings = broker_config.BrokerSettings(
+            port=self.port,
+            bind_address=HOST,
+            persistence=self.persistence,
+            # as root, mosquitto would drop to user "mosquitto", which cannot read our 0600 key
+            user=pwd.getpwuid(os.geteuid()).pw_name,
+            autosave_interval=1,
+        )
+        self.files = broker_config.write_broker_state(
+            self.state_dir,
+            settings,
+            ca_cert=self.pki.ca.cert,
+            server=self.pki.server,
+            backends=self.backends,
+            operators=self.operators,
+        )
+        return self.files
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            raise AssertionError("mosquitto is already running")
+        binary = mosquitto_binary()
+        files = self.files or self.configure()
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [binary, "-c", str(files.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.state_dir,
+            )
+        self.starts += 1
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Until a TLS handshake with a backend certificate succeeds."""
+        client = self.pki.backend(self.backends[0])
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False  # some tests give the broker a certificate for elsewhere
+        context.load_verify_locations(client.ca)
+        context.load_cert_chain(client.cert, client.key)
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                self._proc = None
+                raise BrokerStartError(f"mosquitto exited at start:\n{self.log_tail()}")
+            try:
+                with (
+                    socket.create_connection((HOST, self.port), timeout=1.0) as raw,
+                    context.wrap_socket(raw, server_hostname=HOST),
+                ):
+                    return
+            except OSError as exc:
+                last = exc
+                time.sleep(0.02)
+        self.kill()
+        raise BrokerStartError(f"mosquitto not ready after {timeout}s ({last}):\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM and wait: a clean shutdown that writes the persistence file."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash; nothing is saved since the last autosave."""
+        self._signal(signal.SIGKILL, 10.0)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            raise AssertionError(f"mosquitto ignored {sig.name} for {timeout}s") from None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --- a plain paho client for tests ---------------------------------------------------------------
+
+
+class TestClient:
+    """A synchronous-looking paho MQTT v5 client for tests: connect, subscribe and publish wait
+    for CONNACK/SUBACK/PUBACK and return the reason codes; received messages queue up."""
+
+    __test__ = False
+
+    def __init__(self, files: ClientFiles, port: int, client_id: str | None = None) -> None:
+        self.files = files
+        self.port = port
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._acks: dict[int, queue.Queue[Any]] = {}
+        self._connack: queue.Queue[Any] = queue.Queue()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"test-{files.name}-{os.getpid()}-{id(self):x}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(files.ca)
+        context.load_cert_chain(files.cert, files.key)
+        self.client.tls_set_context(context)
+        self.client.on_connect = lambda c, u, f, rc, p: self._connack.put(rc)
+        self.client.on_disconnect = lambda c, u, f, rc, p: self._connack.put(("disconnect", rc))
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._ack(mid).put(rcs)
+        self.client.on_publish = lambda c, u, mid, rc, p: self._ack(mid).put(rc)
+        self.client.on_message = lambda c, u, m: self.messages.put(m)
+
+    def _ack(self, mid: int) -> queue.Queue[Any]:
+        # both sides use setdefault, so whoever comes first (ack or waiter) makes the queue
+        return self._acks.setdefault(mid, queue.Queue())
+
+    def connect(self, timeout: float = 5.0) -> Any:
+        """Connect; returns the CONNACK reason code (raises OSError if the connection is
+        refused before or by the CONNACK)."""
+        self.client.connect(HOST, self.port, keepalive=10)
+        self.client.loop_start()
+        try:
+            result = self._connack.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no CONNACK") from None
+        if isinstance(result, tuple):
+            raise ConnectionResetError(f"disconnected before CONNACK: {result[1]}")
+        if result.is_failure:
+            raise ConnectionRefusedError(f"CONNACK {result}")
+        return result
+
+    def subscribe(self, topic: str, qos: int = 1, timeout: float = 5.0) -> Any:
+        """Subscribe; returns the SUBACK reason code."""
+        _, mid = self.client.subscribe(topic, qos=qos)
+        assert mid is not None
+        return self._ack(mid).get(timeout=timeout)[0]
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 5.0
+    ) -> Any:
+        """Publish with QoS 1; returns the PUBACK reason code."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return self._ack(info.mid).get(timeout=timeout)
+
+    def expect(self, timeout: float = 5.0) -> Any:
+        """The next received message, or None after ``timeout``."""
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> TestClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

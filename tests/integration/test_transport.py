@@ -1,0 +1,270 @@
+"""agent.transport against a real mosquitto: acks, backpressure, reconnection, commands."""
+
+from __future__ import annotations
+
+import queue
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import ClientFiles, Mosquitto, TestClient, TestPki
+
+from agent.envelope import Identity, SealedEnvelope, seal
+from agent.errors import UnredactedDataError
+from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
+
+BACKEND = Identity.generate("backend-dashboard")
+
+
+def sealed(device: Identity, topic: str, seq: int, **body: Any) -> SealedEnvelope:
+    return seal(
+        {"type": "test", **body},
+        sender=device,
+        recipient=BACKEND.public(),
+        topic=topic,
+        seq=seq,
+        device=device.kid,
+    )
+
+
+class Recorder:
+    """Collects what a Transport reports, in order, from its dispatcher thread."""
+
+    def __init__(self) -> None:
+        self.acked: queue.Queue[int] = queue.Queue()
+        self.rejected: queue.Queue[tuple[int, int]] = queue.Queue()
+        self.events: queue.Queue[ConnectionEvent] = queue.Queue()
+        self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue()
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "on_acked": self.acked.put,
+            "on_rejected": lambda mid, rc: self.rejected.put((mid, rc)),
+            "on_state": self.events.put,
+            "on_command": lambda topic, payload: self.commands.put((topic, payload)),
+        }
+
+    def wait_state(self, state: ConnectionState, timeout: float = 10.0) -> ConnectionEvent:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                break
+            if event.state is state:
+                return event
+        raise AssertionError(f"no {state} event within {timeout}s")
+
+
+def config_for(
+    files: ClientFiles, port: int, device_id: str | None = None, **kw: Any
+) -> TransportConfig:
+    return TransportConfig(
+        device_id=device_id or files.name,
+        host="127.0.0.1",
+        port=port,
+        ca_file=files.ca,
+        cert_file=files.cert,
+        key_file=files.key,
+        reconnect_min_s=kw.pop("reconnect_min_s", 0.05),
+        reconnect_max_s=kw.pop("reconnect_max_s", 0.5),
+        **kw,
+    )
+
+
+@pytest.fixture
+def make_transport() -> Iterator[Callable[..., tuple[Transport, Recorder]]]:
+    started: list[Transport] = []
+
+    def make(config: TransportConfig, **kwargs: Any) -> tuple[Transport, Recorder]:
+        recorder = Recorder()
+        transport = Transport(config, **recorder.kwargs(), **kwargs)
+        transport.start()
+        started.append(transport)
+        return transport, recorder
+
+    yield make
+    for transport in started:
+        transport.stop()
+
+
+def test_publish_fires_on_acked_with_the_mid_and_the_backend_gets_the_bytes(
+    mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
+) -> None:
+    device = Identity.generate("cam-tx-ack")
+    transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), mosquitto.port))
+    with TestClient(mqtt_pki.backend("dashboard"), mosquitto.port) as backend:
+        assert not backend.subscribe(f"camveil/v1/{device.kid}/event/#").is_failure
+        assert transport.wait_connected(10)
+        rec.wait_state(ConnectionState.CONNECTED)
+        envelopes = [sealed(device, f"camveil/v1/{device.kid}/event/person", s) for s in (1, 2, 3)]
+        mids = [transport.publish(env.topic, env) for env in envelopes]
+        assert None not in mids and len(set(mids)) == 3
+        acked = {rec.acked.get(timeout=5) for _ in mids}
+        assert acked == set(mids)
+        got = [backend.expect() for _ in envelopes]
+        assert [m.payload for m in got] == [env.data for env in envelopes]
+        assert all(m.qos == 1 for m in got)
+    assert transport.outstanding == 0
+    assert rec.rejected.empty()
+
+
+def test_publish_refuses_anything_but_a_sealed_envelope(mqtt_pki: TestPki) -> None:
+    files = mqtt_pki.device("cam-tx-type")
+    transport = Transport(config_for(files, 1), on_acked=lambda mid: None)  # never started
+    with pytest.raises(UnredactedDataError):
+        transport.publish("camveil/v1/cam-tx-type/event/person", b"raw bytes")  # type: ignore[arg-type]
+    other = Identity.generate("cam-tx-other")
+    env = sealed(other, "camveil/v1/cam-tx-other/event/person", 1)
+    with pytest.raises(ValueError, match="sealed for"):
+        transport.publish("camveil/v1/cam-tx-type/event/person", env)
+    with pytest.raises(ValueError, match="device"):
+        transport.publish(env.topic, env)
+    with pytest.raises(ValueError, match="last will"):
+        own = Identity.generate("cam-tx-type")
+        transport.set_will(sealed(own, "camveil/v1/cam-tx-type/event/person", 1))
+
+
+def test_publish_while_disconnected_returns_none(
+    mqtt_pki: TestPki, make_transport: Callable[..., Any], tmp_path: Path
+) -> None:
+    device = Identity.generate("cam-tx-offline")
+    port = Mosquitto(tmp_path, mqtt_pki).port  # nothing listens there
+    transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), port))
+    event = rec.wait_state(ConnectionState.CONNECT_FAILED)
+    assert "refused" in event.reason.lower()
+    env = sealed(device, f"camveil/v1/{device.kid}/event/person", 1)
+    assert transport.publish(env.topic, env) is None
+    assert transport.outstanding == 0
+
+
+def test_reconnect_backoff_grows_with_jitter(mqtt_pki: TestPki, tmp_path: Path) -> None:
+    device = "cam-tx-backoff"
+    port = Mosquitto(tmp_path, mqtt_pki).port
+    rec = Recorder()
+    config = config_for(mqtt_pki.device(device), port, reconnect_min_s=0.02, reconnect_max_s=0.16)
+    transport = Transport(config, **rec.kwargs(), rng=random.Random(7))
+    with transport:
+        delays = [rec.wait_state(ConnectionState.CONNECT_FAILED).retry_in_s for _ in range(6)]
+    ceilings = [0.02, 0.04, 0.08, 0.16, 0.16, 0.16]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert delay is not None and ceiling / 2 <= delay <= ceiling
+    assert len(set(delays)) == len(delays)  # jittered, not a fixed ladder
+
+
+def test_broker_restart_reconnects_by_itself_and_publishing_works_again(
+    fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
+) -> None:
+    device = Identity.generate("cam-tx-restart")
+    topic = f"camveil/v1/{device.kid}/event/person"
+    transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), fresh_mosquitto.port))
+    rec.wait_state(ConnectionState.CONNECTED)
+    for seq in range(1, 4):
+        fresh_mosquitto.restart()
+        rec.wait_state(ConnectionState.DISCONNECTED)
+        rec.wait_state(ConnectionState.CONNECTED, timeout=5)  # bounded: max backoff is 0.5 s
+        with TestClient(mqtt_pki.backend("ingest"), fresh_mosquitto.port) as backend:
+            backend.subscribe(f"$share/ingest/{topic}")
+            env = sealed(device, topic, seq)
+            mid = transport.publish(topic, env)
+            assert mid is not None
+            assert rec.acked.get(timeout=5) == mid
+            msg = backend.expect()
+            assert msg is not None and msg.payload == env.data
+
+
+def test_message_in_flight_when_broker_is_killed_is_resent_and_acked_after_reconnect(
+    fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
+) -> None:
+    """A mid handed out stays valid across a reconnect: paho resends it and acks it later."""
+    device = Identity.generate("cam-tx-inflight")
+    topic = f"camveil/v1/{device.kid}/event/person"
+    transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), fresh_mosquitto.port))
+    rec.wait_state(ConnectionState.CONNECTED)
+    import os
+    import signal
+
+    assert fresh_mosquitto.pid is not None
+    os.kill(fresh_mosquitto.pid, signal.SIGSTOP)  # broker frozen: no PUBACK can come
+    try:
+        env = sealed(device, topic, 1)
+        mid = transport.publish(topic, env)
+        assert mid is not None
+        assert rec.acked.empty() and transport.outstanding == 1
+    finally:
+        fresh_mosquitto.kill()
+    fresh_mosquitto.start()
+    rec.wait_state(ConnectionState.CONNECTED, timeout=10)
+    assert rec.acked.get(timeout=5) == mid
+    assert transport.outstanding == 0
+
+
+def test_max_outstanding_gives_backpressure(
+    fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
+) -> None:
+    import os
+    import signal
+
+    device = Identity.generate("cam-tx-window")
+    topic = f"camveil/v1/{device.kid}/event/person"
+    config = config_for(mqtt_pki.device(device.kid), fresh_mosquitto.port, max_outstanding=2)
+    transport, rec = make_transport(config)
+    rec.wait_state(ConnectionState.CONNECTED)
+    assert fresh_mosquitto.pid is not None
+    os.kill(fresh_mosquitto.pid, signal.SIGSTOP)
+    try:
+        mids = [transport.publish(topic, sealed(device, topic, s)) for s in (1, 2, 3)]
+        assert mids[0] is not None and mids[1] is not None and mids[2] is None
+    finally:
+        os.kill(fresh_mosquitto.pid, signal.SIGCONT)
+    assert {rec.acked.get(timeout=5), rec.acked.get(timeout=5)} == set(mids[:2])
+    assert transport.publish(topic, sealed(device, topic, 3)) is not None
+
+
+def test_puback_failure_goes_to_on_rejected_not_on_acked(
+    mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
+) -> None:
+    """The ACL follows the certificate, not the client id: a unit configured as cam-tx-x but
+    holding cam-tx-y's certificate gets 0x87 for cam-tx-x's topics."""
+    device = Identity.generate("cam-tx-x")
+    files = mqtt_pki.device("cam-tx-y")
+    transport, rec = make_transport(config_for(files, mosquitto.port, device_id=device.kid))
+    rec.wait_state(ConnectionState.CONNECTED)
+    env = sealed(device, f"camveil/v1/{device.kid}/event/person", 1)
+    mid = transport.publish(env.topic, env)
+    assert rec.rejected.get(timeout=5) == (mid, 0x87)
+    assert rec.acked.empty()
+
+
+def test_commands_reach_on_command_after_every_reconnect(
+    fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
+) -> None:
+    device = "cam-tx-cmd"
+    _transport, rec = make_transport(config_for(mqtt_pki.device(device), fresh_mosquitto.port))
+    rec.wait_state(ConnectionState.CONNECTED)
+    for round_ in range(2):
+        time.sleep(0.2)  # the SUBSCRIBE follows the CONNACK
+        with TestClient(mqtt_pki.operator("console"), fresh_mosquitto.port) as operator:
+            assert not operator.publish(f"camveil/v1/{device}/cmd", b"cmd%d" % round_).is_failure
+        assert rec.commands.get(timeout=5) == (f"camveil/v1/{device}/cmd", b"cmd%d" % round_)
+        fresh_mosquitto.restart()
+        rec.wait_state(ConnectionState.CONNECTED)
+
+
+def test_stop_publishes_the_last_will(mosquitto: Mosquitto, mqtt_pki: TestPki) -> None:
+    device = Identity.generate("cam-tx-will")
+    will = sealed(device, f"camveil/v1/{device.kid}/status", 1, state="offline")
+    rec = Recorder()
+    transport = Transport(
+        config_for(mqtt_pki.device(device.kid), mosquitto.port), **rec.kwargs(), will=will
+    )
+    with TestClient(mqtt_pki.backend("dashboard"), mosquitto.port) as backend:
+        backend.subscribe(will.topic)
+        with transport:
+            assert transport.wait_connected(10)
+        msg = backend.expect()
+        assert msg is not None and msg.payload == will.data
+    rec.wait_state(ConnectionState.STOPPED)
