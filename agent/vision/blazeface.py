@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -30,6 +30,9 @@ from agent.errors import ModelError
 from agent.vision.detection import Box, Detection
 from agent.vision.nms import iou_one_to_many, nms
 from hw.runtime import Runtime, TFLiteRuntime
+
+if TYPE_CHECKING:
+    from agent.vision.factory import DetectorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class BlazeFaceConfig:
     interpolation: resampling for the letterbox: ``"area"`` (anti-aliased, better for small
         faces when shrinking a large frame) or ``"linear"`` (MediaPipe's bilinear).
     max_detections: cap on returned detections (highest scores first); ``None`` for no cap.
+    height_scale: stretch each box's height about its centre by this factor. BlazeFace boxes are
+        squares about as wide as the face, from the brows to the mouth; a face from hairline to
+        chin is about 1.3 times as tall as it is wide, which is what redaction must cover.
     """
 
     score_threshold: float = 0.5
@@ -60,12 +66,15 @@ class BlazeFaceConfig:
     num_threads: int = 1
     interpolation: str = "area"
     max_detections: int | None = None
+    height_scale: float = 1.3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in (0, 1), got {self.score_threshold}")
         if not 0.0 < self.iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
+        if not 0.5 <= self.height_scale <= 3.0:
+            raise ValueError(f"height_scale must be in [0.5, 3], got {self.height_scale}")
         if self.interpolation not in _INTERP:
             raise ValueError(f"interpolation must be one of {sorted(_INTERP)}")
 
@@ -145,13 +154,28 @@ class BlazeFaceDetector:
     Pass the path from ``models.verified_path("blazeface_full_int8")`` so the hash is checked.
     """
 
-    def __init__(self, model_path: Path, config: BlazeFaceConfig | None = None) -> None:
+    def __init__(
+        self, model_path: Path, config: BlazeFaceConfig | None = None, edgetpu: bool = False
+    ) -> None:
         self._path = model_path
         self._config = config or BlazeFaceConfig()
+        self._edgetpu = edgetpu
         self._runtime: Runtime | None = None
         self._anchors = anchor_centres()
         self._box_out = 0
         self._score_out = 1
+
+    @classmethod
+    def from_config(cls, model_path: Path, config: DetectorConfig) -> BlazeFaceDetector:
+        """A loaded detector for the ``[detector]`` section (threshold ``None``: the default)."""
+        defaults = BlazeFaceConfig()
+        cfg = BlazeFaceConfig(
+            score_threshold=defaults.score_threshold
+            if config.threshold is None
+            else config.threshold,
+            num_threads=config.threads,
+        )
+        return cls(model_path, cfg, edgetpu=config.edgetpu).load()
 
     @property
     def config(self) -> BlazeFaceConfig:
@@ -159,7 +183,14 @@ class BlazeFaceDetector:
 
     def load(self, runtime: Runtime | None = None) -> BlazeFaceDetector:
         """Open the model (or use ``runtime``) and check its input and output shapes."""
-        rt = runtime or TFLiteRuntime(self._path, num_threads=self._config.num_threads).load()
+        rt = (
+            runtime
+            or (
+                TFLiteRuntime(
+                    self._path, num_threads=self._config.num_threads, edgetpu=self._edgetpu
+                )
+            ).load()
+        )
         ins, outs = rt.inputs, rt.outputs
         if len(ins) != 1 or tuple(ins[0].shape) != (1, INPUT_SIZE, INPUT_SIZE, 3):
             raise ModelError(
@@ -230,6 +261,10 @@ class BlazeFaceDetector:
         else:
             idx = nms(cand, cand_scores, cfg.iou_threshold)
             merged, sc = cand[idx], cand_scores[idx]
+        if cfg.height_scale != 1.0:
+            half = (merged[:, 3] - merged[:, 1]) * (cfg.height_scale - 1.0) / 2
+            merged[:, 1] -= half
+            merged[:, 3] += half
         boxes = lb.to_image(merged)
         h, w = rgb.shape[:2]
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)

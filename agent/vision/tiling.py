@@ -1,0 +1,147 @@
+"""Run any detector on overlapping tiles as well as the whole frame, to find small faces.
+
+A detector with a small fixed input (BlazeFace: 192 px) shrinks a 1280x720 frame about 7 times, so
+a 25 px face becomes 4 px and is lost. Running it on tiles of ``tile`` source pixels shrinks each
+tile only ``tile / input`` times. The whole frame is still run (``full_frame=True``) so that faces
+larger than a tile, or cut by tile borders, are found whole.
+
+Tiles overlap by ``overlap`` of their size and are spread evenly so the last one ends flush with
+the frame edge (no tile is smaller than ``tile`` unless the frame is). Boxes from all runs are
+mapped to frame coordinates and merged: greedy NMS at ``iou``, then a box mostly inside a kept,
+higher-scoring box (``contain`` of its area) is dropped too; that removes the partial face a tile
+border cuts off when the full face was found elsewhere. Merging can only remove duplicates, never
+shrink the region a kept box covers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.vision.detection import Box, Detection, Detector
+from agent.vision.nms import nms
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window of the frame in source pixels (x0, y0 inclusive; x1, y1 exclusive)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+def _starts(length: int, tile: int, overlap: float) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = tile * (1.0 - overlap)
+    n = math.ceil((length - tile) / stride) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def tile_grid(width: int, height: int, tile: int, overlap: float) -> list[Tile]:
+    """Tiles of ``tile`` x ``tile`` covering a ``width`` x ``height`` frame, row by row."""
+    if tile <= 0:
+        raise ValueError(f"tile must be positive, got {tile}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return [
+        Tile(x, y, min(x + tile, width), min(y + tile, height))
+        for y in _starts(height, tile, overlap)
+        for x in _starts(width, tile, overlap)
+    ]
+
+
+def merge(detections: list[Detection], iou: float, contain: float) -> list[Detection]:
+    """NMS over detections from overlapping runs, plus suppression of contained boxes.
+
+    Each kind (face, person) is merged on its own: a face inside a person box is kept.
+    """
+    out: list[Detection] = []
+    for kind in sorted({d.kind for d in detections}):
+        out.extend(_merge_one([d for d in detections if d.kind == kind], iou, contain))
+    return out
+
+
+def _merge_one(detections: list[Detection], iou: float, contain: float) -> list[Detection]:
+    if not detections:
+        return []
+    boxes = np.asarray([[d.box.x0, d.box.y0, d.box.x1, d.box.y1] for d in detections], np.float64)
+    scores = np.asarray([d.score for d in detections], np.float64)
+    keep = [int(i) for i in nms(boxes, scores, iou)]
+    if contain < 1.0:
+        kept: list[int] = []
+        for i in keep:  # highest score first
+            if not any(_inside(boxes[i], boxes[j]) > contain for j in kept):
+                kept.append(i)
+        keep = kept
+    return [detections[i] for i in keep]
+
+
+def _inside(inner: npt.NDArray[np.float64], outer: npt.NDArray[np.float64]) -> float:
+    """Share of ``inner``'s area that lies inside ``outer``."""
+    ix = min(inner[2], outer[2]) - max(inner[0], outer[0])
+    iy = min(inner[3], outer[3]) - max(inner[1], outer[1])
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    if ix <= 0 or iy <= 0 or area <= 0:
+        return 0.0
+    return float(ix * iy / area)
+
+
+class TiledDetector:
+    """:class:`Detector` that runs ``inner`` on the whole frame and on overlapping tiles.
+
+    tile: tile side in source pixels (e.g. 2x the inner model's input for a 2x shrink).
+    overlap: share of a tile shared with its neighbour; at least the largest face you want found
+        whole inside one tile, divided by ``tile`` (faces larger than that are found by the whole
+        frame run).
+    full_frame: also run ``inner`` on the whole frame (needed unless tiles are large).
+    iou, contain: merge thresholds (see :func:`merge`).
+    """
+
+    def __init__(
+        self,
+        inner: Detector,
+        tile: int,
+        overlap: float = 0.25,
+        full_frame: bool = True,
+        iou: float = 0.3,
+        contain: float = 0.8,
+    ) -> None:
+        if tile <= 0:
+            raise ValueError(f"tile must be positive, got {tile}")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        self._inner = inner
+        self._tile = tile
+        self._overlap = overlap
+        self._full_frame = full_frame
+        self._iou = iou
+        self._contain = contain
+
+    def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        tiles = tile_grid(w, h, self._tile, self._overlap)
+        found: list[Detection] = []
+        single = len(tiles) == 1 and tiles[0] == Tile(0, 0, w, h)
+        if self._full_frame or single:
+            found.extend(self._inner.detect(rgb))
+        if not single:
+            for t in tiles:
+                crop = np.ascontiguousarray(rgb[t.y0 : t.y1, t.x0 : t.x1])
+                for d in self._inner.detect(crop):
+                    b = d.box
+                    moved = Box(b.x0 + t.x0, b.y0 + t.y0, b.x1 + t.x0, b.y1 + t.y0)
+                    found.append(Detection(moved, d.score, d.kind))
+        merged = merge(found, self._iou, self._contain)
+        logger.debug(
+            "tiled detect: %d tiles, %d raw, %d merged", len(tiles), len(found), len(merged)
+        )
+        return merged

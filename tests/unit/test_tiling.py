@@ -1,0 +1,148 @@
+"""TiledDetector with a fake inner detector: tile layout, mapping back, merging."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.vision.detection import Box, Detection
+from agent.vision.tiling import Tile, TiledDetector, merge, tile_grid
+
+
+class SquareFinder:
+    """Finds white squares (pixels == 255), like a detector with a fixed input size.
+
+    A square is seen only if it is at least ``min_share`` of the longest image side (a 192 px
+    model shrinks big frames), and one cut by the image edge is reported as the visible part.
+    Records the shape of every image it was given.
+    """
+
+    def __init__(self, min_share: float = 0.0, kind: str = "face") -> None:
+        self.min_share = min_share
+        self.kind = kind
+        self.calls: list[tuple[int, ...]] = []
+
+    def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
+        self.calls.append(rgb.shape)
+        white = np.all(rgb == 255, axis=-1)
+        out: list[Detection] = []
+        seen = np.zeros_like(white)
+        for y, x in zip(*np.nonzero(white), strict=True):
+            if seen[y, x]:
+                continue
+            x1 = x
+            while x1 < white.shape[1] and white[y, x1]:
+                x1 += 1
+            y1 = y
+            while y1 < white.shape[0] and white[y1, x]:
+                y1 += 1
+            seen[y:y1, x:x1] = True
+            if max(x1 - x, y1 - y) >= self.min_share * max(rgb.shape[:2]):
+                box = Box(float(x), float(y), float(x1), float(y1))
+                out.append(Detection(box, 0.9, self.kind))  # type: ignore[arg-type]
+        return out
+
+
+def frame_with(squares: list[tuple[int, int, int]], h: int = 720, w: int = 1280) -> npt.NDArray:
+    img = np.zeros((h, w, 3), np.uint8)
+    for x, y, s in squares:
+        img[y : y + s, x : x + s] = 255
+    return img
+
+
+def test_grid_covers_frame_with_flush_last_tile() -> None:
+    tiles = tile_grid(1280, 720, 384, 0.25)
+    assert {t.x0 for t in tiles} == {0, 224, 448, 672, 896}  # stride <= 288 (25% overlap)
+    assert {t.y0 for t in tiles} == {0, 168, 336}
+    assert max(t.x1 for t in tiles) == 1280 and max(t.y1 for t in tiles) == 720
+    assert all(t.x1 - t.x0 == 384 and t.y1 - t.y0 == 384 for t in tiles)
+    covered = np.zeros((720, 1280), bool)
+    for t in tiles:
+        covered[t.y0 : t.y1, t.x0 : t.x1] = True
+    assert covered.all()
+
+
+@given(
+    w=st.integers(1, 3000),
+    h=st.integers(1, 3000),
+    tile=st.integers(32, 1024),
+    overlap=st.floats(0.0, 0.8),
+)
+def test_grid_properties(w: int, h: int, tile: int, overlap: float) -> None:
+    tiles = tile_grid(w, h, tile, overlap)
+    xs = sorted({(t.x0, t.x1) for t in tiles})
+    ys = sorted({(t.y0, t.y1) for t in tiles})
+    for spans, length in ((xs, w), (ys, h)):
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        assert all(b - a == min(tile, length) for a, b in spans)
+        for (_, prev_end), (start, _) in itertools.pairwise(spans):
+            assert prev_end - start >= overlap * tile - 1  # neighbours overlap as asked
+    assert len(tiles) == len(xs) * len(ys)
+
+
+def test_small_face_found_only_by_tiles_and_mapped_back() -> None:
+    img = frame_with([(1000, 500, 20)])
+    inner = SquareFinder(min_share=0.04)  # 20 px < 4% of 1280: the full frame misses it
+    assert inner.detect(img) == []
+    found = TiledDetector(inner, tile=384, overlap=0.25).detect(img)
+    assert [d.box for d in found] == [Box(1000.0, 500.0, 1020.0, 520.0)]
+
+
+def test_duplicates_from_overlapping_tiles_and_full_frame_are_merged() -> None:
+    img = frame_with([(300, 300, 60)])  # inside the overlap of four tiles, and the full frame
+    inner = SquareFinder()
+    found = TiledDetector(inner, tile=384, overlap=0.25).detect(img)
+    assert [d.box for d in found] == [Box(300.0, 300.0, 360.0, 360.0)]
+
+
+def test_face_cut_by_tile_border_keeps_whole_box_only() -> None:
+    # 200 px face across tile borders: tiles see parts, the full frame sees it whole
+    img = frame_with([(250, 200, 200)])
+    found = TiledDetector(SquareFinder(), tile=384, overlap=0.25).detect(img)
+    assert [d.box for d in found] == [Box(250.0, 200.0, 450.0, 400.0)]
+
+
+def test_full_frame_off_runs_tiles_only() -> None:
+    inner = SquareFinder()
+    TiledDetector(inner, tile=384, overlap=0.25, full_frame=False).detect(frame_with([]))
+    assert all(shape[:2] == (384, 384) for shape in inner.calls)
+    assert len(inner.calls) == len(tile_grid(1280, 720, 384, 0.25))
+
+
+def test_frame_smaller_than_tile_runs_once() -> None:
+    inner = SquareFinder()
+    found = TiledDetector(inner, tile=512, overlap=0.25).detect(
+        frame_with([(10, 10, 30)], 300, 400)
+    )
+    assert len(inner.calls) == 1
+    assert [d.box for d in found] == [Box(10.0, 10.0, 40.0, 40.0)]
+
+
+def test_kinds_are_merged_separately() -> None:
+    person = Detection(Box(0, 0, 100, 300), 0.95, "person")
+    face = Detection(Box(30, 10, 70, 60), 0.8, "face")
+    assert sorted(d.kind for d in merge([person, face], iou=0.3, contain=0.8)) == ["face", "person"]
+
+
+def test_contained_lower_score_box_dropped_but_not_the_reverse() -> None:
+    big = Detection(Box(0, 0, 100, 100), 0.9)
+    part = Detection(Box(0, 0, 40, 100), 0.6)  # IoU 0.4 but fully inside
+    assert merge([big, part], iou=0.5, contain=0.8) == [big]
+    # a higher-scoring small box inside a big one is kept, and so is the big one
+    small_first = Detection(Box(0, 0, 40, 100), 0.95)
+    assert len(merge([big, small_first], iou=0.5, contain=0.8)) == 2
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(0, 0.25), (-5, 0.25), (256, 1.0), (256, -0.1)])
+def test_bad_settings_rejected(tile: int, overlap: float) -> None:
+    with pytest.raises(ValueError):
+        TiledDetector(SquareFinder(), tile=tile, overlap=overlap)
+
+
+def test_tile_value() -> None:
+    assert Tile(0, 0, 10, 10) == Tile(0, 0, 10, 10)
