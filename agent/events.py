@@ -1,0 +1,611 @@
+"""Typed events a unit publishes, their builders and their one encoder.
+
+Every event is a frozen dataclass with a common :class:`Header` (``v``, ``device``, ``boot``,
+``seq``, ``ts``) and a type: ``presence``, ``snapshot``, ``tamper``, ``health``, ``status``.
+:class:`EventBuilder` stamps headers (seq from a :class:`~agent.sequence.SequenceSource`) and
+checks inputs; :func:`to_cbor` / :func:`to_map` are the only encoders. The plaintext format is
+specified in docs/events.cddl (and docs/PROTOCOL.md); it is a map with short text keys::
+
+    {"v": 1, "device": "cv-0001", "boot": "9f2c...", "seq": 42, "ts": 1764000000123,
+     "type": "tamper", "body": {"kind": "covered", "score": 0.97}}
+
+Privacy rules enforced here (DESIGN §2):
+
+- the snapshot builder accepts only a :class:`~agent.privacy.redact.RedactedFrame` (checked at
+  run time too) and encodes it with :func:`agent.privacy.store.encode_jpeg`;
+- the encoder accepts only the five event classes (exactly, not subclasses), and walks every
+  field: an ndarray, a numpy scalar, anything whose class (or a base) is named ``Embedding``, or
+  any other non-plain value raises :class:`~agent.errors.UnredactedDataError`. So an embedding
+  (or raw pixels) cannot be serialised by accident, whatever a caller puts into a field;
+- presence counts may carry Laplace noise and small-count suppression (:class:`CountPrivacy`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import io
+import math
+import os
+import re
+import secrets
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, Final, TypeAlias
+
+import cbor2
+import numpy as np
+from PIL import Image
+
+from agent.envelope.keys import Identity, PublicIdentity
+from agent.envelope.seal import SealedEnvelope, seal
+from agent.errors import EventError, SnapshotTooLargeError, UnredactedDataError
+from agent.outbox import OutboxStats
+from agent.privacy.redact import RedactedFrame
+from agent.privacy.store import encode_jpeg, require_redacted
+from agent.sequence import SequenceSource
+from agent.stats import PipelineStats
+from agent.tamper import TamperKind
+
+PROTOCOL_VERSION: Final = 1
+TOPIC_PREFIX: Final = "camveil/v1/"
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    """What every event starts with. ``ts`` is Unix time in milliseconds."""
+
+    device: str
+    boot: str
+    """Random per process start (:func:`new_boot_id`): tells restarts apart."""
+    seq: int
+    """Monotonic per device, persisted (agent.sequence): never repeats, gaps are allowed."""
+    ts: int
+    v: int = PROTOCOL_VERSION
+
+
+class LinkState(str, enum.Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class ZoneCount:
+    """People and faces seen in one zone during a window; ``None`` = suppressed (too small)."""
+
+    zone: str
+    people: int | None
+    faces: int | None
+
+
+@dataclass(frozen=True)
+class CountPrivacy:
+    """How presence counts are protected before they leave the unit.
+
+    ``epsilon``: each count gets independent Laplace noise of scale ``1/epsilon`` (one person
+    changes a count by at most 1), then is rounded and clamped at 0. Smaller epsilon = more
+    noise = more deniability; ``None`` = exact counts. ``suppress_below``: a count (after noise,
+    so suppression does not depend on the exact value) below this is sent as null; 0 = never.
+    See docs/_protocol_events.md, "Presence counts and differential privacy".
+    """
+
+    epsilon: float | None = None
+    suppress_below: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"epsilon must be a positive number, got {self.epsilon}")
+        if self.suppress_below < 0:
+            raise ValueError(f"suppress_below must be >= 0, got {self.suppress_below}")
+
+    @property
+    def active(self) -> bool:
+        return self.epsilon is not None or self.suppress_below > 0
+
+
+@dataclass(frozen=True)
+class PresenceEvent:
+    header: Header
+    start: int
+    """Window start, Unix ms."""
+    end: int
+    """Window end, Unix ms."""
+    zones: tuple[ZoneCount, ...]
+    privacy: CountPrivacy
+    TYPE: ClassVar[str] = "presence"
+
+
+@dataclass(frozen=True)
+class SnapshotEvent:
+    header: Header
+    jpeg: bytes = field(repr=False)
+    width: int
+    height: int
+    quality: int
+    trigger: str | None = None
+    """What asked for it (e.g. ``tamper``, ``schedule``); exactly one of trigger / command."""
+    command: str | None = None
+    """The id of the operator command that asked for it."""
+    TYPE: ClassVar[str] = "snapshot"
+
+
+@dataclass(frozen=True)
+class TamperEvent:
+    header: Header
+    kind: TamperKind
+    score: float
+    """How far past its threshold the evidence is, 0..1 (1 = certain)."""
+    TYPE: ClassVar[str] = "tamper"
+
+
+@dataclass(frozen=True)
+class StageLatency:
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    depth: int
+    bytes: int
+    evicted: Mapping[str, int]
+    """By reason: bytes, age, disk_full, invalid."""
+    rejected: Mapping[str, int]
+    """Refused at enqueue, by reason: full, too_large."""
+    corrupt_recovered: int
+    oldest_age_s: float | None
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    header: Header
+    fps: float
+    latency: Mapping[str, StageLatency]
+    dropped: Mapping[str, int]
+    outbox: OutboxHealth
+    cpu_temp_c: float | None
+    uptime_s: float
+    versions: Mapping[str, str]
+    """Software versions, e.g. ``{"camveil": "0.1.0", "python": "3.11.2"}``."""
+    models: Mapping[str, str]
+    """Model name -> sha256 (hex) of the model file in use."""
+    TYPE: ClassVar[str] = "health"
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    header: Header
+    state: LinkState
+    TYPE: ClassVar[str] = "status"
+
+
+Event: TypeAlias = PresenceEvent | SnapshotEvent | TamperEvent | HealthEvent | StatusEvent
+EVENT_TYPES: Final[tuple[type, ...]] = (
+    PresenceEvent,
+    SnapshotEvent,
+    TamperEvent,
+    HealthEvent,
+    StatusEvent,
+)
+
+
+__all__ = [
+    "EVENT_TYPES",
+    "PROTOCOL_VERSION",
+    "CountPrivacy",
+    "Event",
+    "EventBuilder",
+    "Header",
+    "HealthEvent",
+    "LinkState",
+    "OutboxHealth",
+    "PresenceEvent",
+    "SnapshotEvent",
+    "SnapshotPolicy",
+    "StageLatency",
+    "StatusEvent",
+    "TamperEvent",
+    "TamperKind",
+    "ZoneCount",
+    "fit_jpeg",
+    "new_boot_id",
+    "protect_count",
+    "seal_event",
+    "to_cbor",
+    "to_map",
+    "topic_for",
+]
+
+
+def new_boot_id() -> str:
+    """A fresh random boot id (16 hex digits) for this process start."""
+    return secrets.token_hex(8)
+
+
+def topic_for(event: Event) -> str:
+    """``camveil/v1/<device>/event/<type>``, or ``.../status`` for a status event."""
+    device = event.header.device
+    if isinstance(event, StatusEvent):
+        return f"{TOPIC_PREFIX}{device}/status"
+    return f"{TOPIC_PREFIX}{device}/event/{event.TYPE}"
+
+
+# --- builders --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """Size cap of snapshot JPEGs and how far the builder may degrade to meet it."""
+
+    max_bytes: int = 256 * 1024
+    quality: int = 85
+    """First JPEG quality tried."""
+    min_quality: int = 40
+    """Quality is lowered in steps of ``quality_step`` down to this before the size shrinks."""
+    quality_step: int = 15
+    max_side: int | None = 1280
+    """Longest side of the first attempt (None = full resolution)."""
+    min_side: int = 160
+    """Below this longest side the builder gives up (SnapshotTooLargeError)."""
+    shrink: float = 0.75
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or not 1 <= self.min_quality <= self.quality <= 95:
+            raise ValueError("snapshot policy: need max_bytes >= 1, 1 <= min_quality <= quality")
+        if self.quality_step < 1 or not 0.1 <= self.shrink < 1 or self.min_side < 8:
+            raise ValueError("snapshot policy: need quality_step >= 1, 0.1 <= shrink < 1")
+
+
+class EventBuilder:
+    """Builds events for one device: stamps headers, validates, applies count privacy.
+
+    ``rng`` draws the Laplace noise; by default a numpy Generator seeded from ``os.urandom``.
+    """
+
+    def __init__(
+        self,
+        device: str,
+        boot: str,
+        seqs: SequenceSource,
+        *,
+        clock: Callable[[], float] = time.time,
+        snapshot_policy: SnapshotPolicy | None = None,
+        count_privacy: CountPrivacy | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self._device = device
+        self._boot = boot
+        self._seqs = seqs
+        self._clock = clock
+        self._snapshot_policy = snapshot_policy or SnapshotPolicy()
+        self._privacy = count_privacy or CountPrivacy()
+        self._rng = rng or np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
+
+    def header(self) -> Header:
+        return Header(
+            device=self._device,
+            boot=self._boot,
+            seq=self._seqs.next(),
+            ts=round(self._clock() * 1000),
+        )
+
+    def presence(
+        self, start: float, end: float, counts: Mapping[str, tuple[int, int]]
+    ) -> PresenceEvent:
+        """``counts``: zone -> (people, faces), exact, over the window [start, end] (Unix s)."""
+        if not end >= start:
+            raise EventError(f"presence window ends ({end}) before it starts ({start})")
+        zones = []
+        for zone, (people, faces) in counts.items():
+            _check_label(zone, "zone")
+            if min(people, faces) < 0:
+                raise EventError(f"zone {zone!r}: counts must be >= 0, got {people}, {faces}")
+            zones.append(ZoneCount(zone, self._protect(int(people)), self._protect(int(faces))))
+        return PresenceEvent(
+            header=self.header(),
+            start=round(start * 1000),
+            end=round(end * 1000),
+            zones=tuple(zones),
+            privacy=self._privacy,
+        )
+
+    def _protect(self, count: int) -> int | None:
+        return protect_count(count, self._privacy, self._rng)
+
+    def snapshot(
+        self, frame: RedactedFrame, *, trigger: str | None = None, command: str | None = None
+    ) -> SnapshotEvent:
+        """A JPEG of a RedactedFrame under the size cap; only a RedactedFrame is accepted."""
+        frame = require_redacted(frame)
+        if (trigger is None) == (command is None):
+            raise EventError("a snapshot needs exactly one reason: trigger or command")
+        _check_label(trigger if trigger is not None else command, "snapshot reason")
+        jpeg, quality = fit_jpeg(frame, self._snapshot_policy)
+        with Image.open(io.BytesIO(jpeg)) as img:
+            width, height = img.size
+        return SnapshotEvent(
+            header=self.header(),
+            jpeg=jpeg,
+            width=width,
+            height=height,
+            quality=quality,
+            trigger=trigger,
+            command=command,
+        )
+
+    def tamper(self, kind: TamperKind, score: float) -> TamperEvent:
+        return TamperEvent(
+            header=self.header(), kind=TamperKind(kind), score=_clamp01(float(score))
+        )
+
+    def health(
+        self,
+        *,
+        fps: float,
+        pipeline: PipelineStats,
+        outbox: OutboxStats,
+        cpu_temp_c: float | None,
+        uptime_s: float,
+        versions: Mapping[str, str],
+        models: Mapping[str, str],
+    ) -> HealthEvent:
+        snap = pipeline.snapshot()
+        latency_raw: Any = snap["latency"]
+        dropped_raw: Any = snap["dropped"]
+        latency = {
+            str(stage): StageLatency(_opt_float(v["p50_ms"]), _opt_float(v["p99_ms"]))
+            for stage, v in latency_raw.items()
+        }
+        return HealthEvent(
+            header=self.header(),
+            fps=round(float(fps), 3),
+            latency=MappingProxyType(latency),
+            dropped=MappingProxyType({str(k): int(v) for k, v in dropped_raw.items()}),
+            outbox=OutboxHealth(
+                depth=outbox.depth,
+                bytes=outbox.bytes,
+                evicted=MappingProxyType(dict(outbox.evicted_total)),
+                rejected=MappingProxyType(dict(outbox.rejected_total)),
+                corrupt_recovered=outbox.corrupt_recovered,
+                oldest_age_s=_opt_float(outbox.oldest_age_s),
+            ),
+            cpu_temp_c=_opt_float(cpu_temp_c),
+            uptime_s=round(float(uptime_s), 3),
+            versions=MappingProxyType({str(k): str(v) for k, v in versions.items()}),
+            models=MappingProxyType({str(k): str(v) for k, v in models.items()}),
+        )
+
+    def status(self, state: LinkState) -> StatusEvent:
+        return StatusEvent(header=self.header(), state=LinkState(state))
+
+
+def protect_count(count: int, privacy: CountPrivacy, rng: np.random.Generator) -> int | None:
+    """Laplace noise of scale 1/epsilon, rounded and clamped at 0; then suppression below k.
+
+    Rounding and clamping are post-processing, so they keep the epsilon guarantee; suppression
+    looks at the noisy value only, so it does too.
+    """
+    value = count
+    if privacy.epsilon is not None:
+        value = max(0, round(count + float(rng.laplace(0.0, 1.0 / privacy.epsilon))))
+    if value < privacy.suppress_below:
+        return None
+    return value
+
+
+def fit_jpeg(frame: RedactedFrame, policy: SnapshotPolicy) -> tuple[bytes, int]:
+    """The best JPEG of ``frame`` under ``policy.max_bytes``: lower quality first, then size."""
+    frame = require_redacted(frame)
+    side = max(frame.width, frame.height)
+    if policy.max_side is not None:
+        side = min(side, policy.max_side)
+    smallest = 0
+    while side >= policy.min_side:
+        quality = policy.quality
+        while True:
+            jpeg = encode_jpeg(frame, quality=quality, max_side=side)
+            if len(jpeg) <= policy.max_bytes:
+                return jpeg, quality
+            smallest = len(jpeg)
+            if quality == policy.min_quality:
+                break
+            quality = max(policy.min_quality, quality - policy.quality_step)
+        side = int(side * policy.shrink)
+    raise SnapshotTooLargeError(
+        f"no JPEG of the {frame.width}x{frame.height} frame fits {policy.max_bytes} bytes "
+        f"(smallest tried: {smallest} bytes at quality {policy.min_quality}, longest side "
+        f">= {policy.min_side}); raise snapshot max_bytes or lower min_side"
+    )
+
+
+# --- encoder ---------------------------------------------------------------------------------
+
+
+def to_map(event: Event) -> dict[str, Any]:
+    """The plaintext map of ``event`` (what :func:`agent.envelope.seal` encrypts).
+
+    Raises UnredactedDataError for anything that is not exactly one of the event classes, or
+    that holds an ndarray, a numpy scalar, an ``Embedding`` or any other non-plain value.
+    """
+    if type(event) not in EVENT_TYPES:
+        raise UnredactedDataError(
+            f"refusing to encode a {type(event).__name__}: only camveil events are encodable"
+        )
+    _check_value(event, type(event), type(event).__name__)
+    header = event.header
+    body: dict[str, Any]
+    if isinstance(event, PresenceEvent):
+        body = {
+            "start": event.start,
+            "end": event.end,
+            "zones": [{"zone": z.zone, "people": z.people, "faces": z.faces} for z in event.zones],
+        }
+        if event.privacy.active:
+            dp: dict[str, Any] = {"min": event.privacy.suppress_below}
+            if event.privacy.epsilon is not None:
+                dp["eps"] = event.privacy.epsilon
+            body["dp"] = dp
+    elif isinstance(event, SnapshotEvent):
+        body = {"jpeg": event.jpeg, "w": event.width, "h": event.height, "q": event.quality}
+        if event.trigger is not None:
+            body["trigger"] = event.trigger
+        if event.command is not None:
+            body["cmd"] = event.command
+    elif isinstance(event, TamperEvent):
+        body = {"kind": event.kind.value, "score": event.score}
+    elif isinstance(event, HealthEvent):
+        body = {
+            "fps": event.fps,
+            "latency": {
+                stage: {"p50": lat.p50_ms, "p99": lat.p99_ms}
+                for stage, lat in event.latency.items()
+            },
+            "dropped": dict(event.dropped),
+            "outbox": {
+                "depth": event.outbox.depth,
+                "bytes": event.outbox.bytes,
+                "evicted": dict(event.outbox.evicted),
+                "rejected": dict(event.outbox.rejected),
+                "corrupt": event.outbox.corrupt_recovered,
+                "oldest_s": event.outbox.oldest_age_s,
+            },
+            "temp_c": event.cpu_temp_c,
+            "uptime_s": event.uptime_s,
+            "versions": dict(event.versions),
+            "models": dict(event.models),
+        }
+    else:
+        body = {"state": event.state.value}
+    out = {
+        "v": header.v,
+        "device": header.device,
+        "boot": header.boot,
+        "seq": header.seq,
+        "ts": header.ts,
+        "type": event.TYPE,
+        "body": body,
+    }
+    _check_plain(out, "event")
+    return out
+
+
+def to_cbor(event: Event) -> bytes:
+    """Deterministic CBOR (RFC 8949 §4.2, sorted keys, shortest forms) of :func:`to_map`."""
+    return cbor2.dumps(to_map(event), canonical=True)
+
+
+def seal_event(event: Event, *, sender: Identity, recipient: PublicIdentity) -> SealedEnvelope:
+    """Encode ``event`` (:func:`to_map`) and seal it for its topic, device and seq."""
+    return seal(
+        to_map(event),
+        sender=sender,
+        recipient=recipient,
+        topic=topic_for(event),
+        seq=event.header.seq,
+        device=event.header.device,
+    )
+
+
+_SCALARS: Final = (str, int, float, bool, bytes, type(None))
+
+
+def _is_embedding(value: object) -> bool:
+    return any(cls.__name__ == "Embedding" for cls in type(value).__mro__)
+
+
+def _check_value(value: object, hint: Any, path: str) -> None:
+    """Check ``value`` against the declared type ``hint`` of its field, recursively.
+
+    Embeddings and numpy values get their own message; anything else that is not exactly of
+    the declared type (no subclasses, no int for float, no bool for int) is refused too, so a
+    field cannot carry other data than the protocol describes.
+    """
+    if _is_embedding(value):
+        raise UnredactedDataError(f"{path}: embeddings never leave the device")
+    if isinstance(value, np.ndarray | np.generic):
+        raise UnredactedDataError(f"{path}: refusing to encode a numpy {type(value).__name__}")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                _check_value(value, option, path)
+            except UnredactedDataError:
+                continue
+            return
+    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if type(value) is tuple:
+            for i, item in enumerate(value):
+                _check_value(item, args[0], f"{path}[{i}]")
+            return
+    elif origin is Mapping:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                _check_value(key, args[0], f"{path} key")
+                _check_value(item, args[1], f"{path}[{key!r}]")
+            return
+    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if type(value) is hint:
+            hints = _field_hints(hint)
+            for f in dataclasses.fields(hint):
+                _check_value(getattr(value, f.name), hints[f.name], f"{path}.{f.name}")
+            return
+    elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(value, hint):
+            return
+    elif hint is type(None) or hint is None:
+        if value is None:
+            return
+    elif type(value) is hint and hint in _SCALARS:
+        return
+    raise UnredactedDataError(
+        f"{path}: refusing to encode a {type(value).__name__} where the event declares "
+        f"{getattr(hint, '__name__', hint)}"
+    )
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_plain(value: object, path: str) -> None:
+    """The final map holds only exact plain types (no subclasses smuggling other data)."""
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise UnredactedDataError(f"{path}: map keys must be text")
+            _check_plain(item, f"{path}.{key}")
+    elif type(value) is list:
+        for i, item in enumerate(value):
+            _check_plain(item, f"{path}[{i}]")
+    elif type(value) is float:
+        if not math.isfinite(value):
+            raise EventError(f"{path}: {value} is not a finite number")
+    elif type(value) not in _SCALARS:
+        raise UnredactedDataError(f"{path}: refusing to encode a {type(value).__name__}")
+
+
+def _check_label(label: object, what: str) -> None:
+    if not isinstance(label, str) or not _LABEL.fullmatch(label):
+        raise EventError(
+            f"{what} {label!r} must be 1-64 characters of letters, digits and _ . : / -"
+        )
+
+
+def _clamp01(x: float) -> float:
+    if not math.isfinite(x):
+        raise EventError(f"score {x} is not a finite number")
+    return round(min(1.0, max(0.0, x)), 4)
+
+
+def _opt_float(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 3)
