@@ -297,3 +297,29 @@ def test_exif_orientation_is_applied_before_detection(tmp_path: Path, model: str
     x0, y0, x1, y1 = FACE_CORE
     assert (result[y0:y1, x0:x1] == 0).all()
     assert result[400:, :100].mean() > 20  # the rest is still the (upright) photo
+
+
+class Missing:
+    """Wraps a real detector; finds nothing on the calls listed in ``miss`` (a missed face)."""
+
+    def __init__(self, inner: Detector, miss: set[int]) -> None:
+        self.inner, self.miss, self.calls = inner, miss, 0
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        n = self.calls
+        self.calls += 1
+        return [] if n in self.miss else self.inner.detect(rgb)
+
+
+def test_video_hold_over_covers_frames_where_the_face_was_missed(
+    tree: Path, tmp_path: Path, detector: Detector
+) -> None:
+    out = tmp_path / "out"
+    items = find_inputs([tree / "nested" / "clip.mp4"], out)
+    (result,) = redact_files(Missing(detector, miss={5, 6}), items, out, PrivacyConfig())
+    assert result.ok and result.frames_out == VIDEO_FRAMES
+    frames = _video_frames(out / "clip.mp4")
+    scale = VIDEO_SIZE / 512
+    x0, y0, x1, y1 = (round(v * scale) for v in FACE_CORE)
+    for i in (5, 6):
+        assert frames[i][y0:y1, x0 + i : x1 + i].mean() < 8, f"frame {i} leaked the face"
