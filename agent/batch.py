@@ -127,8 +127,11 @@ def find_inputs(inputs: Sequence[Path], out_dir: Path) -> list[InputFile]:
 
     A single file's relative path is its name; a folder's files keep their path relative to that
     folder. When the output folder sits inside an input folder, its files are skipped (earlier
-    outputs are not redacted again). Raises :class:`InputFileError` for a path that does not exist.
+    outputs are not redacted again). Raises :class:`InputFileError` for a path that does not
+    exist, and for an output folder that is a file or one of the input folders.
     """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputFileError(f"--out {out_dir} is a file; give a folder (it is created if absent)")
     out_resolved = out_dir.resolve()
     items: list[InputFile] = []
     for given in inputs:

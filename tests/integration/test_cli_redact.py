@@ -182,6 +182,10 @@ def test_as_a_real_process(tree: Path, tmp_path: Path, model: str) -> None:
 def test_usage_errors_exit_2(tmp_path: Path, model: str) -> None:
     assert main(["redact", str(tmp_path / "absent.jpg"), "--out", str(tmp_path / "o"),
                  "--model", model, "--no-progress"]) == 2  # fmt: skip
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x", encoding="utf-8")
+    assert main(["redact", str(tmp_path), "--out", str(a_file), "--model", model,
+                 "--no-progress"]) == 2  # fmt: skip
     with pytest.raises(SystemExit) as exc:
         main(["redact", str(tmp_path)])  # no --out
     assert exc.value.code == 2
