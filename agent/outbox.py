@@ -26,8 +26,9 @@ were stored.) ``ack``, ``mark_in_flight`` and ``requeue_in_flight`` commit with 
 power cut undoes one of them, the envelope is simply sent again and de-duplicated downstream, so
 paying an fsync for them buys nothing. The WAL is append-only with checksummed frames, so an
 un-synced commit can be lost but never corrupt an earlier synced one, and the next ``FULL``
-commit's fsync covers the earlier ``NORMAL`` frames too. Measured numbers: docs/_protocol_events.md
-(section "Outbox") and ``tests/integration/test_outbox.py::test_throughput``.
+commit's fsync covers the earlier ``NORMAL`` frames too. So the default costs one fdatasync per
+event (FULL for everything: three). Measured numbers: docs/PROTOCOL.md, "Events" / "Outbox";
+``tests/integration/test_outbox.py::test_throughput_with_durability_on`` prints the local rate.
 
 Disk full: SQLite reports ``database or disk is full`` (also when ``max_db_bytes`` is reached).
 The outbox then checkpoints the WAL, evicts the oldest envelopes (counted as ``disk_full``) and

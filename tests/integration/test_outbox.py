@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.envelope import Identity, SealedEnvelope, seal
-from agent.errors import OutboxCorruptError, OutboxFullError, UnredactedDataError
+from agent.errors import OutboxCorruptError, OutboxError, OutboxFullError, UnredactedDataError
 from agent.outbox import Outbox
 
 DEVICE = "cv-test-0001"
@@ -364,6 +364,31 @@ def test_threads_enqueue_mark_and_ack_concurrently(tmp_path: Path) -> None:
         assert sorted(acked) == list(range(200))
         assert box.stats().depth == 0
         assert box.stats().bytes == 0
+
+
+def test_use_outside_the_context_is_an_error(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", signer=SIGNER)
+    assert not (tmp_path / "o.db").exists()  # the constructor only stores
+    with pytest.raises(OutboxError, match="not open"):
+        box.enqueue(sealed(1))
+    with box:
+        box.enqueue(sealed(1))
+    with pytest.raises(OutboxError, match="not open"):
+        box.next_batch(1)
+
+
+def test_throughput_with_durability_on(tmp_path: Path) -> None:
+    """enqueue (fsynced) + mark_in_flight + ack per event, the default durability settings."""
+    envs = [sealed(seq, pad=300) for seq in range(150)]
+    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+        start = time.perf_counter()
+        for env in envs:
+            item_id = box.enqueue(env)
+            box.mark_in_flight(item_id, mid=1)
+            box.ack(item_id)
+        rate = len(envs) / (time.perf_counter() - start)
+    print(f"outbox enqueue+ack with synchronous=FULL/NORMAL: {rate:.0f} events/s")
+    assert rate > 10  # one fsync per event; far below this the disk is the problem
 
 
 _CHILD = textwrap.dedent(

@@ -154,6 +154,20 @@ def test_header_fields() -> None:
     assert len(new_boot_id()) == 16 and new_boot_id() != new_boot_id()
 
 
+def test_the_documented_example_is_exact() -> None:
+    """docs/_protocol_events.md (PROTOCOL.md, "Events"): the tamper example, byte for byte."""
+    b = EventBuilder(
+        "cv-0001", "9f2c4e1a7b3d5c60", CountingSequence(start=42), clock=lambda: 1764000000.123
+    )
+    data = to_cbor(b.tamper(TamperKind.COVERED, 0.97))
+    assert data.hex() == (
+        "a76176016274731b0000019ab697e87b63736571182a64626f6479a2646b696e6467636f76657265646573"
+        "636f7265fb3fef0a3d70a3d70a64626f6f74703966326334653161376233643563363064747970656674616d"
+        "706572666465766963656763762d30303031"
+    )
+    assert len(data) == 105
+
+
 def test_encoding_is_deterministic_with_short_text_keys() -> None:
     for event in all_events(builder()):
         data = to_cbor(event)
