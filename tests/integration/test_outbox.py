@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -16,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from agent.envelope import Identity, SealedEnvelope, seal
 from agent.errors import OutboxCorruptError, OutboxError, OutboxFullError, UnredactedDataError
@@ -463,3 +468,83 @@ def test_kill_9_mid_write_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
         with Outbox(path, signer=SIGNER) as box:  # opens fine and agrees
             assert box.stats().depth == len(present)
     assert len(committed) > 20, "the child never got going"
+
+
+class OutboxModel(RuleBasedStateMachine):
+    """The outbox behaves like a simple ordered map of (seq, in flight), across reopen too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="outbox-model-"))
+        self.box = Outbox(self.dir / "o.db", signer=SIGNER, synchronous="NORMAL")
+        self.box.open()
+        self.model: dict[int, tuple[int, bool]] = {}  # id -> (seq, in flight)
+        self.sizes: dict[int, int] = {}
+        self.seq = 0
+
+    @rule()
+    def enqueue(self) -> None:
+        env = _MODEL_ENVELOPES[self.seq % len(_MODEL_ENVELOPES)]
+        item_id = self.box.enqueue(env)
+        assert item_id not in self.model and all(item_id > i for i in self.model)
+        self.model[item_id] = (env.seq, False)
+        self.sizes[item_id] = len(env.data)
+        self.seq += 1
+
+    @rule(limit=st.integers(0, 6))
+    def next_batch(self, limit: int) -> None:
+        got = [(item.id, item.seq) for item in self.box.next_batch(limit)]
+        queued = sorted((i, seq) for i, (seq, flying) in self.model.items() if not flying)
+        assert got == queued[:limit]
+
+    @precondition(lambda self: any(not flying for _, flying in self.model.values()))
+    @rule(data=st.data())
+    def mark_in_flight(self, data: st.DataObject) -> None:
+        queued = sorted(i for i, (_, flying) in self.model.items() if not flying)
+        item_id = data.draw(st.sampled_from(queued))
+        assert self.box.mark_in_flight(item_id, mid=item_id % 65535 + 1)
+        self.model[item_id] = (self.model[item_id][0], True)
+
+    @rule(data=st.data())
+    def ack(self, data: st.DataObject) -> None:
+        candidates = [*self.model, 10_000]  # and an id that never existed
+        item_id = data.draw(st.sampled_from(candidates))
+        assert self.box.ack(item_id) is (item_id in self.model)
+        self.model.pop(item_id, None)
+
+    @precondition(lambda self: any(flying for _, flying in self.model.values()))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        flying = sorted(i for i, (_, f) in self.model.items() if f)
+        item_id = data.draw(st.sampled_from(flying))
+        assert self.box.release(item_id)
+        self.model[item_id] = (self.model[item_id][0], False)
+
+    @rule()
+    def requeue(self) -> None:
+        n = sum(flying for _, flying in self.model.values())
+        assert self.box.requeue_in_flight() == n
+        self.model = {i: (seq, False) for i, (seq, _) in self.model.items()}
+
+    @rule()
+    def reopen(self) -> None:
+        self.box.close()
+        self.box.open()
+        self.model = {i: (seq, False) for i, (seq, _) in self.model.items()}
+
+    @invariant()
+    def stats_agree(self) -> None:
+        stats = self.box.stats()
+        assert stats.depth == len(self.model)
+        assert stats.bytes == sum(self.sizes[i] for i in self.model)
+        assert stats.in_flight == sum(flying for _, flying in self.model.values())
+        assert stats.evicted_total == {}
+
+    def teardown(self) -> None:
+        self.box.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_MODEL_ENVELOPES = [sealed(seq, pad=seq * 7) for seq in range(8)]
+OutboxModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+test_outbox_model = OutboxModel.TestCase

@@ -13,6 +13,8 @@ import cbor2
 import numpy as np
 import pycddl  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from agent.envelope import Identity, PeerKeys, ReplayGuard, open_envelope
@@ -421,3 +423,31 @@ def test_exact_counts_carry_no_dp_field() -> None:
 def test_count_privacy_is_validated(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         CountPrivacy(**kwargs)  # type: ignore[arg-type]
+
+
+_labels = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,20}", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.dictionaries(
+        _labels, st.tuples(st.integers(0, 10_000), st.integers(0, 10_000)), max_size=6
+    ),
+    epsilon=st.none() | st.floats(0.01, 10.0),
+    suppress=st.integers(0, 20),
+    window=st.tuples(st.floats(0, 2e9), st.floats(0, 86_400)),
+)
+def test_any_presence_event_matches_the_cddl(
+    counts: dict[str, tuple[int, int]],
+    epsilon: float | None,
+    suppress: int,
+    window: tuple[float, float],
+) -> None:
+    privacy = CountPrivacy(epsilon=epsilon, suppress_below=suppress)
+    start, length = window
+    event = builder(count_privacy=privacy).presence(start, start + length, counts)
+    data = to_cbor(event)
+    SCHEMA.validate_cbor(data)
+    body = cbor2.loads(data)["body"]
+    assert [z["zone"] for z in body["zones"]] == list(counts)
+    assert all(v is None or v >= suppress for z in body["zones"] for v in (z["people"], z["faces"]))
