@@ -42,7 +42,7 @@ import cbor2
 import numpy as np
 from PIL import Image
 
-from agent.envelope.keys import Identity, PublicIdentity
+from agent.envelope.keys import Identity, PublicIdentity, check_kid
 from agent.envelope.seal import SealedEnvelope, seal
 from agent.errors import EventError, SnapshotTooLargeError, UnredactedDataError
 from agent.outbox import OutboxStats
@@ -282,7 +282,7 @@ class EventBuilder:
         count_privacy: CountPrivacy | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
-        self._device = device
+        self._device = check_kid(device)
         self._boot = boot
         self._seqs = seqs
         self._clock = clock
