@@ -45,11 +45,12 @@ started and ``corrupt_recovered`` is counted in it. The envelopes in the old fil
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,7 +158,8 @@ class Outbox:
     oldest row; both evict oldest first. ``max_db_bytes`` caps the database file itself (SQLite
     ``max_page_count``; the disk-full path handles it). ``synchronous`` applies to enqueue,
     ``ack_synchronous`` to ack / mark_in_flight / release / requeue (see the module docstring).
-    ``clock`` gives Unix seconds.
+    ``busy_timeout_s``: how long to wait for another process holding the database (e.g. an
+    operator's sqlite3 shell) before an OutboxError. ``clock`` gives Unix seconds.
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class Outbox:
         synchronous: Synchronous = "FULL",
         ack_synchronous: Synchronous = "NORMAL",
         recover_corrupt: bool = False,
+        busy_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes <= 0 or max_age_s <= 0:
@@ -186,6 +189,7 @@ class Outbox:
         self._sync_enqueue: Synchronous = synchronous
         self._sync_ack: Synchronous = ack_synchronous
         self._recover_corrupt = recover_corrupt
+        self._busy_timeout_s = busy_timeout_s
         self._clock = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -228,6 +232,7 @@ class Outbox:
                 conn = self._connect()
                 self._pending[CORRUPT_RECOVERED] = self._pending.get(CORRUPT_RECOVERED, 0) + 1
             self._conn = conn
+        with self._locked() as conn:
             depth, total = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
             ).fetchone()
@@ -240,7 +245,8 @@ class Outbox:
             if self._conn is None:
                 return
             try:
-                self._flush_pending()
+                with self._locked():
+                    self._flush_pending()
             finally:
                 self._conn.close()
                 self._conn = None
@@ -268,8 +274,7 @@ class Outbox:
             raise ValueError(f"topic {topic!r} differs from the envelope's {envelope.topic!r}")
         payload = bytes(envelope.data)
         size = len(payload)
-        with self._lock:
-            conn = self._require()
+        with self._locked() as conn:
             if size > self._max_bytes:
                 self._count_now(REJECTED_TOO_LARGE)
                 raise OutboxFullError(
@@ -297,8 +302,7 @@ class Outbox:
         A row whose envelope no longer verifies under ``signer`` is evicted (``invalid``), so
         the batch can be shorter than ``limit`` while more rows are queued.
         """
-        with self._lock:
-            conn = self._require()
+        with self._locked() as conn:
             self._prune_age(conn)
             rows = conn.execute(
                 "SELECT id, topic, payload, size, created, attempts FROM outbox "
@@ -326,8 +330,7 @@ class Outbox:
 
     def mark_in_flight(self, item_id: int, mid: int) -> bool:
         """Record that row ``item_id`` was published as MQTT message ``mid``. False if gone."""
-        with self._lock:
-            conn = self._require()
+        with self._locked() as conn:
             self._set_sync(self._sync_ack)
             cur = conn.execute(
                 "UPDATE outbox SET mid = ?, attempts = attempts + 1, sent_at = ? WHERE id = ?",
@@ -337,8 +340,7 @@ class Outbox:
 
     def release(self, item_id: int) -> bool:
         """Make one in-flight row eligible again (the broker refused it, or publish failed)."""
-        with self._lock:
-            conn = self._require()
+        with self._locked() as conn:
             self._set_sync(self._sync_ack)
             cur = conn.execute("UPDATE outbox SET mid = NULL WHERE id = ?", (item_id,))
             return cur.rowcount == 1
@@ -348,8 +350,7 @@ class Outbox:
 
         Returns False when the row is already gone (acked before, or evicted meanwhile).
         """
-        with self._lock:
-            conn = self._require()
+        with self._locked() as conn:
             self._set_sync(self._sync_ack)
             row = conn.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (item_id,))
             deleted = row.fetchall()
@@ -361,20 +362,18 @@ class Outbox:
 
     def requeue_in_flight(self) -> int:
         """Make every in-flight row eligible again (after reconnect or restart); how many."""
-        with self._lock:
-            conn = self._require()
+        with self._locked() as conn:
             self._set_sync(self._sync_ack)
             cur = conn.execute("UPDATE outbox SET mid = NULL WHERE mid IS NOT NULL")
             return cur.rowcount
 
     def prune(self) -> int:
         """Evict rows older than ``max_age_s`` now (also done by enqueue and next_batch)."""
-        with self._lock:
-            return self._prune_age(self._require())
+        with self._locked() as conn:
+            return self._prune_age(conn)
 
     def stats(self) -> OutboxStats:
-        with self._lock:
-            conn = self._require()
+        with self._locked() as conn:
             in_flight, oldest = conn.execute(
                 "SELECT (SELECT COUNT(*) FROM outbox WHERE mid IS NOT NULL), "
                 "(SELECT MIN(created) FROM outbox)"
@@ -396,6 +395,16 @@ class Outbox:
 
     # --- internals -------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock on an open connection; unexpected SQLite errors become OutboxError."""
+        with self._lock:
+            conn = self._require()
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self._path}: {exc}") from None
+
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:
             raise OutboxError("outbox is not open (use it as a context manager)")
@@ -404,7 +413,10 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=5.0
+                self._path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self._busy_timeout_s,
             )
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot open outbox database {self._path}: {exc}") from None
@@ -547,8 +559,7 @@ class Outbox:
         return n
 
     def _evict_ids(self, ids: list[int], reason: str) -> None:
-        with self._lock:
-            conn = self._require()
+        with self._locked() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 sizes = [

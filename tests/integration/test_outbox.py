@@ -382,6 +382,23 @@ def test_use_outside_the_context_is_an_error(tmp_path: Path) -> None:
         box.next_batch(1)
 
 
+def test_a_database_held_by_another_process_is_an_outbox_error(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, signer=SIGNER, busy_timeout_s=0.05) as box:
+        box.enqueue(sealed(1))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # e.g. an operator's sqlite3 shell mid-transaction
+        try:
+            with pytest.raises(OutboxError, match="locked"):
+                box.enqueue(sealed(2))
+            assert [item.seq for item in box.next_batch(10)] == [1]  # reading still works
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        box.enqueue(sealed(2))
+        assert box.stats().depth == 2
+
+
 def test_throughput_with_durability_on(tmp_path: Path) -> None:
     """enqueue (fsynced) + mark_in_flight + ack per event, the default durability settings."""
     envs = [sealed(seq, pad=300) for seq in range(150)]
