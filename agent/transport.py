@@ -30,7 +30,8 @@ waits a uniformly random time in [d/2, d], d = min(reconnect_max_s, reconnect_mi
 The last will is a pre-sealed "offline" status (retained, QoS 1) that the broker publishes when
 the connection dies without a DISCONNECT, and also on :meth:`stop` (MQTT v5 reason code 0x04
 "disconnect with will message"), so the retained status is "offline" whenever the unit is not
-connected. The will held by the broker is the one set at the time of each (re)connect.
+connected. Pass ``will`` as a function to have it sealed afresh before every connection attempt
+(DESIGN §4: "pre-signed at connect"; each call may take a new seq), or as a fixed envelope.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ AckCallback = Callable[[int], None]
 RejectCallback = Callable[[int, int], None]
 StateCallback = Callable[[ConnectionEvent], None]
 CommandCallback = Callable[[str, bytes], None]
+#: a sealed "offline" status, or a function that seals one (called before each connection)
+WillSource = SealedEnvelope | Callable[[], SealedEnvelope]
 
 
 class _Client(mqtt.Client):
@@ -176,7 +179,7 @@ class Transport:
         on_rejected: RejectCallback | None = None,
         on_state: StateCallback | None = None,
         on_command: CommandCallback | None = None,
-        will: SealedEnvelope | None = None,
+        will: WillSource | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
@@ -188,6 +191,7 @@ class Transport:
         self._rng = rng or random.SystemRandom()
         self._client: _Client | None = None
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._stopping = False
         self._lock = threading.Lock()  # guards _outstanding/_early; never held over paho calls
         self._publish_lock = threading.Lock()  # serialises publish(); never taken by paho
@@ -196,7 +200,7 @@ class Transport:
         self._failures = 0
         self._events: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._dispatcher: threading.Thread | None = None
-        if will is not None:
+        if isinstance(will, SealedEnvelope):
             self._check_will(will)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -228,8 +232,7 @@ class Transport:
         client.on_publish = self._handle_publish
         client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
-        if self._will is not None:
-            self._apply_will(client, self._will)
+        self._refresh_will(client)
 
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = cfg.session_expiry_s
@@ -261,6 +264,7 @@ class Transport:
             client.disconnect()
         client.loop_stop()
         self._connected.clear()
+        self._subscribed.clear()
         with self._lock:
             self._outstanding.clear()
             self._early.clear()
@@ -292,6 +296,11 @@ class Transport:
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Block until connected (True) or ``timeout`` seconds passed (False)."""
         return self._connected.wait(timeout)
+
+    def wait_subscribed(self, timeout: float | None = None) -> bool:
+        """Block until the broker granted the command subscription of the current connection
+        (True), or ``timeout`` seconds passed (False). Only meaningful with ``on_command``."""
+        return self._subscribed.wait(timeout)
 
     @property
     def outstanding(self) -> int:
@@ -335,13 +344,31 @@ class Transport:
                     self._outstanding.add(info.mid)
             return info.mid
 
-    def set_will(self, will: SealedEnvelope) -> None:
-        """Replace the last will used from the next (re)connect on (e.g. re-sealed with a newer
-        seq). The broker keeps the one sent with the current connection."""
-        self._check_will(will)
+    def set_will(self, will: WillSource) -> None:
+        """Replace the last will (an envelope, or a function sealing one) from the next
+        (re)connect on. The broker keeps the one sent with the current connection."""
+        if isinstance(will, SealedEnvelope):
+            self._check_will(will)
         self._will = will
         if self._client is not None:
-            self._apply_will(self._client, will)
+            self._refresh_will(self._client)
+
+    def _refresh_will(self, client: mqtt.Client) -> None:
+        """Seal (if a function was given) and register the will for the next CONNECT. Runs in
+        start() and on paho's thread right before each reconnection attempt."""
+        source = self._will
+        if source is None:
+            return
+        if isinstance(source, SealedEnvelope):
+            will = source
+        else:
+            try:
+                will = source()
+                self._check_will(will)
+            except Exception:
+                logger.exception("mqtt: sealing the last will failed; keeping the previous one")
+                return
+        self._apply_will(client, will)
 
     def _check_will(self, will: SealedEnvelope) -> None:
         if not isinstance(will, SealedEnvelope):
@@ -392,6 +419,7 @@ class Transport:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
         if self._stopping:
             return
         delay = self._schedule_retry(client)
@@ -436,9 +464,11 @@ class Transport:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        for code in reason_codes:
-            if code.is_failure:
-                logger.error("mqtt: command subscription refused: %s", code.getName())
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            logger.error("mqtt: command subscription refused: %s", refused[0].getName())
+        else:
+            self._subscribed.set()
 
     def _handle_message(
         self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
@@ -461,9 +491,12 @@ class Transport:
         return cast(int, self._next_delay())
 
     def _schedule_retry(self, client: mqtt.Client) -> float:
+        """Called by paho right before it waits and reconnects: set the jittered delay and
+        the will for the next CONNECT."""
         delay = self._next_delay()
         self._failures += 1
         client.reconnect_delay_set(cast(int, delay), cast(int, delay))
+        self._refresh_will(client)
         return delay
 
     def _emit(self, event: ConnectionEvent) -> None:

@@ -58,8 +58,8 @@ class ClientFiles:
 
     name: str  # certificate CN = MQTT username
     ca: Path
-    cert: Path
-    key: Path
+    cert: Path | None  # None: connect without a client certificate
+    key: Path | None
 
 
 @dataclass
@@ -256,6 +256,15 @@ class Mosquitto:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str, *, after: int = 0, timeout: float = 5.0) -> None:
+        """Until ``text`` occurs more than ``after`` times in the log (mosquitto writes it
+        asynchronously); AssertionError with the log tail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) <= after:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the mosquitto log:\n{self.log_tail()}")
+            time.sleep(0.02)
+
     def __enter__(self) -> Mosquitto:
         self.start()
         return self
@@ -291,8 +300,11 @@ class TestClient:
         )
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(files.ca)
-        context.load_cert_chain(files.cert, files.key)
+        if files.cert is not None:
+            context.load_cert_chain(files.cert, files.key)
         self.client.tls_set_context(context)
+        # a test client never reconnects by itself; paho's default 1 s wait would slow stop()
+        self.client.reconnect_delay_set(0.02, 0.02)  # type: ignore[arg-type]
         self.client.on_connect = lambda c, u, f, rc, p: self._connack.put(rc)
         self.client.on_disconnect = lambda c, u, f, rc, p: self._connack.put(("disconnect", rc))
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._ack(mid).put(rcs)
@@ -312,9 +324,10 @@ class TestClient:
             result = self._connack.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError("no CONNACK") from None
-        if isinstance(result, tuple):
-            raise ConnectionResetError(f"disconnected before CONNACK: {result[1]}")
-        if result.is_failure:
+        if isinstance(result, tuple) or result.is_failure:
+            self.close()
+            if isinstance(result, tuple):
+                raise ConnectionResetError(f"disconnected before CONNACK: {result[1]}")
             raise ConnectionRefusedError(f"CONNACK {result}")
         return result
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from broker import ClientFiles, Mosquitto, TestClient, TestPki
 
-from agent.envelope import Identity, SealedEnvelope, seal
+from agent.envelope import Identity, PeerKeys, ReplayGuard, SealedEnvelope, open_envelope, seal
 from agent.errors import UnredactedDataError
 from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
 
@@ -243,10 +243,10 @@ def test_commands_reach_on_command_after_every_reconnect(
     fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
 ) -> None:
     device = "cam-tx-cmd"
-    _transport, rec = make_transport(config_for(mqtt_pki.device(device), fresh_mosquitto.port))
+    transport, rec = make_transport(config_for(mqtt_pki.device(device), fresh_mosquitto.port))
     rec.wait_state(ConnectionState.CONNECTED)
     for round_ in range(2):
-        time.sleep(0.2)  # the SUBSCRIBE follows the CONNACK
+        assert transport.wait_subscribed(5)  # the SUBSCRIBE follows the CONNACK
         with TestClient(mqtt_pki.operator("console"), fresh_mosquitto.port) as operator:
             assert not operator.publish(f"camveil/v1/{device}/cmd", b"cmd%d" % round_).is_failure
         assert rec.commands.get(timeout=5) == (f"camveil/v1/{device}/cmd", b"cmd%d" % round_)
@@ -268,3 +268,59 @@ def test_stop_publishes_the_last_will(mosquitto: Mosquitto, mqtt_pki: TestPki) -
         msg = backend.expect()
         assert msg is not None and msg.payload == will.data
     rec.wait_state(ConnectionState.STOPPED)
+
+
+def test_commands_queued_while_offline_survive_a_broker_restart(
+    fresh_mosquitto: Mosquitto, mqtt_pki: TestPki
+) -> None:
+    """clean_start=false + session expiry: the broker keeps the unit's subscription and queues
+    its commands while it is away, and its persistence keeps both (and retained status) across
+    a clean broker restart."""
+    device = "cam-tx-session"
+    config = config_for(mqtt_pki.device(device), fresh_mosquitto.port)
+    first = Recorder()
+    with Transport(config, **first.kwargs()) as transport:
+        assert transport.wait_subscribed(5)
+    with TestClient(mqtt_pki.operator("console"), fresh_mosquitto.port) as operator:
+        assert not operator.publish(f"camveil/v1/{device}/cmd", b"while away").is_failure
+    fresh_mosquitto.restart()
+    second = Recorder()
+    with Transport(config, **second.kwargs()) as transport:
+        assert transport.wait_connected(10)
+        assert second.commands.get(timeout=5) == (f"camveil/v1/{device}/cmd", b"while away")
+
+
+def test_a_will_factory_seals_a_fresh_will_for_every_connection(
+    fresh_mosquitto: Mosquitto, mqtt_pki: TestPki
+) -> None:
+    device = Identity.generate("cam-tx-willgen")
+    topic = f"camveil/v1/{device.kid}/status"
+    seqs: list[int] = []
+
+    def seal_will() -> SealedEnvelope:
+        seqs.append(100 + len(seqs))
+        return sealed(device, topic, seqs[-1], state="offline")
+
+    rec = Recorder()
+    config = config_for(mqtt_pki.device(device.kid), fresh_mosquitto.port)
+    with Transport(config, **rec.kwargs(), will=seal_will) as transport:
+        rec.wait_state(ConnectionState.CONNECTED)
+        assert seqs == [100]
+        fresh_mosquitto.restart()
+        rec.wait_state(ConnectionState.CONNECTED)
+        assert len(seqs) >= 2  # sealed again before reconnecting
+        with TestClient(mqtt_pki.backend("dashboard"), fresh_mosquitto.port) as watcher:
+            watcher.subscribe(topic)
+            retained = watcher.expect()  # the will of the first connection: mosquitto sent it
+            assert retained is not None and retained.retain  # when it shut down for the restart
+            transport.stop()  # the broker publishes the will of the current connection
+            msg = watcher.expect()
+    assert msg is not None and not msg.retain
+    opened = open_envelope(
+        msg.payload,
+        topic=topic,
+        trusted_senders=PeerKeys([device.public()]),
+        recipient=BACKEND,
+        replay_guard=ReplayGuard(),
+    )
+    assert opened.seq == seqs[-1] and opened.message["state"] == "offline"
