@@ -160,6 +160,20 @@ class Outbox:
     ``ack_synchronous`` to ack / mark_in_flight / release / requeue (see the module docstring).
     ``busy_timeout_s``: how long to wait for another process holding the database (e.g. an
     operator's sqlite3 shell) before an OutboxError. ``clock`` gives Unix seconds.
+
+    With :class:`agent.transport.Transport`, the sending side is (``mids`` maps MQTT message
+    ids to row ids, guarded by one lock taken in the callbacks too)::
+
+        for item in outbox.next_batch(16):
+            with lock:
+                mid = transport.publish(item.topic, item.envelope)
+                if mid is None:          # not taken: offered again later
+                    break
+                outbox.mark_in_flight(item.id, mid)
+                mids[mid] = item.id
+        # on_acked(mid):       with lock: outbox.ack(mids.pop(mid))
+        # on_rejected(mid, _): with lock: outbox.release(mids.pop(mid))
+        # after Transport.stop() / a new session: outbox.requeue_in_flight(); mids.clear()
     """
 
     def __init__(

@@ -129,6 +129,9 @@ def test_the_cddl_is_not_vacuous() -> None:
         {**good, "body": {"kind": "stolen", "score": 0.5}},
         {**good, "body": {"kind": "covered", "score": 0.5, "embedding": b"\x00" * 512}},
         {k: v for k, v in good.items() if k != "boot"},
+        {**good, "device": "x" * 65},
+        {**good, "device": ""},
+        {**good, "ts": 1.5},
     ]
     snap = to_map(builder().snapshot(redacted(scene()), trigger="motion"))
     bad_maps.append({**snap, "body": {**snap["body"], "cmd": "c1"}})  # two reasons
