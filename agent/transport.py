@@ -4,9 +4,9 @@ Contract with the outbox (the only user that publishes):
 
 - :meth:`Transport.publish` takes a :class:`~agent.envelope.SealedEnvelope` and nothing else
   (:class:`~agent.errors.UnredactedDataError` otherwise). It returns the MQTT message id, or
-  ``None`` when the message was *not* taken: disconnected, or ``max_outstanding`` messages are
-  already waiting for their PUBACK. On ``None`` keep the row and offer it again after the next
-  ``CONNECTED`` event or the next ack. Nothing is queued behind the caller's back.
+  ``None`` when the message was *not* taken: disconnected, stopping, or ``max_outstanding``
+  messages are already waiting for their PUBACK. On ``None`` keep the row and offer it again
+  after the next ``CONNECTED`` event or the next ack. Nothing is queued behind your back.
 - ``on_acked(mid)`` fires once per mid when the broker's PUBACK reports success (reason code
   < 0x80, including 0x10 "no matching subscribers"). It is the only signal to delete a row.
 - ``on_rejected(mid, reason_code)`` fires when the PUBACK carries a failure (e.g. 0x87 not
@@ -22,7 +22,8 @@ transport's dispatcher thread, never on paho's network thread and never while th
 paho hold a lock. So a caller may hold its own lock around ``publish()`` (to record the mid) and
 take the same lock in ``on_acked`` without deadlock; an ack can be dispatched before ``publish()``
 returns to its caller, so do record the mid under that lock. Callbacks must not block for long
-and must not call :meth:`stop`. An exception in a callback is logged and the transport goes on.
+(they hold up every later callback); they may call :meth:`publish` and :meth:`stop`. An exception
+in a callback is logged and the transport goes on.
 
 Reconnection is automatic, with exponential backoff and jitter: the n-th consecutive failure
 waits a uniformly random time in [d/2, d], d = min(reconnect_max_s, reconnect_min_s * 2**n).
@@ -56,7 +57,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.envelope import SealedEnvelope
-from agent.errors import UnredactedDataError
+from agent.errors import ConfigError, UnredactedDataError
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,30 @@ StateCallback = Callable[[ConnectionEvent], None]
 CommandCallback = Callable[[str, bytes], None]
 #: a sealed "offline" status, or a function that seals one (called before each connection)
 WillSource = SealedEnvelope | Callable[[], SealedEnvelope]
+
+
+def tls_context(config: TransportConfig) -> ssl.SSLContext:
+    """TLS 1.2+, the pinned CA as the only trust anchor, host name checked, our certificate.
+    ConfigError (naming the file) when a file cannot be loaded."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cafile=config.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(_unusable("CA certificate", str(config.ca_file), exc)) from None
+    try:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        files = f"{config.cert_file} / {config.key_file}"
+        raise ConfigError(_unusable("client certificate and key", files, exc)) from None
+    return context
+
+
+def _unusable(what: str, where: str, exc: BaseException) -> str:
+    return (
+        f"mqtt: cannot load the {what} ({where}): {exc}. These files come from provisioning; "
+        "re-provision the unit if they are missing or damaged."
+    )
 
 
 class _Client(mqtt.Client):
@@ -207,15 +232,12 @@ class Transport:
 
     def start(self) -> None:
         """Load the TLS files and connect in the background (returns at once; watch
-        ``on_state`` or :meth:`wait_connected`). Raises OSError/ssl.SSLError if the
-        certificate, key or CA file cannot be loaded."""
+        ``on_state`` or :meth:`wait_connected`). Raises :class:`~agent.errors.ConfigError`
+        naming the file if the CA, certificate or key cannot be loaded."""
         if self._client is not None:
             raise RuntimeError("Transport already started")
         cfg = self._config
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_verify_locations(cafile=cfg.ca_file)  # the pinned CA only
-        context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        context = tls_context(cfg)
 
         client = _Client(
             CallbackAPIVersion.VERSION2,
@@ -225,7 +247,8 @@ class Transport:
         client.tls_set_context(context)
         client.max_inflight_messages_set(min(cfg.max_outstanding, 65535))
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(self._next_delay_int(), self._next_delay_int())
+        first_delay = self._next_delay_int()
+        client.reconnect_delay_set(first_delay, first_delay)
         client.on_connect = self._handle_connect
         client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
@@ -270,9 +293,9 @@ class Transport:
             self._early.clear()
         self._emit(ConnectionEvent(ConnectionState.STOPPED, "stopped"))
         self._events.put(None)
-        if self._dispatcher is not None:
-            self._dispatcher.join(timeout)
-            self._dispatcher = None
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join(timeout)
         logger.info("mqtt: stopped")
 
     def __enter__(self) -> Transport:
@@ -312,8 +335,9 @@ class Transport:
 
     def publish(self, topic: str, payload: SealedEnvelope, *, retain: bool = False) -> int | None:
         """Publish a sealed envelope with QoS 1 on ``topic`` (which must be the topic it was
-        sealed for). Returns the mid, or None if not taken now (disconnected or too many
-        outstanding): keep the message and offer it again later. See the module docstring."""
+        sealed for). Returns the mid, or None if not taken now (disconnected, too many
+        outstanding, or stopped): keep the message and offer it again later. See the module
+        docstring."""
         if not isinstance(payload, SealedEnvelope):
             raise UnredactedDataError(
                 f"the transport publishes only SealedEnvelope, not {type(payload).__name__}"
@@ -324,7 +348,9 @@ class Transport:
             raise ValueError(f"envelope of device {payload.device!r} on {self._config.device_id}")
         client = self._client
         if client is None:
-            raise RuntimeError("Transport.publish() before start() or after stop()")
+            if self._stopping:
+                return None  # stopping or stopped: the caller keeps the message
+            raise RuntimeError("Transport.publish() before start()")
         with self._publish_lock:
             if not self._connected.is_set():
                 return None

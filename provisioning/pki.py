@@ -23,6 +23,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,7 +372,7 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     ``path``, and the directory is fsynced so the rename survives a power cut.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:

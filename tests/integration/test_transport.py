@@ -13,7 +13,7 @@ import pytest
 from broker import ClientFiles, Mosquitto, TestClient, TestPki
 
 from agent.envelope import Identity, PeerKeys, ReplayGuard, SealedEnvelope, open_envelope, seal
-from agent.errors import UnredactedDataError
+from agent.errors import ConfigError, UnredactedDataError
 from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
 
 BACKEND = Identity.generate("backend-dashboard")
@@ -324,3 +324,17 @@ def test_a_will_factory_seals_a_fresh_will_for_every_connection(
         replay_guard=ReplayGuard(),
     )
     assert opened.seq == seqs[-1] and opened.message["state"] == "offline"
+
+
+def test_missing_tls_files_are_a_config_error_naming_the_file(
+    mqtt_pki: TestPki, tmp_path: Path
+) -> None:
+    files = mqtt_pki.device("cam-tx-files")
+    broken = ClientFiles(files.name, files.ca, tmp_path / "missing.crt", files.key)
+    transport = Transport(config_for(broken, 1), on_acked=lambda mid: None)
+    with pytest.raises(ConfigError, match=r"missing\.crt.*re-provision"):
+        transport.start()
+    (tmp_path / "ca.crt").write_text("not a certificate")
+    broken = ClientFiles(files.name, tmp_path / "ca.crt", files.cert, files.key)
+    with pytest.raises(ConfigError, match="CA certificate"):
+        Transport(config_for(broken, 1), on_acked=lambda mid: None).start()
