@@ -7,10 +7,11 @@ larger than a tile, or cut by tile borders, are found whole.
 
 Tiles overlap by ``overlap`` of their size and are spread evenly so the last one ends flush with
 the frame edge (no tile is smaller than ``tile`` unless the frame is). Boxes from all runs are
-mapped to frame coordinates and merged: greedy NMS at ``iou``, then a box mostly inside a kept,
-higher-scoring box (``contain`` of its area) is dropped too; that removes the partial face a tile
-border cuts off when the full face was found elsewhere. Merging can only remove duplicates, never
-shrink the region a kept box covers.
+mapped to frame coordinates and merged greedily, highest score first: a box whose IoU with the
+cluster's leader exceeds ``iou``, or that lies mostly (``contain`` of its area) inside the leader,
+joins the cluster (that catches the partial face a tile border cuts off). Each cluster becomes
+one detection with the leader's score and the box enclosing all its members, so merging never
+uncovers a pixel that one of the runs wanted covered.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.vision.detection import Box, Detection, Detector
-from agent.vision.nms import nms
+from agent.vision.nms import iou_one_to_many
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def tile_grid(width: int, height: int, tile: int, overlap: float) -> list[Tile]:
 
 
 def merge(detections: list[Detection], iou: float, contain: float) -> list[Detection]:
-    """NMS over detections from overlapping runs, plus suppression of contained boxes.
+    """Merge detections from overlapping runs into one per object (see the module docstring).
 
     Each kind (face, person) is merged on its own: a face inside a person box is kept.
     """
@@ -75,24 +76,43 @@ def _merge_one(detections: list[Detection], iou: float, contain: float) -> list[
         return []
     boxes = np.asarray([[d.box.x0, d.box.y0, d.box.x1, d.box.y1] for d in detections], np.float64)
     scores = np.asarray([d.score for d in detections], np.float64)
-    keep = [int(i) for i in nms(boxes, scores, iou)]
-    if contain < 1.0:
-        kept: list[int] = []
-        for i in keep:  # highest score first
-            if not any(_inside(boxes[i], boxes[j]) > contain for j in kept):
-                kept.append(i)
-        keep = kept
-    return [detections[i] for i in keep]
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    taken = np.zeros(len(detections), bool)
+    out: list[Detection] = []
+    for i in order:  # highest score first: each untaken box starts a cluster
+        if taken[i]:
+            continue
+        rest = np.flatnonzero(~taken)
+        overlap = iou_one_to_many(boxes[i], boxes[rest])
+        inter = _intersection(boxes[i], boxes[rest])
+        # a member mostly inside the leader, or the leader mostly inside a member
+        in_leader = inter / np.maximum(_area(boxes[rest]), 1e-9)
+        leader_in = inter / max(float(_area(boxes[i : i + 1])[0]), 1e-9)
+        members = rest[(overlap > iou) | (in_leader > contain) | (leader_in > contain)]
+        members = np.union1d(members, [i])
+        taken[members] = True
+        # the cluster's enclosing box: merging never uncovers what a member covered
+        x0, y0 = boxes[members, 0].min(), boxes[members, 1].min()
+        x1, y1 = boxes[members, 2].max(), boxes[members, 3].max()
+        d = detections[i]
+        out.append(Detection(Box(float(x0), float(y0), float(x1), float(y1)), d.score, d.kind))
+    return out
 
 
-def _inside(inner: npt.NDArray[np.float64], outer: npt.NDArray[np.float64]) -> float:
-    """Share of ``inner``'s area that lies inside ``outer``."""
-    ix = min(inner[2], outer[2]) - max(inner[0], outer[0])
-    iy = min(inner[3], outer[3]) - max(inner[1], outer[1])
-    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
-    if ix <= 0 or iy <= 0 or area <= 0:
-        return 0.0
-    return float(ix * iy / area)
+def _intersection(
+    box: npt.NDArray[np.float64], boxes: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    ix = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    iy = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    out: npt.NDArray[np.float64] = np.clip(ix, 0.0, None) * np.clip(iy, 0.0, None)
+    return out
+
+
+def _area(boxes: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    out: npt.NDArray[np.float64] = np.clip(boxes[:, 2] - boxes[:, 0], 0.0, None) * np.clip(
+        boxes[:, 3] - boxes[:, 1], 0.0, None
+    )
+    return out
 
 
 class TiledDetector:

@@ -230,6 +230,9 @@ def drop_unused(model: Any) -> None:
     sg.inputs, sg.outputs = m(sg.inputs), m(sg.outputs)
     for op in sg.operators:
         op.inputs, op.outputs = m(op.inputs), m(op.outputs)
+    for sig in model.signatureDefs or []:
+        for tm in [*sig.inputs, *sig.outputs]:
+            tm.tensorIndex = remap[int(tm.tensorIndex)]
     bufs = sorted({0} | {int(t.buffer) for t in sg.tensors})
     bremap = {old: new for new, old in enumerate(bufs)}
     model.buffers = [model.buffers[i] for i in bufs]
@@ -289,7 +292,10 @@ def prepared_float_model() -> bytes:
 
 
 def drop_output_quantize(data: bytes) -> tuple[bytes, int]:
-    """Remove QUANTIZE/DEQUANTIZE pairs the quantizer left in front of graph outputs."""
+    """Bypass QUANTIZE ops that feed graph outputs, so the outputs stay float.
+
+    (A DEQUANTIZE in front of an output is what we want and is kept.)
+    """
     model = read_model(data)
     sg = model.subgraphs[0]
     outs = [int(t) for t in sg.outputs]
@@ -297,16 +303,11 @@ def drop_output_quantize(data: bytes) -> tuple[bytes, int]:
     dropped = 0
     for i, t in enumerate(outs):
         op = producer.get(t)
-        while op is not None and _op_name(model, op) in ("QUANTIZE", "DEQUANTIZE"):
-            src = int(op.inputs[0])
-            prev = producer.get(src)
-            if prev is None:
-                break
-            # bypass: make the graph output the op's input
-            outs[i] = src
+        while op is not None and _op_name(model, op) == "QUANTIZE":
+            outs[i] = int(op.inputs[0])
             sg.operators = [o for o in sg.operators if o is not op]
             dropped += 1
-            op = prev if _op_name(model, prev) in ("QUANTIZE", "DEQUANTIZE") else None
+            op = producer.get(outs[i])
     if not dropped:
         return data, 0
     sg.outputs = np.asarray(outs, dtype=np.int32)
@@ -314,11 +315,6 @@ def drop_output_quantize(data: bytes) -> tuple[bytes, int]:
         for tm, t in zip(sig.outputs, outs, strict=True):
             tm.tensorIndex = t
     drop_unused(model)
-    for sig in model.signatureDefs or []:
-        for tm in sig.outputs:
-            tm.tensorIndex = int(sg.outputs[list(sig.outputs).index(tm)])
-        for tm, t in zip(sig.inputs, sg.inputs, strict=True):
-            tm.tensorIndex = int(t)
     return write_model(model), dropped
 
 
@@ -422,14 +418,14 @@ def manifest_entry(path: Path) -> dict[str, Any]:
         ],
         "outputs": [
             {
-                "name": "regressors",
+                "name": "reshaped_regressor_face_4",
                 "shape": [1, 2304, 16],
                 "dtype": "float32",
                 "description": "per anchor (48x48 grid, stride 4, offset 0.5): dx, dy, w, h and 6 "
                 "keypoints (x, y) in input pixels relative to the anchor centre",
             },
             {
-                "name": "classificators",
+                "name": "reshaped_classifier_face_4",
                 "shape": [1, 2304, 1],
                 "dtype": "float32",
                 "description": "per anchor face logit (sigmoid, clip to +-80)",
@@ -476,7 +472,7 @@ def write_fixtures() -> None:
     sys.path.insert(0, str(REPO))
     from agent.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
 
-    config = BlazeFaceConfig()
+    config = BlazeFaceConfig(score_threshold=0.5)  # MediaPipe's: one clear face per photo
     det = BlazeFaceDetector(float_model_path(), config).load()
     photos = {k: v for k, v in skimage_photos().items() if k in FIXTURE_PHOTOS}
     out: dict[str, Any] = {

@@ -129,13 +129,49 @@ def test_kinds_are_merged_separately() -> None:
     assert sorted(d.kind for d in merge([person, face], iou=0.3, contain=0.8)) == ["face", "person"]
 
 
-def test_contained_lower_score_box_dropped_but_not_the_reverse() -> None:
+def test_partial_box_joins_the_whole_one_either_way_round() -> None:
     big = Detection(Box(0, 0, 100, 100), 0.9)
     part = Detection(Box(0, 0, 40, 100), 0.6)  # IoU 0.4 but fully inside
     assert merge([big, part], iou=0.5, contain=0.8) == [big]
-    # a higher-scoring small box inside a big one is kept, and so is the big one
-    small_first = Detection(Box(0, 0, 40, 100), 0.95)
-    assert len(merge([big, small_first], iou=0.5, contain=0.8)) == 2
+    # a higher-scoring partial box leads the cluster: it keeps its score, the box grows to all
+    part_first = Detection(Box(0, 0, 40, 100), 0.95)
+    assert merge([big, part_first], iou=0.5, contain=0.8) == [
+        Detection(Box(0.0, 0.0, 100.0, 100.0), 0.95)
+    ]
+
+
+def test_separate_faces_stay_separate() -> None:
+    a = Detection(Box(0, 0, 50, 50), 0.9)
+    b = Detection(Box(60, 0, 110, 50), 0.8)
+    assert merge([a, b], iou=0.3, contain=0.8) == [a, b]
+
+
+def _covered(dets: list[Detection]) -> npt.NDArray[np.bool_]:
+    mask = np.zeros((120, 120), bool)
+    for d in dets:
+        b = d.box
+        mask[int(b.y0) : int(b.y1), int(b.x0) : int(b.x1)] = True
+    return mask
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 100),
+            st.integers(0, 100),
+            st.integers(1, 20),
+            st.integers(1, 20),
+            st.floats(0.1, 1.0),
+        ),
+        max_size=12,
+    )
+)
+def test_merging_never_uncovers_a_pixel(raw: list[tuple[int, int, int, int, float]]) -> None:
+    dets = [Detection(Box(x, y, x + w, y + h), s) for x, y, w, h, s in raw]
+    merged = merge(dets, iou=0.3, contain=0.8)
+    assert len(merged) <= len(dets)
+    before, after = _covered(dets), _covered(merged)
+    assert not (before & ~after).any()
 
 
 @pytest.mark.parametrize(("tile", "overlap"), [(0, 0.25), (-5, 0.25), (256, 1.0), (256, -0.1)])
