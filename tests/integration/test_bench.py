@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,14 +28,12 @@ from agent.vision.detection import Box, Detection
 from agent.vision.factory import DETECTOR_MODELS, DetectorConfig
 from models import load_manifest
 
-pytest.importorskip("skimage.data")
-
 
 @pytest.fixture(scope="module")
 def model() -> str:
     available = [m for m in DETECTOR_MODELS if m in load_manifest()]
     if not available:
-        pytest.skip("no detector model in models/manifest.json yet")
+        pytest.fail("no detector model in models/manifest.json: run `make models`")
     return available[0]
 
 
@@ -50,7 +49,9 @@ def _assert_sane(result: dict[str, object] | object) -> None:
 
 
 def test_one_case_with_the_real_model_in_process(model: str) -> None:
-    settings = BenchSettings(seconds=0.3, warmup_frames=1, detector=DetectorConfig(model=model))
+    settings = BenchSettings(
+        seconds=0.3, warmup_frames=1, source="photo", detector=DetectorConfig(model=model)
+    )
     result = run_case(BenchCase(320, 240, 1), settings)
     _assert_sane(result)
     assert result.model == model and result.source == "photo" and result.size == "320x240"
@@ -122,7 +123,6 @@ def test_bad_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_video_is_replayed_through_the_replay_camera(tmp_path: Path) -> None:
-    cv2 = pytest.importorskip("cv2")
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, (64, 48))
     for i in range(4):

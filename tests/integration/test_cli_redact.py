@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import skimage.data as skdata
 from PIL import Image
 
 from agent.__main__ import main
@@ -18,9 +20,6 @@ from agent.privacy.redact import pixel_rect
 from agent.vision.detection import Detection, Detector
 from agent.vision.factory import DETECTOR_MODELS, DetectorConfig, build_detector
 from models import load_manifest
-
-cv2 = pytest.importorskip("cv2")
-skdata = pytest.importorskip("skimage.data")
 
 # The astronaut's face in skimage.data.astronaut() (512 x 512): a box inside it, in any detector's
 # face box, that must be overwritten.
@@ -32,7 +31,7 @@ VIDEO_SIZE = 256
 def _model() -> str:
     available = [m for m in DETECTOR_MODELS if m in load_manifest()]
     if not available:
-        pytest.skip("no detector model in models/manifest.json yet")
+        pytest.fail("no detector model in models/manifest.json: run `make models`")
     return available[0]  # the CLI default (centerface_int8) first
 
 
