@@ -30,7 +30,7 @@ import numpy.typing as npt
 from agent.errors import ModelError
 from agent.vision.detection import Box, Detection
 from agent.vision.nms import iou_one_to_many, nms
-from hw.runtime import Runtime, TFLiteRuntime
+from hw.runtime import Runtime, TensorInfo, TFLiteRuntime
 
 if TYPE_CHECKING:
     from agent.vision.factory import DetectorConfig
@@ -41,6 +41,7 @@ INPUT_SIZE = 192
 GRID = 48  # 192 / stride 4
 NUM_ANCHORS = GRID * GRID
 RAW_SCORE_LIMIT = 80.0
+_NO_INFO = TensorInfo(-1, "", (), np.dtype(np.float32), 0.0, 0)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ class BlazeFaceDetector:
         self._anchors = anchor_centres()
         self._box_out = 0
         self._score_out = 1
+        self._in_info: TensorInfo | None = None
+        self._out_info: tuple[TensorInfo, TensorInfo] = (_NO_INFO, _NO_INFO)
 
     @classmethod
     def from_config(cls, model_path: Path, config: DetectorConfig) -> BlazeFaceDetector:
@@ -210,10 +213,13 @@ class BlazeFaceDetector:
                 f"{[list(s) for s in shapes]}; is this BlazeFace full range?"
             ) from None
         self._runtime = rt
+        self._in_info = ins[0]
+        self._out_info = (outs[self._box_out], outs[self._score_out])
         return self
 
-    def _input_tensor(self, canvas: npt.NDArray[np.uint8], rt: Runtime) -> npt.NDArray[Any]:
-        info = rt.inputs[0]
+    def _input_tensor(self, canvas: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
+        info = self._in_info
+        assert info is not None
         x: npt.NDArray[np.float32] = canvas.astype(np.float32)[None] * np.float32(2.0 / 255.0)
         x -= np.float32(1.0)
         if info.dtype == np.float32:
@@ -232,15 +238,13 @@ class BlazeFaceDetector:
         if rt is None:
             raise RuntimeError("BlazeFaceDetector.load() was not called")
         canvas, lb = letterbox(rgb, INPUT_SIZE, self._config.interpolation)
-        outputs = rt.run(self._input_tensor(canvas, rt))
-        infos = rt.outputs
-        regs = _dequantize(
-            outputs[self._box_out], infos[self._box_out].scale, infos[self._box_out].zero_point
-        ).reshape(NUM_ANCHORS, 16)
+        outputs = rt.run(self._input_tensor(canvas))
+        box_info, score_info = self._out_info
+        regs = _dequantize(outputs[self._box_out], box_info.scale, box_info.zero_point).reshape(
+            NUM_ANCHORS, 16
+        )
         logits = _dequantize(
-            outputs[self._score_out],
-            infos[self._score_out].scale,
-            infos[self._score_out].zero_point,
+            outputs[self._score_out], score_info.scale, score_info.zero_point
         ).reshape(NUM_ANCHORS)
         return regs, logits, lb
 

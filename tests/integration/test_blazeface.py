@@ -217,3 +217,18 @@ def test_wrong_hash_is_refused(tmp_path: Path) -> None:
 def test_detect_before_load_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="load"):
         BlazeFaceDetector(MODELS_DIR / "blazeface_full_int8.tflite").detect(photo("coffee"))
+
+
+def test_factory_builds_tiled_blazeface_with_tuned_default() -> None:
+    from agent.vision.factory import DetectorConfig, build_detector
+
+    detector = build_detector(DetectorConfig(model=MODEL, tile=384))
+    assert isinstance(detector, TiledDetector)
+    face = _only(detector.detect(photo("astronaut"))).box
+    assert 210 < (face.x0 + face.x1) / 2 < 245
+    plain = build_detector(DetectorConfig(model=MODEL))
+    assert isinstance(plain, BlazeFaceDetector)
+    assert plain.config.score_threshold == BlazeFaceConfig().score_threshold
+    strict = build_detector(DetectorConfig(model=MODEL, threshold=0.6))
+    assert isinstance(strict, BlazeFaceDetector)
+    assert strict.config.score_threshold == 0.6
