@@ -6,8 +6,8 @@
   are the test images of the ``face_recognition==1.3.0`` sdist, fetched once with
   ``pip download`` into ``<repo>/.cache/pypi`` (gitignored).
 
-:func:`photo` returns HxWx3 uint8 RGB. A photo that cannot be had raises :class:`PhotoUnavailableError`
-with the command that fixes it: tests fail loudly rather than skip.
+:func:`photo` returns HxWx3 uint8 RGB. A photo that cannot be had raises
+:class:`PhotoUnavailableError` with the command that fixes it: tests fail loudly, never skip.
 """
 
 from __future__ import annotations
