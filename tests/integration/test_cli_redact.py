@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import skimage.data as skdata
 from PIL import Image
 
 from agent.__main__ import main
@@ -21,8 +20,14 @@ from agent.vision.detection import Detection, Detector
 from agent.vision.factory import DETECTOR_MODELS, DetectorConfig, build_detector
 from models import load_manifest
 
-# The astronaut's face in skimage.data.astronaut() (512 x 512): a box inside it, in any detector's
-# face box, that must be overwritten.
+try:
+    from tests.photos import photo
+except ModuleNotFoundError:  # `pytest` (not `python -m pytest`): the repo root is not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.photos import photo
+
+# The astronaut's face in photo("astronaut") (scikit-image, 512 x 512): a box inside every
+# detector's face box, that must be overwritten.
 FACE_CORE = (200, 80, 250, 160)  # x0, y0, x1, y1
 VIDEO_FRAMES = 12
 VIDEO_SIZE = 256
@@ -46,7 +51,7 @@ def detector(model: str) -> Detector:
 
 
 def _astronaut() -> np.ndarray:
-    return np.asarray(skdata.astronaut(), dtype=np.uint8)
+    return photo("astronaut")
 
 
 def _write_video(path: Path, n: int = VIDEO_FRAMES) -> None:
@@ -75,12 +80,14 @@ def _video_frames(path: Path) -> list[np.ndarray]:
 
 @pytest.fixture()
 def tree(tmp_path: Path) -> Path:
-    """in/astronaut.jpg, in/nested/deeper/portrait.jpeg, in/nested/broken.jpg (truncated),
-    in/nested/clip.mp4, in/notes.txt (neither image nor video)."""
+    """in/astronaut.jpg, in/nested/deeper/portrait.jpeg (mirrored astronaut),
+    in/nested/deeper/obama.jpg, in/nested/broken.jpg (truncated), in/nested/clip.mp4,
+    in/notes.txt (neither image nor video)."""
     root = tmp_path / "in"
     (root / "nested" / "deeper").mkdir(parents=True)
     Image.fromarray(_astronaut()).save(root / "astronaut.jpg", quality=95)
     Image.fromarray(_astronaut()[:, ::-1]).save(root / "nested" / "deeper" / "portrait.jpeg")
+    Image.fromarray(photo("obama")).save(root / "nested" / "deeper" / "obama.jpg", quality=95)
     data = (root / "astronaut.jpg").read_bytes()
     (root / "nested" / "broken.jpg").write_bytes(data[: len(data) // 3])
     _write_video(root / "nested" / "clip.mp4")
@@ -121,8 +128,13 @@ def test_folder_outputs_png_at_relative_paths_and_reports_the_corrupt_file(
     assert f"skipped {tree / 'nested' / 'broken.jpg'}: cannot decode image" in err
     assert "ignored" in err and "notes.txt" in err
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["astronaut.png", "nested/clip.mp4", "nested/deeper/portrait.png"]
-    for name in ("astronaut.png", "nested/deeper/portrait.png"):
+    assert written == [
+        "astronaut.png",
+        "nested/clip.mp4",
+        "nested/deeper/obama.png",
+        "nested/deeper/portrait.png",
+    ]
+    for name in ("astronaut.png", "nested/deeper/obama.png", "nested/deeper/portrait.png"):
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.mode == "RGB"
 
@@ -134,6 +146,11 @@ def test_folder_outputs_png_at_relative_paths_and_reports_the_corrupt_file(
 
     mirrored = _decoded(out / "nested" / "deeper" / "portrait.png")
     assert (mirrored[y0:y1, 512 - x1 : 512 - x0] == 0).all()
+
+    obama = _decoded(tree / "nested" / "deeper" / "obama.jpg")
+    _assert_face_overwritten(
+        _decoded(out / "nested" / "deeper" / "obama.png"), obama, detector.detect(obama)
+    )
 
 
 def test_video_keeps_every_frame_with_the_face_overwritten(
@@ -173,7 +190,7 @@ def test_as_a_real_process(tree: Path, tmp_path: Path, model: str) -> None:
     )
     assert done.returncode == 1, done.stderr
     assert "skipped" in done.stderr and "broken.jpg: cannot decode image" in done.stderr
-    assert "redacted 3 of 5 files" in done.stderr
+    assert "redacted 4 of 6 files" in done.stderr
     assert (out / "astronaut.png").is_file()
     assert (out / "nested" / "clip.mp4").is_file()
 
@@ -227,7 +244,7 @@ def test_a_detector_that_raises_writes_nothing_for_the_image(
     out = tmp_path / "out"
     items = find_inputs([tree / "astronaut.jpg", tree / "nested" / "deeper"], out)
     results = redact_files(Failing(detector), items, out, PrivacyConfig())
-    assert [r.ok for r in results] == [False, False]
+    assert [r.ok for r in results] == [False, False, False]
     assert all("fail closed" in (r.error or "") for r in results)
     assert not out.exists() or not any(out.rglob("*"))
 
