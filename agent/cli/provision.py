@@ -1,0 +1,37 @@
+"""`camveil provision --port /dev/ttyACM0 --station DIR`: provision one unit over USB serial."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hw.serial_link import DEFAULT_BAUDRATE, PySerialLink
+from provisioning.serial_proto import Channel
+from provisioning.station import DEFAULT_SITE, Station, StationPaths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", required=True, help="serial port of the unit (/dev/ttyACM0)")
+    parser.add_argument("--station", required=True, type=Path, help="station directory")
+    parser.add_argument("--site", default=DEFAULT_SITE, help="site name put into the unit's config")
+    parser.add_argument("--broker-url", help="broker URL for this unit (default: the station's)")
+    parser.add_argument("--device-id", help="device id to assign (default: derived from its key)")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUDRATE, help="baud rate")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt")
+    parser.add_argument("--attempts", type=int, default=5, help="attempts per request")
+
+
+def run(args: argparse.Namespace) -> int:
+    with PySerialLink(args.port, args.baud) as link:
+        station = Station(
+            StationPaths(args.station), Channel(link), timeout=args.timeout, attempts=args.attempts
+        )
+        result = station.provision(
+            site=args.site, broker_url=args.broker_url, device_id=args.device_id
+        )
+    verb = "provisioned" if result.outcome == "provisioned" else "was already provisioned as"
+    print(
+        f"unit {verb} {result.device} in {result.seconds:.2f} s "
+        f"({result.retries} retries); trusted devices: {StationPaths(args.station).devices}"
+    )
+    return 0

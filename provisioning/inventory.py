@@ -1,0 +1,149 @@
+"""The station's inventory of units (SQLite): who was provisioned when, with which keys.
+
+One row per unit, keyed by device id, unique by Ed25519 public key. A row is ``pending`` from
+the moment the station has built a bundle for the unit (the exact bundle bytes are kept, so a
+retry after a station restart resends the same bundle and the unit's answer stays idempotent)
+and ``provisioned`` once the unit proved possession of its key by signing that bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal
+
+UnitState = Literal["pending", "provisioned"]
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS units (
+    device          TEXT PRIMARY KEY,
+    ed25519         BLOB NOT NULL UNIQUE,
+    x25519          BLOB NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'provisioned')),
+    site            TEXT NOT NULL,
+    bundle          BLOB NOT NULL,
+    created_at      REAL NOT NULL,
+    provisioned_at  REAL
+);
+"""
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    device: str
+    ed25519: bytes
+    x25519: bytes
+    state: UnitState
+    site: str
+    bundle: bytes
+    created_at: float
+    provisioned_at: float | None = None
+
+
+class Inventory:
+    """``with Inventory(path) as inv:`` opens (and creates, 0600) the database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> Inventory:
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("Inventory used outside its `with` block")
+        return self._db
+
+    def by_ed25519(self, ed25519: bytes) -> UnitRecord | None:
+        row = self.db.execute(_SELECT + " WHERE ed25519 = ?", (ed25519,)).fetchone()
+        return _record(row) if row else None
+
+    def by_device(self, device: str) -> UnitRecord | None:
+        row = self.db.execute(_SELECT + " WHERE device = ?", (device,)).fetchone()
+        return _record(row) if row else None
+
+    def add_pending(self, record: UnitRecord) -> None:
+        """Record a bundle built for a unit (replaces an earlier pending row of the same unit)."""
+        with self._transaction():
+            self.db.execute(
+                "DELETE FROM units WHERE (device = ? OR ed25519 = ?) AND state = 'pending'",
+                (record.device, record.ed25519),
+            )
+            self.db.execute(
+                "INSERT INTO units (device, ed25519, x25519, state, site, bundle, created_at) "
+                "VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                (
+                    record.device,
+                    record.ed25519,
+                    record.x25519,
+                    record.site,
+                    record.bundle,
+                    record.created_at,
+                ),
+            )
+
+    def mark_provisioned(self, device: str, at: float | None = None) -> None:
+        with self._transaction():
+            self.db.execute(
+                "UPDATE units SET state = 'provisioned', provisioned_at = ? WHERE device = ?",
+                (time.time() if at is None else at, device),
+            )
+
+    def units(self, state: UnitState | None = None) -> list[UnitRecord]:
+        if state is None:
+            rows = self.db.execute(_SELECT + " ORDER BY device").fetchall()
+        else:
+            rows = self.db.execute(
+                _SELECT + " WHERE state = ? ORDER BY device", (state,)
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+_SELECT: Final = (
+    "SELECT device, ed25519, x25519, state, site, bundle, created_at, provisioned_at FROM units"
+)
+
+
+def _record(row: tuple[object, ...]) -> UnitRecord:
+    return UnitRecord(*row)  # type: ignore[arg-type]

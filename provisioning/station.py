@@ -1,0 +1,354 @@
+"""The station's end of provisioning: its directory (CA, keys, inventory) and the provisioning run.
+
+Station directory (``camveil station init DIR``; 0700, private keys 0600)::
+
+    ca/ca.crt ca/ca.key            the CA that signs device certificates (provisioning.pki)
+    operator.key                   operator Ed25519 (+X25519) identity, kid "operator" (commands)
+    backend.key                    backend X25519 (+Ed25519) identity, kid "backend": events are
+                                   sealed to its X25519 key
+    clients/                       TLS client certificates for backend-dashboard, operator-console
+    broker/                        mosquitto config, ACL, server certificate (provisioning.broker)
+    station.json                   defaults: broker URL, backend and operator names
+    inventory.sqlite               every unit (provisioning.inventory)
+    devices.json                   trusted devices for listener and dashboard: id -> public keys
+
+A run (:meth:`Station.provision`): HELLO; for an unprovisioned unit CSR (CN = the device id the
+station assigns) and signing; the bundle is recorded as pending *before* it is sent; BUNDLE; the
+unit's signature over the bundle hash is verified; the unit is marked provisioned and devices.json
+is rewritten. Every step is safe to repeat after a cut cable or a station restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from agent.envelope.keys import Identity, load_identity, save_identity
+from provisioning import broker, pki
+from provisioning.inventory import Inventory, UnitRecord
+from provisioning.serial_proto import (
+    PROTOCOL_VERSION,
+    Channel,
+    Message,
+    ProtocolViolationError,
+    ProvisioningError,
+)
+from provisioning.unit import Bundle, bundle_digest, verify_proof
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BROKER_URL: Final = "mqtts://camveil-broker.local:8883"
+DEFAULT_SITE: Final = "default"
+DEVICE_ID_PREFIX: Final = "cv-"
+DEVICES_FILE_VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class StationPaths:
+    root: Path
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def operator_key(self) -> Path:
+        return self.root / "operator.key"
+
+    @property
+    def backend_key(self) -> Path:
+        return self.root / "backend.key"
+
+    @property
+    def clients_dir(self) -> Path:
+        return self.root / "clients"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "station.json"
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory.sqlite"
+
+    @property
+    def devices(self) -> Path:
+        return self.root / "devices.json"
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    broker_url: str = DEFAULT_BROKER_URL
+    backends: tuple[str, ...] = ("dashboard",)
+    operators: tuple[str, ...] = ("console",)
+
+    def to_json(self) -> bytes:
+        data = {
+            "broker_url": self.broker_url,
+            "backends": list(self.backends),
+            "operators": list(self.operators),
+        }
+        return json.dumps(data, indent=2).encode() + b"\n"
+
+    @classmethod
+    def load(cls, path: Path) -> StationConfig:
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                broker_url=str(data["broker_url"]),
+                backends=tuple(str(b) for b in data["backends"]),
+                operators=tuple(str(o) for o in data["operators"]),
+            )
+        except FileNotFoundError:
+            raise ProvisioningError(
+                f"{path.parent} is not a station directory (no {path.name}); create one with "
+                f"`camveil station init {path.parent}`"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProvisioningError(
+                f"{path} is malformed ({exc}); restore it from backup"
+            ) from None
+
+
+def init_station(
+    root: Path,
+    *,
+    broker_url: str = DEFAULT_BROKER_URL,
+    broker_names: tuple[str, ...] = (),
+    broker_settings: broker.BrokerSettings | None = None,
+) -> StationPaths:
+    """Create a station directory; refuses one that already has a CA."""
+    paths = StationPaths(Path(root))
+    if (paths.ca_dir / "ca.key").exists() or paths.config.exists():
+        raise ProvisioningError(
+            f"{root} is already a station directory; use it as it is, or choose an empty directory"
+        )
+    config = StationConfig(broker_url=broker_url)
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths.root.chmod(0o700)
+    for d in (paths.ca_dir, paths.clients_dir):
+        d.mkdir(mode=0o700, exist_ok=True)
+    ca = pki.make_ca()
+    pki.write_issued(paths.ca_dir, "ca", ca)
+    save_identity(paths.operator_key, Identity.generate("operator"))
+    save_identity(paths.backend_key, Identity.generate("backend"))
+    for name in config.backends:
+        pki.write_issued(
+            paths.clients_dir, pki.backend_identity(name), pki.make_backend_cert(ca, name)
+        )
+    for name in config.operators:
+        pki.write_issued(
+            paths.clients_dir, pki.operator_identity(name), pki.make_operator_cert(ca, name)
+        )
+    host = _broker_host(broker_url)
+    names = tuple(dict.fromkeys([*broker_names, *([host] if host else [])]))
+    broker.write_broker_state(
+        paths.broker_dir,
+        broker_settings or broker.BrokerSettings(),
+        ca_cert=ca.cert,
+        server=pki.make_server_cert(ca, names),
+        backends=config.backends,
+        operators=config.operators,
+    )
+    with Inventory(paths.inventory):
+        pass
+    write_devices_file(paths.devices, [])
+    pki.write_atomic(paths.config, config.to_json(), 0o644)
+    logger.info("station initialised in %s", paths.root)
+    return paths
+
+
+def _broker_host(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname
+
+
+def derive_device_id(ed25519: bytes) -> str:
+    """The default device id: ``cv-`` + 16 hex digits of sha256(Ed25519 public key).
+
+    Derived from the key, so a station that restarts mid-run assigns the same id again.
+    """
+    return DEVICE_ID_PREFIX + hashlib.sha256(ed25519).hexdigest()[:16]
+
+
+def write_devices_file(path: Path, units: list[UnitRecord]) -> None:
+    """devices.json: ``{"version": 1, "devices": {id: {"ed25519", "x25519" (base64), ...}}}``."""
+    devices = {
+        u.device: {
+            "ed25519": base64.b64encode(u.ed25519).decode(),
+            "x25519": base64.b64encode(u.x25519).decode(),
+            "site": u.site,
+            "provisioned_at": dt.datetime.fromtimestamp(
+                u.provisioned_at or 0, dt.timezone.utc
+            ).isoformat(timespec="seconds"),
+        }
+        for u in units
+    }
+    data = {"version": DEVICES_FILE_VERSION, "devices": devices}
+    pki.write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    device: str
+    #: "provisioned" (this run), or "confirmed" (the unit already held this station's bundle)
+    outcome: str
+    seconds: float
+    retries: int
+
+
+class Station:
+    """One provisioning run over ``channel`` with the station directory ``paths``."""
+
+    def __init__(
+        self,
+        paths: StationPaths,
+        channel: Channel,
+        *,
+        timeout: float = 2.0,
+        attempts: int = 5,
+    ) -> None:
+        self._paths = paths
+        self._channel = channel
+        self._timeout = timeout
+        self._attempts = attempts
+
+    def _request(self, t: str, body: dict[str, Any]) -> Message:
+        return self._channel.request(t, body, timeout=self._timeout, attempts=self._attempts)
+
+    def provision(
+        self,
+        *,
+        site: str = DEFAULT_SITE,
+        broker_url: str | None = None,
+        device_id: str | None = None,
+    ) -> ProvisionResult:
+        start = time.monotonic()
+        config = StationConfig.load(self._paths.config)
+        url = broker_url or config.broker_url
+        hello = self._request("hello", {"proto": PROTOCOL_VERSION})
+        state = hello.b.get("state")
+        ed25519, x25519 = _key32(hello, "ed25519"), _key32(hello, "x25519")
+        with Inventory(self._paths.inventory) as inventory:
+            record = inventory.by_ed25519(ed25519)
+            if state == "provisioned":
+                bundle_bytes = self._known_bundle(hello, record)
+                outcome = "confirmed"
+            elif state == "unprovisioned":
+                pending = self._pending_bundle(record, x25519, site, url)
+                bundle_bytes = pending or self._new_bundle(
+                    inventory, ed25519, x25519, site, url, device_id
+                )
+                outcome = "provisioned"
+            else:
+                raise ProtocolViolationError(f"hello: unknown unit state {state!r}")
+            device = Bundle.decode(bundle_bytes).device
+            reply = self._request("bundle", {"bundle": bundle_bytes})
+            sig = reply.b.get("sig")
+            if reply.b.get("device") != device or not isinstance(sig, bytes):
+                raise ProtocolViolationError("bundle reply does not name the device or has no sig")
+            if not verify_proof(ed25519, bundle_bytes, sig):
+                raise ProtocolViolationError(
+                    "the unit's proof of possession does not verify; the unit is provisioned but "
+                    "NOT trusted: factory-reset it and provision again"
+                )
+            inventory.mark_provisioned(device)
+            self._publish(inventory, config)
+        elapsed = time.monotonic() - start
+        logger.info("unit %s %s in %.2f s", device, outcome, elapsed)
+        return ProvisionResult(device, outcome, elapsed, self._channel.retries)
+
+    def _known_bundle(self, hello: Message, record: UnitRecord | None) -> bytes:
+        device = hello.b.get("device")
+        digest = hello.b.get("bundle_sha256")
+        if record is None or record.device != device or bundle_digest(record.bundle) != digest:
+            raise ProvisioningError(
+                f"the unit is already provisioned as {device!r}, but not with a bundle from this "
+                "station; run `camveil factory-reset --yes` on the unit to provision it here"
+            )
+        return record.bundle
+
+    @staticmethod
+    def _pending_bundle(
+        record: UnitRecord | None, x25519: bytes, site: str, url: str
+    ) -> bytes | None:
+        if record is None:
+            return None
+        if record.state == "provisioned" or record.x25519 != x25519:
+            raise ProvisioningError(
+                f"inventory already holds a provisioned unit {record.device} with this key, but "
+                "the unit says it is unprovisioned; check the inventory (restored backup?)"
+            )
+        bundle = Bundle.decode(record.bundle)
+        if bundle.site.get("name") == site and bundle.broker_url == url:
+            logger.info("resending the pending bundle of %s", record.device)
+            return record.bundle
+        return None
+
+    def _new_bundle(
+        self,
+        inventory: Inventory,
+        ed25519: bytes,
+        x25519: bytes,
+        site: str,
+        url: str,
+        device_id: str | None,
+    ) -> bytes:
+        device = pki.check_device_id(device_id or derive_device_id(ed25519))
+        other = inventory.by_device(device)
+        if other is not None and other.ed25519 != ed25519:
+            raise ProvisioningError(
+                f"device id {device} already belongs to another unit in the inventory; "
+                "choose another --device-id"
+            )
+        reply = self._request("csr", {"device": device})
+        csr_pem = reply.b.get("csr")
+        if not isinstance(csr_pem, bytes):
+            raise ProtocolViolationError("csr reply has no 'csr' bytes")
+        ca = pki.Issued(
+            key=pki.load_key_pem((self._paths.ca_dir / "ca.key").read_bytes()),
+            cert=pki.load_cert_pem((self._paths.ca_dir / "ca.crt").read_bytes()),
+        )
+        try:
+            cert = pki.sign_device_csr(ca, pki.load_csr_pem(csr_pem), expected_device_id=device)
+        except ValueError as exc:
+            raise ProtocolViolationError(f"the unit's CSR is not acceptable: {exc}") from None
+        bundle = Bundle(
+            device=device,
+            cert_pem=pki.cert_pem(cert),
+            ca_pem=pki.cert_pem(ca.cert),
+            broker_url=url,
+            backend_x25519=bytes(load_identity(self._paths.backend_key).encryption_key.public_key),
+            operator_ed25519=bytes(load_identity(self._paths.operator_key).signing_key.verify_key),
+            site={"name": site},
+            issued_at=int(time.time()),
+        ).encode()
+        inventory.add_pending(
+            UnitRecord(device, ed25519, x25519, "pending", site, bundle, time.time())
+        )
+        return bundle
+
+    def _publish(self, inventory: Inventory, config: StationConfig) -> None:
+        units = inventory.units("provisioned")
+        write_devices_file(self._paths.devices, units)
+        acl = broker.render_acl(config.backends, config.operators, [u.device for u in units])
+        pki.write_atomic(self._paths.broker_dir / "acl", acl.encode(), 0o644)
+
+
+def _key32(message: Message, name: str) -> bytes:
+    value = message.b.get(name)
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ProtocolViolationError(f"{message.t}: field {name!r} missing or not 32 bytes")
+    return value
