@@ -18,6 +18,8 @@ Access control, with the certificate CN as username (``use_identity_as_username`
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -190,10 +192,15 @@ def write_broker_state(
     backends: Sequence[str] = (),
     operators: Sequence[str] = (),
     devices: Sequence[str] = (),
+    owner: str | None = None,
 ) -> BrokerFiles:
     """Write config, ACL, CA and server certificate and key into ``state_dir`` (atomically, the
     key 0600) and create the persistence directory. Returns the paths; start the broker with
-    ``mosquitto -c <config>``."""
+    ``mosquitto -c <config>``.
+
+    mosquitto started as root drops to ``settings.user`` (default "mosquitto") *before* it reads
+    the key and writes persistence: pass that user as ``owner`` (needs root) to make the key and
+    the persistence directory its own. Without it they belong to the caller."""
     state_dir = Path(state_dir).absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(
@@ -204,10 +211,13 @@ def write_broker_state(
         server_key=state_dir / "server.key",
         persistence_dir=state_dir / "data",
     )
-    files.persistence_dir.mkdir(exist_ok=True)
+    files.persistence_dir.mkdir(mode=0o700, exist_ok=True)
+    ids = _user_ids(owner) if owner is not None else None
+    if ids is not None:
+        os.chown(files.persistence_dir, *ids)
     pki.write_cert(files.ca_cert, ca_cert)
     pki.write_cert(files.server_cert, server.cert)
-    pki.write_private_key(files.server_key, server.key)
+    pki.write_private_key(files.server_key, server.key, owner=ids)
     acl = render_acl(backends, operators, devices)
     pki.write_atomic(files.acl, acl.encode(), 0o644)
     config = render_config(
@@ -220,6 +230,14 @@ def write_broker_state(
     )
     pki.write_atomic(files.config, config.encode(), 0o644)
     return files
+
+
+def _user_ids(user: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"no such user {user!r} to own the broker key") from None
+    return entry.pw_uid, entry.pw_gid
 
 
 EXAMPLE_DIR: Final = Path("/var/lib/camveil-broker")

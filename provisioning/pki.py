@@ -364,8 +364,11 @@ def load_key_pem(data: bytes) -> PrivateKey:
 # --- files --------------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically with permission ``mode``.
+def write_atomic(
+    path: Path, data: bytes, mode: int, *, owner: tuple[int, int] | None = None
+) -> None:
+    """Write ``data`` to ``path`` atomically with permission ``mode`` (and ``owner`` = (uid,
+    gid) if given, which needs root).
 
     A temporary file in the same directory is created with ``mode`` from the start (O_EXCL, so
     the bytes are never readable by others, not even briefly), written, fsynced, renamed over
@@ -376,6 +379,8 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.fchmod(fd, mode)  # the umask may have removed bits we asked for
             view = memoryview(data)
             while view:
@@ -394,9 +399,9 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
         os.close(dir_fd)
 
 
-def write_private_key(path: Path, key: PrivateKey) -> None:
-    """Write ``key`` as PEM with mode 0600, atomically."""
-    write_atomic(path, key_pem(key), 0o600)
+def write_private_key(path: Path, key: PrivateKey, *, owner: tuple[int, int] | None = None) -> None:
+    """Write ``key`` as PEM with mode 0600 (owned by ``owner`` if given), atomically."""
+    write_atomic(path, key_pem(key), 0o600, owner=owner)
 
 
 def write_cert(path: Path, cert: x509.Certificate) -> None:

@@ -4,8 +4,10 @@ rendered broker config and ACL."""
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -198,4 +200,39 @@ def test_deploy_examples_are_current() -> None:
         path = REPO / "deploy" / "mosquitto" / name
         assert path.read_text() == text, (
             f"run: python -m provisioning.broker deploy/mosquitto ({name})"
+        )
+
+
+def test_broker_state_files_and_owner(ca: pki.Issued, tmp_path: Path) -> None:
+    server = pki.make_server_cert(ca)
+    kwargs: dict[str, Any] = {"ca_cert": ca.cert, "server": server, "backends": ["dashboard"]}
+    files = broker.write_broker_state(tmp_path / "a", broker.BrokerSettings(), **kwargs)
+    assert stat.S_IMODE(files.server_key.stat().st_mode) == 0o600
+    assert files.persistence_dir.is_dir()
+    assert f"acl_file {files.acl}" in files.config.read_text().splitlines()
+    assert "user backend-dashboard" in files.acl.read_text()
+    nobody = pwd.getpwnam("nobody")
+    if os.geteuid() == 0:
+        owned = broker.write_broker_state(
+            tmp_path / "b",
+            broker.BrokerSettings(),
+            owner="nobody",
+            **kwargs,
+        )
+        for path in (owned.server_key, owned.persistence_dir):
+            assert (path.stat().st_uid, path.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    else:
+        with pytest.raises(PermissionError):
+            broker.write_broker_state(
+                tmp_path / "b",
+                broker.BrokerSettings(),
+                owner="nobody",
+                **kwargs,
+            )
+    with pytest.raises(ValueError, match="no such user"):
+        broker.write_broker_state(
+            tmp_path / "c",
+            broker.BrokerSettings(),
+            owner="no-such-user-xyz",
+            **kwargs,
         )
