@@ -112,6 +112,9 @@ class CaseResult:
     """Peak RSS before the detector was loaded and frames made (the interpreter and imports)."""
     subprocess: bool = False
     """Measured in a fresh process (peak RSS is this case's alone)."""
+    load_1m: float | None = None
+    """The machine's 1-minute load average when the case started: above the CPU count, other
+    processes competed for the CPU and the numbers are pessimistic."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -283,7 +286,17 @@ def machine() -> dict[str, Any]:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "tflite_runtime": runtime,
+        "load_1m": _load_1m(),
     }
+
+
+def _load_1m() -> float | None:
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def peak_rss_mb() -> float:
@@ -302,6 +315,7 @@ def run_case(
 ) -> CaseResult:
     """Measure one case in this process. ``detector``: use this one instead of building the
     configured model (its ``threads`` then is only a label)."""
+    load_1m = _load_1m()
     source = resolve_source(settings.source)
     det_config = replace(settings.detector, threads=case.threads)
     inner = detector if detector is not None else build_detector(det_config)
@@ -342,6 +356,7 @@ def run_case(
         stages=stages,
         peak_rss_mb=peak_rss_mb(),
         base_rss_mb=base_rss_mb,
+        load_1m=load_1m,
     )
 
 
@@ -430,7 +445,7 @@ def format_table(pipeline: Sequence[CaseResult], envelope: dict[str, Any] | None
     if pipeline:
         first = pipeline[0]
         lines.append(f"pipeline: model {first.model}, source {first.source}, p50/p99 in ms")
-        head = ["size", "thr", "fps", *STAGES, "drops", "peak RSS"]
+        head = ["size", "thr", "fps", *STAGES, "drops", "peak RSS", "load"]
         rows = [head]
         for r in pipeline:
             cells = [r.size, str(r.threads), f"{r.fps:.1f}"]
@@ -439,6 +454,7 @@ def format_table(pipeline: Sequence[CaseResult], envelope: dict[str, Any] | None
                 cells.append(f"{_num(s.get('p50_ms'))}/{_num(s.get('p99_ms'))}")
             cells.append(str(sum(r.dropped.values())))
             cells.append(f"{r.peak_rss_mb:.0f} MiB")
+            cells.append(_num(r.load_1m))
             rows.append(cells)
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         for row in rows:

@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         info = report["machine"]
         print(
             f"machine: {info['cpus']} CPUs {info['machine']}, Python {info['python']}, "
-            f"{info['tflite_runtime']}"
+            f"{info['tflite_runtime']}, load {info['load_1m']} (load: 1-minute load average at "
+            "the start of each case; above the CPU count the numbers are pessimistic)"
         )
         print(format_table(results, envelope))
     return 0
