@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from agent.errors import DetectorFailedError, EndOfStream, InputFileError
 from agent.pipeline import Pipeline, PrivacyConfig, regions_to_redact
-from agent.privacy.redact import redact
+from agent.privacy.redact import RedactedFrame, redact
 from agent.privacy.store import VideoSink, write_png
 from agent.stats import PipelineStats
 from agent.vision.detection import Detection, Detector
@@ -300,26 +300,27 @@ def redact_video(
                 "%s declares no usable frame rate; writing %s fps", item.path, DEFAULT_FPS
             )
             fps = DEFAULT_FPS
-        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        result.declared_frames = declared if declared > 0 else None
+        declared = float(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        result.declared_frames = int(declared) if np.isfinite(declared) and declared > 0 else None
         progress.file_started(item, "video", result.declared_frames)
-        counter = {"read": 0}
+        index = 0
 
         def read_frame() -> Frame:
+            nonlocal index
             ok, bgr = cap.read()
             if not ok or bgr is None:
                 raise EndOfStream(f"{item.path}: end of video")
-            index = counter["read"]
-            counter["read"] += 1
             progress.frame_done()
             rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            return Frame(rgb, index=index, ts=index / fps, mono=index / fps, source=str(item.path))
+            frame = Frame(rgb, index=index, ts=index / fps, mono=index / fps, source=str(item.path))
+            index += 1
+            return frame
 
         stats = PipelineStats()
         regions = 0
         with VideoSink(tmp, fps) as sink:
 
-            def write(frame: Any) -> None:
+            def write(frame: RedactedFrame) -> None:
                 nonlocal regions
                 sink.write(frame)
                 regions += len(frame.regions)

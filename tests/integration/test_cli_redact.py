@@ -343,3 +343,20 @@ def test_video_hold_over_covers_frames_where_the_face_was_missed(
     x0, y0, x1, y1 = (round(v * scale) for v in FACE_CORE)
     for i in (5, 6):
         assert frames[i][y0:y1, x0 + i : x1 + i].mean() < 8, f"frame {i} leaked the face"
+
+
+def test_unknown_extensions_are_recognised_by_content(
+    tree: Path, tmp_path: Path, model: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A video or image whose extension says nothing is redacted by what it is; a file named on
+    the command line that is neither fails (exit 1)."""
+    root = tmp_path / "odd"
+    root.mkdir()
+    (root / "clip.bin").write_bytes((tree / "nested" / "clip.mp4").read_bytes())
+    (root / "picture.dat").write_bytes((tree / "astronaut.jpg").read_bytes())
+    out = tmp_path / "out"
+    args = ["redact", str(root / "clip.bin"), str(root / "picture.dat"), str(tree / "notes.txt")]
+    assert main([*args, "--out", str(out), "--model", model, "--no-progress"]) == 1
+    assert "notes.txt: not an image or a video" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "picture.png"]
+    assert len(_video_frames(out / "clip.mp4")) == VIDEO_FRAMES
