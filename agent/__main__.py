@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("agent.cli.evaluate", "measure face protection on an annotated dataset"),
     "bench": ("agent.cli.bench", "measure speed and memory of the privacy pipeline"),
     "run": ("agent.cli.run", "run the agent: camera -> redaction -> outputs"),
+    "listen": ("agent.cli.listen", "verify, decrypt and print what units publish (backend)"),
+    "dev-pki": ("agent.cli.dev_pki", "throw-away CA, broker, unit, backend and operator keys"),
 }
 
 

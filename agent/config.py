@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import os
+import re
 import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from agent.errors import ConfigError
 from agent.pipeline import PrivacyConfig
@@ -46,7 +49,11 @@ def from_mapping(cls: type[T], data: dict[str, Any], section: str) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"[{section}] must be a table")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+    fields = {
+        f.name: f
+        for f in dataclasses.fields(cast(Any, cls))
+        if f.init and not f.name.startswith("_")
+    }
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -116,6 +123,80 @@ def _convert(hint: Any, value: Any, where: str, qual: str) -> Any:
     return value
 
 
+def dump_toml(data: dict[str, Any]) -> str:
+    """TOML text of a plain mapping (what :func:`read_toml` returns): tables, arrays of tables,
+    strings, integers, finite floats, booleans and arrays of those. Used to persist a config
+    changed by a ``set_config`` command; comments of the original file are not kept."""
+    lines: list[str] = []
+    _dump_table(data, [], lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else _toml_value(name)
+
+
+def _dump_table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    scalars = {
+        k: v
+        for k, v in data.items()
+        if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))
+    }
+    for k, v in scalars.items():
+        lines.append(f"{_key(k)} = {_toml_value(v)}")
+    for k, v in data.items():
+        if k in scalars:
+            continue
+        sub = [*path, _key(k)]
+        if isinstance(v, dict):
+            lines.extend(["", f"[{'.'.join(sub)}]"])
+            _dump_table(v, sub, lines)
+        else:
+            for item in v:
+                lines.extend(["", f"[[{'.'.join(sub)}]]"])
+                _dump_table(item, sub, lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"cannot write {value} to a config file")
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        escaped = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in escaped)
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write a {type(value).__name__} to a config file")
+
+
+def write_config_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: temporary file, fsync, rename, fsync of the directory."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write config file {path}: {exc.strerror or exc}") from None
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 # --- the agent's configuration file -------------------------------------------------------------
 
 DEFAULT_CONFIG_PATH = Path("/etc/camveil/camveil.toml")
@@ -137,6 +218,124 @@ class OutputConfig:
             raise ConfigError("[output] snapshot_every must be >= 0 (0 turns snapshots off)")
 
 
+DEFAULT_STATE_DIR = Path("/var/lib/camveil")
+
+
+@dataclasses.dataclass(frozen=True)
+class MqttConfig:
+    """The MQTT daemon: sealed events to the broker, signed commands from it."""
+
+    enabled: bool = False
+    """Run the agent as the MQTT daemon (events, commands); false: only the ``[output]`` files."""
+    state_dir: Path = DEFAULT_STATE_DIR
+    """The unit's state from provisioning (``provisioned/``: identity.cbor, tls.key, tls.crt,
+    ca.crt, bundle.cbor); the agent adds its sequence file and command replay state here."""
+    broker: str = ""
+    """Broker URL ``mqtts://host:port``; empty: the URL from provisioning."""
+    keepalive_s: int = 30
+    """MQTT keepalive; a dead link is noticed after about 1.5 times this."""
+    reconnect_min_s: float = 1.0
+    """First reconnect delay (doubles per failed attempt, with jitter)."""
+    reconnect_max_s: float = 60.0
+    """Longest reconnect delay."""
+    max_outstanding: int = 100
+    """Publishes waiting for their PUBACK before the outbox waits (backpressure)."""
+
+    def __post_init__(self) -> None:
+        if not 5 <= self.keepalive_s <= 3600:
+            raise ConfigError("[mqtt] keepalive_s must be between 5 and 3600 seconds")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError("[mqtt] need 0 < reconnect_min_s <= reconnect_max_s")
+        if not 1 <= self.max_outstanding <= 65535:
+            raise ConfigError("[mqtt] max_outstanding must be between 1 and 65535")
+        if self.broker and not self.broker.startswith(("mqtts://", "ssl://")):
+            raise ConfigError(
+                f"[mqtt] broker = {self.broker!r}: use mqtts://host:port (TLS is required)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ZoneConfig:
+    """A named rectangle of the view; a detection counts in it if its box centre is inside."""
+
+    name: str
+    """Zone label in presence events (letters, digits and _ . : / -)."""
+    rect: tuple[float, float, float, float]
+    """x0, y0, x1, y1 as fractions of the frame width and height (0..1)."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}", self.name) or self.name == "all":
+            raise ConfigError(
+                f"[[events.zones]] name = {self.name!r}: use 1-64 letters, digits, _ . : / - "
+                '("all" is the whole view, always present)'
+            )
+        x0, y0, x1, y1 = self.rect
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ConfigError(
+                f"[[events.zones]] {self.name}: rect = {list(self.rect)} must be "
+                "[x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsConfig:
+    """What the daemon publishes, and how often."""
+
+    presence_window_s: float = 60.0
+    """One presence event per window: the most people / faces seen at once, per zone."""
+    zones: tuple[ZoneConfig, ...] = ()
+    """Extra zones (``[[events.zones]]`` tables); the zone "all" (whole view) is always there."""
+    health_interval_s: float = 60.0
+    """Seconds between health events."""
+    tamper_every: int = 5
+    """Run the tamper detector on every N-th frame (0: off)."""
+    snapshot_on_tamper: bool = True
+    """Send a snapshot (of the redacted frame) with every tamper finding."""
+    snapshot_max_bytes: int = 256 * 1024
+    """Size cap of a snapshot JPEG; quality, then size, are lowered to fit."""
+    dp_epsilon: float | None = None
+    """Laplace noise of scale 1/epsilon on every presence count (unset: exact counts)."""
+    suppress_below: int = 0
+    """Presence counts (after noise) below this are sent as null (0: never)."""
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.presence_window_s <= 86400:
+            raise ConfigError("[events] presence_window_s must be between 1 and 86400 seconds")
+        if not 1.0 <= self.health_interval_s <= 86400:
+            raise ConfigError("[events] health_interval_s must be between 1 and 86400 seconds")
+        if self.tamper_every < 0:
+            raise ConfigError("[events] tamper_every must be >= 0 (0 turns tamper checks off)")
+        if not 4096 <= self.snapshot_max_bytes <= 4 * 1024 * 1024 - 4096:
+            raise ConfigError("[events] snapshot_max_bytes must be between 4096 and 4 MiB - 4096")
+        if self.dp_epsilon is not None and not (
+            math.isfinite(self.dp_epsilon) and self.dp_epsilon > 0
+        ):
+            raise ConfigError("[events] dp_epsilon must be a positive number (or unset)")
+        if self.suppress_below < 0:
+            raise ConfigError("[events] suppress_below must be >= 0")
+        names = [z.name for z in self.zones]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"[[events.zones]] zone names must be unique, got {names}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxConfig:
+    """The durable queue of sealed envelopes waiting for the broker's PUBACK."""
+
+    path: Path | None = None
+    """SQLite database; unset: ``outbox.db`` in ``[mqtt] state_dir``."""
+    max_bytes: int = 64 * 1024 * 1024
+    """Bound of the stored envelopes; the oldest are evicted (counted in health) beyond it."""
+    max_age_s: float = 7 * 24 * 3600.0
+    """Envelopes older than this are evicted (counted in health)."""
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 64 * 1024:
+            raise ConfigError("[outbox] max_bytes must be at least 65536")
+        if self.max_age_s < 60:
+            raise ConfigError("[outbox] max_age_s must be at least 60 seconds")
+
+
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
     """The whole ``camveil.toml``: one table per section."""
@@ -145,12 +344,35 @@ class AgentConfig:
     detector: DetectorConfig = dataclasses.field(default_factory=DetectorConfig)
     privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
+    events: EventsConfig = dataclasses.field(default_factory=EventsConfig)
+    outbox: OutboxConfig = dataclasses.field(default_factory=OutboxConfig)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.mqtt.state_dir / "outbox.db"
 
 
 def load_config(path: Path) -> AgentConfig:
     """Read and validate the agent's TOML config; every error names the key and the fix."""
     data = read_toml(path)
     try:
-        return from_mapping(AgentConfig, data, "")
+        return config_from_mapping(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_from_mapping(data: dict[str, Any]) -> AgentConfig:
+    """Validate a whole config given as a mapping (the parsed TOML)."""
+    return from_mapping(AgentConfig, data, "")
+
+
+def merge_mapping(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``patch`` merged in: tables recursively, everything else replaced."""
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_mapping(out[key], value)
+        else:
+            out[key] = value
+    return out

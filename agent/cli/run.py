@@ -1,5 +1,9 @@
 """`camveil run [--config FILE] [--demo]`: the agent's main loop.
 
+With ``[mqtt] enabled = true`` in the config this is the MQTT daemon (agent.daemon: sealed
+events to the broker, signed commands back; it prints a JSON summary line at the end);
+otherwise redacted video and snapshots are written to ``[output] dir``.
+
 ``--demo`` runs on an embedded default instead of a config file: a replay camera of the sample
 video (``--demo-source``; the Makefile passes the one in ../shared/data when it exists) or, if there
 is none, real photos from scikit-image replayed as a stream; redacted video and snapshots go to
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -106,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(
             config, detector=dataclasses.replace(config.detector, model=args.model)
         )
+    if config.mqtt.enabled and not args.demo:
+        return run_daemon(config, args.config or DEFAULT_CONFIG_PATH, args.frames or None)
     detector = build_detector(config.detector)
     config.output.dir.mkdir(parents=True, exist_ok=True)
     with (
@@ -137,15 +144,34 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
             sink.close()
         elapsed = time.monotonic() - start
-        stats = pipeline.stats.snapshot()
+        stats = pipeline.stats
         cam = camera.stats
     print(
-        f"camveil run: {stats['frames_out']} of {stats['frames_in']} frames redacted in "
-        f"{elapsed:.1f} s ({stats['frames_out'] / max(elapsed, 1e-9):.1f} fps); "
-        f"dropped {dict(stats['dropped']) or 'none'}; camera lost {cam.lost} frames"
-    )  # type: ignore[call-overload]
+        f"camveil run: {stats.frames_out} of {stats.frames_in} frames redacted in "
+        f"{elapsed:.1f} s ({stats.frames_out / max(elapsed, 1e-9):.1f} fps); "
+        f"dropped {dict(stats.dropped) or 'none'}; camera lost {cam.lost} frames"
+    )
     if config.output.video:
         print(f"redacted video: {config.output.dir / 'redacted.mp4'}")
     if sink.snapshots:
         print(f"snapshots ({len(sink.snapshots)}): {sink.snapshots[0].parent}/")
+    return 0
+
+
+def run_daemon(config: AgentConfig, config_path: Path, max_frames: int | None) -> int:
+    """The MQTT daemon until SIGTERM/SIGINT, the end of a finite camera, or ``max_frames``."""
+    from agent.daemon import Daemon
+    from agent.unitstate import UnitState
+
+    unit = UnitState.load(config.mqtt.state_dir)
+    daemon = Daemon(config, unit, config_path=config_path, max_frames=max_frames)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info("camveil daemon: device %s", unit.device_id)
+    summary = daemon.run()
+    print(json.dumps({"summary": {"device": unit.device_id, **summary.as_dict()}}), flush=True)
     return 0

@@ -1,0 +1,310 @@
+"""Signed commands to the unit and the unit's sealed answers.
+
+A command is an envelope on ``camveil/v1/<device>/cmd``, signed by an operator key, encrypted
+to the device, with an expiry (docs/PROTOCOL.md, "Envelope"). Its plaintext carries, besides the
+envelope's own keys::
+
+    {"id": tstr,            ; the operator's command id (1-64 of A-Z a-z 0-9 _ . : / -)
+     "cmd": tstr,           ; "snapshot" | "set_config" | "restart_pipeline"
+     ? "args": {* tstr => any}}
+
+``set_config`` takes ``args = {"config": {<section>: {<key>: value}}}``, merged into the config
+file (only the sections in :data:`REMOTE_SECTIONS`). Every command, also one that does not open,
+is answered on ``camveil/v1/<device>/cmd/ack`` with a sealed message of the device (encrypted
+to the backend like every event)::
+
+    {"v": 1, "device", "boot", "seq", "ts", "type": "cmd_ack", "body": {
+       "id": tstr / null,           ; the command id (null when the command did not open)
+       "cmd_seq": uint / null,      ; the seq header of the command (unauthenticated when the
+                                    ; command did not open: it is for correlation only)
+       "status": "accepted" / "rejected",
+       "reason": tstr}}             ; "ok", or why: bad_signature, replay, expired, ...
+
+Replay protection survives restarts: the command :class:`~agent.envelope.ReplayGuard` is saved
+to ``cmd-replay.cbor`` in the state directory after each accepted command and *before* it runs,
+so a crash can lose a command but never run one twice. Rejections are counted by reason
+(``rejected``), and the daemon reports them in health.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import cbor2
+
+from agent.envelope.keys import (
+    Identity,
+    PeerKeys,
+    PublicIdentity,
+    read_private_file,
+    write_private_file,
+)
+from agent.envelope.replay import ReplayGuard
+from agent.envelope.seal import SealedEnvelope, open_envelope, seal
+from agent.envelope.wire import parse_sign1
+from agent.errors import (
+    BadSignatureError,
+    BindingMismatchError,
+    CamveilError,
+    DecryptError,
+    EnvelopeError,
+    ExpiredError,
+    KeyFileError,
+    MalformedEnvelopeError,
+    ReplayError,
+    UnknownKeyError,
+)
+from agent.events import Header
+
+logger = logging.getLogger(__name__)
+
+COMMANDS: Final = ("snapshot", "set_config", "restart_pipeline")
+REMOTE_SECTIONS: Final = ("camera", "detector", "privacy", "events")
+"""Sections a ``set_config`` command may change. ``mqtt`` and ``outbox`` are left out on purpose:
+a wrong broker or state directory sent remotely would cut the unit off for good."""
+ACK_TYPE: Final = "cmd_ack"
+REPLAY_STATE_VERSION: Final = 1
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
+
+_REASONS: Final[tuple[tuple[type[EnvelopeError], str], ...]] = (
+    (BadSignatureError, "bad_signature"),
+    (ReplayError, "replay"),
+    (ExpiredError, "expired"),
+    (UnknownKeyError, "unknown_key"),
+    (DecryptError, "decrypt"),
+    (BindingMismatchError, "binding"),
+    (MalformedEnvelopeError, "malformed"),
+)
+
+
+def cmd_topic(device: str) -> str:
+    return f"camveil/v1/{device}/cmd"
+
+
+def ack_topic(device: str) -> str:
+    return f"camveil/v1/{device}/cmd/ack"
+
+
+class CommandRejectedError(CamveilError):
+    """A handler refuses a command; the message is the reason sent in the ack."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """An opened, fresh, operator-signed command."""
+
+    id: str
+    name: str
+    args: Mapping[str, Any]
+    seq: int
+    signer: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    command_id: str | None
+    command_seq: int | None
+    accepted: bool
+    reason: str
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "id": self.command_id,
+            "cmd_seq": self.command_seq,
+            "status": "accepted" if self.accepted else "rejected",
+            "reason": self.reason[:200],
+        }
+
+
+def seal_command(
+    name: str,
+    *,
+    command_id: str,
+    device: PublicIdentity,
+    operator: Identity,
+    seq: int,
+    expires_at: int,
+    args: Mapping[str, Any] | None = None,
+) -> SealedEnvelope:
+    """The operator side: a command for ``device`` (tools, tests, the dashboard)."""
+    message: dict[str, Any] = {"id": command_id, "cmd": name}
+    if args is not None:
+        message["args"] = dict(args)
+    return seal(
+        message,
+        sender=operator,
+        recipient=device,
+        topic=cmd_topic(device.kid),
+        seq=seq,
+        device=device.kid,
+        expires_at=expires_at,
+    )
+
+
+def seal_ack(
+    ack: Ack, header: Header, *, sender: Identity, recipient: PublicIdentity
+) -> SealedEnvelope:
+    """The unit's answer, stamped with an event header (one seq counter for everything)."""
+    message = {
+        "v": header.v,
+        "device": header.device,
+        "boot": header.boot,
+        "seq": header.seq,
+        "ts": header.ts,
+        "type": ACK_TYPE,
+        "body": ack.body(),
+    }
+    return seal(
+        message,
+        sender=sender,
+        recipient=recipient,
+        topic=ack_topic(header.device),
+        seq=header.seq,
+        device=header.device,
+    )
+
+
+def rejection_reason(exc: EnvelopeError) -> str:
+    for cls, reason in _REASONS:
+        if isinstance(exc, cls):
+            return reason
+    return "invalid"
+
+
+# --- persisted replay state -----------------------------------------------------------------
+
+
+def save_replay_state(path: Path, guard: ReplayGuard) -> None:
+    streams = [
+        [kid, topic, highest, bitmap.to_bytes((guard.window + 7) // 8, "big")]
+        for (kid, topic), (highest, bitmap) in sorted(guard.snapshot().items())
+    ]
+    data = {"v": REPLAY_STATE_VERSION, "window": guard.window, "streams": streams}
+    write_private_file(path, cbor2.dumps(data, canonical=True))
+
+
+def load_replay_state(path: Path, guard: ReplayGuard) -> None:
+    """Restore a saved guard; a missing file is a fresh start. A damaged file is an error: the
+    unit would otherwise accept replays of commands it already ran."""
+    if not path.exists():
+        return
+    raw = read_private_file(path)
+    try:
+        m = cbor2.loads(raw)
+        if not isinstance(m, dict) or m.get("v") != REPLAY_STATE_VERSION:
+            raise ValueError("not a version 1 replay state")
+        state = {}
+        for kid, topic, highest, bitmap in m["streams"]:
+            state[(str(kid), str(topic))] = (int(highest), int.from_bytes(bitmap, "big"))
+        guard.restore(state)
+    except Exception as exc:  # cbor2 / unpacking / ValueError: all mean "damaged"
+        raise KeyFileError(
+            f"command replay state {path} is damaged ({exc}); delete it only if no command "
+            "issued before now may still arrive (they expire within 24 h)"
+        ) from None
+
+
+# --- the processor --------------------------------------------------------------------------
+
+
+Handler = Callable[[Command], str]
+"""Runs a command and returns the ack reason ("ok" or a note); CommandRejectedError refuses."""
+
+
+class CommandProcessor:
+    """Opens, checks and runs commands; answers each through ``send_ack``. Thread-safe (one
+    command at a time)."""
+
+    def __init__(
+        self,
+        *,
+        device: Identity,
+        operators: PeerKeys,
+        replay_path: Path,
+        handlers: Mapping[str, Handler],
+        send_ack: Callable[[Ack], None],
+        replay_guard: ReplayGuard | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._device = device
+        self._operators = operators
+        self._replay_path = replay_path
+        self._handlers = dict(handlers)
+        self._send_ack = send_ack
+        self._guard = replay_guard or ReplayGuard()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0
+
+    def load(self) -> None:
+        """Restore the persisted replay window (call once at start)."""
+        load_replay_state(self._replay_path, self._guard)
+
+    def handle(self, topic: str, payload: bytes) -> Ack:
+        with self._lock:
+            ack = self._handle(topic, payload)
+            if ack.accepted:
+                self.accepted += 1
+            else:
+                self.rejected[ack.reason.split(":", 1)[0]] += 1
+        try:
+            self._send_ack(ack)
+        except Exception:  # the command's effect stands; a lost ack is logged, not fatal
+            logger.exception("could not send the ack of command %s", ack.command_id)
+        return ack
+
+    def _handle(self, topic: str, payload: bytes) -> Ack:
+        cmd_seq = _unauthenticated_seq(payload)
+        if topic != cmd_topic(self._device.kid):
+            return Ack(None, cmd_seq, False, "binding: not this unit's command topic")
+        try:
+            opened = open_envelope(
+                payload,
+                topic=topic,
+                trusted_senders=self._operators,
+                recipient=self._device,
+                replay_guard=self._guard,
+                clock=self._clock,
+            )
+        except EnvelopeError as exc:
+            reason = rejection_reason(exc)
+            logger.warning("command rejected: %s (%s)", reason, type(exc).__name__)
+            return Ack(None, cmd_seq, False, reason)
+        # accepted by the envelope layer: persist the window before anything runs
+        save_replay_state(self._replay_path, self._guard)
+        message = opened.message
+        command_id = message.get("id")
+        name = message.get("cmd")
+        args = message.get("args", {})
+        if not isinstance(command_id, str) or not _ID.fullmatch(command_id):
+            return Ack(None, opened.seq, False, "malformed: id missing or not a label")
+        if not isinstance(name, str) or not isinstance(args, Mapping):
+            return Ack(command_id, opened.seq, False, "malformed: cmd or args")
+        handler = self._handlers.get(name)
+        if handler is None:
+            return Ack(command_id, opened.seq, False, f"unknown_command: {name[:64]!r}")
+        command = Command(command_id, name, args, opened.seq, opened.sender_kid)
+        logger.info("command %s (%s) from %s", command_id, name, opened.sender_kid)
+        try:
+            note = handler(command)
+        except CommandRejectedError as exc:
+            return Ack(command_id, opened.seq, False, f"invalid: {exc}")
+        except CamveilError as exc:
+            return Ack(command_id, opened.seq, False, f"failed: {exc}")
+        return Ack(command_id, opened.seq, True, note or "ok")
+
+
+def _unauthenticated_seq(payload: bytes) -> int | None:
+    try:
+        return parse_sign1(bytes(payload)).seq
+    except Exception:  # any parse failure: no seq to report
+        return None

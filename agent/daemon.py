@@ -1,0 +1,636 @@
+"""The running agent: camera -> privacy pipeline -> sealed events -> outbox -> MQTT, and signed
+commands back.
+
+Threads and queues (everything else is owned by exactly one of them)::
+
+    pipeline thread   camera.read -> detect (GuardedDetector: its own worker thread, timeout)
+                      -> track -> redact -> FrameSink: presence windows, tamper every N frames,
+                      latest RedactedFrame; events are sealed and enqueued right there
+    publisher thread  Outbox rows (SQLite, durable) -> Transport.publish, oldest first;
+                      woken by enqueue, PUBACK and connection events (agent.publisher)
+    paho network + transport dispatcher threads (agent.transport): PUBACK -> Outbox.ack,
+                      CONNECTED -> status "online", commands -> the command queue
+    command thread    bounded queue of (topic, payload) -> CommandProcessor (open, replay
+                      state saved, run, sealed ack)
+    caller's thread   Daemon.run: start, health event every interval, stop
+
+Only :class:`~agent.privacy.redact.RedactedFrame` reaches the sink, only events built from it
+are sealed (agent.events), and only :class:`~agent.envelope.SealedEnvelope` enters the outbox and
+the transport; each of those refuses anything else. A ``set_config`` or ``restart_pipeline``
+builds the new camera/detector/pipeline first, swaps it in between two frames, and puts the old
+one back if anything after the swap fails (agent.commands for the wire format).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.commands import (
+    REMOTE_SECTIONS,
+    Ack,
+    Command,
+    CommandProcessor,
+    CommandRejectedError,
+    seal_ack,
+)
+from agent.config import (
+    AgentConfig,
+    config_from_mapping,
+    dump_toml,
+    merge_mapping,
+    read_toml,
+    write_config_atomic,
+)
+from agent.envelope.seal import SealedEnvelope
+from agent.errors import CamveilError, ConfigError, EventError, OutboxError
+from agent.events import (
+    CountPrivacy,
+    Event,
+    EventBuilder,
+    LinkState,
+    SnapshotPolicy,
+    new_boot_id,
+    seal_event,
+)
+from agent.outbox import Outbox
+from agent.pipeline import Pipeline
+from agent.presence import ClosedWindow, PresenceWindows, RecordingDetector
+from agent.privacy.redact import RedactedFrame
+from agent.publisher import Publisher
+from agent.sequence import SequenceStore
+from agent.stats import PipelineStats
+from agent.tamper import TamperDetector, TamperFinding
+from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
+from agent.unitstate import UnitState, parse_broker_url
+from agent.vision.detection import Detector
+from agent.vision.factory import DetectorConfig, build_detector
+from agent.vision.guard import GuardedDetector
+from hw.board import BoardInfo, LinuxBoard
+from hw.camera import open_camera
+from hw.camera.base import Camera
+from hw.camera.config import CameraConfig
+
+logger = logging.getLogger(__name__)
+
+COMMAND_QUEUE_SIZE = 32
+DetectorFactory = Callable[[DetectorConfig], Detector]
+CameraFactory = Callable[[CameraConfig], Camera]
+
+
+def model_hashes(config: DetectorConfig) -> dict[str, str]:
+    """Model name -> sha256 from the manifest (the factory refuses a file that differs)."""
+    from models import MODELS_DIR, load_manifest
+
+    try:
+        entry = load_manifest((config.models_dir or MODELS_DIR) / "manifest.json")[config.model]
+    except (CamveilError, KeyError):
+        return {}
+    return {config.model: entry.sha256}
+
+
+class Emitter:
+    """Builds, seals and enqueues; the one way an event leaves the daemon's threads."""
+
+    def __init__(
+        self,
+        unit: UnitState,
+        builder: EventBuilder,
+        outbox: Outbox,
+        wake: Callable[[], None],
+        stats: PipelineStats,
+    ) -> None:
+        self.unit = unit
+        self.builder = builder
+        self._outbox = outbox
+        self._wake = wake
+        self._stats = stats
+        self._lock = threading.Lock()
+        self.by_type: Counter[str] = Counter()
+        self.enqueued: list[tuple[str, int]] = []
+        """(topic, seq) of every enqueued envelope, in order (tests and the demo summary)."""
+        self._captured: OrderedDict[int, float] = OrderedDict()
+
+    def seal(self, event: Event) -> SealedEnvelope:
+        return seal_event(event, sender=self.unit.identity, recipient=self.unit.backend)
+
+    def emit(self, make: Callable[[EventBuilder], Event], captured_at: float | None = None) -> None:
+        """Build an event with the current builder, seal it, enqueue it durably."""
+        with self._lock:
+            try:
+                event = make(self.builder)
+            except EventError as exc:
+                self._stats.drop(f"event_failed.{type(exc).__name__}")
+                logger.warning("event not built: %s", exc)
+                return
+            self._enqueue(self.seal(event), event.TYPE, captured_at)
+
+    def emit_ack(self, ack: Ack) -> None:
+        with self._lock:
+            header = self.builder.header()
+            envelope = seal_ack(ack, header, sender=self.unit.identity, recipient=self.unit.backend)
+            self._enqueue(envelope, "cmd_ack", None)
+
+    def _enqueue(self, envelope: SealedEnvelope, kind: str, captured_at: float | None) -> None:
+        try:
+            self._outbox.enqueue(envelope)
+        except OutboxError as exc:  # counted by the outbox (rejected.*) and in health
+            logger.error("%s event not stored: %s", kind, exc)
+            return
+        self.by_type[kind] += 1
+        self.enqueued.append((envelope.topic, envelope.seq))
+        if captured_at is not None:
+            self._captured[envelope.seq] = captured_at
+            while len(self._captured) > 4096:
+                self._captured.popitem(last=False)
+        self._wake()
+
+    def delivered(self, seq: int, acked_at: float) -> None:
+        """PUBACK of ``seq``: record capture -> PUBACK latency for frame-derived events."""
+        with self._lock:
+            captured = self._captured.pop(seq, None)
+        if captured is not None:
+            self._stats.time("capture_to_puback", max(0.0, acked_at - captured))
+
+
+class FrameSink:
+    """Receives every RedactedFrame: presence windows, tamper checks, the latest frame."""
+
+    def __init__(self, config: AgentConfig, recorder: RecordingDetector, emitter: Emitter) -> None:
+        self._events = config.events
+        self._recorder = recorder
+        self._emitter = emitter
+        self._presence = PresenceWindows(config.events.presence_window_s, config.events.zones)
+        self._tamper = TamperDetector()
+        self._frames = 0
+        self._lock = threading.Lock()
+        self._latest: RedactedFrame | None = None
+
+    def __call__(self, frame: RedactedFrame) -> None:
+        with self._lock:
+            self._latest = frame
+        closed = self._presence.observe(frame.ts, self._recorder.last, frame.width, frame.height)
+        if closed is not None:
+            self._emitter.emit(_presence(closed), frame.ts)
+        self._frames += 1
+        every = self._events.tamper_every
+        if every and self._frames % every == 0:
+            for finding in self._tamper.update(frame):
+                logger.warning("tamper: %s (score %.2f)", finding.kind.value, finding.score)
+                self._emitter.emit(_tamper(finding), frame.ts)
+                if self._events.snapshot_on_tamper:
+                    self._emitter.emit(_snapshot(frame, trigger="tamper"), frame.ts)
+
+    @property
+    def latest(self) -> RedactedFrame | None:
+        with self._lock:
+            return self._latest
+
+    def flush(self) -> None:
+        """Emit the current partial presence window (at stop or before a swap)."""
+        closed = self._presence.flush()
+        if closed is not None:
+            self._emitter.emit(_presence(closed))
+
+
+@dataclass
+class Parts:
+    """One generation of the frame path: camera, detector, pipeline, sink."""
+
+    config: AgentConfig
+    camera: Camera
+    pipeline: Pipeline
+    sink: FrameSink
+    stack: contextlib.ExitStack = field(repr=False)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+@dataclass(frozen=True)
+class DaemonSummary:
+    frames_in: int
+    frames_out: int
+    events: Mapping[str, int]
+    enqueued: int
+    published: int
+    acked: int
+    outbox_depth: int
+    commands_accepted: int
+    commands_rejected: Mapping[str, int]
+    dropped: Mapping[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "events": dict(self.events),
+            "enqueued": self.enqueued,
+            "published": self.published,
+            "acked": self.acked,
+            "outbox_depth": self.outbox_depth,
+            "commands_accepted": self.commands_accepted,
+            "commands_rejected": dict(self.commands_rejected),
+            "dropped": dict(self.dropped),
+        }
+
+
+class Daemon:
+    """The agent with MQTT. Constructor only stores; :meth:`run` does everything until
+    :meth:`stop`, the end of a finite camera, or ``max_frames`` frames."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        unit: UnitState,
+        *,
+        config_path: Path | None = None,
+        board: BoardInfo | None = None,
+        max_frames: int | None = None,
+        drain_timeout_s: float = 10.0,
+        detector_factory: DetectorFactory = build_detector,
+        camera_factory: CameraFactory = open_camera,
+    ) -> None:
+        self._config = config
+        self._unit = unit
+        self._config_path = config_path
+        self._board = board or LinuxBoard()
+        self._max_frames = max_frames
+        self._drain_timeout_s = drain_timeout_s
+        self._detector_factory = detector_factory
+        self._camera_factory = camera_factory
+        self.stats = PipelineStats()
+        self._stop = threading.Event()
+        self._parts_lock = threading.Lock()  # held while a frame is processed, and for a swap
+        self._parts: Parts | None = None
+        self._commands: queue.Queue[tuple[str, bytes] | None] = queue.Queue(COMMAND_QUEUE_SIZE)
+        self._started_mono = time.monotonic()
+        self._frames0, self._t0 = 0, time.monotonic()
+        self._boot = new_boot_id()
+        self.emitter: Emitter | None = None
+        self.publisher: Publisher | None = None
+        self.processor: CommandProcessor | None = None
+        self.transport: Transport | None = None
+        self.ready = threading.Event()
+        """Set once everything is started (the first connection may still be pending)."""
+
+    @property
+    def config(self) -> AgentConfig:
+        return self._config
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (signal-handler safe: only sets flags)."""
+        self._stop.set()
+        parts = self._parts
+        if parts is not None:
+            parts.pipeline.stop()
+            interrupt = getattr(parts.camera, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
+
+    # --- building blocks ----------------------------------------------------------------------
+
+    def _builder(self, config: AgentConfig, seqs: SequenceStore) -> EventBuilder:
+        events = config.events
+        return EventBuilder(
+            self._unit.device_id,
+            self._boot,
+            seqs,
+            snapshot_policy=SnapshotPolicy(max_bytes=events.snapshot_max_bytes),
+            count_privacy=CountPrivacy(events.dp_epsilon, events.suppress_below),
+        )
+
+    def _build_parts(self, config: AgentConfig, emitter: Emitter) -> Parts:
+        """Load the detector and open the camera; nothing is shared with the running parts."""
+        stack = contextlib.ExitStack()
+        try:
+            detector = self._detector_factory(config.detector)
+            guard = stack.enter_context(GuardedDetector(detector, config.detector.timeout))
+            recorder = RecordingDetector(guard)
+            camera = stack.enter_context(self._camera_factory(config.camera))
+            sink = FrameSink(config, recorder, emitter)
+            pipeline = Pipeline(camera.read, recorder, sink, config.privacy, stats=self.stats)
+        except BaseException:
+            stack.close()
+            raise
+        return Parts(config, camera, pipeline, sink, stack)
+
+    def _swap(self, new: Parts) -> Parts:
+        """Install ``new`` between two frames; returns the previous parts (still open)."""
+        with self._parts_lock:
+            old, self._parts = self._parts, new
+        assert old is not None
+        return old
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def _cmd_snapshot(self, command: Command) -> str:
+        emitter, parts = self.emitter, self._parts
+        assert emitter is not None and parts is not None
+        frame = parts.sink.latest
+        if frame is None:
+            raise CommandRejectedError("no redacted frame yet")
+        emitter.emit(_snapshot(frame, command=command.id), frame.ts)
+        return "ok"
+
+    def _cmd_restart_pipeline(self, command: Command) -> str:
+        self._replace_parts(self._config, persist=None)
+        return "ok"
+
+    def _cmd_set_config(self, command: Command) -> str:
+        patch = command.args.get("config")
+        if not isinstance(patch, Mapping) or not patch:
+            raise CommandRejectedError("args.config must be a non-empty table of sections")
+        bad = sorted(set(patch) - set(REMOTE_SECTIONS))
+        if bad:
+            raise CommandRejectedError(
+                f"section(s) {', '.join(map(str, bad))} cannot be changed remotely "
+                f"(allowed: {', '.join(REMOTE_SECTIONS)})"
+            )
+        path = self._config_path
+        base = read_toml(path) if path is not None and path.exists() else {}
+        merged = merge_mapping(base, _plain(patch))
+        try:
+            new_config = config_from_mapping(merged)
+        except ConfigError as exc:
+            raise CommandRejectedError(str(exc)) from None
+        if (new_config.mqtt, new_config.outbox) != (self._config.mqtt, self._config.outbox):
+            raise CommandRejectedError("the change would alter [mqtt] or [outbox]")
+        self._replace_parts(new_config, persist=merged)
+        return "ok" if path is not None else "ok: applied, not persisted (no config file)"
+
+    def _replace_parts(self, config: AgentConfig, persist: dict[str, Any] | None) -> None:
+        """Build first, swap, persist; put the old parts back if persisting fails."""
+        emitter = self.emitter
+        assert emitter is not None
+        try:
+            new = self._build_parts(config, emitter)
+        except CamveilError as exc:
+            raise CommandRejectedError(f"new configuration does not start: {exc}") from None
+        except OSError as exc:
+            raise CommandRejectedError(f"new configuration does not start: {exc}") from None
+        old = self._swap(new)
+        old_builder = emitter.builder
+        try:
+            if persist is not None and self._config_path is not None:
+                write_config_atomic(self._config_path, dump_toml(persist))
+        except ConfigError as exc:
+            self._swap(old)
+            new.close()
+            raise CommandRejectedError(f"rolled back: {exc}") from None
+        old.sink.flush()
+        old.close()
+        self._config = config
+        emitter.builder = self._builder(config, self._seqs)
+        del old_builder
+        logger.info(
+            "pipeline replaced (camera %s, detector %s)", config.camera.kind, config.detector.model
+        )
+
+    # --- transport callbacks --------------------------------------------------------------------
+
+    def _on_state(self, event: ConnectionEvent) -> None:
+        publisher, emitter = self.publisher, self.emitter
+        if publisher is not None:
+            publisher.on_state(event)
+        if event.state is ConnectionState.CONNECTED and emitter is not None:
+            emitter.emit(lambda b: b.status(LinkState.ONLINE))
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        try:
+            self._commands.put_nowait((topic, payload))
+        except queue.Full:
+            self.stats.drop("cmd_dropped.overload")
+            logger.warning("command queue full: command dropped")
+
+    def _seal_will(self) -> SealedEnvelope:
+        emitter = self.emitter
+        assert emitter is not None
+        return emitter.seal(emitter.builder.status(LinkState.OFFLINE))
+
+    def _command_loop(self) -> None:
+        processor = self.processor
+        assert processor is not None
+        while True:
+            item = self._commands.get()
+            if item is None:
+                return
+            ack = processor.handle(*item)
+            if not ack.accepted:
+                self.stats.drop(f"cmd_rejected.{ack.reason.split(':', 1)[0]}")
+
+    def _send_ack(self, ack: Ack) -> None:
+        emitter = self.emitter
+        assert emitter is not None
+        emitter.emit_ack(ack)
+
+    # --- health ---------------------------------------------------------------------------------
+
+    def _emit_health(self, fps: float) -> None:
+        emitter, publisher = self.emitter, self.publisher
+        assert emitter is not None and publisher is not None
+        outbox_stats = self._outbox.stats()
+        uptime = time.monotonic() - self._started_mono
+        versions = {"camveil": __version__, "python": platform.python_version()}
+        models = model_hashes(self._config.detector)
+        temp = self._board.cpu_temp_c()
+        emitter.emit(
+            lambda b: b.health(
+                fps=fps,
+                pipeline=self.stats,
+                outbox=outbox_stats,
+                cpu_temp_c=temp,
+                uptime_s=uptime,
+                versions=versions,
+                models=models,
+            )
+        )
+
+    # --- the threads ----------------------------------------------------------------------------
+
+    def _pipeline_loop(self) -> None:
+        frames = 0
+        try:
+            while not self._stop.is_set():
+                with self._parts_lock:
+                    parts = self._parts
+                    assert parts is not None
+                    ok = parts.pipeline.run_once()
+                frames += 1
+                if not ok:
+                    logger.info("camera ended: stopping")
+                    break
+                if self._max_frames is not None and frames >= self._max_frames:
+                    break
+        except Exception:
+            logger.exception("pipeline thread failed: stopping the agent")
+        finally:
+            self._stop.set()
+
+    def run(self) -> DaemonSummary:
+        """Run until stopped; returns what happened. Raises CamveilError on a start failure."""
+        unit, config = self._unit, self._config
+        broker = parse_broker_url(config.mqtt.broker or unit.broker_url)
+        threads: list[threading.Thread] = []
+        with contextlib.ExitStack() as stack:
+            self._seqs = stack.enter_context(SequenceStore(unit.seq_path))
+            self._outbox = stack.enter_context(
+                Outbox(
+                    config.outbox_path,
+                    signer=unit.identity.public(),
+                    max_bytes=config.outbox.max_bytes,
+                    max_age_s=config.outbox.max_age_s,
+                )
+            )
+            emitter = Emitter(
+                unit, self._builder(config, self._seqs), self._outbox, lambda: None, self.stats
+            )
+            publisher = Publisher(self._outbox, stats=self.stats, on_delivered=emitter.delivered)
+            emitter._wake = publisher.wake
+            self.emitter, self.publisher = emitter, publisher
+            self.processor = CommandProcessor(
+                device=unit.identity,
+                operators=unit.operators,
+                replay_path=unit.replay_path,
+                handlers={
+                    "snapshot": self._cmd_snapshot,
+                    "set_config": self._cmd_set_config,
+                    "restart_pipeline": self._cmd_restart_pipeline,
+                },
+                send_ack=self._send_ack,
+            )
+            self.processor.load()
+            self._parts = self._build_parts(config, emitter)
+            stack.callback(lambda: self._parts.close() if self._parts is not None else None)
+
+            transport = Transport(
+                TransportConfig(
+                    device_id=unit.device_id,
+                    host=broker.host,
+                    port=broker.port,
+                    ca_file=unit.ca_cert,
+                    cert_file=unit.tls_cert,
+                    key_file=unit.tls_key,
+                    keepalive_s=config.mqtt.keepalive_s,
+                    reconnect_min_s=config.mqtt.reconnect_min_s,
+                    reconnect_max_s=config.mqtt.reconnect_max_s,
+                    max_outstanding=config.mqtt.max_outstanding,
+                ),
+                on_acked=publisher.on_acked,
+                on_rejected=publisher.on_rejected,
+                on_state=self._on_state,
+                on_command=self._on_command,
+                will=self._seal_will,
+            )
+            publisher.bind(transport)
+            self.transport = transport
+            publisher_stop = threading.Event()
+            threads = [
+                threading.Thread(target=publisher.run, args=(publisher_stop,), name="publisher"),
+                threading.Thread(target=self._command_loop, name="commands"),
+                threading.Thread(target=self._pipeline_loop, name="pipeline"),
+            ]
+            transport.start()
+            try:
+                for t in threads:
+                    t.start()
+                self.ready.set()
+                self._health_loop()
+            finally:
+                self._stop.set()
+                parts = self._parts
+                if parts is not None:
+                    parts.pipeline.stop()
+                _join(threads[2], None)
+                if self._parts is not None:
+                    self._parts.sink.flush()
+                self._emit_health(self._fps_since(self._frames0, self._t0))
+                self._drain(transport)
+                self._commands.put(None)
+                _join(threads[1], 10.0)
+                transport.stop(publish_will=True)
+                publisher_stop.set()
+                publisher.wake()
+                _join(threads[0], 10.0)
+            return self._summary()
+
+    def _fps_since(self, frames0: int, t0: float) -> float:
+        elapsed = time.monotonic() - t0
+        return (self.stats.frames_out - frames0) / elapsed if elapsed > 0 else 0.0
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(self._config.events.health_interval_s):
+            self._emit_health(self._fps_since(self._frames0, self._t0))
+            self._frames0, self._t0 = self.stats.frames_out, time.monotonic()
+
+    def _drain(self, transport: Transport) -> None:
+        """Give the outbox a little time to empty before disconnecting (what is left stays on
+        disk and goes out after the next start)."""
+        deadline = time.monotonic() + self._drain_timeout_s
+        publisher = self.publisher
+        assert publisher is not None
+        while time.monotonic() < deadline:
+            if self._outbox.stats().depth == 0:
+                return
+            if not transport.connected:
+                time.sleep(0.1)
+                continue
+            publisher.wake()
+            time.sleep(0.02)
+        logger.warning("stopping with %d envelope(s) in the outbox", self._outbox.stats().depth)
+
+    def _summary(self) -> DaemonSummary:
+        emitter, publisher, processor = self.emitter, self.publisher, self.processor
+        assert emitter is not None and publisher is not None and processor is not None
+        snap = self.stats.snapshot()
+        dropped: Any = snap["dropped"]
+        return DaemonSummary(
+            frames_in=self.stats.frames_in,
+            frames_out=self.stats.frames_out,
+            events=dict(emitter.by_type),
+            enqueued=len(emitter.enqueued),
+            published=publisher.published,
+            acked=publisher.acked,
+            outbox_depth=self._outbox.stats().depth,
+            commands_accepted=processor.accepted,
+            commands_rejected=dict(processor.rejected),
+            dropped=dict(dropped),
+        )
+
+
+def _join(thread: threading.Thread, timeout: float | None) -> None:
+    if thread.ident is not None:  # started
+        thread.join(timeout)
+
+
+def _presence(closed: ClosedWindow) -> Callable[[EventBuilder], Event]:
+    return lambda b: b.presence(closed.start, closed.end, closed.counts)
+
+
+def _tamper(finding: TamperFinding) -> Callable[[EventBuilder], Event]:
+    return lambda b: b.tamper(finding.kind, finding.score)
+
+
+def _snapshot(
+    frame: RedactedFrame, *, trigger: str | None = None, command: str | None = None
+) -> Callable[[EventBuilder], Event]:
+    return lambda b: b.snapshot(frame, trigger=trigger, command=command)
+
+
+def _plain(value: Any) -> Any:
+    """A decoded CBOR value as the TOML loader's types (tuples -> lists, mappings -> dicts)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
