@@ -531,6 +531,7 @@ def _random_faults(rng: random.Random) -> tuple[Faults, str | None]:
     return faults, crash
 
 
+@pytest.mark.slow
 def test_soak_100_runs_with_random_faults(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -656,3 +657,29 @@ def test_cli_end_to_end_over_pty(rig: Rig, tmp_path: Path) -> None:
             unit.kill()
             unit.wait()
     verify_provisioned(state, rig.station_dir)
+
+
+COMMANDS = {  # the lines for agent/__main__.py
+    "station": ("agent.cli.station", "create a provisioning station or list its units"),
+    "provision": ("agent.cli.provision", "provision a unit over USB serial (station side)"),
+    "provision-listen": ("agent.cli.provision_listen", "answer the station (unit side)"),
+    "factory-reset": ("agent.cli.factory_reset", "delete the unit's keys and identity"),
+}
+
+
+def test_subcommands_plug_into_the_camveil_cli(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import agent.__main__ as cli
+
+    for name, entry in COMMANDS.items():
+        monkeypatch.setitem(cli.COMMANDS, name, entry)
+    assert cli.main(["station", "init", str(tmp_path / "st")]) == 0
+    assert "station ready" in capsys.readouterr().out
+    assert cli.main(["station", "init", str(tmp_path / "st")]) == 2  # refuses to overwrite a CA
+    assert "already a station directory" in capsys.readouterr().err
+    assert cli.main(["station", "list", str(tmp_path / "st")]) == 0
+    assert cli.main(["factory-reset", "--state", str(tmp_path / "u")]) == 2
+    assert cli.main(["factory-reset", "--state", str(tmp_path / "u"), "--yes"]) == 0
+    assert cli.main(["provision", "--port", str(tmp_path / "no-tty"), "--station", "x"]) == 2
+    assert "cannot open serial port" in capsys.readouterr().err
