@@ -279,10 +279,10 @@ class Channel:
     def request(self, t: str, body: Mapping[str, Any], *, timeout: float, attempts: int) -> Message:
         """Send a request and return the reply with its id, resending the same id on timeout.
 
-        The reply type is ``t + ".ok"``. Raises :class:`RefusedError` for an ``error`` reply,
-        :class:`ProtocolViolationError` for any other type, and :class:`LinkTimeoutError` when
-        no reply came after ``attempts`` sends. Replies to other ids (late answers to earlier
-        requests) are counted in :attr:`stale_replies` and skipped.
+        The reply type is ``t + ".ok"``. Raises :class:`RefusedError` for an ``error`` reply
+        and :class:`LinkTimeoutError` when no reply came after ``attempts`` sends. Anything else
+        (late answers to earlier requests, our own frames echoed by a tty that is not raw yet)
+        is counted in :attr:`stale_replies` and skipped.
         """
         message = Message(t=t, id=new_request_id(), b=body)
         for attempt in range(attempts):
@@ -295,7 +295,7 @@ class Channel:
                 reply = self.receive(remaining)
                 if reply is None:
                     break
-                if reply.id != message.id:
+                if reply.id != message.id or reply.t not in (f"{t}.ok", "error"):
                     self.stale_replies += 1
                     continue
                 if reply.t == "error":
@@ -305,13 +305,16 @@ class Channel:
                         code if isinstance(code, str) else "unknown",
                         f"the unit refused {t!r}: {text if isinstance(text, str) else code}",
                     )
-                if reply.t != f"{t}.ok":
-                    raise ProtocolViolationError(f"unexpected reply {reply.t!r} to {t!r}")
                 return reply
         raise LinkTimeoutError(
             f"no answer to {t!r} after {attempts} attempts of {timeout:g} s; check the cable and "
             "that the unit runs `camveil provision-listen` (camveil-provision.service)"
         )
+
+
+def is_reply(message: Message) -> bool:
+    """Replies are ``<t>.ok`` or ``error``; a peer never answers them (no echo loops)."""
+    return message.t == "error" or message.t.endswith(".ok")
 
 
 def reply_to(request: Message, t: str, body: Mapping[str, Any]) -> Message:

@@ -239,6 +239,11 @@ class Station:
         config = StationConfig.load(self._paths.config)
         url = broker_url or config.broker_url
         hello = self._request("hello", {"proto": PROTOCOL_VERSION})
+        if hello.b.get("proto") != PROTOCOL_VERSION:
+            raise ProvisioningError(
+                f"the unit speaks provisioning protocol {hello.b.get('proto')!r}, this station "
+                f"{PROTOCOL_VERSION}: install the same camveil version on both"
+            )
         state = hello.b.get("state")
         ed25519, x25519 = _key32(hello, "ed25519"), _key32(hello, "x25519")
         with Inventory(self._paths.inventory) as inventory:

@@ -48,6 +48,7 @@ from provisioning.serial_proto import (
     ProtocolViolationError,
     SerialLink,
     error_reply,
+    is_reply,
     reply_to,
 )
 
@@ -338,11 +339,15 @@ class UnitServer:
         self._answers: OrderedDict[int, tuple[bytes, Message]] = OrderedDict()
         self._cache_size = cache_size
         self.provisioned_at: float | None = None
+        self.ignored = 0
 
     def serve_once(self, timeout: float) -> bool:
         """Handle at most one request arriving within ``timeout``; True if one was handled."""
         request = self._channel.receive(timeout)
         if request is None:
+            return False
+        if is_reply(request):  # our own answer echoed back by a tty not yet in raw mode
+            self.ignored += 1
             return False
         digest = hashlib.sha256(cbor2.dumps(request.to_wire(), canonical=True)).digest()
         cached = self._answers.get(request.id)

@@ -80,6 +80,7 @@ class Faults:
     damage_kind: str = "flip"
     drop_types: dict[str, set[str]] = field(default_factory=dict)  # direction -> message types
     baud: int | None = None  # throttle to this line rate
+    echo: bool = False  # also send every frame back to its sender (a tty not in raw mode)
 
 
 class FaultProxy:
@@ -119,6 +120,9 @@ class FaultProxy:
                 except OSError:
                     continue
                 out_fd, direction = self._fds[fd]
+                if self.faults.echo:
+                    with contextlib.suppress(OSError):
+                        os.write(fd, data)
                 with self._lock:
                     self.captured += data
                 buf = self._pending[direction]
@@ -448,6 +452,16 @@ def test_corruption_is_survived(rig: Rig, faults: Faults) -> None:
     assert sum(rig.proxy.injected.values()) >= 3
     if faults.damage:
         assert result.retries >= 1
+
+
+def test_echoing_tty_on_both_ends(rig: Rig) -> None:
+    """Each end also reads its own frames back (echo on): requests and replies are told apart."""
+    state = rig.tmp / "unit"
+    unit = rig.unit(state)
+    rig.proxy.faults.echo = True
+    rig.provision(timeout=0.5, attempts=3)
+    verify_provisioned(state, rig.station_dir)
+    assert not unit.dead
 
 
 def test_garbage_before_and_between_frames(rig: Rig) -> None:

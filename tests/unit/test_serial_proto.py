@@ -197,6 +197,41 @@ def test_request_raises_refused(served: tuple[Channel, threading.Event]) -> None
     assert info.value.code == "nope"
 
 
+def test_request_skips_its_own_echo_and_late_answers() -> None:
+    a, b = MemoryLink.pair()
+    channel = Channel(a)
+    peer = Channel(b)
+
+    def answer() -> None:
+        request = peer.receive(1.0)
+        assert request is not None
+        b.write(encode_frame(request))  # an echo of the request itself
+        peer.send(Message("hello.ok", request.id ^ 1, {}))  # someone else's answer
+        peer.send(reply_to(request, "hello.ok", {"state": "unprovisioned"}))
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    reply = channel.request("hello", {}, timeout=1.0, attempts=1)
+    thread.join()
+    assert reply.b == {"state": "unprovisioned"}
+    assert channel.stale_replies == 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x9b\x00\x00\x00\x01\x00\x00\x00\x00",  # array of 2^32 items, no items
+        b"\xbb\x00\x00\x00\x01\x00\x00\x00\x00",  # map of 2^32 pairs
+        b"\x5b\x00\x00\x00\x01\x00\x00\x00\x00",  # 4 GiB byte string, no bytes
+        b"\x81" * 5000,  # nesting far deeper than any message
+    ],
+)
+def test_hostile_cbor_is_counted_not_fatal(payload: bytes) -> None:
+    reader = FrameReader()
+    assert reader.feed(_frame_with_crc(payload, zlib.crc32(payload))) == []
+    assert reader.stats.bad_cbor == 1
+
+
 def test_request_times_out_with_hint() -> None:
     a, _b = MemoryLink.pair()
     with pytest.raises(LinkTimeoutError, match="provision-listen"):
