@@ -132,7 +132,7 @@ def test_sysusers_and_tmpfiles_apply_to_an_image(tmp_path: Path) -> None:
     assert tmpfiles.returncode == 0, tmpfiles.stderr
     state = (root / "var/lib/camveil").stat()
     assert (state.st_uid, state.st_mode & 0o777) == (uid, 0o700)
-    assert ((root / "etc/camveil").stat().st_mode & 0o777) == 0o750
+    assert ((root / "etc/camveil").stat().st_mode & 0o777) == 0o755
 
 
 def test_gadget_script_builds_an_acm_gadget(tmp_path: Path) -> None:
