@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -104,12 +105,21 @@ class Inventory:
                 ),
             )
 
-    def mark_provisioned(self, device: str, at: float | None = None) -> None:
+    def mark_provisioned(
+        self,
+        device: str,
+        publish: Callable[[list[UnitRecord]], None] = lambda units: None,
+        at: float | None = None,
+    ) -> None:
+        """Mark ``device`` provisioned and call ``publish`` with every provisioned unit, inside
+        one write transaction: stations sharing this inventory publish one after the other, so
+        the last file written always lists every unit."""
         with self._transaction():
             self.db.execute(
                 "UPDATE units SET state = 'provisioned', provisioned_at = ? WHERE device = ?",
                 (time.time() if at is None else at, device),
             )
+            publish(self.units("provisioned"))
 
     def units(self, state: UnitState | None = None) -> list[UnitRecord]:
         if state is None:

@@ -269,8 +269,7 @@ class Station:
                     "the unit's proof of possession does not verify; the unit is provisioned but "
                     "NOT trusted: factory-reset it and provision again"
                 )
-            inventory.mark_provisioned(device)
-            self._publish(inventory, config)
+            inventory.mark_provisioned(device, lambda units: self._publish(units, config))
         elapsed = time.monotonic() - start
         logger.info("unit %s %s in %.2f s", device, outcome, elapsed)
         return ProvisionResult(device, outcome, elapsed, self._channel.retries)
@@ -345,8 +344,7 @@ class Station:
         )
         return bundle
 
-    def _publish(self, inventory: Inventory, config: StationConfig) -> None:
-        units = inventory.units("provisioned")
+    def _publish(self, units: list[UnitRecord], config: StationConfig) -> None:
         write_devices_file(self._paths.devices, units)
         acl = broker.render_acl(config.backends, config.operators, [u.device for u in units])
         pki.write_atomic(self._paths.broker_dir / "acl", acl.encode(), 0o644)

@@ -464,6 +464,33 @@ def test_echoing_tty_on_both_ends(rig: Rig) -> None:
     assert not unit.dead
 
 
+def test_listener_reopens_a_failing_port(rig: Rig) -> None:
+    """The gadget port is absent at first (USB host not there yet): the listener keeps trying."""
+    state = rig.tmp / "unit"
+    opened: list[str] = []
+
+    def open_link() -> PySerialLink:
+        path = rig.b.path if len(opened) >= 2 else str(rig.tmp / "no-such-tty")
+        opened.append(path)
+        return PySerialLink(path, BAUD)
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=listen,
+        args=(UnitStore(state), open_link),
+        kwargs={"stop": stop, "linger": 0.0, "reopen_delay": 0.05, "poll": 0.02},
+    )
+    thread.start()
+    try:
+        rig.provision(timeout=0.3, attempts=10)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()  # linger 0: the listener returned once provisioned
+    assert opened[:2] == [str(rig.tmp / "no-such-tty")] * 2
+    verify_provisioned(state, rig.station_dir)
+
+
 def test_garbage_before_and_between_frames(rig: Rig) -> None:
     state = rig.tmp / "unit"
     rig.unit(state)
