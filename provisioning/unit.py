@@ -241,16 +241,18 @@ class UnitStore:
         try:
             return self._load_keys(self.pending_dir)
         except (OSError, ValueError, KeyFileError) as exc:
-            if self.pending_dir.exists():
+            if self.pending_dir.exists():  # never sent anywhere: safe to replace
                 logger.warning(
                     "pending keys unusable (%s), generating new ones", type(exc).__name__
                 )
+                self._discard(self.pending_dir)
         keys = UnitKeys(identity=Identity.generate("pending"), tls_key=pki.make_device_key())
         self._commit_dir(self.pending_dir, lambda d: self._write_keys(d, keys))
         return keys
 
     def load_provisioned(self) -> ProvisionedUnit:
-        """The provisioned state; OSError/ValueError if there is none or it is unreadable."""
+        """The provisioned state; OSError, ValueError or KeyFileError if there is none or it is
+        unreadable."""
         d = self.provisioned_dir
         bundle_bytes = (d / "bundle.cbor").read_bytes()
         return ProvisionedUnit(self._load_keys(d), Bundle.decode(bundle_bytes), bundle_bytes)
@@ -282,13 +284,16 @@ class UnitStore:
             path = self.state_dir / name
             if path.exists():
                 found = True
-                # rename first, so the unit is atomically unprovisioned, then delete
-                doomed = self.state_dir / f"{_TMP_PREFIX}reset-{name}"
-                shutil.rmtree(doomed, ignore_errors=True)
-                path.rename(doomed)
-                _fsync_dir(self.state_dir)
-                shutil.rmtree(doomed)
+                self._discard(path)
         return found
+
+    def _discard(self, path: Path) -> None:
+        """Rename first, so the state changes atomically, then delete."""
+        doomed = self.state_dir / f"{_TMP_PREFIX}discard-{path.name}"
+        shutil.rmtree(doomed, ignore_errors=True)
+        path.rename(doomed)
+        _fsync_dir(self.state_dir)
+        shutil.rmtree(doomed)
 
     @staticmethod
     def _write_keys(d: Path, keys: UnitKeys) -> None:

@@ -464,6 +464,17 @@ def test_echoing_tty_on_both_ends(rig: Rig) -> None:
     assert not unit.dead
 
 
+def test_damaged_pending_keys_are_replaced(rig: Rig) -> None:
+    state = rig.tmp / "unit"
+    pending = UnitStore(state).pending_keys()
+    (state / "pending" / "tls.key").write_bytes(b"not a key")
+    rig.unit(state)
+    rig.provision()
+    device = verify_provisioned(state, rig.station_dir)
+    assert UnitStore(state).load_provisioned().keys.ed25519 != pending.ed25519
+    assert device
+
+
 def test_listener_reopens_a_failing_port(rig: Rig) -> None:
     """The gadget port is absent at first (USB host not there yet): the listener keeps trying."""
     state = rig.tmp / "unit"
