@@ -2,7 +2,8 @@
 
 A :class:`Listener` is one MQTT v5 client with a backend certificate, subscribed through a shared
 subscription (``$share/<group>/camveil/v1/+/event/#``, ``.../status``, ``.../cmd/ack``), so
-several listeners in one group split the load. Every message is opened with
+several listeners in one group split the load (see :attr:`ListenerConfig.shared` for a mosquitto
+caveat across broker restarts). Every message is opened with
 :func:`~agent.envelope.open_envelope` (the devices' public keys as trusted senders, the backend's
 X25519 identity as recipient), then de-duplicated on (device, seq): a QoS 1 redelivery shows up
 either as a :class:`~agent.errors.ReplayError` (same process) or as a known (device, seq) in the
@@ -195,6 +196,13 @@ class ListenerConfig:
     client_id: str | None = None
     """A fixed id keeps a persistent session (messages queue while away); None: a fresh one."""
     keepalive_s: int = 30
+    shared: bool = True
+    """Subscribe through ``$share/<group>/`` (load split between the group's members). False:
+    a plain subscription. mosquitto 2.0.11 does not restore shared subscriptions from its
+    persistence file after a restart (checked), so until the listener has reconnected and
+    subscribed again, messages find no subscriber and are dropped by the broker (the unit got
+    its PUBACK); a single ingest process with a persistent session (``client_id``) and
+    ``shared=False`` loses nothing across broker restarts."""
 
 
 class Listener:
@@ -231,7 +239,7 @@ class Listener:
         context.load_verify_locations(cafile=cfg.ca_file)
         context.load_cert_chain(cfg.cert_file, cfg.key_file)
         client.tls_set_context(context)
-        client.reconnect_delay_set(1, 30)
+        client.reconnect_delay_set(1, 10)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
@@ -273,7 +281,9 @@ class Listener:
             logger.error("listener: broker refused the connection: %s", reason_code.getName())
             return
         self.connected.set()
-        client.subscribe([(t, 1) for t in shared_topics(self._config.group)])
+        cfg = self._config
+        topics = shared_topics(cfg.group) if cfg.shared else list(TOPICS)
+        client.subscribe([(t, 1) for t in topics])
 
     def _handle_disconnect(
         self,

@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=Path, help="trusted devices (peers file)")
     parser.add_argument("--group", default="camveil", help="shared-subscription group")
     parser.add_argument("--client-id", help="fixed MQTT client id: a persistent session")
+    parser.add_argument(
+        "--no-share",
+        action="store_true",
+        help="plain subscription instead of $share/GROUP (one ingest process; with --client-id "
+        "it survives mosquitto restarts, which forget shared subscriptions)",
+    )
     parser.add_argument("--db", type=Path, help="SQLite file: de-duplicate across restarts")
     parser.add_argument("--snapshots", type=Path, help="write snapshot JPEGs into this folder")
     parser.add_argument("--base64", action="store_true", help="print bytes as base64")
@@ -188,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         key_file=Path(paths["key"]),
         group=args.group,
         client_id=args.client_id,
+        shared=not args.no_share,
     )
     listener = Listener(config, opener, on_received)
     start = time.monotonic()
