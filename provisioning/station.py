@@ -252,7 +252,7 @@ class Station:
                 bundle_bytes = self._known_bundle(hello, record)
                 outcome = "confirmed"
             elif state == "unprovisioned":
-                pending = self._pending_bundle(record, x25519, site, url)
+                pending = self._pending_bundle(record, x25519, site, url, device_id)
                 bundle_bytes = pending or self._new_bundle(
                     inventory, ed25519, x25519, site, url, device_id
                 )
@@ -286,8 +286,9 @@ class Station:
 
     @staticmethod
     def _pending_bundle(
-        record: UnitRecord | None, x25519: bytes, site: str, url: str
+        record: UnitRecord | None, x25519: bytes, site: str, url: str, device_id: str | None
     ) -> bytes | None:
+        """The bundle built for this unit by an earlier, interrupted run, if it still fits."""
         if record is None:
             return None
         if record.state == "provisioned" or record.x25519 != x25519:
@@ -296,7 +297,8 @@ class Station:
                 "the unit says it is unprovisioned; check the inventory (restored backup?)"
             )
         bundle = Bundle.decode(record.bundle)
-        if bundle.site.get("name") == site and bundle.broker_url == url:
+        wanted = device_id in (None, bundle.device)
+        if wanted and bundle.site.get("name") == site and bundle.broker_url == url:
             logger.info("resending the pending bundle of %s", record.device)
             return record.bundle
         return None

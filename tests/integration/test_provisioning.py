@@ -464,6 +464,20 @@ def test_echoing_tty_on_both_ends(rig: Rig) -> None:
     assert not unit.dead
 
 
+def test_rerun_with_other_settings_rebuilds_the_pending_bundle(rig: Rig) -> None:
+    state = rig.tmp / "unit"
+    rig.unit(state)
+    rig.proxy.faults.drop_types = {S2U: {"bundle"}}
+    with pytest.raises(LinkTimeoutError):
+        rig.provision(timeout=0.1, attempts=2, site="old")
+    rig.proxy.faults.drop_types = {}
+    result = rig.provision(site="new", device_id="lab-cam-1")
+    assert result.device == verify_provisioned(state, rig.station_dir) == "lab-cam-1"
+    assert UnitStore(state).load_provisioned().bundle.site == {"name": "new"}
+    with Inventory(rig.station_dir.inventory) as inventory:
+        assert [(u.device, u.state) for u in inventory.units()] == [("lab-cam-1", "provisioned")]
+
+
 def test_damaged_pending_keys_are_replaced(rig: Rig) -> None:
     state = rig.tmp / "unit"
     pending = UnitStore(state).pending_keys()
