@@ -1,0 +1,206 @@
+"""The backend listener against a real mosquitto: shared subscriptions split the load, bad
+messages are counted and never stop it, duplicates are dropped (persistently with SQLite), and
+the `camveil listen` / `camveil dev-pki` commands work together with the repo's broker config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from broker import HOST, ClientFiles, Mosquitto, TestClient, TestPki, free_port, mosquitto_binary
+
+from agent.cli.dev_pki import make_dev_pki
+from agent.cli.listen import to_json
+from agent.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity
+from agent.envelope.seal import SealedEnvelope
+from agent.events import EventBuilder, LinkState, seal_event
+from agent.listener import (
+    Listener,
+    ListenerConfig,
+    MemoryDedupe,
+    Opener,
+    Received,
+    SqliteDedupe,
+    seq_ranges,
+)
+from agent.sequence import CountingSequence
+
+DEVICE = "cv-listen-01"
+
+
+class Unit:
+    """A device that seals events by hand (no camera) and publishes them with its certificate."""
+
+    def __init__(
+        self, files: ClientFiles, backend: PublicIdentity, identity: Identity | None = None
+    ) -> None:
+        self.identity = identity or Identity.generate(files.name)
+        self.builder = EventBuilder(files.name, "0123456789abcdef", CountingSequence())
+        self.backend = backend
+        self.files = files
+
+    def event(self) -> SealedEnvelope:
+        return seal_event(
+            self.builder.presence(0.0, 1.0, {"all": (1, 1)}),
+            sender=self.identity,
+            recipient=self.backend,
+        )
+
+    def status(self) -> SealedEnvelope:
+        return seal_event(
+            self.builder.status(LinkState.ONLINE),
+            sender=self.identity,
+            recipient=self.backend,
+        )
+
+
+def _listener(
+    pki: TestPki, port: int, opener: Opener, sink: list[Received], group: str = "g"
+) -> Listener:
+    files = pki.backend("dashboard")
+    assert files.cert is not None and files.key is not None
+    lock = threading.Lock()
+
+    def on_received(r: Received) -> None:
+        with lock:
+            sink.append(r)
+
+    config = ListenerConfig(HOST, port, files.ca, files.cert, files.key, group=group)
+    return Listener(config, opener, on_received)
+
+
+def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_shared_subscription_splits_the_load(mosquitto: Mosquitto, mqtt_pki: TestPki) -> None:
+    backend = Identity.generate("backend")
+    unit = Unit(mqtt_pki.device("cv-listen-share"), backend.public())
+    peers = PeerKeys([unit.identity.public()])
+    got_a: list[Received] = []
+    got_b: list[Received] = []
+    a = _listener(mqtt_pki, mosquitto.port, Opener(backend, peers, MemoryDedupe()), got_a, "s1")
+    b = _listener(mqtt_pki, mosquitto.port, Opener(backend, peers, MemoryDedupe()), got_b, "s1")
+    with a, b:
+        assert a.subscribed.wait(10) and b.subscribed.wait(10)
+        sent = []
+        with TestClient(unit.files, mosquitto.port) as client:
+            for _ in range(20):
+                env = unit.event()
+                sent.append(env.seq)
+                assert not client.publish(env.topic, env.data).is_failure
+        _wait(lambda: len(got_a) + len(got_b) >= 20)
+    seqs_a = {r.seq for r in got_a}
+    seqs_b = {r.seq for r in got_b}
+    assert seqs_a and seqs_b, "both members of the group got a share"
+    assert not seqs_a & seqs_b
+    assert seqs_a | seqs_b == set(sent)
+
+
+def test_bad_and_duplicate_messages_are_counted_not_fatal(
+    mosquitto: Mosquitto, mqtt_pki: TestPki, tmp_path: Path
+) -> None:
+    backend = Identity.generate("backend")
+    unit = Unit(mqtt_pki.device(DEVICE), backend.public())
+    stranger = Identity.generate(DEVICE)  # same id, other keys: a forgery
+    peers = PeerKeys([unit.identity.public()])
+    got: list[Received] = []
+    opener = Opener(backend, peers, SqliteDedupe(tmp_path / "seen.db"))
+    with _listener(mqtt_pki, mosquitto.port, opener, got, "bad") as listener:
+        assert listener.subscribed.wait(10)
+        good = unit.event()
+        forged = seal_event(
+            unit.builder.presence(0.0, 1.0, {"all": (0, 0)}),
+            sender=stranger,
+            recipient=backend.public(),
+        )
+        with TestClient(unit.files, mosquitto.port) as client:
+            client.publish(f"camveil/v1/{DEVICE}/event/presence", b"\x00garbage")
+            client.publish(forged.topic, forged.data)
+            client.publish(good.topic, good.data)
+            client.publish(good.topic, good.data)  # a redelivery
+            last = unit.status()
+            client.publish(last.topic, last.data)
+        _wait(lambda: len(got) >= 2 and opener.stats.duplicates >= 1)
+        time.sleep(0.3)
+    assert [r.type for r in got] == ["presence", "status"]
+    assert opener.stats.bad == {"MalformedEnvelopeError": 1, "BadSignatureError": 1}
+    assert opener.stats.duplicates == 1
+
+    # a new process (fresh replay window) over the same database still sees the duplicate
+    again = Opener(backend, peers, SqliteDedupe(tmp_path / "seen.db"))
+    assert again.open(good.topic, good.data) is None
+    assert again.stats.duplicates == 1
+
+
+def test_json_lines_summarise_bytes_and_write_snapshots(tmp_path: Path) -> None:
+    r = Received(
+        "cv-1",
+        7,
+        "camveil/v1/cv-1/event/snapshot",
+        "snapshot",
+        {"ts": 1, "boot": "b", "body": {"jpeg": b"\xff\xd8\xffabc", "w": 2, "cmd": "c"}},
+    )
+    line = to_json(r, None, False)
+    assert line["body"]["jpeg"]["bytes"] == 6 and len(line["body"]["jpeg"]["sha256"]) == 64
+    line = to_json(r, tmp_path / "snaps", False)
+    assert Path(line["file"]).read_bytes() == b"\xff\xd8\xffabc"
+    assert seq_ranges([5, 1, 2, 3, 9, 3]) == [[1, 3], [5, 5], [9, 9]]
+
+
+def test_listen_cli_with_dev_pki_and_repo_broker_config(tmp_path: Path) -> None:
+    mosquitto_binary()
+    port = free_port()
+    dev = make_dev_pki(tmp_path / "pki", port=port, device_id="cv-cli-01")
+    broker = subprocess.Popen(
+        [mosquitto_binary(), "-c", str(dev.broker.config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    listen = None
+    try:
+        time.sleep(0.5)
+        listen = subprocess.Popen(
+            [sys.executable, "-m", "agent", "listen", "--dev-pki", str(dev.root), "--count", "3"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONWARNINGS": "error"},
+        )
+        assert listen.stderr is not None
+        assert b"subscribed" in listen.stderr.readline()
+        device_files = ClientFiles(
+            "cv-cli-01",
+            dev.root / "ca.crt",
+            dev.unit_dir / "provisioned" / "tls.crt",
+            dev.unit_dir / "provisioned" / "tls.key",
+        )
+        backend = load_identity(dev.backend.identity).public()
+        device = load_identity(dev.unit_dir / "provisioned" / "identity.cbor")
+        unit = Unit(device_files, backend, device)
+        with TestClient(device_files, port) as client:
+            for _ in range(3):
+                env = unit.event()
+                assert not client.publish(env.topic, env.data).is_failure
+        out, err = listen.communicate(timeout=20)
+        lines = [json.loads(x) for x in out.decode().splitlines()]
+        assert [x["type"] for x in lines] == ["presence"] * 3
+        assert lines[0]["device"] == "cv-cli-01"
+        summary = json.loads(err.decode().strip().splitlines()[-1])["listen_summary"]
+        assert summary["received"] == 3 and summary["duplicates"] == 0
+        assert summary["seqs"] == {"cv-cli-01": [[0, 2]]}
+    finally:
+        if listen is not None and listen.poll() is None:
+            listen.send_signal(signal.SIGTERM)
+            listen.wait(10)
+        broker.terminate()
+        broker.wait(10)
