@@ -10,12 +10,14 @@ Station directory (``camveil station init DIR``; 0700, private keys 0600)::
     broker/                        mosquitto config, ACL, server certificate (provisioning.broker)
     station.json                   defaults: broker URL, backend and operator names
     inventory.sqlite               every unit (provisioning.inventory)
-    devices.json                   trusted devices for listener and dashboard: id -> public keys
+    devices.json                   trusted devices (dashboard, people): id -> public keys, site
+    devices.cbor                   the same as a peers file (agent.envelope.keys.save_peers), for
+                                   `camveil listen --devices DIR/devices.cbor`
 
 A run (:meth:`Station.provision`): HELLO; for an unprovisioned unit CSR (CN = the device id the
 station assigns) and signing; the bundle is recorded as pending *before* it is sent; BUNDLE; the
-unit's signature over the bundle hash is verified; the unit is marked provisioned and devices.json
-is rewritten. Every step is safe to repeat after a cut cable or a station restart.
+unit's signature over the bundle hash is verified; the unit is marked provisioned and the trusted
+device lists are rewritten. Every step is safe to repeat after a cut cable or a station restart.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agent.envelope.keys import Identity, load_identity, save_identity
+from nacl.public import PublicKey
+from nacl.signing import VerifyKey
+
+from agent.envelope.keys import (
+    Identity,
+    PublicIdentity,
+    load_identity,
+    save_identity,
+    save_peers,
+)
 from provisioning import broker, pki
 from provisioning.inventory import Inventory, UnitRecord
 from provisioning.serial_proto import (
@@ -85,6 +96,10 @@ class StationPaths:
     @property
     def devices(self) -> Path:
         return self.root / "devices.json"
+
+    @property
+    def peers(self) -> Path:
+        return self.root / "devices.cbor"
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,7 @@ def init_station(
     with Inventory(paths.inventory):
         pass
     write_devices_file(paths.devices, [])
+    save_peers(paths.peers, [])
     pki.write_atomic(paths.config, config.to_json(), 0o644)
     logger.info("station initialised in %s", paths.root)
     return paths
@@ -331,13 +347,17 @@ class Station:
             cert = pki.sign_device_csr(ca, pki.load_csr_pem(csr_pem), expected_device_id=device)
         except ValueError as exc:
             raise ProtocolViolationError(f"the unit's CSR is not acceptable: {exc}") from None
+        backend = load_identity(self._paths.backend_key)
+        operator = load_identity(self._paths.operator_key)
         bundle = Bundle(
             device=device,
             cert_pem=pki.cert_pem(cert),
             ca_pem=pki.cert_pem(ca.cert),
             broker_url=url,
-            backend_x25519=bytes(load_identity(self._paths.backend_key).encryption_key.public_key),
-            operator_ed25519=bytes(load_identity(self._paths.operator_key).signing_key.verify_key),
+            backend_x25519=bytes(backend.encryption_key.public_key),
+            backend_kid=backend.kid,
+            operator_ed25519=bytes(operator.signing_key.verify_key),
+            operator_kid=operator.kid,
             site={"name": site},
             issued_at=int(time.time()),
         ).encode()
@@ -348,6 +368,10 @@ class Station:
 
     def _publish(self, units: list[UnitRecord], config: StationConfig) -> None:
         write_devices_file(self._paths.devices, units)
+        save_peers(
+            self._paths.peers,
+            [PublicIdentity(u.device, VerifyKey(u.ed25519), PublicKey(u.x25519)) for u in units],
+        )
         acl = broker.render_acl(config.backends, config.operators, [u.device for u in units])
         pki.write_atomic(self._paths.broker_dir / "acl", acl.encode(), 0o644)
 

@@ -38,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from nacl.signing import SigningKey, VerifyKey
 
-from agent.envelope.keys import Identity, load_identity, save_identity
+from agent.envelope.keys import Identity, check_kid, load_identity, save_identity
 from agent.errors import CamveilError, KeyFileError
 from provisioning import pki
 from provisioning.serial_proto import (
@@ -78,6 +78,8 @@ class Bundle:
     operator_ed25519: bytes
     site: Mapping[str, Any]
     issued_at: int
+    backend_kid: str = "backend"
+    operator_kid: str = "operator"
 
     def encode(self) -> bytes:
         return cbor2.dumps(
@@ -88,7 +90,9 @@ class Bundle:
                 "ca": self.ca_pem,
                 "broker": self.broker_url,
                 "backend_x25519": self.backend_x25519,
+                "backend_kid": self.backend_kid,
                 "operator_ed25519": self.operator_ed25519,
+                "operator_kid": self.operator_kid,
                 "site": dict(self.site),
                 "issued_at": self.issued_at,
             },
@@ -124,7 +128,16 @@ class Bundle:
             operator_ed25519=field("operator_ed25519", bytes, 32),
             site=field("site", dict),
             issued_at=field("issued_at", int),
+            backend_kid=_kid(m.get("backend_kid", "backend"), "backend_kid"),
+            operator_kid=_kid(m.get("operator_kid", "operator"), "operator_kid"),
         )
+
+
+def _kid(value: object, name: str) -> str:
+    try:
+        return check_kid(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ProtocolViolationError(f"bundle field {name!r} is not a key id") from None
 
 
 def bundle_digest(bundle_bytes: bytes) -> bytes:

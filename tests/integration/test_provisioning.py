@@ -33,7 +33,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from agent.envelope.keys import load_identity
+from agent.envelope.keys import load_identity, load_peers
+from agent.unitstate import UnitState
 from hw.serial_link import PySerialLink
 from provisioning import cobs, pki
 from provisioning import unit as unit_module
@@ -308,6 +309,15 @@ def verify_provisioned(state_dir: Path, station: StationPaths) -> str:
     entry = devices[unit.device]
     assert base64.b64decode(entry["ed25519"]) == unit.keys.ed25519
     assert base64.b64decode(entry["x25519"]) == unit.keys.x25519
+    peer = load_peers(station.peers).require(unit.device)  # what `camveil listen` trusts
+    assert bytes(peer.verify_key) == unit.keys.ed25519
+    assert bytes(peer.encryption_key) == unit.keys.x25519
+    agent_view = UnitState.load(state_dir)  # what the daemon loads
+    assert agent_view.device_id == unit.device
+    assert agent_view.backend.kid == "backend"
+    assert bytes(agent_view.backend.encryption_key) == bytes(
+        load_identity(station.backend_key).encryption_key.public_key
+    )
     with Inventory(station.inventory) as inventory:
         record = inventory.by_device(unit.device)
         assert record is not None
