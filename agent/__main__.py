@@ -19,6 +19,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("agent.cli.run", "run the agent: camera -> redaction -> outputs"),
     "listen": ("agent.cli.listen", "verify, decrypt and print what units publish (backend)"),
     "dev-pki": ("agent.cli.dev_pki", "throw-away CA, broker, unit, backend and operator keys"),
+    "station": ("agent.cli.station", "create a provisioning station (CA, keys, inventory)"),
+    "provision": ("agent.cli.provision", "provision a unit over USB serial (station side)"),
+    "provision-listen": (
+        "agent.cli.provision_listen",
+        "answer the provisioning station on the USB gadget port (unit side)",
+    ),
+    "factory-reset": ("agent.cli.factory_reset", "delete the unit's keys and identity (--yes)"),
 }
 
 
