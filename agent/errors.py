@@ -26,6 +26,11 @@ Raise or log, never both.
     ├── EventError                  an event cannot be built as asked
     │   └── SnapshotTooLargeError   no JPEG of the frame fits under the size cap
     ├── SequenceError               the persisted seq high-water mark cannot be read or written
+    ├── SerialPortError             a serial port cannot be opened or failed while in use
+    ├── ProvisioningError           USB-serial provisioning failed (says what to fix)
+    │   ├── LinkTimeoutError        no valid reply after every retry
+    │   ├── RefusedError            the peer answered with an ``error`` message (``.code``)
+    │   └── ProtocolViolationError  a valid frame whose content breaks the protocol
     ├── OutboxError                 the durable outbox cannot be used (see agent.outbox)
     │   ├── OutboxFullError         disk or database full even after evicting the oldest, or
     │   │                           one envelope larger than the whole outbox bound
@@ -167,3 +172,27 @@ class ExpiredError(EnvelopeError):
 
 class KeyFileError(EnvelopeError):
     """A key file cannot be read, parsed or is unsafely readable; names the file and the fix."""
+
+
+class SerialPortError(CamveilError):
+    """The serial port cannot be opened or failed while in use; the message says what to check."""
+
+
+class ProvisioningError(CamveilError):
+    """Provisioning failed; the message says what is wrong and how to fix it."""
+
+
+class LinkTimeoutError(ProvisioningError):
+    """No valid reply arrived after every retry."""
+
+
+class RefusedError(ProvisioningError):
+    """The peer replied with an ``error`` message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProtocolViolationError(ProvisioningError):
+    """A valid frame whose content breaks the protocol (missing field, wrong type, bad proof)."""

@@ -13,15 +13,11 @@ import logging
 from types import TracebackType
 from typing import Any, Final
 
-from agent.errors import CamveilError
+from agent.errors import SerialPortError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BAUDRATE: Final = 115200
-
-
-class SerialPortError(CamveilError):
-    """The serial port cannot be opened or failed while in use; the message says what to check."""
 
 
 class PySerialLink:

@@ -35,7 +35,10 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import cbor2
 
-from agent.errors import CamveilError
+from agent.errors import (
+    LinkTimeoutError,
+    RefusedError,
+)
 from provisioning import cobs
 
 logger = logging.getLogger(__name__)
@@ -43,26 +46,6 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME: Final = 64 * 1024
 """Largest accepted decoded frame (CBOR + CRC), in bytes; larger ones are dropped and counted."""
-
-
-class ProvisioningError(CamveilError):
-    """Provisioning failed; the message says what is wrong and how to fix it."""
-
-
-class LinkTimeoutError(ProvisioningError):
-    """No valid reply arrived after every retry."""
-
-
-class RefusedError(ProvisioningError):
-    """The peer replied with an ``error`` message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class ProtocolViolationError(ProvisioningError):
-    """A valid frame whose content breaks the protocol (missing field, wrong type, bad proof)."""
 
 
 @dataclass(frozen=True)

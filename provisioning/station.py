@@ -42,14 +42,13 @@ from agent.envelope.keys import (
     save_identity,
     save_peers,
 )
+from agent.errors import ProtocolViolationError, ProvisioningError
 from provisioning import broker, pki
 from provisioning.inventory import Inventory, UnitRecord
 from provisioning.serial_proto import (
     PROTOCOL_VERSION,
     Channel,
     Message,
-    ProtocolViolationError,
-    ProvisioningError,
 )
 from provisioning.unit import Bundle, bundle_digest, verify_proof
 

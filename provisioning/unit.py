@@ -39,13 +39,12 @@ from cryptography.hazmat.primitives import serialization
 from nacl.signing import SigningKey, VerifyKey
 
 from agent.envelope.keys import Identity, check_kid, load_identity, save_identity
-from agent.errors import CamveilError, KeyFileError
+from agent.errors import CamveilError, KeyFileError, ProtocolViolationError
 from provisioning import pki
 from provisioning.serial_proto import (
     PROTOCOL_VERSION,
     Channel,
     Message,
-    ProtocolViolationError,
     SerialLink,
     error_reply,
     is_reply,

@@ -34,6 +34,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from agent.envelope.keys import load_identity, load_peers
+from agent.errors import LinkTimeoutError, ProvisioningError, RefusedError
 from agent.unitstate import UnitState
 from hw.serial_link import PySerialLink
 from provisioning import cobs, pki
@@ -42,9 +43,6 @@ from provisioning.inventory import Inventory
 from provisioning.serial_proto import (
     Channel,
     FrameReader,
-    LinkTimeoutError,
-    ProvisioningError,
-    RefusedError,
 )
 from provisioning.station import ProvisionResult, Station, StationPaths, init_station
 from provisioning.unit import UnitStore, listen, verify_proof

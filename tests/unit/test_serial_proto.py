@@ -13,15 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.errors import LinkTimeoutError, RefusedError
 from provisioning import cobs
 from provisioning.serial_proto import (
     MAX_FRAME,
     Channel,
     FrameReader,
-    LinkTimeoutError,
     MemoryLink,
     Message,
-    RefusedError,
     encode_frame,
     error_reply,
     reply_to,
