@@ -63,6 +63,7 @@ from agent.events import (
     new_boot_id,
     seal_event,
 )
+from agent.listener import seq_ranges
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
 from agent.presence import ClosedWindow, PresenceWindows, RecordingDetector
@@ -229,6 +230,8 @@ class DaemonSummary:
     commands_accepted: int
     commands_rejected: Mapping[str, int]
     dropped: Mapping[str, int]
+    enqueued_seqs: list[list[int]] = field(default_factory=list)
+    """Inclusive ranges of the seqs of every enqueued envelope (the last will is not one)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -242,6 +245,7 @@ class DaemonSummary:
             "commands_accepted": self.commands_accepted,
             "commands_rejected": dict(self.commands_rejected),
             "dropped": dict(self.dropped),
+            "enqueued_seqs": self.enqueued_seqs,
         }
 
 
@@ -605,6 +609,7 @@ class Daemon:
             commands_accepted=processor.accepted,
             commands_rejected=dict(processor.rejected),
             dropped=dict(dropped),
+            enqueued_seqs=seq_ranges(seq for _, seq in emitter.enqueued),
         )
 
 
