@@ -29,7 +29,6 @@ import platform
 import queue
 import threading
 import time
-from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,6 @@ from agent.commands import (
     Command,
     CommandProcessor,
     CommandRejectedError,
-    seal_ack,
 )
 from agent.config import (
     AgentConfig,
@@ -53,25 +51,21 @@ from agent.config import (
     write_config_atomic,
 )
 from agent.envelope.seal import SealedEnvelope
-from agent.errors import CamveilError, ConfigError, EventError, OutboxError
+from agent.errors import CamveilError, ConfigError
 from agent.events import (
     CountPrivacy,
-    Event,
     EventBuilder,
     LinkState,
     SnapshotPolicy,
     new_boot_id,
-    seal_event,
 )
 from agent.listener import seq_ranges
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
-from agent.presence import ClosedWindow, PresenceWindows, RecordingDetector
-from agent.privacy.redact import RedactedFrame
-from agent.publisher import Publisher
+from agent.presence import FrameSink, RecordingDetector, snapshot_event
+from agent.publisher import Emitter, Publisher
 from agent.sequence import SequenceStore
 from agent.stats import PipelineStats
-from agent.tamper import TamperDetector, TamperFinding
 from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
 from agent.unitstate import UnitState, parse_broker_url
 from agent.vision.detection import Detector
@@ -98,110 +92,6 @@ def model_hashes(config: DetectorConfig) -> dict[str, str]:
     except (CamveilError, KeyError):
         return {}
     return {config.model: entry.sha256}
-
-
-class Emitter:
-    """Builds, seals and enqueues; the one way an event leaves the daemon's threads."""
-
-    def __init__(
-        self,
-        unit: UnitState,
-        builder: EventBuilder,
-        outbox: Outbox,
-        wake: Callable[[], None],
-        stats: PipelineStats,
-    ) -> None:
-        self.unit = unit
-        self.builder = builder
-        self._outbox = outbox
-        self._wake = wake
-        self._stats = stats
-        self._lock = threading.Lock()
-        self.by_type: Counter[str] = Counter()
-        self.enqueued: list[tuple[str, int]] = []
-        """(topic, seq) of every enqueued envelope, in order (tests and the demo summary)."""
-        self._captured: OrderedDict[int, float] = OrderedDict()
-
-    def seal(self, event: Event) -> SealedEnvelope:
-        return seal_event(event, sender=self.unit.identity, recipient=self.unit.backend)
-
-    def emit(self, make: Callable[[EventBuilder], Event], captured_at: float | None = None) -> None:
-        """Build an event with the current builder, seal it, enqueue it durably."""
-        with self._lock:
-            try:
-                event = make(self.builder)
-            except EventError as exc:
-                self._stats.drop(f"event_failed.{type(exc).__name__}")
-                logger.warning("event not built: %s", exc)
-                return
-            self._enqueue(self.seal(event), event.TYPE, captured_at)
-
-    def emit_ack(self, ack: Ack) -> None:
-        with self._lock:
-            header = self.builder.header()
-            envelope = seal_ack(ack, header, sender=self.unit.identity, recipient=self.unit.backend)
-            self._enqueue(envelope, "cmd_ack", None)
-
-    def _enqueue(self, envelope: SealedEnvelope, kind: str, captured_at: float | None) -> None:
-        try:
-            self._outbox.enqueue(envelope)
-        except OutboxError as exc:  # counted by the outbox (rejected.*) and in health
-            logger.error("%s event not stored: %s", kind, exc)
-            return
-        self.by_type[kind] += 1
-        self.enqueued.append((envelope.topic, envelope.seq))
-        if captured_at is not None:
-            self._captured[envelope.seq] = captured_at
-            while len(self._captured) > 4096:
-                self._captured.popitem(last=False)
-        self._wake()
-
-    def delivered(self, seq: int, acked_at: float) -> None:
-        """PUBACK of ``seq``: record capture -> PUBACK latency for frame-derived events."""
-        with self._lock:
-            captured = self._captured.pop(seq, None)
-        if captured is not None:
-            self._stats.time("capture_to_puback", max(0.0, acked_at - captured))
-
-
-class FrameSink:
-    """Receives every RedactedFrame: presence windows, tamper checks, the latest frame."""
-
-    def __init__(self, config: AgentConfig, recorder: RecordingDetector, emitter: Emitter) -> None:
-        self._events = config.events
-        self._recorder = recorder
-        self._emitter = emitter
-        self._presence = PresenceWindows(config.events.presence_window_s, config.events.zones)
-        self._tamper = TamperDetector()
-        self._frames = 0
-        self._lock = threading.Lock()
-        self._latest: RedactedFrame | None = None
-
-    def __call__(self, frame: RedactedFrame) -> None:
-        with self._lock:
-            self._latest = frame
-        closed = self._presence.observe(frame.ts, self._recorder.last, frame.width, frame.height)
-        if closed is not None:
-            self._emitter.emit(_presence(closed), frame.ts)
-        self._frames += 1
-        every = self._events.tamper_every
-        if every and self._frames % every == 0:
-            for finding in self._tamper.update(frame):
-                logger.warning("tamper: %s (score %.2f)", finding.kind.value, finding.score)
-                self._emitter.emit(_tamper(finding), frame.ts)
-                if self._events.snapshot_on_tamper:
-                    self._emitter.emit(_snapshot(frame, trigger="tamper"), frame.ts)
-
-    @property
-    def latest(self) -> RedactedFrame | None:
-        with self._lock:
-            return self._latest
-
-    def flush(self) -> None:
-        """Emit the current partial presence window (at stop or before a swap)."""
-        closed = self._presence.flush()
-        if closed is not None:
-            self._emitter.emit(_presence(closed))
 
 
 @dataclass
@@ -276,6 +166,7 @@ class Daemon:
         self.stats = PipelineStats()
         self._stop = threading.Event()
         self._parts_lock = threading.Lock()  # held while a frame is processed, and for a swap
+        self._swap_waiting = threading.Event()
         self._parts: Parts | None = None
         self._commands: queue.Queue[tuple[str, bytes] | None] = queue.Queue(COMMAND_QUEUE_SIZE)
         self._started_mono = time.monotonic()
@@ -322,7 +213,7 @@ class Daemon:
             guard = stack.enter_context(GuardedDetector(detector, config.detector.timeout))
             recorder = RecordingDetector(guard)
             camera = stack.enter_context(self._camera_factory(config.camera))
-            sink = FrameSink(config, recorder, emitter)
+            sink = FrameSink(config.events, recorder, emitter)
             pipeline = Pipeline(camera.read, recorder, sink, config.privacy, stats=self.stats)
         except BaseException:
             stack.close()
@@ -331,8 +222,12 @@ class Daemon:
 
     def _swap(self, new: Parts) -> Parts:
         """Install ``new`` between two frames; returns the previous parts (still open)."""
-        with self._parts_lock:
-            old, self._parts = self._parts, new
+        self._swap_waiting.set()  # the pipeline thread yields the lock after its frame
+        try:
+            with self._parts_lock:
+                old, self._parts = self._parts, new
+        finally:
+            self._swap_waiting.clear()
         assert old is not None
         return old
 
@@ -344,7 +239,7 @@ class Daemon:
         frame = parts.sink.latest
         if frame is None:
             raise CommandRejectedError("no redacted frame yet")
-        emitter.emit(_snapshot(frame, command=command.id), frame.ts)
+        emitter.emit(snapshot_event(frame, command=command.id), frame.ts)
         return "ok"
 
     def _cmd_restart_pipeline(self, command: Command) -> str:
@@ -384,7 +279,6 @@ class Daemon:
         except OSError as exc:
             raise CommandRejectedError(f"new configuration does not start: {exc}") from None
         old = self._swap(new)
-        old_builder = emitter.builder
         try:
             if persist is not None and self._config_path is not None:
                 write_config_atomic(self._config_path, dump_toml(persist))
@@ -396,7 +290,6 @@ class Daemon:
         old.close()
         self._config = config
         emitter.builder = self._builder(config, self._seqs)
-        del old_builder
         logger.info(
             "pipeline replaced (camera %s, detector %s)", config.camera.kind, config.detector.model
         )
@@ -471,6 +364,8 @@ class Daemon:
                     assert parts is not None
                     ok = parts.pipeline.run_once()
                 frames += 1
+                if self._swap_waiting.is_set():
+                    time.sleep(0.005)  # let the waiting swap take the lock (locks are not fair)
                 if not ok:
                     logger.info("camera ended: stopping")
                     break
@@ -500,7 +395,7 @@ class Daemon:
                 unit, self._builder(config, self._seqs), self._outbox, lambda: None, self.stats
             )
             publisher = Publisher(self._outbox, stats=self.stats, on_delivered=emitter.delivered)
-            emitter._wake = publisher.wake
+            emitter.wake = publisher.wake
             self.emitter, self.publisher = emitter, publisher
             self.processor = CommandProcessor(
                 device=unit.identity,
@@ -573,6 +468,7 @@ class Daemon:
         return (self.stats.frames_out - frames0) / elapsed if elapsed > 0 else 0.0
 
     def _health_loop(self) -> None:
+        self._frames0, self._t0 = self.stats.frames_out, time.monotonic()
         while not self._stop.wait(self._config.events.health_interval_s):
             self._emit_health(self._fps_since(self._frames0, self._t0))
             self._frames0, self._t0 = self.stats.frames_out, time.monotonic()
@@ -616,20 +512,6 @@ class Daemon:
 def _join(thread: threading.Thread, timeout: float | None) -> None:
     if thread.ident is not None:  # started
         thread.join(timeout)
-
-
-def _presence(closed: ClosedWindow) -> Callable[[EventBuilder], Event]:
-    return lambda b: b.presence(closed.start, closed.end, closed.counts)
-
-
-def _tamper(finding: TamperFinding) -> Callable[[EventBuilder], Event]:
-    return lambda b: b.tamper(finding.kind, finding.score)
-
-
-def _snapshot(
-    frame: RedactedFrame, *, trigger: str | None = None, command: str | None = None
-) -> Callable[[EventBuilder], Event]:
-    return lambda b: b.snapshot(frame, trigger=trigger, command=command)
 
 
 def _plain(value: Any) -> Any:

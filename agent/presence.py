@@ -1,4 +1,6 @@
-"""Presence windows: the most people and faces seen at once, per zone, per time window.
+"""What the daemon derives from redacted frames: presence windows (the most people and faces seen
+at once, per zone, per time window), tamper findings, and the latest frame for snapshots
+(:class:`FrameSink`, the pipeline's sink).
 
 A frame's detections are counted per zone: the zone ``all`` (the whole view) and each configured
 rectangle (fractions of the frame), where a detection counts if its box centre is inside. Faces
@@ -11,14 +13,22 @@ first frame at or after its end, or by :meth:`PresenceWindows.flush`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.config import ZoneConfig
+from agent.config import EventsConfig, ZoneConfig
+from agent.events import Event, EventBuilder
+from agent.privacy.redact import RedactedFrame
+from agent.publisher import Emitter
+from agent.tamper import TamperDetector, TamperFinding
 from agent.vision.detection import Detection, Detector
+
+logger = logging.getLogger(__name__)
 
 ALL_ZONE = "all"
 
@@ -108,3 +118,57 @@ class RecordingDetector:
         result = self._inner.detect(rgb)
         self.last = list(result)
         return result
+
+
+class FrameSink:
+    """Receives every RedactedFrame: presence windows, tamper checks, the latest frame."""
+
+    def __init__(self, events: EventsConfig, recorder: RecordingDetector, emitter: Emitter) -> None:
+        self._events = events
+        self._recorder = recorder
+        self._emitter = emitter
+        self._presence = PresenceWindows(events.presence_window_s, events.zones)
+        self._tamper = TamperDetector()
+        self._frames = 0
+        self._lock = threading.Lock()
+        self._latest: RedactedFrame | None = None
+
+    def __call__(self, frame: RedactedFrame) -> None:
+        with self._lock:
+            self._latest = frame
+        closed = self._presence.observe(frame.ts, self._recorder.last, frame.width, frame.height)
+        if closed is not None:
+            self._emitter.emit(presence_event(closed), frame.ts)
+        self._frames += 1
+        every = self._events.tamper_every
+        if every and self._frames % every == 0:
+            for finding in self._tamper.update(frame):
+                logger.warning("tamper: %s (score %.2f)", finding.kind.value, finding.score)
+                self._emitter.emit(tamper_event(finding), frame.ts)
+                if self._events.snapshot_on_tamper:
+                    self._emitter.emit(snapshot_event(frame, trigger="tamper"), frame.ts)
+
+    @property
+    def latest(self) -> RedactedFrame | None:
+        with self._lock:
+            return self._latest
+
+    def flush(self) -> None:
+        """Emit the current partial presence window (at stop or before a swap)."""
+        closed = self._presence.flush()
+        if closed is not None:
+            self._emitter.emit(presence_event(closed))
+
+
+def presence_event(closed: ClosedWindow) -> Callable[[EventBuilder], Event]:
+    return lambda b: b.presence(closed.start, closed.end, closed.counts)
+
+
+def tamper_event(finding: TamperFinding) -> Callable[[EventBuilder], Event]:
+    return lambda b: b.tamper(finding.kind, finding.score)
+
+
+def snapshot_event(
+    frame: RedactedFrame, *, trigger: str | None = None, command: str | None = None
+) -> Callable[[EventBuilder], Event]:
+    return lambda b: b.snapshot(frame, trigger=trigger, command=command)

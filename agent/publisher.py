@@ -1,4 +1,5 @@
-"""Moves sealed envelopes from the durable outbox to the MQTT transport, oldest first.
+"""Sealed envelopes into the durable outbox (:class:`Emitter`) and from it to the MQTT transport,
+oldest first (:class:`Publisher`).
 
 One thread (:meth:`Publisher.run`) publishes; the transport's callbacks (its dispatcher
 thread) acknowledge. The contract is the one sketched in :class:`agent.outbox.Outbox`:
@@ -22,14 +23,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+from agent.commands import Ack, seal_ack
 from agent.envelope.seal import SealedEnvelope
+from agent.errors import EventError, OutboxError
+from agent.events import Event, EventBuilder, seal_event
 from agent.outbox import Outbox
 from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState
+from agent.unitstate import UnitState
 
 logger = logging.getLogger(__name__)
 
@@ -168,3 +173,68 @@ class Publisher:
                 self._mids[mid] = (item.id, item.created, item.seq)
                 self.published += 1
         return len(items) == self._batch
+
+
+class Emitter:
+    """Builds, seals and enqueues; the one way an event leaves the daemon's threads."""
+
+    def __init__(
+        self,
+        unit: UnitState,
+        builder: EventBuilder,
+        outbox: Outbox,
+        wake: Callable[[], None],
+        stats: PipelineStats,
+    ) -> None:
+        self.unit = unit
+        self.builder = builder
+        self._outbox = outbox
+        self.wake = wake
+        """Called after every enqueue (the publisher's wake-up)."""
+        self._stats = stats
+        self._lock = threading.Lock()
+        self.by_type: Counter[str] = Counter()
+        self.enqueued: list[tuple[str, int]] = []
+        """(topic, seq) of every enqueued envelope, in order (tests and the demo summary)."""
+        self._captured: OrderedDict[int, float] = OrderedDict()
+
+    def seal(self, event: Event) -> SealedEnvelope:
+        return seal_event(event, sender=self.unit.identity, recipient=self.unit.backend)
+
+    def emit(self, make: Callable[[EventBuilder], Event], captured_at: float | None = None) -> None:
+        """Build an event with the current builder, seal it, enqueue it durably."""
+        with self._lock:
+            try:
+                event = make(self.builder)
+            except EventError as exc:
+                self._stats.drop(f"event_failed.{type(exc).__name__}")
+                logger.warning("event not built: %s", exc)
+                return
+            self._enqueue(self.seal(event), event.TYPE, captured_at)
+
+    def emit_ack(self, ack: Ack) -> None:
+        with self._lock:
+            header = self.builder.header()
+            envelope = seal_ack(ack, header, sender=self.unit.identity, recipient=self.unit.backend)
+            self._enqueue(envelope, "cmd_ack", None)
+
+    def _enqueue(self, envelope: SealedEnvelope, kind: str, captured_at: float | None) -> None:
+        try:
+            self._outbox.enqueue(envelope)
+        except OutboxError as exc:  # counted by the outbox (rejected.*) and in health
+            logger.error("%s event not stored: %s", kind, exc)
+            return
+        self.by_type[kind] += 1
+        self.enqueued.append((envelope.topic, envelope.seq))
+        if captured_at is not None:
+            self._captured[envelope.seq] = captured_at
+            while len(self._captured) > 4096:
+                self._captured.popitem(last=False)
+        self.wake()
+
+    def delivered(self, seq: int, acked_at: float) -> None:
+        """PUBACK of ``seq``: record capture -> PUBACK latency for frame-derived events."""
+        with self._lock:
+            captured = self._captured.pop(seq, None)
+        if captured is not None:
+            self._stats.time("capture_to_puback", max(0.0, acked_at - captured))

@@ -56,3 +56,64 @@ def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_mqtt_events_outbox_sections(tmp_path: Path) -> None:
+    cfg = load_config(
+        _write(
+            tmp_path,
+            '[mqtt]\nenabled = true\nstate_dir = "/tmp/unit"\nbroker = "mqtts://b.example:8884"\n'
+            "[events]\npresence_window_s = 10\ndp_epsilon = 0.5\n"
+            '[[events.zones]]\nname = "door"\nrect = [0.0, 0.0, 0.5, 1]\n'
+            '[outbox]\npath = "/tmp/o.db"\n',
+        )
+    )
+    assert cfg.mqtt.enabled and cfg.mqtt.state_dir == Path("/tmp/unit")
+    assert cfg.events.presence_window_s == 10.0 and cfg.events.dp_epsilon == 0.5
+    assert cfg.events.zones[0].name == "door" and cfg.events.zones[0].rect == (0.0, 0.0, 0.5, 1.0)
+    assert cfg.outbox_path == Path("/tmp/o.db")
+    assert AgentConfig().outbox_path == Path("/var/lib/camveil/outbox.db")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[mqtt]\nbroker = "mqtt://x:1883"\n', r"use mqtts://host:port"),
+        ("[mqtt]\nkeepalive_s = 1\n", r"keepalive_s must be between"),
+        ("[events]\ntamper_every = -1\n", r"tamper_every must be >= 0"),
+        ("[events]\ndp_epsilon = 0\n", r"dp_epsilon must be a positive"),
+        ('[[events.zones]]\nname = "a"\nrect = [0.5, 0, 0.2, 1]\n', r"rect = .* must be"),
+        ('[[events.zones]]\nname = "a"\nrect = [0, 0, 1]\n', r"expected 4 values"),
+        (
+            '[[events.zones]]\nname = "a"\nrect = [0,0,1,1]\n[[events.zones]]\nname = "a"\n'
+            "rect = [0,0,1,1]\n",
+            r"zone names must be unique",
+        ),
+        ("[outbox]\nmax_bytes = 10\n", r"max_bytes must be at least"),
+        ("[outbox]\nbogus = 1\n", r"\[outbox\] unknown key\(s\) bogus"),
+    ],
+)
+def test_new_section_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, text))
+
+
+def test_dump_toml_round_trips_the_example(tmp_path: Path) -> None:
+    import tomllib
+
+    from agent.config import dump_toml, merge_mapping, read_toml, write_config_atomic
+
+    data = read_toml(EXAMPLE)
+    data = merge_mapping(
+        data,
+        {
+            "events": {"zones": [{"name": "door", "rect": [0.0, 0.0, 0.5, 1.0]}]},
+            "camera": {"source": 'a "quoted"\\path'},
+        },
+    )
+    text = dump_toml(data)
+    assert tomllib.loads(text) == data
+    path = tmp_path / "out.toml"
+    write_config_atomic(path, text)
+    assert load_config(path).events.zones[0].name == "door"
+    assert merge_mapping({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
