@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "answer the provisioning station on the USB gadget port (unit side)",
     ),
     "factory-reset": ("agent.cli.factory_reset", "delete the unit's keys and identity (--yes)"),
+    "chaos": ("agent.cli.chaos", "count lost/duplicated events under broker restarts and kills"),
 }
 
 
