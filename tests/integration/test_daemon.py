@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from broker import Mosquitto, TestClient, TestPki
 from PIL import Image
@@ -33,10 +34,11 @@ DEVICE = "cv-it-0001"
 HOST = "127.0.0.1"
 
 
-def astronaut(size: tuple[int, int] = (640, 480)) -> np.ndarray:  # type: ignore[type-arg]
+def astronaut(size: tuple[int, int] = (640, 480)) -> npt.NDArray[np.uint8]:
     from skimage import data
 
-    return np.asarray(Image.fromarray(data.astronaut()).convert("RGB").resize(size))
+    photo = data.astronaut()  # type: ignore[no-untyped-call]
+    return np.asarray(Image.fromarray(photo).convert("RGB").resize(size))
 
 
 def config_text(photos: Path, unit_dir: Path, **events: Any) -> str:

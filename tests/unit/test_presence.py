@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from agent.config import ZoneConfig
@@ -58,7 +59,7 @@ def test_zone_config_is_checked() -> None:
 
 def test_recording_detector_keeps_the_last_result() -> None:
     class Two:
-        def detect(self, rgb: np.ndarray) -> list[Detection]:  # type: ignore[type-arg]
+        def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
             return [face(1, 1), face(2, 2)]
 
     rec = RecordingDetector(Two())
