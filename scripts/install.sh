@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Install camveil on a unit from this offline bundle (no network needed). Idempotent.
+#
+#   ./install.sh [--root DIR] [--no-systemd] [--python PY]
+#
+#   --root DIR     lay everything out under DIR (an image being built, or a test): the files are
+#                  written, nothing is created system-wide (no user, no chown, no systemctl);
+#                  systemd-sysusers and systemd-tmpfiles apply the snippets at the image's boot.
+#   --no-systemd   write the units but do not call systemctl (no daemon-reload, no enable).
+#   --python PY    the interpreter for the venv (default python3); must be the bundle's version.
+#
+# Steps: check MANIFEST.sha256 (refuse a damaged or altered bundle); the camveil system user
+# (systemd-sysusers with the bundled sysusers.d file); /opt/camveil, /etc/camveil (the config
+# template only when there is no camveil.toml yet: an existing config is never overwritten),
+# /var/lib/camveil; the venv /opt/camveil/venv from the bundled wheels only (pip --no-index;
+# --system-site-packages when the system python has picamera2, as on Raspberry Pi OS); the units
+# in /etc/systemd/system; systemctl enable. A step that has nothing to change changes nothing.
+set -euo pipefail
+
+BUNDLE=$(cd "$(dirname "$0")" && pwd)
+ROOT=""
+SYSTEMD=1
+PY=python3
+
+say() { echo "install: $*"; }
+die() {
+  echo "install: error: $*" >&2
+  exit 1
+}
+usage() {
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+while (($#)); do
+  case "$1" in
+    --root) ROOT=${2:?--root needs a directory} && shift ;;
+    --no-systemd) SYSTEMD=0 ;;
+    --python) PY=${2:?--python needs an interpreter} && shift ;;
+    -h | --help) usage 0 ;;
+    *) echo "install: unknown argument $1" >&2 && usage 2 ;;
+  esac
+  shift
+done
+if [ -n "$ROOT" ]; then
+  mkdir -p "$ROOT"
+  ROOT=$(cd "$ROOT" && pwd)
+  [ "$ROOT" != / ] || ROOT=""
+fi
+[ -n "$ROOT" ] || [ "$(id -u)" -eq 0 ] || die "run as root (sudo ./install.sh), or use --root DIR"
+
+# --- 1. the bundle is complete and unaltered: every file listed, nothing unlisted
+[ -f "$BUNDLE/MANIFEST.sha256" ] || die "$BUNDLE/MANIFEST.sha256 missing: not a camveil bundle"
+cd "$BUNDLE"
+if ! bad=$(sha256sum --strict --quiet -c MANIFEST.sha256 2>&1); then
+  die "bundle checksum mismatch, refusing to install (copy the bundle again and compare the
+tarball's sha256 with the one published beside it):
+$bad"
+fi
+unlisted=$(comm -13 <(cut -d' ' -f3- MANIFEST.sha256 | LC_ALL=C sort) \
+  <(find . -type f ! -name MANIFEST.sha256 -printf '%P\n' | LC_ALL=C sort))
+[ -z "$unlisted" ] || die "files not in MANIFEST.sha256, refusing to install: $unlisted"
+info() { sed -n "s/^$1=//p" BUNDLE_INFO; }
+VERSION=$(info version)
+ARCH=$(info arch)
+PYVER=$(info python)
+say "bundle camveil $VERSION for $ARCH, CPython $PYVER: checksums ok"
+
+OPT=$ROOT/opt/camveil
+ETC=$ROOT/etc/camveil
+STATE=$ROOT/var/lib/camveil
+UNITDIR=$ROOT/etc/systemd/system
+VENV=$OPT/venv
+UNITS=(camveil-gadget-serial.service camveil-provision.service camveil-agent.service
+  camveil-agent.path)
+CHANGED_VENV=0
+
+# copy a file only when its content or mode differs, so a second run touches nothing
+put() { # put MODE SRC DEST
+  local mode=$1 src=$2 dest=$3
+  if [ -f "$dest" ] && [ "$(stat -c %a "$dest")" = "${mode#0}" ] && cmp -s "$src" "$dest"; then
+    return 0
+  fi
+  mkdir -p "$(dirname "$dest")"
+  install -m "$mode" "$src" "$dest.camveil-new"
+  mv -f "$dest.camveil-new" "$dest"
+  say "wrote ${dest#"$ROOT"}"
+}
+
+# --- 2. the system user (from the bundled sysusers.d file) and the directories
+put 0644 systemd/sysusers.d/camveil.conf "$ROOT/etc/sysusers.d/camveil.conf"
+put 0644 systemd/tmpfiles.d/camveil.conf "$ROOT/etc/tmpfiles.d/camveil.conf"
+if [ -n "$ROOT" ]; then
+  say "--root: not creating the camveil user here; systemd-sysusers creates it at the image's boot"
+elif getent passwd camveil >/dev/null && id -nG camveil | grep -qw video &&
+  id -nG camveil | grep -qw dialout; then
+  :
+elif command -v systemd-sysusers >/dev/null; then
+  systemd-sysusers /etc/sysusers.d/camveil.conf
+  say "system user camveil created (systemd-sysusers)"
+else
+  getent passwd camveil >/dev/null ||
+    useradd --system --home-dir /var/lib/camveil --no-create-home --shell /usr/sbin/nologin \
+      --comment "camveil camera agent" camveil
+  for g in video dialout; do getent group "$g" >/dev/null && usermod -aG "$g" camveil; done
+  say "system user camveil created (useradd; no systemd-sysusers on this system)"
+fi
+
+# mode and owner of the state directory as the tmpfiles.d snippet says (the units agree)
+read -r _ _ STATE_MODE STATE_USER STATE_GROUP _ < <(grep -E '^d[[:space:]]+/var/lib/camveil[[:space:]]' \
+  systemd/tmpfiles.d/camveil.conf)
+[ -n "${STATE_MODE:-}" ] || die "systemd/tmpfiles.d/camveil.conf has no line for /var/lib/camveil"
+mkdir -p "$OPT" "$ETC" "$STATE" "$UNITDIR"
+chmod 0755 "$OPT" "$ETC"
+chmod "$STATE_MODE" "$STATE"
+if [ -z "$ROOT" ]; then
+  chown root:root "$OPT" "$ETC"
+  chown "$STATE_USER:$STATE_GROUP" "$STATE"
+fi
+
+# the config: the template only when there is none; an existing camveil.toml is the operator's
+put 0644 config/camveil.toml.example "$ETC/camveil.toml.example"
+if [ -e "$ETC/camveil.toml" ]; then
+  say "${ETC#"$ROOT"}/camveil.toml exists: kept as it is (the new template is camveil.toml.example)"
+else
+  put 0644 config/camveil.toml.example "$ETC/camveil.toml"
+  say "edit ${ETC#"$ROOT"}/camveil.toml for this site (broker, camera); provisioning adds the keys"
+fi
+
+# --- 3. the venv, from the bundled wheels only
+# venv_step sets WHY and returns 0 (done), 1 (error) or 2 (this python cannot run the bundle).
+# Every command checks its own status: errexit does not apply inside a function called with ||.
+WHY=""
+venv_step() {
+  local stamp want_ssp=false have_ssp pyver machine glibc need pipwhl
+  stamp=$(sha256sum MANIFEST.sha256 | cut -d' ' -f1)
+  command -v "$PY" >/dev/null || {
+    WHY="$PY not found: install Python $PYVER (apt install python3) or pass --python"
+    return 1
+  }
+  pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || {
+    WHY="$PY does not run"
+    return 1
+  }
+  machine=$("$PY" -c 'import platform; print(platform.machine())')
+  if [ "$machine" != "$ARCH" ] || [ "$pyver" != "$PYVER" ]; then
+    WHY="this bundle is for $ARCH with CPython $PYVER; $PY is CPython $pyver on $machine"
+    return 2
+  fi
+  need=$(info glibc)
+  glibc=$("$PY" -c 'import os; print(os.confstr("CS_GNU_LIBC_VERSION").split()[-1])' || echo 0)
+  if [ "$(printf '%s\n%s\n' "$need" "$glibc" | sort -V | head -n1)" != "$need" ]; then
+    WHY="the bundled wheels need glibc >= $need; this system has $glibc"
+    return 2
+  fi
+  # Raspberry Pi OS: picamera2/libcamera come from the system (apt), so the venv must see them
+  if "$PY" -c "import picamera2" >/dev/null 2>&1; then want_ssp=true; fi
+  if [ -x "$VENV/bin/python" ]; then
+    have_ssp=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg")
+    if [ "$have_ssp" != "$want_ssp" ] || [ "$("$VENV/bin/python" -c \
+      'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$PYVER" ]; then
+      say "the venv does not match (CPython $PYVER, system site packages $want_ssp): recreating it"
+      rm -rf "$VENV"
+    elif [ "$(cat "$VENV/.camveil-bundle" 2>/dev/null)" = "$stamp" ] &&
+      "$VENV/bin/camveil" --version >/dev/null 2>&1; then
+      say "venv ${VENV#"$ROOT"} already holds this bundle ($("$VENV/bin/camveil" --version))"
+      return 0
+    fi
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    # --without-pip: no ensurepip needed (Debian's python3-venv); pip comes from the bundle
+    local -a ssp=()
+    [ "$want_ssp" = false ] || ssp=(--system-site-packages)
+    "$PY" -m venv --without-pip "${ssp[@]}" "$VENV" || {
+      WHY="$PY -m venv $VENV failed"
+      return 1
+    }
+    say "created venv ${VENV#"$ROOT"} (system site packages: $want_ssp)"
+  fi
+  pipwhl=$(ls "$BUNDLE"/wheels/pip-*.whl | head -n1)
+  # the bundle only: no index, and neither this machine's pip config nor its PIP_* variables
+  local -a pipcmd=(env)
+  while IFS= read -r var; do pipcmd+=(-u "$var"); done < <(env | sed -n 's/^\(PIP_[A-Z_]*\)=.*/\1/p')
+  pipcmd+=(PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" "$pipwhl/pip"
+    --disable-pip-version-check --no-cache-dir)
+  "${pipcmd[@]}" install -q --no-index --find-links "$BUNDLE/wheels" \
+    -r "$BUNDLE/requirements.lock" || {
+    WHY="pip install from the bundled wheels failed (see above)"
+    return 1
+  }
+  # the same version number may be a rebuilt wheel: put exactly this bundle's camveil in place
+  "${pipcmd[@]}" install -q --no-index --no-deps --force-reinstall "$BUNDLE"/wheels/camveil-*.whl || {
+    WHY="pip install of the camveil wheel failed (see above)"
+    return 1
+  }
+  "$VENV/bin/camveil" --version >/dev/null || {
+    WHY="the installed camveil does not start: ${VENV#"$ROOT"}/bin/camveil --version"
+    return 1
+  }
+  echo "$stamp" >"$VENV/.camveil-bundle"
+  CHANGED_VENV=1
+  say "venv ${VENV#"$ROOT"}: $("$VENV/bin/camveil" --version) installed from the bundled wheels"
+}
+status=0
+venv_step || status=$?
+if [ "$status" -eq 2 ] && [ -n "$ROOT" ]; then
+  say "skipping the venv under --root: $WHY. Run install.sh on the unit itself to create it."
+elif [ "$status" -ne 0 ]; then
+  die "venv ${VENV#"$ROOT"} not installed: $WHY"
+fi
+
+# --- 4. units, the gadget script the gadget unit runs, and enabling them
+put 0755 systemd/camveil-gadget-serial.sh "$OPT/systemd/camveil-gadget-serial.sh"
+for unit in "${UNITS[@]}"; do
+  put 0644 "systemd/$unit" "$UNITDIR/$unit"
+done
+put 0644 BUNDLE_INFO "$OPT/BUNDLE_INFO"
+
+if [ -n "$ROOT" ] || [ "$SYSTEMD" -eq 0 ] || [ ! -d /run/systemd/system ]; then
+  say "not enabling units here; on the unit this would run:"
+  say "  systemd-sysusers; systemd-tmpfiles --create /etc/tmpfiles.d/camveil.conf"
+  say "  systemctl daemon-reload && systemctl enable ${UNITS[*]}"
+else
+  systemd-tmpfiles --create /etc/tmpfiles.d/camveil.conf
+  systemctl daemon-reload
+  systemctl enable --quiet "${UNITS[@]}"
+  say "enabled ${UNITS[*]}"
+  if [ "$CHANGED_VENV" -eq 1 ] && systemctl is-active --quiet camveil-agent.service; then
+    systemctl restart camveil-agent.service
+    say "restarted camveil-agent.service on the new version"
+  fi
+  if [ ! -e /var/lib/camveil/provisioned ]; then
+    say "unprovisioned: reboot (USB gadget, see INSTALL.md) or: systemctl start camveil-provision.service"
+  fi
+fi
+say "done"

@@ -1,0 +1,294 @@
+"""The offline installer: `scripts/bundle.sh` builds the bundle, its `install.sh` installs it.
+
+An x86_64 bundle is built once per session (pip download needs the package index; pip's cache is
+reused) and installed with ``install.sh --root`` into temporary trees, with the network cut off
+(``unshare --net``) so that only the bundled wheels can be used. A failing download fails the
+test with pip's reason; nothing here is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE_SH = REPO / "scripts" / "bundle.sh"
+VERSION = "0.1.0"
+UNITS = [
+    "camveil-agent.service",
+    "camveil-agent.path",
+    "camveil-provision.service",
+    "camveil-gadget-serial.service",
+]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    tarball: Path
+    tree: Path  # the extracted bundle: do not modify (copy it first)
+    arch: str
+
+
+def _run(
+    args: list[str], *, timeout: float = 600, offline: bool = False
+) -> subprocess.CompletedProcess[str]:
+    if offline:
+        args = ["unshare", "--net", *args]
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def _build(out: Path, arch: str, glibc: str | None = None) -> Bundle:
+    args = [str(BUNDLE_SH), "--arch", arch, "--out", str(out)]
+    if glibc:
+        args += ["--glibc", glibc]
+    result = _run(args)
+    if result.returncode != 0:
+        pytest.fail(
+            f"scripts/bundle.sh --arch {arch} failed (it needs the package index for pip "
+            f"download):\n{result.stdout}\n{result.stderr}"
+        )
+    tarball = out / f"camveil-{VERSION}-{arch}.tar.gz"
+    assert tarball.is_file(), result.stdout
+    with tarfile.open(tarball) as tar:
+        tar.extractall(out / "x", filter="data")
+    return Bundle(tarball, out / "x" / f"camveil-{VERSION}-{arch}", arch)
+
+
+def _host_glibc() -> str:
+    return (os.confstr("CS_GNU_LIBC_VERSION") or "glibc 2.17").split()[-1]
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    # wheels no newer than this machine's glibc, so that the bundle installs and runs here
+    return _build(tmp_path_factory.mktemp("bundle-x86_64"), "x86_64", _host_glibc())
+
+
+def _offline_ok() -> None:
+    probe = _run(["true"], offline=True)
+    if probe.returncode != 0:
+        pytest.fail(f"unshare --net does not work here (needs root): {probe.stderr}")
+
+
+def install(bundle_tree: Path, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    _offline_ok()
+    return _run([str(bundle_tree / "install.sh"), "--root", str(root), *extra], offline=True)
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """path -> (sha256 or kind, mode) for everything under root."""
+    out: dict[str, tuple[str, int]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            kind = "-> " + os.readlink(path)
+        elif path.is_file():
+            kind = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            kind = "dir"
+        out[str(path.relative_to(root))] = (kind, st.st_mode & 0o7777)
+    return out
+
+
+def tmpfiles_state_mode() -> int:
+    text = (REPO / "systemd/tmpfiles.d/camveil.conf").read_text()
+    match = re.search(r"^d\s+/var/lib/camveil\s+(\d+)\s", text, re.M)
+    assert match, text
+    return int(match.group(1), 8)
+
+
+# --- the bundle itself
+
+
+def test_bundle_holds_wheels_units_config_and_a_complete_manifest(bundle: Bundle) -> None:
+    tree = bundle.tree
+    wheels = sorted(p.name for p in (tree / "wheels").iterdir())
+    for name in ["camveil-", "numpy-", "ai_edge_litert-", "opencv_python_headless-", "pip-"]:
+        assert any(w.startswith(name) for w in wheels), (name, wheels)
+    assert not any(w.lower().startswith("picamera2") for w in wheels)
+    assert all(w.endswith("-none-any.whl") or "x86_64" in w for w in wheels), wheels
+    for unit in UNITS:
+        assert (tree / "systemd" / unit).read_bytes() == (REPO / "systemd" / unit).read_bytes()
+    for snippet in ["sysusers.d/camveil.conf", "tmpfiles.d/camveil.conf"]:
+        assert (tree / "systemd" / snippet).read_bytes() == (
+            REPO / "systemd" / snippet
+        ).read_bytes()
+    example = (REPO / "docs/camveil.toml.example").read_bytes()
+    assert (tree / "config/camveil.toml.example").read_bytes() == example
+    info = dict(line.split("=", 1) for line in (tree / "BUNDLE_INFO").read_text().splitlines())
+    assert (info["version"], info["arch"], info["python"]) == (VERSION, "x86_64", "3.11")
+
+    listed = {}
+    for line in (tree / "MANIFEST.sha256").read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        listed[name] = digest
+    files = {str(p.relative_to(tree)): p for p in tree.rglob("*") if p.is_file()}
+    assert set(listed) == set(files) - {"MANIFEST.sha256"}
+    for name, path in files.items():
+        if name != "MANIFEST.sha256":
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == listed[name], name
+    lock = (tree / "requirements.lock").read_text().split()
+    assert f"camveil=={VERSION}" in lock and len(lock) == len(wheels)
+    sidecar = bundle.tarball.with_name(bundle.tarball.name + ".sha256").read_text().split()[0]
+    assert sidecar == hashlib.sha256(bundle.tarball.read_bytes()).hexdigest()
+
+
+def test_models_ship_inside_the_camveil_wheel(bundle: Bundle) -> None:
+    import json
+
+    manifest = json.loads((REPO / "models/manifest.json").read_text())
+    (wheel,) = (bundle.tree / "wheels").glob("camveil-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert json.loads(zf.read("models/manifest.json")) == manifest
+        for model in manifest["models"].values():
+            data = zf.read(f"models/{model['file']}")
+            assert hashlib.sha256(data).hexdigest() == model["sha256"], model["file"]
+
+
+# --- install.sh
+
+
+@pytest.fixture(scope="session")
+def installed(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("root")
+    first = install(bundle.tree, root)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "checksums ok" in first.stdout
+    return root
+
+
+def test_install_lays_out_the_tree(installed: Path) -> None:
+    root = installed
+    for unit in UNITS:
+        assert (root / "etc/systemd/system" / unit).read_bytes() == (
+            REPO / "systemd" / unit
+        ).read_bytes()
+    assert (root / "etc/sysusers.d/camveil.conf").is_file()
+    assert (root / "etc/tmpfiles.d/camveil.conf").is_file()
+    assert (root / "etc/camveil/camveil.toml").read_bytes() == (
+        REPO / "docs/camveil.toml.example"
+    ).read_bytes()
+    state = root / "var/lib/camveil"
+    # the mode the tmpfiles.d snippet and the units' StateDirectoryMode= give it
+    assert state.stat().st_mode & 0o777 == tmpfiles_state_mode() == 0o700
+    assert (root / "etc/camveil").stat().st_mode & 0o777 == 0o755
+    gadget = root / "opt/camveil/systemd/camveil-gadget-serial.sh"
+    assert os.access(gadget, os.X_OK)
+
+
+def test_every_unit_exec_path_exists_in_the_installed_tree(installed: Path) -> None:
+    for unit in UNITS:
+        text = (installed / "etc/systemd/system" / unit).read_text()
+        for exe in re.findall(r"^Exec\w+=(\S+)", text, re.M):
+            assert exe.startswith("/opt/camveil/"), (unit, exe)
+            target = installed / exe.lstrip("/")
+            assert os.access(target, os.X_OK), f"{unit}: {exe} not installed"
+
+
+def test_installed_camveil_runs_offline(installed: Path, tmp_path: Path) -> None:
+    venv = installed / "opt/camveil/venv"
+    version = _run([str(venv / "bin/camveil"), "--version"], offline=True)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"camveil {VERSION}"
+    cfg = (venv / "pyvenv.cfg").read_text()
+    assert re.search(r"^include-system-site-packages = false$", cfg, re.M)  # no picamera2 here
+
+    # the bundled runtime and models redact a real face, still without network
+    from skimage import data
+
+    photo = data.astronaut()
+    Image.fromarray(photo).save(tmp_path / "astronaut.png")
+    out = tmp_path / "out"
+    redact = _run(
+        [
+            str(venv / "bin/camveil"),
+            "redact",
+            "--no-progress",
+            "--out",
+            str(out),
+            str(tmp_path / "astronaut.png"),
+        ],
+        offline=True,
+    )
+    assert redact.returncode == 0, redact.stderr
+    redacted = np.asarray(Image.open(out / "astronaut.png").convert("RGB"))
+    assert redacted.shape == photo.shape
+    assert (redacted != photo).any(axis=2).mean() > 0.005, "no face was overwritten"
+
+
+def test_second_install_changes_nothing_and_keeps_the_config(
+    bundle: Bundle, installed: Path
+) -> None:
+    config = installed / "etc/camveil/camveil.toml"
+    config.write_text(config.read_text() + "\n# site-specific edit\n")
+    before = snapshot(installed)
+    again = install(bundle.tree, installed)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "kept as it is" in again.stdout
+    assert "already holds this bundle" in again.stdout
+    assert "wrote" not in again.stdout
+    assert snapshot(installed) == before
+    assert config.read_text().endswith("# site-specific edit\n")
+
+
+def test_a_changed_bundle_file_is_refused(bundle: Bundle, tmp_path: Path) -> None:
+    tree = tmp_path / "bundle"
+    shutil.copytree(bundle.tree, tree)
+    unit = tree / "systemd/camveil-agent.service"
+    unit.write_text(unit.read_text().replace("NoNewPrivileges=yes", "NoNewPrivileges=no"))
+    root = tmp_path / "root"
+    result = install(tree, root)
+    assert result.returncode != 0
+    assert "checksum mismatch" in result.stderr
+    assert "systemd/camveil-agent.service" in result.stderr
+    assert not any(root.iterdir()), "install.sh wrote files from a damaged bundle"
+
+
+def test_an_added_wheel_is_refused(bundle: Bundle, tmp_path: Path) -> None:
+    tree = tmp_path / "bundle"
+    shutil.copytree(bundle.tree, tree)
+    (tree / "wheels/evil-1.0-py3-none-any.whl").write_bytes(b"PK")
+    root = tmp_path / "root"
+    result = install(tree, root)
+    assert result.returncode != 0
+    assert "not in MANIFEST.sha256" in result.stderr and "evil-1.0" in result.stderr
+    assert not any(root.iterdir())
+
+
+# --- the target bundle: aarch64 for Raspberry Pi OS bookworm (CPython 3.11, glibc 2.36)
+
+
+@pytest.mark.slow
+def test_aarch64_bundle_resolves_and_lays_out_without_a_venv(tmp_path: Path) -> None:
+    aarch64 = _build(tmp_path, "aarch64")
+    wheels = sorted(p.name for p in (aarch64.tree / "wheels").iterdir())
+    for name in ["ai_edge_litert-", "numpy-", "opencv_python_headless-"]:
+        (wheel,) = [w for w in wheels if w.startswith(name)]
+        assert wheel.endswith("aarch64.whl"), wheel
+        assert "-cp311-" in wheel or "-abi3-" in wheel, wheel
+    assert all(w.endswith("-none-any.whl") or "aarch64" in w for w in wheels), wheels
+
+    # on this x86_64 machine --root still lays out everything, and says why there is no venv
+    root = tmp_path / "root"
+    result = install(aarch64.tree, root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipping the venv under --root" in result.stdout
+    assert "for aarch64" in result.stdout
+    assert not (root / "opt/camveil/venv").exists()
+    for unit in UNITS:
+        assert (root / "etc/systemd/system" / unit).is_file()
+    assert (root / "etc/camveil/camveil.toml").is_file()
