@@ -108,8 +108,9 @@ def test_shared_subscription_splits_the_load(mosquitto: Mosquitto, mqtt_pki: Tes
 
 
 def test_bad_and_duplicate_messages_are_counted_not_fatal(
-    mosquitto: Mosquitto, mqtt_pki: TestPki, tmp_path: Path
+    fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, tmp_path: Path
 ) -> None:
+    mosquitto = fresh_mosquitto  # its own broker: no retained messages of other tests
     backend = Identity.generate("backend")
     unit = Unit(mqtt_pki.device(DEVICE), backend.public())
     stranger = Identity.generate(DEVICE)  # same id, other keys: a forgery
