@@ -5,7 +5,7 @@ Three parts, all real code:
 
 - the **unit** (:func:`run_unit`, a process of its own: ``python -m agent.chaos unit ...``) is
   the daemon's publishing path without the camera: :class:`~agent.events.EventBuilder` with the
-  persisted :class:`~agent.sequence.SequenceStore` -> :class:`agent.daemon.Emitter` (seal,
+  persisted :class:`~agent.sequence.SequenceStore` -> :class:`agent.publisher.Emitter` (seal,
   durable :class:`~agent.outbox.Outbox`) -> :class:`~agent.publisher.Publisher` ->
   :class:`~agent.transport.Transport`, with the daemon's "online" status on every connect and
   a freshly sealed "offline" last will. A synthetic source emits presence events at a fixed
@@ -84,7 +84,7 @@ def run_unit(
     """The unit side (see the module docstring). Returns 0 once everything is acknowledged."""
     from agent.events import LinkState, new_boot_id
     from agent.outbox import Outbox
-    from agent.publisher import Publisher
+    from agent.publisher import Emitter, Publisher
     from agent.sequence import SequenceStore
     from agent.stats import PipelineStats
     from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
@@ -101,7 +101,7 @@ def run_unit(
     ):
         publisher = Publisher(outbox, stats=stats)
         builder = EventBuilder(unit.device_id, new_boot_id(), seqs)
-        emitter = _emitter_class()(unit, builder, outbox, publisher.wake, stats)
+        emitter = Emitter(unit, builder, outbox, publisher.wake, stats)
 
         def emit(make: Callable[[EventBuilder], Any], kind: str) -> None:
             with log_lock:  # one writer: the lines added are this call's
@@ -164,17 +164,6 @@ def run_unit(
 def _presence(now: float) -> Callable[[EventBuilder], Event]:
     """A synthetic one-second presence window ending ``now``: one person, no face."""
     return lambda b: b.presence(now - 1.0, now, {ZONE: (1, 0)})
-
-
-def _emitter_class() -> Any:
-    """The daemon's Emitter (moving from agent.daemon to agent.publisher)."""
-    import importlib
-
-    for name in ("agent.publisher", "agent.daemon"):
-        cls = getattr(importlib.import_module(name), "Emitter", None)
-        if cls is not None:
-            return cls
-    raise ImportError("agent.publisher.Emitter")
 
 
 # --- the orchestrator ---------------------------------------------------------------------------
