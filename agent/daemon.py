@@ -183,6 +183,16 @@ class Daemon:
     def config(self) -> AgentConfig:
         return self._config
 
+    def last_frame_at(self) -> float | None:
+        """Monotonic time of the last redacted frame (for the systemd watchdog)."""
+        parts = self._parts
+        return None if parts is None else parts.pipeline.last_output_mono
+
+    def outbox_writable(self) -> bool:
+        """False before start and while enqueueing fails (for the systemd watchdog)."""
+        emitter = self.emitter
+        return emitter is not None and not emitter.store_failing
+
     def stop(self) -> None:
         """Ask :meth:`run` to finish (signal-handler safe: only sets flags)."""
         self._stop.set()

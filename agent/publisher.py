@@ -197,6 +197,8 @@ class Emitter:
         self.enqueued: list[tuple[str, int]] = []
         """(topic, seq) of every enqueued envelope, in order (tests and the demo summary)."""
         self._captured: OrderedDict[int, float] = OrderedDict()
+        self.store_failing = False
+        """The last enqueue failed (disk full, database error): the watchdog withholds pings."""
 
     def seal(self, event: Event) -> SealedEnvelope:
         return seal_event(event, sender=self.unit.identity, recipient=self.unit.backend)
@@ -222,8 +224,10 @@ class Emitter:
         try:
             self._outbox.enqueue(envelope)
         except OutboxError as exc:  # counted by the outbox (rejected.*) and in health
+            self.store_failing = True
             logger.error("%s event not stored: %s", kind, exc)
             return
+        self.store_failing = False
         self.by_type[kind] += 1
         self.enqueued.append((envelope.topic, envelope.seq))
         if captured_at is not None:

@@ -16,9 +16,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -30,6 +32,7 @@ from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import VideoSink, write_png
 from agent.vision.factory import build_detector
 from agent.vision.guard import GuardedDetector
+from agent.watchdog import DEFAULT_INTERVAL, Notifier, Watchdog, watchdog_interval
 from hw.camera import open_camera
 from hw.camera.config import CameraConfig
 
@@ -133,13 +136,14 @@ def run(args: argparse.Namespace) -> int:
         start = time.monotonic()
         bar = tqdm(desc="frames", unit="f", file=sys.stderr, total=args.frames or None)
         last = 0
+        limit = args.frames or None
         try:
-            limit = args.frames or None
-            while not pipeline.stopped and (limit is None or pipeline.stats.frames_in < limit):
-                if not pipeline.run_once():
-                    break
-                bar.update(pipeline.stats.frames_in - last)
-                last = pipeline.stats.frames_in
+            with _watchdog(lambda: pipeline.last_output_mono, lambda: True):
+                while not pipeline.stopped and (limit is None or pipeline.stats.frames_in < limit):
+                    if not pipeline.run_once():
+                        break
+                    bar.update(pipeline.stats.frames_in - last)
+                    last = pipeline.stats.frames_in
         finally:
             bar.close()
             sink.close()
@@ -172,6 +176,16 @@ def run_daemon(config: AgentConfig, config_path: Path, max_frames: int | None) -
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logger.info("camveil daemon: device %s", unit.device_id)
-    summary = daemon.run()
+    with _watchdog(daemon.last_frame_at, daemon.outbox_writable):
+        summary = daemon.run()
     print(json.dumps({"summary": {"device": unit.device_id, **summary.as_dict()}}), flush=True)
     return 0
+
+
+def _watchdog(last_frame_at: Callable[[], float | None], writable: Callable[[], bool]) -> Watchdog:
+    """systemd READY/WATCHDOG pings (agent.watchdog) while frames flow; inert outside systemd."""
+    interval = watchdog_interval(os.environ, os.getpid()) or DEFAULT_INTERVAL
+    notifier = Notifier.from_environ(os.environ)
+    return Watchdog(
+        notifier, last_frame_at=last_frame_at, outbox_writable=writable, interval=interval
+    )

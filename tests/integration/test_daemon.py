@@ -406,3 +406,36 @@ def test_agent_killed_loses_nothing_it_stored(harness: Harness) -> None:
     assert summary.outbox_depth == 0
     seqs = [r.seq for r in harness.received]
     assert len(seqs) == len(set(seqs))
+
+
+def test_systemd_ready_and_watchdog_only_while_frames_flow(harness: Harness) -> None:
+    """`camveil run` as systemd runs it (Type=notify, WatchdogSec): READY=1 after the first
+    redacted frame, WATCHDOG=1 while frames flow, STOPPING=1 at the end."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    path = harness.tmp / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(0.2)
+        env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+        cmd = [sys.executable, "-m", "agent", "run", "--config", str(harness.config_path)]
+        agent = subprocess.Popen(
+            [*cmd, "--frames", "16"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        messages: list[str] = []
+        while agent.poll() is None or messages[-1:] != ["STOPPING=1"]:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                if agent.poll() is not None:
+                    break
+        agent.wait(30)
+    assert agent.returncode == 0
+    first_ok = next(i for i, m in enumerate(messages) if "READY=1" in m)
+    assert "WATCHDOG=1" in messages[first_ok]
+    assert all("READY=1" not in m for m in messages[first_ok + 1 :])
+    assert any("WATCHDOG=1" in m for m in messages[first_ok + 1 :])
+    assert messages[-1] == "STOPPING=1"
