@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import math
 import os
 import re
@@ -29,6 +30,7 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -180,6 +182,7 @@ def _toml_value(value: Any) -> str:
 
 def write_config_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text``: temporary file, fsync, rename, fsync of the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with tmp.open("w", encoding="utf-8") as fh:
@@ -360,6 +363,47 @@ def load_config(path: Path) -> AgentConfig:
         return config_from_mapping(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+REMOTE_CONFIG_FILE = "remote.toml"
+
+
+def remote_config_path(config: AgentConfig) -> Path:
+    """Where changes made by ``set_config`` commands are kept: ``remote.toml`` in the state dir.
+
+    ``/etc/camveil/camveil.toml`` stays the administrator's file: it is root-owned and read-only
+    for the agent (``ProtectSystem=strict``, only ``/var/lib/camveil`` writable), so remote
+    changes live beside the unit's other state and are merged on top of it at every start.
+    """
+    return config.mqtt.state_dir / REMOTE_CONFIG_FILE
+
+
+def load_with_remote(path: Path) -> tuple[AgentConfig, dict[str, Any], dict[str, Any]]:
+    """The config file with the remote overlay merged on top (when ``[mqtt]`` is enabled).
+
+    Returns the validated config, the file's mapping and the overlay's mapping. An overlay that
+    no longer validates (e.g. after a software update) is moved aside to ``remote.toml.rejected``
+    and logged, so the unit still starts (and stays reachable) with the file's own settings.
+    """
+    base = read_toml(path)
+    try:
+        config = config_from_mapping(base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    overlay_path = remote_config_path(config)
+    if not config.mqtt.enabled or not overlay_path.exists():
+        return config, base, {}
+    overlay = read_toml(overlay_path)
+    try:
+        merged = config_from_mapping(merge_mapping(base, overlay))
+        if (merged.mqtt, merged.outbox) != (config.mqtt, config.outbox):
+            raise ConfigError("it may not change [mqtt] or [outbox]")
+    except ConfigError as exc:
+        aside = overlay_path.with_name(overlay_path.name + ".rejected")
+        overlay_path.replace(aside)
+        logger.error("remote config %s ignored (moved to %s): %s", overlay_path, aside, exc)
+        return config, base, {}
+    return merged, base, overlay
 
 
 def config_from_mapping(data: dict[str, Any]) -> AgentConfig:

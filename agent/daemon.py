@@ -46,8 +46,9 @@ from agent.config import (
     AgentConfig,
     config_from_mapping,
     dump_toml,
+    load_with_remote,
     merge_mapping,
-    read_toml,
+    remote_config_path,
     write_config_atomic,
 )
 from agent.envelope.seal import SealedEnvelope
@@ -267,16 +268,18 @@ class Daemon:
                 f"(allowed: {', '.join(REMOTE_SECTIONS)})"
             )
         path = self._config_path
-        base = read_toml(path) if path is not None and path.exists() else {}
-        merged = merge_mapping(base, _plain(patch))
+        if path is None:
+            raise CommandRejectedError("the agent runs without a config file")
+        _, base, overlay = load_with_remote(path)
+        overlay = merge_mapping(overlay, _plain(patch))
         try:
-            new_config = config_from_mapping(merged)
+            new_config = config_from_mapping(merge_mapping(base, overlay))
         except ConfigError as exc:
             raise CommandRejectedError(str(exc)) from None
         if (new_config.mqtt, new_config.outbox) != (self._config.mqtt, self._config.outbox):
             raise CommandRejectedError("the change would alter [mqtt] or [outbox]")
-        self._replace_parts(new_config, persist=merged)
-        return "ok" if path is not None else "ok: applied, not persisted (no config file)"
+        self._replace_parts(new_config, persist=overlay)
+        return "ok"
 
     def _replace_parts(self, config: AgentConfig, persist: dict[str, Any] | None) -> None:
         """Build first, swap, persist; put the old parts back if persisting fails."""
@@ -290,8 +293,8 @@ class Daemon:
             raise CommandRejectedError(f"new configuration does not start: {exc}") from None
         old = self._swap(new)
         try:
-            if persist is not None and self._config_path is not None:
-                write_config_atomic(self._config_path, dump_toml(persist))
+            if persist is not None:
+                write_config_atomic(remote_config_path(config), dump_toml(persist))
         except ConfigError as exc:
             self._swap(old)
             new.close()

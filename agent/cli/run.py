@@ -26,7 +26,13 @@ from types import FrameType
 
 from tqdm import tqdm
 
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, OutputConfig, load_config
+from agent.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    OutputConfig,
+    load_config,
+    load_with_remote,
+)
 from agent.pipeline import Pipeline
 from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import VideoSink, write_png
@@ -115,7 +121,13 @@ def run(args: argparse.Namespace) -> int:
             config, detector=dataclasses.replace(config.detector, model=args.model)
         )
     if config.mqtt.enabled and not args.demo:
-        return run_daemon(config, args.config or DEFAULT_CONFIG_PATH, args.frames or None)
+        path = args.config or DEFAULT_CONFIG_PATH
+        config = load_with_remote(path)[0]  # with the changes made by set_config commands
+        if args.model:
+            config = dataclasses.replace(
+                config, detector=dataclasses.replace(config.detector, model=args.model)
+            )
+        return run_daemon(config, path, args.frames or None)
     detector = build_detector(config.detector)
     config.output.dir.mkdir(parents=True, exist_ok=True)
     with (

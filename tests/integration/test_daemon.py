@@ -22,7 +22,7 @@ from PIL import Image
 
 from agent.cli.dev_pki import write_unit_state
 from agent.commands import seal_command
-from agent.config import load_config
+from agent.config import load_with_remote
 from agent.daemon import Daemon, DaemonSummary
 from agent.envelope.keys import Identity, PeerKeys
 from agent.envelope.seal import SealedEnvelope
@@ -113,7 +113,7 @@ class Harness:
     # --- the agent -------------------------------------------------------------------------
 
     def start_agent(self) -> Daemon:
-        config = load_config(self.config_path)
+        config = load_with_remote(self.config_path)[0]
         daemon = Daemon(config, UnitState.load(self.unit_dir), config_path=self.config_path)
         self.daemon = daemon
         self.thread = threading.Thread(target=self._run, args=(daemon,), name="daemon")
@@ -325,9 +325,15 @@ def test_set_config_bad_value_is_rejected_and_good_one_applied(harness: Harness)
     harness.publish(good)
     assert harness.ack_for(good)["status"] == "accepted"
     assert daemon.config.events.presence_window_s == 2.0
-    assert load_config(harness.config_path).events.presence_window_s == 2.0
     mark = len(harness.received)
     harness.wait_for(_is("presence"), after=mark)  # the swapped pipeline runs
+    harness.stop_agent()
+    # the administrator's file is untouched; the change is kept in the state directory and
+    # applies again after a restart
+    assert harness.config_path.read_text() == before
+    assert (harness.unit_dir / "remote.toml").exists()
+    assert load_with_remote(harness.config_path)[0].events.presence_window_s == 2.0
+    assert harness.start_agent().config.events.presence_window_s == 2.0
     harness.stop_agent()
 
 

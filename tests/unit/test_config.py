@@ -117,3 +117,23 @@ def test_dump_toml_round_trips_the_example(tmp_path: Path) -> None:
     write_config_atomic(path, text)
     assert load_config(path).events.zones[0].name == "door"
     assert merge_mapping({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+def test_remote_overlay_is_merged_and_a_bad_one_set_aside(tmp_path: Path) -> None:
+    from agent.config import load_with_remote
+
+    state = tmp_path / "state"
+    state.mkdir()
+    path = _write(tmp_path, f'[mqtt]\nenabled = true\nstate_dir = "{state}"\n')
+    (state / "remote.toml").write_text("[events]\npresence_window_s = 5.0\n")
+    config, base, overlay = load_with_remote(path)
+    assert config.events.presence_window_s == 5.0
+    assert base["mqtt"]["enabled"] is True and overlay == {"events": {"presence_window_s": 5.0}}
+
+    (state / "remote.toml").write_text("[events]\npresence_window_s = -1.0\n")
+    config, _, overlay = load_with_remote(path)
+    assert config.events.presence_window_s == 60.0 and overlay == {}
+    assert (state / "remote.toml.rejected").exists() and not (state / "remote.toml").exists()
+
+    (state / "remote.toml").write_text('[mqtt]\nbroker = "mqtts://elsewhere:1"\n')
+    assert load_with_remote(path)[0].mqtt.broker == ""  # [mqtt] cannot be changed remotely
