@@ -11,10 +11,11 @@ envelope's own keys::
 ``set_config`` takes ``args = {"config": {<section>: {<key>: value}}}`` (only the sections in
 :data:`REMOTE_SECTIONS`): validated with the typed config loader over the whole configuration,
 applied by building the new pipeline first, and kept in ``remote.toml`` in the state directory,
-which is merged over ``/etc/camveil/camveil.toml`` at every start (:func:`agent.config.
-load_with_remote`; the ``/etc`` file is root-owned and read-only for the agent). Every command, also one that does not open,
-is answered on ``camveil/v1/<device>/cmd/ack`` with a sealed message of the device (encrypted
-to the backend like every event)::
+which is merged over ``/etc/camveil/camveil.toml`` at every start
+(:func:`agent.config.load_with_remote`; the ``/etc`` file is root-owned and read-only for the
+agent). Every command, also one that does not open, is answered on
+``camveil/v1/<device>/cmd/ack`` with a sealed message of the device (encrypted to the backend
+like every event)::
 
     {"v": 1, "device", "boot", "seq", "ts", "type": "cmd_ack", "body": {
        "id": tstr / null,           ; the command id (null when the command did not open)
