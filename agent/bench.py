@@ -18,12 +18,12 @@ includes decoding); ``synthetic`` uses :mod:`hw.camera`'s synthetic camera (flat
 JPEG is faster on it than on real content). ``auto`` is ``photo`` when scikit-image is installed,
 else ``synthetic``.
 
-Envelope suite: :func:`agent.envelope.bench.bench_envelope` when that module is installed.
+Envelope suite: :mod:`agent.bench_envelope` (seal/open per second, outbox throughput with
+durability on, capture -> PUBACK latency against a local mosquitto).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import resource
@@ -32,12 +32,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from agent.errors import CamveilError, ConfigError, InputFileError
+from agent.bench_frames import frame_reader, resolve_source
+from agent.errors import CamveilError, ConfigError
 from agent.pipeline import Pipeline, PrivacyConfig
 from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import encode_jpeg
@@ -45,15 +43,12 @@ from agent.stats import PipelineStats
 from agent.vision.detection import Detector
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.guard import GuardedDetector
-from hw.frame import Frame, Pixels
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("capture", "detect", "track", "redact", "encode")
 DEFAULT_SIZES = ((640, 480), (1280, 720), (1920, 1080))
 DEFAULT_THREADS = (1, 2)
-PAN_STEP = 7
-"""Pixels the tiled photo moves per frame (so consecutive frames differ, as in a live scene)."""
 
 
 @dataclass(frozen=True)
@@ -156,115 +151,6 @@ def parse_threads(text: str) -> list[int]:
 
 def cases(sizes: Sequence[tuple[int, int]], threads: Sequence[int]) -> list[BenchCase]:
     return [BenchCase(w, h, t) for (w, h) in sizes for t in threads]
-
-
-# --- frames -----------------------------------------------------------------------------------
-
-
-def resolve_source(source: str) -> str:
-    """``auto`` -> ``photo`` if scikit-image is installed, else ``synthetic``."""
-    if source != "auto":
-        return source
-    try:
-        importlib.import_module("skimage.data")
-    except ImportError:
-        return "synthetic"
-    return "photo"
-
-
-def load_photo(source: str) -> Pixels:
-    """The RGB image a ``photo`` or path source tiles."""
-    if source == "photo":
-        try:
-            skdata: Any = importlib.import_module("skimage.data")
-        except ImportError as exc:
-            raise ConfigError(
-                "bench --source photo needs scikit-image (pip install scikit-image); "
-                "or use --source synthetic or --source PATH_TO_IMAGE"
-            ) from exc
-        return np.ascontiguousarray(skdata.astronaut(), dtype=np.uint8)
-    from agent.batch import load_image
-
-    try:
-        return load_image(Path(source))
-    except InputFileError as exc:
-        raise ConfigError(f"bench --source {source}: {exc}") from exc
-
-
-class TiledPhoto:
-    """A frame source: ``photo`` repeated over the frame, panning ``PAN_STEP`` px per frame."""
-
-    def __init__(self, photo: Pixels, width: int, height: int, name: str = "photo") -> None:
-        ph, pw = photo.shape[:2]
-        reps_y = -(-(height + ph) // ph)
-        reps_x = -(-(width + pw) // pw)
-        self._canvas = np.tile(photo, (reps_y, reps_x, 1))
-        self._period = (ph, pw)
-        self._size = (width, height)
-        self._index = 0
-        self._name = name
-
-    def read(self) -> Frame:
-        i = self._index
-        self._index += 1
-        width, height = self._size
-        ph, pw = self._period
-        dx, dy = (i * PAN_STEP) % pw, (i * PAN_STEP // 2) % ph
-        pixels = self._canvas[dy : dy + height, dx : dx + width].copy()
-        now = time.monotonic()
-        return Frame(pixels, index=i, ts=time.time(), mono=now, source=self._name)
-
-
-def is_replay(source: str) -> bool:
-    """A path that the replay camera plays: a folder, or a file that is not a still image."""
-    if source in ("auto", "photo", "synthetic"):
-        return False
-    from agent.batch import guess_kind
-
-    path = Path(source)
-    return path.is_dir() or (path.is_file() and guess_kind(path) != "image")
-
-
-def check_source(source: str) -> None:
-    """Raise ConfigError (before any case runs) if ``source`` cannot give frames."""
-    resolved = resolve_source(source)
-    if resolved == "synthetic":
-        return
-    if resolved != "photo" and not Path(resolved).exists():
-        raise ConfigError(
-            f"bench --source {resolved}: no such file or folder; use auto, photo, synthetic, "
-            "or the path of an image, a video or an image folder"
-        )
-    if not is_replay(resolved):
-        load_photo(resolved)
-
-
-def frame_reader(
-    source: str, width: int, height: int
-) -> tuple[Callable[[], Frame], Callable[[], None]]:
-    """``(read, close)`` for the resolved ``source`` at the given size."""
-    if source == "synthetic" or is_replay(source):
-        from hw.camera import CameraConfig, open_camera
-
-        if source == "synthetic":
-            config = CameraConfig(
-                kind="synthetic", width=width, height=height, realtime=False, reconnect=False
-            )
-        else:
-            config = CameraConfig(
-                kind="replay",
-                source=source,
-                width=width,
-                height=height,
-                loop=True,
-                realtime=False,
-                reconnect=False,
-            )
-        camera = open_camera(config)
-        camera.start()
-        return camera.read, camera.close
-    tiled = TiledPhoto(load_photo(source), width, height, name=source)
-    return tiled.read, lambda: None
 
 
 # --- one case -----------------------------------------------------------------------------------
@@ -419,23 +305,6 @@ def run_cases(
     return results
 
 
-# --- envelope ---------------------------------------------------------------------------------
-
-
-def bench_envelope(seconds: float) -> dict[str, Any]:
-    """``agent.envelope.bench.bench_envelope(seconds)``, or ``{"available": False, ...}``."""
-    try:
-        module = importlib.import_module("agent.envelope.bench")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("agent.envelope.bench", "agent.envelope"):
-            raise
-        return {"available": False, "reason": "agent.envelope.bench is not installed"}
-    result = module.bench_envelope(seconds)
-    out: dict[str, Any] = {"available": True}
-    out.update(result if isinstance(result, dict) else {"result": result})
-    return out
-
-
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -460,15 +329,11 @@ def format_table(pipeline: Sequence[CaseResult], envelope: dict[str, Any] | None
         for row in rows:
             lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     if envelope is not None:
+        from agent.bench_envelope import format_envelope
+
         if lines:
             lines.append("")
-        if not envelope.get("available"):
-            lines.append(f"envelope: unavailable ({envelope.get('reason', 'unknown')})")
-        else:
-            lines.append("envelope:")
-            for key, value in envelope.items():
-                if key != "available":
-                    lines.append(f"  {key}: {json.dumps(value)}")
+        lines.extend(format_envelope(envelope))
     return "\n".join(lines)
 
 

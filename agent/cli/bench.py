@@ -1,5 +1,5 @@
 """`camveil bench [--json] [--suite pipeline|envelope|all] [--seconds S] [--sizes ...]
-[--threads ...]`."""
+[--threads ...] [--latency-events N] [--latency-rate R]`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from agent.bench import (
     BenchCase,
     BenchSettings,
     CaseResult,
-    bench_envelope,
     cases,
-    check_source,
     format_table,
     machine,
     parse_sizes,
@@ -26,7 +24,10 @@ from agent.bench import (
     run_case,
     run_cases,
 )
+from agent.bench_envelope import bench_envelope
+from agent.bench_frames import check_source
 from agent.cli.common import add_detector_arguments, detector_config, redaction_config
+from agent.errors import ConfigError
 from agent.pipeline import PrivacyConfig
 from models import MODELS_DIR, verified_path
 
@@ -36,6 +37,11 @@ every redacted frame) for each size and thread count, each in a fresh process so
 is that configuration's own. --source: 'auto' (a real photo tiled over the frame if scikit-image is
 installed, else synthetic frames), 'photo', 'synthetic', the path of an image to tile, or of a video
 or image folder to replay (looping, resized to each size).
+
+The envelope suite measures seal and open per second, outbox enqueue + ack throughput with
+durability on (one fsync per enqueued event), and event latency capture -> PUBACK at
+--latency-rate events/s against a local mosquitto it starts with throw-away keys (needs the
+mosquitto package; reported as unavailable without it).
 """
 
 
@@ -60,6 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto, photo, synthetic, an image to tile, or a video / image folder to replay",
     )
     parser.add_argument("--warmup", type=int, default=3, help="frames before measuring (default 3)")
+    parser.add_argument(
+        "--latency-events",
+        type=int,
+        default=100,
+        help="events for the capture -> PUBACK latency (default 100; 0 skips the broker)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=10.0,
+        help="events per second for the latency measurement (default 10)",
+    )
     # internal: measure one WxH:threads case in this process and print it as one JSON line
     parser.add_argument("--_one", dest="one", help=argparse.SUPPRESS)
     add_detector_arguments(parser)
@@ -113,7 +131,11 @@ def run(args: argparse.Namespace) -> int:
     envelope: dict[str, Any] | None = None
     if args.suite in ("envelope", "all"):
         print("bench: envelope ...", file=sys.stderr)
-        envelope = bench_envelope(args.seconds)
+        if args.latency_events < 0 or not 0 < args.latency_rate <= 1000:
+            raise ConfigError("bench: --latency-events >= 0 and --latency-rate in (0, 1000]")
+        envelope = bench_envelope(
+            args.seconds, latency_events=args.latency_events, latency_rate=args.latency_rate
+        )
         report["envelope"] = envelope
     if args.json:
         print(json.dumps(report, indent=2))

@@ -16,13 +16,13 @@ from agent.bench import (
     STAGES,
     BenchCase,
     BenchSettings,
-    bench_envelope,
-    check_source,
     format_table,
     parse_sizes,
     parse_threads,
     run_case,
 )
+from agent.bench_envelope import bench_envelope, bench_outbox
+from agent.bench_frames import check_source
 from agent.errors import ConfigError
 from agent.vision.detection import Box, Detection
 from agent.vision.factory import DETECTOR_MODELS, DetectorConfig
@@ -62,7 +62,8 @@ def test_cli_runs_each_case_in_a_fresh_process(
     model: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status = main(["bench", "--json", "--suite", "all", "--seconds", "0.3", "--sizes", "320x240",
-                   "--threads", "1,2", "--warmup", "1", "--model", model])  # fmt: skip
+                   "--threads", "1,2", "--warmup", "1", "--model", model,
+                   "--latency-events", "5", "--latency-rate", "50"])  # fmt: skip
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     cases = report["pipeline"]
@@ -71,7 +72,9 @@ def test_cli_runs_each_case_in_a_fresh_process(
         _assert_sane(case)
         assert case["subprocess"] is True
         assert 0 < case["base_rss_mb"] <= case["peak_rss_mb"]
-    assert "available" in report["envelope"]
+    envelope = report["envelope"]
+    assert envelope["available"] and envelope["seal_per_s"] > 0
+    assert envelope["latency"]["n"] == 5
 
 
 def test_table_output(model: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,10 +101,30 @@ def test_synthetic_frames_with_an_injected_detector() -> None:
     assert "128x96" in format_table([result], None)
 
 
-def test_envelope_suite_reports_availability() -> None:
-    report = bench_envelope(0.1)
-    assert isinstance(report["available"], bool)
+def test_envelope_suite_against_a_local_mosquitto(capsys: pytest.CaptureFixture[str]) -> None:
+    report = bench_envelope(0.2, latency_events=20, latency_rate=40.0)
+    assert report["available"] is True
+    assert report["seal_per_s"] > 0 and report["open_per_s"] > 0
+    assert report["envelope_bytes"] > report["plaintext_bytes"] > 0
+    box = report["outbox"]
+    assert box["enqueue_per_s"] > 0 and box["drain_per_s"] > 0 and box["left"] == 0
+    assert box["enqueue_ack_per_s"] <= box["enqueue_per_s"]
+    lat = report["latency"]
+    assert lat["available"] is True and lat["n"] == 20 and lat["rate_per_s"] == 40.0
+    assert 0 < lat["p50_ms"] <= lat["p99_ms"]
+    assert 0 < lat["enqueue_to_puback_p50_ms"] <= lat["p50_ms"]
+    table = format_table([], report)
+    assert "capture->PUBACK" in table and "enqueue+ack" in table and "seal" in table
     assert "unavailable" in format_table([], {"available": False, "reason": "x"})
+    # the CLI: envelope suite only, human-readable
+    argv = ["bench", "--suite", "envelope", "--seconds", "0.1", "--latency-events", "3"]
+    assert main(argv) == 0
+    assert "capture->PUBACK at 10 events/s" in capsys.readouterr().out
+
+
+def test_outbox_throughput_is_durable_and_drains() -> None:
+    box = bench_outbox(0.1, pool=8)
+    assert box["n"] >= 1 and box["left"] == 0 and box["synchronous"].startswith("FULL")
 
 
 @pytest.mark.parametrize("text", ["", "640", "640x", "axb", "641x480", "8x8"])
