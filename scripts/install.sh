@@ -132,7 +132,7 @@ fi
 # Every command checks its own status: errexit does not apply inside a function called with ||.
 WHY=""
 venv_step() {
-  local stamp want_ssp=false have_ssp pyver machine glibc need pipwhl
+  local stamp want_ssp=false have_ssp pyver pyreal machine glibc need pipwhl
   stamp=$(sha256sum MANIFEST.sha256 | cut -d' ' -f1)
   command -v "$PY" >/dev/null || {
     WHY="$PY not found: install Python $PYVER (apt install python3) or pass --python"
@@ -147,6 +147,17 @@ venv_step() {
     WHY="this bundle is for $ARCH with CPython $PYVER; $PY is CPython $pyver on $machine"
     return 2
   fi
+  # the venv links to this interpreter; the units run with ProtectHome=yes as user camveil
+  pyreal=$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+  case "$pyreal" in
+    /root/* | /home/* | /run/user/*)
+      if [ -z "$ROOT" ]; then
+        WHY="$PY is $pyreal, which the service (ProtectHome=yes, user camveil) cannot run: use the system's python (--python /usr/bin/python3)"
+        return 1
+      fi
+      say "warning: $PY is $pyreal; the service (ProtectHome=yes) could not run a venv made from it"
+      ;;
+  esac
   need=$(info glibc)
   glibc=$("$PY" -c 'import os; print(os.confstr("CS_GNU_LIBC_VERSION").split()[-1])' || echo 0)
   if [ "$(printf '%s\n%s\n' "$need" "$glibc" | sort -V | head -n1)" != "$need" ]; then

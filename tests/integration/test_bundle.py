@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -292,3 +293,84 @@ def test_aarch64_bundle_resolves_and_lays_out_without_a_venv(tmp_path: Path) -> 
     for unit in UNITS:
         assert (root / "etc/systemd/system" / unit).is_file()
     assert (root / "etc/camveil/camveil.toml").is_file()
+
+
+# --- a real install (not --root) in a private mount namespace: this machine is left untouched
+
+# /etc is a copy, /opt and /var/lib are empty directories; the network is cut off
+SYSTEM_INSTALL = """
+set -eu
+mount --bind "$T/etc" /etc
+mount --bind "$T/opt" /opt
+mount --bind "$T/varlib" /var/lib
+"$B/install.sh" --no-systemd --python "$PY" >"$T/first.log" 2>&1
+[ "$ONCE" = 1 ] && exit 0
+"$B/install.sh" --no-systemd --python "$PY" >"$T/second.log" 2>&1
+getent passwd camveil >"$T/passwd"
+id -nG camveil >"$T/groups"
+stat -c '%a %U:%G %n' /var/lib/camveil /etc/camveil /opt/camveil/venv/bin/camveil >"$T/stat"
+runuser -u camveil -- /opt/camveil/venv/bin/camveil --version >"$T/version"
+"""
+
+
+def system_install(
+    bundle: Bundle, tmp: Path, python: str, *, once: bool = False
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    _offline_ok()
+    for d in ["opt", "varlib"]:
+        (tmp / d).mkdir()
+    copy = _run(["cp", "-a", "/etc", str(tmp / "etc")])
+    assert copy.returncode == 0, copy.stderr
+    script = tmp / "install-in-namespace.sh"
+    script.write_text(SYSTEM_INSTALL)
+    env = dict(os.environ, T=str(tmp), B=str(bundle.tree), PY=python, ONCE=str(int(once)))
+    result = subprocess.run(
+        ["unshare", "--mount", "--net", "--propagation", "private", "bash", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    logs = "".join((tmp / f).read_text() for f in ["first.log", "second.log"] if (tmp / f).exists())
+    return result, logs
+
+
+def test_system_install_creates_the_user_and_the_service_user_can_run_camveil(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    # the unit's interpreter: Debian / Raspberry Pi OS bookworm's /usr/bin/python3 is 3.11
+    system_python = "/usr/bin/python3"
+    probe = _run([system_python, "-c", "import sys; print(sys.version_info[:2])"])
+    if probe.stdout.strip() != "(3, 11)":
+        pytest.skip(f"no system CPython 3.11 at {system_python} (bookworm has one)")
+    result, logs = system_install(bundle, tmp_path, system_python)
+    assert result.returncode == 0, result.stderr + logs
+
+    passwd = (tmp_path / "passwd").read_text().strip()
+    assert passwd.endswith(":camveil camera agent:/var/lib/camveil:/usr/sbin/nologin"), passwd
+    assert {"video", "dialout"} <= set((tmp_path / "groups").read_text().split())
+    assert (tmp_path / "stat").read_text().splitlines() == [
+        "700 camveil:camveil /var/lib/camveil",
+        "755 root:root /etc/camveil",
+        "755 root:root /opt/camveil/venv/bin/camveil",
+    ]
+    assert (tmp_path / "version").read_text().strip() == f"camveil {VERSION}"
+    second = (tmp_path / "second.log").read_text()
+    assert "wrote" not in second and "created" not in second, second
+    assert "already holds this bundle" in second
+    assert "camveil:" in (tmp_path / "etc/passwd").read_text()  # in the copy of /etc only
+
+
+def test_system_install_refuses_an_interpreter_the_service_cannot_reach(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    """ProtectHome=yes hides /root and /home from the service: a venv made from a python there
+    (pyenv, a user's own build) would never start, so install.sh stops before making it."""
+    real = os.path.realpath(sys.executable)
+    if not real.startswith(("/root/", "/home/")):
+        pytest.skip(f"this test's python ({real}) is not under /root or /home")
+    result, log = system_install(bundle, tmp_path, sys.executable, once=True)
+    assert result.returncode != 0, log
+    assert "ProtectHome=yes" in log and "--python /usr/bin/python3" in log
+    assert not (tmp_path / "opt/camveil/venv").exists()
