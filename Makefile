@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 run: setup
 	$(BIN)/camveil run $(ARGS)
 
-## the main job on an embedded default: replay camera -> redaction -> outputs under out/demo
+## the main job on an embedded default: local mosquitto (TLS, client certs, ACL), the agent on a
+## replay camera, and `camveil listen` showing the sealed events arrive
 demo: setup
-	$(BIN)/camveil run --demo $(if $(wildcard $(DEMO_SOURCE)),--demo-source $(DEMO_SOURCE)) $(ARGS)
+	VENV=$(VENV) scripts/demo.sh $(if $(wildcard $(DEMO_SOURCE)),$(DEMO_SOURCE)) $(ARGS)
 
 test: setup
 	$(BIN)/pytest $(ARGS)
