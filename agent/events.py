@@ -95,7 +95,7 @@ class CountPrivacy:
     changes a count by at most 1), then is rounded and clamped at 0. Smaller epsilon = more
     noise = more deniability; ``None`` = exact counts. ``suppress_below``: a count (after noise,
     so suppression does not depend on the exact value) below this is sent as null; 0 = never.
-    See docs/_protocol_events.md, "Presence counts and differential privacy".
+    See docs/PROTOCOL.md, "Presence counts and differential privacy".
     """
 
     epsilon: float | None = None

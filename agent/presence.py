@@ -7,7 +7,7 @@ rectangle (fractions of the frame), where a detection counts if its box centre i
 are ``face`` detections; people are ``person`` detections, or the faces when there are more of
 those (a face-only detector still counts people). Over a window the highest count of any one
 frame is kept: that is what one person changes by at most 1 (see the differential-privacy note in
-docs/_protocol_events.md). Windows follow the frames' capture time; a window is closed by the
+docs/PROTOCOL.md, "Events"). Windows follow the frames' capture time; a window is closed by the
 first frame at or after its end, or by :meth:`PresenceWindows.flush`.
 """
 

@@ -51,7 +51,7 @@ class Sender(Protocol):
 
 
 def is_retained(topic: str) -> bool:
-    """Status messages are retained (docs/_protocol_mqtt.md); everything else is not."""
+    """Status messages are retained (docs/PROTOCOL.md, "MQTT"); everything else is not."""
     return topic.endswith("/status")
 
 

@@ -67,7 +67,7 @@ _TMP_PREFIX: Final = ".tmp-"
 
 @dataclass(frozen=True)
 class Bundle:
-    """What the station gives a unit (docs/_protocol_provisioning.md, "Bundle")."""
+    """What the station gives a unit (docs/PROTOCOL.md, "Provisioning", "Bundle")."""
 
     device: str
     cert_pem: bytes

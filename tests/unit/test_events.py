@@ -160,7 +160,7 @@ def test_header_fields() -> None:
 
 
 def test_the_documented_example_is_exact() -> None:
-    """docs/_protocol_events.md (PROTOCOL.md, "Events"): the tamper example, byte for byte."""
+    """docs/PROTOCOL.md, "Events": the tamper example, byte for byte."""
     b = EventBuilder(
         "cv-0001", "9f2c4e1a7b3d5c60", CountingSequence(start=42), clock=lambda: 1764000000.123
     )
