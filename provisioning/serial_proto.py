@@ -7,7 +7,7 @@ One frame on the byte stream::
 The leading 0x00 is optional for a receiver (empty frames are skipped); senders emit it so that a
 receiver holding half a frame of line noise resynchronises before our frame, not after it.
 A message is a CBOR map ``{"t": tstr, "id": uint, "b": map}``: type, request id, body. A reply
-carries the id of its request. See docs/PROTOCOL.md, "Provisioning over USB serial", for the message types.
+carries the id of its request. Message types: docs/PROTOCOL.md, "Provisioning over USB serial".
 
 :class:`FrameReader` never raises on its input: every rejected frame is counted in
 :class:`ReaderStats` by cause (bad COBS, bad CRC, oversize, undecodable CBOR, not a message).
