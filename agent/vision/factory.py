@@ -24,7 +24,7 @@ class DetectorConfig:
     threads: int = 1
     """CPU threads for the TFLite interpreter (XNNPACK)."""
     tile: int = 0
-    """Run the detector on overlapping tiles of this many source pixels too (0: whole frame only)."""
+    """Also run the detector on overlapping tiles of this many source pixels (0: whole frame)."""
     tile_overlap: float = 0.25
     """Overlap between neighbouring tiles, as a share of the tile size."""
     timeout: float = 2.0
@@ -37,7 +37,8 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.model not in DETECTOR_MODELS:
             raise ConfigError(
-                f"[detector] model = {self.model!r} is unknown; use one of {', '.join(DETECTOR_MODELS)}"
+                f"[detector] model = {self.model!r} is unknown; "
+                f"use one of {', '.join(DETECTOR_MODELS)}"
             )
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"[detector] threshold = {self.threshold} must be between 0 and 1")
