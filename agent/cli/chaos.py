@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--agent-kills", type=int, default=3, help="SIGKILLs of the unit process (restarted)"
     )
     parser.add_argument(
+        "--broker-kills",
+        type=int,
+        default=0,
+        help="SIGKILLs of our own broker (a crash; mosquitto may lose what it acknowledged "
+        "since its last autosave, so losses are expected)",
+    )
+    parser.add_argument(
         "--rate", type=float, default=100.0, help="events per second while the unit runs"
     )
     parser.add_argument("--seed", type=int, help="seed of the random kill/restart points")
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         events=args.events,
         broker_restarts=args.broker_restarts,
         agent_kills=args.agent_kills,
+        broker_kills=args.broker_kills,
         rate=args.rate,
         seed=args.seed,
         settle_s=args.settle,
@@ -79,8 +87,9 @@ def format_report(r: ChaosReport) -> str:
         f"lost        {r.lost}" + (f"  e.g. seqs {r.lost_seqs[:10]}" if r.lost else ""),
         f"duplicated  {r.duplicated}  (raw duplicates dropped by the listener: {r.raw_duplicates})",
         f"wills       {r.wills_received} delivered of {r.wills_sealed} sealed",
-        f"chaos       {r.broker_restarts} broker restarts, {r.agent_kills} unit kills "
-        f"(seed {r.seed})",
+        f"chaos       {r.broker_restarts} broker restarts, {r.agent_kills} unit kills"
+        + (f", {r.broker_kills} broker kills" if r.broker_kills else "")
+        + f" (seed {r.seed})",
         f"time        {t.get('total_s')} s total: setup {t.get('setup_s')} s, events flowing "
         f"{t.get('flow_s')} s, drain {t.get('drain_s')} s, settle {t.get('settle_s')} s; "
         f"slowest broker restart {t.get('broker_restart_max_s')} s",

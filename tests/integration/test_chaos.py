@@ -47,6 +47,9 @@ def test_against_an_existing_broker_and_pki(tmp_path: Path) -> None:
         external = External(dev.broker_url, dev.root)
         with pytest.raises(ConfigError, match="restart-cmd"):
             run_chaos(ChaosPlan(events=10, broker_restarts=1, agent_kills=0), external=external)
+        with pytest.raises(ConfigError, match="broker-kills"):
+            plan = ChaosPlan(events=10, broker_restarts=0, agent_kills=0, broker_kills=1)
+            run_chaos(plan, external=external)
         report = run_chaos(
             ChaosPlan(events=200, broker_restarts=0, agent_kills=1, rate=200, seed=3),
             work_dir=tmp_path / "work",
