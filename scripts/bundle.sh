@@ -160,8 +160,8 @@ commit=$COMMIT
 EOF
 
 # 5. MANIFEST.sha256 over every file, then a tarball with stable order, owners and times
-(cd "$B" && find . -type f ! -name MANIFEST.sha256 -printf '%P\n' | LC_ALL=C sort |
-  xargs -d '\n' sha256sum >MANIFEST.sha256)
+(cd "$B" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum) >"$WORK/manifest"
+mv "$WORK/manifest" "$B/MANIFEST.sha256"
 mkdir -p "$DIST"
 OUT=$DIST/$NAME.tar.gz
 EPOCH=$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)
@@ -169,5 +169,6 @@ tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" -C "$WORK"
   gzip -n >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 (cd "$DIST" && sha256sum "$NAME.tar.gz" >"$NAME.tar.gz.sha256")
-echo "bundle: $OUT ($(du -h "$OUT" | cut -f1), $(ls "$B"/wheels | wc -l) wheels)"
+wheels=("$B"/wheels/*.whl)
+echo "bundle: $OUT ($(du -h "$OUT" | cut -f1), ${#wheels[@]} wheels)"
 echo "bundle: sha256 $(cut -d' ' -f1 "$OUT.sha256") (compare on the unit before installing)"

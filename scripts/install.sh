@@ -188,7 +188,12 @@ venv_step() {
     }
     say "created venv ${VENV#"$ROOT"} (system site packages: $want_ssp)"
   fi
-  pipwhl=$(ls "$BUNDLE"/wheels/pip-*.whl | head -n1)
+  local -a pipwhls=("$BUNDLE"/wheels/pip-*.whl)
+  pipwhl=${pipwhls[0]}
+  [ -f "$pipwhl" ] || {
+    WHY="no pip wheel in the bundle"
+    return 1
+  }
   # the bundle only: no index, and neither this machine's pip config nor its PIP_* variables
   local -a pipcmd=(env)
   while IFS= read -r var; do pipcmd+=(-u "$var"); done < <(env | sed -n 's/^\(PIP_[A-Z_]*\)=.*/\1/p')

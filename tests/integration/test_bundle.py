@@ -128,6 +128,7 @@ def test_bundle_holds_wheels_units_config_and_a_complete_manifest(bundle: Bundle
         assert (tree / "systemd" / snippet).read_bytes() == (
             REPO / "systemd" / snippet
         ).read_bytes()
+    assert (tree / "INSTALL.md").read_bytes() == (REPO / "docs/INSTALL.md").read_bytes()
     example = (REPO / "docs/camveil.toml.example").read_bytes()
     assert (tree / "config/camveil.toml.example").read_bytes() == example
     info = dict(line.split("=", 1) for line in (tree / "BUNDLE_INFO").read_text().splitlines())
