@@ -48,6 +48,8 @@ if [ -n "$ROOT" ]; then
   [ "$ROOT" != / ] || ROOT=""
 fi
 [ -n "$ROOT" ] || [ "$(id -u)" -eq 0 ] || die "run as root (sudo ./install.sh), or use --root DIR"
+# the venv and pip see only the interpreter's own paths (a PYTHONPATH would make pip skip wheels)
+unset PYTHONPATH PYTHONHOME PYTHONUSERBASE PYTHONSTARTUP
 
 # --- 1. the bundle is complete and unaltered: every file listed, nothing unlisted
 [ -f "$BUNDLE/MANIFEST.sha256" ] || die "$BUNDLE/MANIFEST.sha256 missing: not a camveil bundle"

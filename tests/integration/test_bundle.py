@@ -247,6 +247,66 @@ def test_second_install_changes_nothing_and_keeps_the_config(
     assert config.read_text().endswith("# site-specific edit\n")
 
 
+def _reseal(tree: Path) -> None:
+    """Rewrite MANIFEST.sha256 as bundle.sh does: a new, consistent bundle."""
+    names = sorted(
+        str(p.relative_to(tree))
+        for p in tree.rglob("*")
+        if p.is_file() and p.name != "MANIFEST.sha256"
+    )
+    lines = [f"{hashlib.sha256((tree / n).read_bytes()).hexdigest()}  {n}" for n in names]
+    (tree / "MANIFEST.sha256").write_text("\n".join(lines) + "\n")
+
+
+def test_a_new_bundle_upgrades_in_place_and_keeps_the_config(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(bundle.tree, tmp_path / "old")
+    first = install(tmp_path / "old", root)
+    assert first.returncode == 0, first.stdout + first.stderr
+    config = root / "etc/camveil/camveil.toml"
+    config.write_text("# the operator's config\n")
+
+    new = tmp_path / "new"
+    shutil.copytree(bundle.tree, new)
+    template = new / "config/camveil.toml.example"
+    template.write_text(template.read_text() + "# a key added in the new release\n")
+    _reseal(new)
+    result = install(new, root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "installed from the bundled wheels" in result.stdout  # camveil reinstalled
+    assert config.read_text() == "# the operator's config\n"
+    assert (root / "etc/camveil/camveil.toml.example").read_bytes() == template.read_bytes()
+    stamp = (root / "opt/camveil/venv/.camveil-bundle").read_text().strip()
+    assert stamp == hashlib.sha256((new / "MANIFEST.sha256").read_bytes()).hexdigest()
+    version = _run([str(root / "opt/camveil/venv/bin/camveil"), "--version"], offline=True)
+    assert version.stdout.strip() == f"camveil {VERSION}", version.stderr
+
+
+def test_system_picamera2_gives_a_venv_with_system_site_packages(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    """On Raspberry Pi OS `python3 -c "import picamera2"` works (apt's python3-picamera2): the
+    venv must see the system's packages. Faked here by an interpreter that answers that probe."""
+    real = os.path.realpath(sys.executable)
+    fake = tmp_path / "python3"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -c ] && [ "$2" = "import picamera2" ]; then exit 0; fi\n'
+        f'exec "{real}" "$@"\n'
+    )
+    fake.chmod(0o755)
+    root = tmp_path / "root"
+    result = install(bundle.tree, root, "--python", str(fake))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "system site packages: true" in result.stdout
+    cfg = (root / "opt/camveil/venv/pyvenv.cfg").read_text()
+    assert re.search(r"^include-system-site-packages = true$", cfg, re.M)
+    version = _run([str(root / "opt/camveil/venv/bin/camveil"), "--version"], offline=True)
+    assert version.stdout.strip() == f"camveil {VERSION}", version.stderr
+
+
 def test_a_changed_bundle_file_is_refused(bundle: Bundle, tmp_path: Path) -> None:
     tree = tmp_path / "bundle"
     shutil.copytree(bundle.tree, tree)
