@@ -224,6 +224,10 @@ class ChaosReport:
     broker_kills: int = 0
     agent_kills: int = 0
     lost_seqs: list[int] = field(default_factory=list)
+    broker_drop_notices: int | None = None
+    """Our mosquitto's "Outgoing messages are being dropped" log lines: it dropped messages
+    for a subscriber whose queue was full (``max_queued_messages``), after PUBACKing them to
+    the unit. None when the broker is not ours."""
     timings: dict[str, float | None] = field(default_factory=dict)
     seed: int = 0
 
@@ -451,6 +455,8 @@ def run_chaos(
         report.bad = dict(opener.stats.bad)
         report.wills_sealed = len(wills)
         report.wills_received = len(got & wills)
+        if broker is not None:
+            report.broker_drop_notices = broker.log().count("Outgoing messages are being dropped")
         report.timings = {
             "setup_s": round(t_ready - t_start, 2),
             "flow_s": round(t_emitted - (first_event or t_emitted), 2),

@@ -96,5 +96,10 @@ def format_report(r: ChaosReport) -> str:
     ]
     if r.bad:
         lines.append(f"bad         {r.bad}")
+    if r.broker_drop_notices:
+        lines.append(
+            f"broker      mosquitto logged {r.broker_drop_notices} times that it dropped messages "
+            "for a full subscriber queue (max_queued_messages)"
+        )
     lines.append("OK" if r.ok else "FAILED")
     return "\n".join(lines)
