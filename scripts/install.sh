@@ -16,6 +16,8 @@
 # --system-site-packages when the system python has picamera2, as on Raspberry Pi OS); the units
 # in /etc/systemd/system; systemctl enable. A step that has nothing to change changes nothing.
 set -euo pipefail
+# the service user reads the venv, units and config: never inherit a umask like 077
+umask 022
 
 BUNDLE=$(cd "$(dirname "$0")" && pwd)
 ROOT=""
@@ -235,9 +237,10 @@ done
 put 0644 BUNDLE_INFO "$OPT/BUNDLE_INFO"
 
 if [ -n "$ROOT" ] || [ "$SYSTEMD" -eq 0 ] || [ ! -d /run/systemd/system ]; then
-  say "not enabling units here; on the unit this would run:"
-  say "  systemd-sysusers; systemd-tmpfiles --create /etc/tmpfiles.d/camveil.conf"
+  say "not enabling units here (--root, --no-systemd or no running systemd); this would run:"
+  [ -z "$ROOT" ] || say "  systemd-sysusers; systemd-tmpfiles --create /etc/tmpfiles.d/camveil.conf"
   say "  systemctl daemon-reload && systemctl enable ${UNITS[*]}"
+  [ -z "$ROOT" ] || say "  (for an image, offline: systemctl --root=$ROOT enable ${UNITS[*]})"
 else
   systemd-tmpfiles --create /etc/tmpfiles.d/camveil.conf
   systemctl daemon-reload

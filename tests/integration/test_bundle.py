@@ -364,6 +364,7 @@ set -eu
 mount --bind "$T/etc" /etc
 mount --bind "$T/opt" /opt
 mount --bind "$T/varlib" /var/lib
+umask 077  # a root with a strict umask must still give the service a readable venv
 "$B/install.sh" --no-systemd --python "$PY" >"$T/first.log" 2>&1
 [ "$ONCE" = 1 ] && exit 0
 "$B/install.sh" --no-systemd --python "$PY" >"$T/second.log" 2>&1
