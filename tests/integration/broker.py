@@ -11,11 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 import queue
-import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,31 +21,21 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.errors import CamveilError
 from provisioning import broker as broker_config
-from provisioning import pki
+from provisioning import devbroker, pki
+from provisioning.devbroker import HOST, INSTALL_HINT, free_port
 
-HOST = "127.0.0.1"
-INSTALL_HINT = (
-    "mosquitto is not installed: run `make setup` (it installs the Debian packages mosquitto and "
-    "mosquitto-clients) or `apt-get install mosquitto mosquitto-clients`"
-)
+__all__ = ["HOST", "INSTALL_HINT", "free_port"]
 
 
 def mosquitto_binary() -> str:
     """Path of the mosquitto executable; AssertionError with the install hint when missing (the
     integration tests fail, never skip, without a broker)."""
-    for candidate in ("/usr/sbin/mosquitto", shutil.which("mosquitto")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise AssertionError(INSTALL_HINT)
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    try:
+        return devbroker.mosquitto_binary()
+    except CamveilError:
+        raise AssertionError(INSTALL_HINT) from None
 
 
 @dataclass(frozen=True)
@@ -123,7 +109,8 @@ class BrokerStartError(AssertionError):
 
 
 class Mosquitto:
-    """One mosquitto process on a fixed port with its state directory.
+    """One mosquitto process on a fixed port with its state directory
+    (:class:`provisioning.devbroker.BrokerProcess` with the config rendered from ``test_pki``).
 
     ``start()`` / ``stop()`` (SIGTERM, waits, saves persistence) / ``kill()`` (SIGKILL) /
     ``restart()`` may be called any number of times; port, certificates and persistence
@@ -148,8 +135,7 @@ class Mosquitto:
         self.persistence = persistence
         self.log_path = state_dir / "mosquitto.log"
         self.files: broker_config.BrokerFiles | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        self._process: devbroker.BrokerProcess | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -172,89 +158,59 @@ class Mosquitto:
         )
         return self.files
 
-    def start(self, timeout: float = 10.0) -> None:
-        if self.running:
-            raise AssertionError("mosquitto is already running")
-        binary = mosquitto_binary()
-        files = self.files or self.configure()
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [binary, "-c", str(files.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+    @property
+    def process(self) -> devbroker.BrokerProcess:
+        if self._process is None:
+            files = self.files or self.configure()
+            client = self.pki.backend(self.backends[0])
+            assert client.cert is not None and client.key is not None
+            self._process = devbroker.BrokerProcess(
+                files.config,
+                port=self.port,
+                probe=devbroker.ProbeClient(client.ca, client.cert, client.key),
+                log_path=self.log_path,
                 cwd=self.state_dir,
             )
-        self.starts += 1
-        self._wait_ready(timeout)
+        return self._process
 
-    def _wait_ready(self, timeout: float) -> None:
-        """Until a TLS handshake with a backend certificate succeeds."""
-        client = self.pki.backend(self.backends[0])
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False  # some tests give the broker a certificate for elsewhere
-        context.load_verify_locations(client.ca)
-        context.load_cert_chain(client.cert, client.key)
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                self._proc = None
-                raise BrokerStartError(f"mosquitto exited at start:\n{self.log_tail()}")
-            try:
-                with (
-                    socket.create_connection((HOST, self.port), timeout=1.0) as raw,
-                    context.wrap_socket(raw, server_hostname=HOST),
-                ):
-                    return
-            except OSError as exc:
-                last = exc
-                time.sleep(0.02)
-        self.kill()
-        raise BrokerStartError(f"mosquitto not ready after {timeout}s ({last}):\n{self.log_tail()}")
+    def start(self, timeout: float = 10.0) -> None:
+        mosquitto_binary()
+        try:
+            self.process.start(timeout)
+        except devbroker.BrokerStartError as exc:
+            raise BrokerStartError(str(exc)) from None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: a clean shutdown that writes the persistence file."""
-        self._signal(signal.SIGTERM, timeout)
+        if self._process is not None:
+            self._process.stop(timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash; nothing is saved since the last autosave."""
-        self._signal(signal.SIGKILL, 10.0)
+        if self._process is not None:
+            self._process.kill()
 
     def restart(self, timeout: float = 10.0) -> None:
         self.stop()
         self.start(timeout)
 
-    def _signal(self, sig: signal.Signals, timeout: float) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-            raise AssertionError(f"mosquitto ignored {sig.name} for {timeout}s") from None
+    @property
+    def starts(self) -> int:
+        return 0 if self._process is None else self._process.starts
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._process is not None and self._process.running
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return None if self._process is None else self._process.pid
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return self.process.log_tail(lines)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.process.log()
 
     def wait_for_log(self, text: str, *, after: int = 0, timeout: float = 5.0) -> None:
         """Until ``text`` occurs more than ``after`` times in the log (mosquitto writes it
