@@ -112,8 +112,10 @@ class BrokerSettings:
     autosave_interval: int = 60
     #: drop sessions of clients away for longer than this (mosquitto duration: 1h, 7d, 2w)
     persistent_client_expiration: str = "7d"
-    #: QoS 1 messages queued per offline persistent client (commands to an offline unit)
-    max_queued_messages: int = 1000
+    #: QoS 1 messages queued per offline persistent client. A backend's session queues every
+    #: unit's events while it reconnects; past this mosquitto drops messages it has already
+    #: PUBACKed to the unit (lost for good), so it is sized for minutes of a fleet's events.
+    max_queued_messages: int = 100000
     #: user mosquitto drops root privileges to; None keeps mosquitto's default ("mosquitto")
     user: str | None = None
     #: "stderr", "stdout", "syslog" or "file <path>"
