@@ -27,6 +27,7 @@ Raise or log, never both.
     │   └── SnapshotTooLargeError   no JPEG of the frame fits under the size cap
     ├── SequenceError               the persisted seq high-water mark cannot be read or written
     ├── SerialPortError             a serial port cannot be opened or failed while in use
+    ├── BrokerStartError            a local mosquitto (demo, chaos, tests) did not start or stop
     ├── ProvisioningError           USB-serial provisioning failed (says what to fix)
     │   ├── LinkTimeoutError        no valid reply after every retry
     │   ├── RefusedError            the peer answered with an ``error`` message (``.code``)
@@ -196,3 +197,7 @@ class RefusedError(ProvisioningError):
 
 class ProtocolViolationError(ProvisioningError):
     """A valid frame whose content breaks the protocol (missing field, wrong type, bad proof)."""
+
+
+class BrokerStartError(CamveilError):
+    """mosquitto did not come up (or did not stop); the message holds the end of its log."""

@@ -22,17 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from agent.errors import CamveilError, ConfigError
+from agent.errors import BrokerStartError, ConfigError
 
 HOST: Final = "127.0.0.1"
 INSTALL_HINT: Final = (
     "mosquitto is not installed: run `make setup` (it installs the Debian packages mosquitto and "
     "mosquitto-clients) or `apt-get install mosquitto mosquitto-clients`"
 )
-
-
-class BrokerStartError(CamveilError):
-    """mosquitto did not come up (or did not stop); the message holds the end of its log."""
 
 
 def mosquitto_binary() -> str:
