@@ -20,11 +20,18 @@ Steps
    - the four head convolutions become one 1x1 conv with 5 output channels
      ``[heat logit, log scale h, log scale w, offset y, offset x]`` (landmarks dropped, sigmoid
      dropped: the decoder thresholds the logit).
+   Before that, cross-layer equalisation (:func:`equalize`) rescales the channels of each
+   conv-ReLU-conv pair so their activation ranges match (exact in float; it halves the int8
+   model's disagreement with the float one, since per-tensor int8 activations otherwise crush
+   MobileNetV2's low-range channels).
 3. Convert to a float TFLite with TensorFlow's converter, then quantize with ai-edge-quantizer:
    static int8 (int8 weights per channel, int8 activations) for everything except the final
    head conv, which keeps float activations with int8 weights, so the output is float32.
    Calibration uses real photos from PyPI packages only (scikit-image wheel ``skimage/data``
-   and the face_recognition 1.3.0 sdist test images), at several scales.
+   and the face_recognition 1.3.0 sdist test images), at long sides 320 to 1600 px (large
+   faces need the large ranges: calibrated to 960 px only, int8 boxes of 230 px faces came out
+   20% small). The input range is pinned to 0..255 (int8 = pixel - 128), and :func:`tidy`
+   makes DEPTH_TO_SPACE int8 and drops the output QUANTIZE.
 4. Check the int8 model against the float ONNX on the calibration photos and write the
    manifest entry.
 """
@@ -238,6 +245,83 @@ def onnx_to_tf(onnx_bytes: bytes) -> Any:
     return tf.function(lambda x: {"head": build(x)}, input_signature=[spec], autograph=False)
 
 
+def equalize(onnx_bytes: bytes, samples: list[np.ndarray], power: float = 0.5) -> bytes:
+    """Cross-layer equalisation of activation ranges (exact in float; helps per-tensor int8).
+
+    For every ``Conv A -> Relu -> Conv B`` (A's ReLU output read only by B; B dense or
+    depthwise), output channel i of A is scaled by ``1 / s_i`` and B's weights for input channel
+    i by ``s_i`` (ReLU commutes with positive scaling, zero padding stays zero), so B's output is
+    unchanged. ``s_i = (max_i / max)^power`` with ``max_i`` the channel's largest activation on
+    ``samples``: channels far below the tensor's range are lifted, so the one per-tensor int8
+    scale of A's output wastes fewer levels on them (MobileNetV2's depthwise layers are the usual
+    victims). Dead channels (max_i == 0) are left alone.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    producer = {o: n for n in graph.node for o in n.output}
+    pairs = []
+    for relu in graph.node:
+        if relu.op_type != "Relu":
+            continue
+        a = producer.get(relu.input[0])
+        users = consumers.get(relu.output[0], [])
+        if a is None or a.op_type != "Conv" or len(consumers.get(a.output[0], [])) != 1:
+            continue
+        if len(users) != 1 or users[0].op_type != "Conv":
+            continue
+        pairs.append((a, relu, users[0]))
+    # per-channel activation maxima of those ReLU outputs (float ONNX, onnxruntime)
+    probe = onnx.load_from_string(onnx_bytes)
+    keep = [i for i in probe.graph.input if i.name not in inits]
+    del probe.graph.input[:]
+    probe.graph.input.extend(keep)
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    probe = update_inputs_outputs_dims(
+        probe,
+        {"input.1": ["B", 3, "H", "W"]},
+        {o: ["B", c, "h", "w"] for o, c in (("537", 1), ("538", 2), ("539", 2), ("540", 10))},
+    )
+    for _, relu, _ in pairs:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(relu.output[0]))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts)
+    names = [r.output[0] for _, r, _ in pairs]
+    maxima = {n: None for n in names}
+    for x in samples:
+        outs = sess.run(names, {"input.1": x.transpose(0, 3, 1, 2)})
+        for n, v in zip(names, outs, strict=True):
+            m = v.max(axis=(0, 2, 3))
+            maxima[n] = m if maxima[n] is None else np.maximum(maxima[n], m)
+    for a, relu, b in pairs:
+        m = np.asarray(maxima[relu.output[0]], np.float64)
+        s = np.ones_like(m)
+        live = m > 1e-6
+        s[live] = np.clip((m[live] / m.max()) ** power, 1e-3, 1.0)
+        wa = numpy_helper.to_array(inits[a.input[1]]).astype(np.float64)
+        ba = numpy_helper.to_array(inits[a.input[2]]).astype(np.float64)
+        wb = numpy_helper.to_array(inits[b.input[1]]).astype(np.float64)
+        wa = wa / s[:, None, None, None]
+        ba = ba / s
+        group = next((at.i for at in b.attribute if at.name == "group"), 1)
+        # dense: input channel i is axis 1; depthwise: kernel i (axis 0) reads channel i
+        wb = wb * (s[None, :, None, None] if group == 1 else s[:, None, None, None])
+        for name, arr in ((a.input[1], wa), (a.input[2], ba), (b.input[1], wb)):
+            inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+    logger.info("equalised %d conv-relu-conv pairs", len(pairs))
+    return bytes(model.SerializeToString())
+
+
 def float_tflite(fn: Any) -> bytes:
     import tensorflow as tf
 
@@ -248,7 +332,9 @@ def float_tflite(fn: Any) -> bytes:
 
 
 # ---------------------------------------------------------------------------- quantize
-def quantize(float_model: Path, calib: list[np.ndarray], out: Path) -> None:
+def quantize(
+    float_model: Path, calib: list[np.ndarray], out: Path, float_ops: tuple[str, ...] = ()
+) -> None:
     from ai_edge_quantizer import qtyping, quantizer
 
     qt = quantizer.Quantizer(str(float_model))
@@ -264,6 +350,10 @@ def quantize(float_model: Path, calib: list[np.ndarray], out: Path) -> None:
         operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
         num_bits=8,
     )
+    for regex in float_ops:  # more layers with float activations (int8 weights), if asked
+        qt.add_weight_only_config(
+            regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8
+        )
     sig = _signature(float_model)
     data = [{sig[1]: x} for x in calib]
     qsvs = qt.calibrate({sig[0]: data}, num_threads=2)
@@ -530,6 +620,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-manifest", action="store_true")
+    ap.add_argument("--float-ops", default="", help="comma-separated regexes of ops kept float")
+    ap.add_argument("--equalize", type=float, default=1.0, help="CLE power (0: off)")
     ap.add_argument("--calib-sides", default=CALIB_SIDES, help="long sides of calibration inputs")
     ap.add_argument(
         "--fixture",
@@ -552,14 +644,20 @@ def main() -> None:
     onnx_bytes = fetch_onnx(args.work)
     photos = calibration_photos(args.work)
     float_path = args.work / "centerface_float.tflite"
-    float_path.write_bytes(float_tflite(onnx_to_tf(onnx_bytes)))
-    compare("float tflite", float_path, onnx_bytes, photos)
-
     sides = [int(v) for v in args.calib_sides.split(",")]
     calib = [to_input(p, side) for p in photos for side in sides]
-    quantize(float_path, calib, args.out)
+    source = onnx_bytes
+    if args.equalize > 0:
+        source = equalize(onnx_bytes, [to_input(p, 640) for p in photos], args.equalize)
+    float_path.write_bytes(float_tflite(onnx_to_tf(source)))
+    compare("float tflite", float_path, onnx_bytes, photos)
+
+    float_ops = tuple(r for r in args.float_ops.split(",") if r)
+    quantize(float_path, calib, args.out, float_ops)
     res = compare("int8 tflite", args.out, onnx_bytes, photos)
     note = (
+        "Cross-layer equalisation of the 34 conv-ReLU-conv pairs first (power "
+        f"{args.equalize}, exact in float). "
         "ai-edge-quantizer static int8 (per-channel int8 weights, int8 activations) for the whole "
         "backbone and neck; the fused head conv keeps float activations (int8 weights). Calibrated "
         f"on {len(calib)} inputs: skimage/data photos ({SKIMAGE} wheel) and {FACE_RECOGNITION} "
