@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build the offline installation bundle: dist/camveil-<version>-<arch>.tar.gz
 #
-#   scripts/bundle.sh [--arch aarch64|x86_64] [--python 3.11] [--glibc 2.36] [--out DIR]
-#                     [--constraint FILE]
+#   scripts/bundle.sh [--arch aarch64|x86_64] [--python 3.11] [--glibc 2.36] [--numpy 1|2]
+#                     [--out DIR] [--constraint FILE]
 #
-# Environment equivalents: ARCH, PYTHON_VERSION, GLIBC, DIST, CONSTRAINT; PIP_PYTHON is the
-# interpreter that runs pip here (default: .venv/bin/python, else python3).
+# Environment equivalents: ARCH, PYTHON_VERSION, GLIBC, NUMPY, DIST, CONSTRAINT; PIP_PYTHON is
+# the interpreter that runs pip here (default: .venv/bin/python, else python3).
 #
 # The bundle holds:
 #   wheels/              camveil's wheel (models inside, checked against models/manifest.json),
@@ -20,12 +20,19 @@
 # --implementation cp, --abi cpXY, --only-binary=:all:), never for this machine. picamera2 is not
 # bundled: on Raspberry Pi OS it comes from the system (python3-picamera2) and install.sh makes the
 # venv with --system-site-packages. Needs network to the package index (pip's cache is reused).
+#
+# --numpy 1 (default): numpy<2. The system's picamera2 imports simplejpeg, which Raspberry Pi OS
+# bookworm builds against its numpy 1.24; with numpy 2 in the venv `import picamera2` fails
+# ("numpy.dtype size changed", raspberrypi/picamera2#1088, #1211). numpy 1.x keeps every
+# system extension working (this resolves to opencv-python-headless 4.x). --numpy 2 for targets
+# that do not mix in system packages built against numpy 1.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ARCH=${ARCH:-aarch64}
 PYTHON_VERSION=${PYTHON_VERSION:-3.11}
 GLIBC=${GLIBC:-2.36} # Raspberry Pi OS / Debian bookworm
+NUMPY=${NUMPY:-1}
 DIST=${DIST:-$REPO/dist}
 CONSTRAINT=${CONSTRAINT:-}
 
@@ -43,6 +50,7 @@ while (($#)); do
     --arch) ARCH=${2:?--arch needs a value} && shift ;;
     --python) PYTHON_VERSION=${2:?--python needs a value} && shift ;;
     --glibc) GLIBC=${2:?--glibc needs a value} && shift ;;
+    --numpy) NUMPY=${2:?--numpy needs 1 or 2} && shift ;;
     --out) DIST=${2:?--out needs a value} && shift ;;
     --constraint) CONSTRAINT=${2:?--constraint needs a value} && shift ;;
     -h | --help) usage 0 ;;
@@ -62,6 +70,7 @@ PY_MINOR=${BASH_REMATCH[1]}
 [[ "$GLIBC" =~ ^2\.([0-9]+)$ ]] || die "--glibc must look like 2.36, not $GLIBC"
 GLIBC_MINOR=${BASH_REMATCH[1]}
 ((GLIBC_MINOR >= 17)) || die "--glibc $GLIBC: manylinux wheels need glibc >= 2.17"
+[[ "$NUMPY" =~ ^[12]$ ]] || die "--numpy must be 1 or 2, not $NUMPY"
 [ -z "$CONSTRAINT" ] || [ -f "$CONSTRAINT" ] || die "constraint file $CONSTRAINT not found"
 [ -z "$CONSTRAINT" ] || CONSTRAINT=$(cd "$(dirname "$CONSTRAINT")" && pwd)/$(basename "$CONSTRAINT")
 
@@ -114,9 +123,10 @@ for key, model in manifest["models"].items():
 EOF
 
 # 3. runtime dependencies for the target, resolved from the wheel's own metadata
-echo "bundle: downloading wheels for $ARCH, CPython $PYTHON_VERSION, glibc <= $GLIBC"
-pip download -q "${TARGET[@]}" ${CONSTRAINT:+--constraint "$CONSTRAINT"} \
-  -d "$B/wheels" "$WHEEL" >"$WORK/download.log" 2>&1 ||
+echo "bundle: downloading wheels for $ARCH, CPython $PYTHON_VERSION, glibc <= $GLIBC, numpy $NUMPY.x"
+if [ "$NUMPY" = 1 ]; then echo "numpy<2" >"$WORK/numpy.txt"; else echo "numpy>=2" >"$WORK/numpy.txt"; fi
+pip download -q "${TARGET[@]}" --constraint "$WORK/numpy.txt" \
+  ${CONSTRAINT:+--constraint "$CONSTRAINT"} -d "$B/wheels" "$WHEEL" >"$WORK/download.log" 2>&1 ||
   { grep -v "is ignored: it is neither" "$WORK/download.log" >&2; die "pip download for $ARCH failed"; }
 # pip itself (pure Python): install.sh bootstraps the venv from it, no ensurepip needed
 pip download -q --no-deps --only-binary=:all: -d "$B/wheels" pip >"$WORK/pip.log" 2>&1 ||
@@ -156,6 +166,7 @@ version=$VERSION
 arch=$ARCH
 python=$PYTHON_VERSION
 glibc=$GLIBC
+numpy=$(sed -n 's/^numpy==//p' "$B/requirements.lock")
 commit=$COMMIT
 EOF
 

@@ -133,6 +133,8 @@ def test_bundle_holds_wheels_units_config_and_a_complete_manifest(bundle: Bundle
     assert (tree / "config/camveil.toml.example").read_bytes() == example
     info = dict(line.split("=", 1) for line in (tree / "BUNDLE_INFO").read_text().splitlines())
     assert (info["version"], info["arch"], info["python"]) == (VERSION, "x86_64", "3.11")
+    # numpy 1 by default: Raspberry Pi OS's picamera2/simplejpeg are built against numpy 1.24
+    assert info["numpy"].startswith("1.") and any(w.startswith("numpy-1.") for w in wheels)
 
     listed = {}
     for line in (tree / "MANIFEST.sha256").read_text().splitlines():
@@ -343,6 +345,7 @@ def test_aarch64_bundle_resolves_and_lays_out_without_a_venv(tmp_path: Path) -> 
         assert wheel.endswith("aarch64.whl"), wheel
         assert "-cp311-" in wheel or "-abi3-" in wheel, wheel
     assert all(w.endswith("-none-any.whl") or "aarch64" in w for w in wheels), wheels
+    assert any(w.startswith("numpy-1.") for w in wheels), wheels  # see --numpy in bundle.sh
 
     # on this x86_64 machine --root still lays out everything, and says why there is no venv
     root = tmp_path / "root"
