@@ -136,7 +136,7 @@ fi
 # Every command checks its own status: errexit does not apply inside a function called with ||.
 WHY=""
 venv_step() {
-  local stamp want_ssp=false have_ssp pyver pyreal machine glibc need pipwhl
+  local stamp want_ssp=false have_ssp pyver pyreal machine glibc need pipwhl err
   stamp=$(sha256sum MANIFEST.sha256 | cut -d' ' -f1)
   command -v "$PY" >/dev/null || {
     WHY="$PY not found: install Python $PYVER (apt install python3) or pass --python"
@@ -217,6 +217,12 @@ venv_step() {
     WHY="the installed camveil does not start: ${VENV#"$ROOT"}/bin/camveil --version"
     return 1
   }
+  # the system's picamera2 must still import beside the bundled wheels (numpy ABI, see INSTALL.md)
+  if [ "$want_ssp" = true ] && ! err=$("$VENV/bin/python" -c "import picamera2" 2>&1); then
+    say "WARNING: the venv cannot import the system's picamera2, so camera kind \"picamera2\""
+    say "  will fail: $(tail -n1 <<<"$err")"
+    say "  a bundle built with --numpy 1 (the default) matches Raspberry Pi OS's numpy"
+  fi
   echo "$stamp" >"$VENV/.camveil-bundle"
   CHANGED_VENV=1
   say "venv ${VENV#"$ROOT"}: $("$VENV/bin/camveil" --version) installed from the bundled wheels"
