@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,18 @@ def _host_glibc() -> str:
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
     # wheels no newer than this machine's glibc, so that the bundle installs and runs here
-    return _build(tmp_path_factory.mktemp("bundle-x86_64"), "x86_64", _host_glibc())
+    out = tmp_path_factory.mktemp("bundle-x86_64")
+    yield _build(out, "x86_64", _host_glibc())
+    shutil.rmtree(out, ignore_errors=True)  # ~230 MB; pytest keeps the last three sessions
+
+
+@pytest.fixture(autouse=True)
+def _drop_installed_trees(tmp_path: Path) -> Iterator[None]:
+    """Each install is a ~370 MB venv: do not keep them around in pytest's temporary folders."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def _offline_ok() -> None:
@@ -167,12 +177,13 @@ def test_models_ship_inside_the_camveil_wheel(bundle: Bundle) -> None:
 
 
 @pytest.fixture(scope="session")
-def installed(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def installed(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("root")
     first = install(bundle.tree, root)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "checksums ok" in first.stdout
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_install_lays_out_the_tree(installed: Path) -> None:
