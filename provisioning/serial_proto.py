@@ -35,6 +35,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import cbor2
 
+from agent.envelope.cose import StrictCBORError
+from agent.envelope.cose import loads as cbor_loads
 from agent.errors import (
     LinkTimeoutError,
     RefusedError,
@@ -44,6 +46,7 @@ from provisioning import cobs
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION: Final = 1
+_BIGNUM_TAGS: Final = frozenset({2, 3})  # integers beyond 64 bits are the only tags we carry
 MAX_FRAME: Final = 64 * 1024
 """Largest accepted decoded frame (CBOR + CRC), in bytes; larger ones are dropped and counted."""
 
@@ -154,9 +157,9 @@ class FrameReader:
         if len(body) < 5 or zlib.crc32(body[:-4]) != struct.unpack(">I", body[-4:])[0]:
             self.stats.bad_crc += 1
             return None
-        try:
-            decoded = cbor2.loads(body[:-4])
-        except Exception:  # cbor2 raises several types (CBORDecodeError, ValueError, Recursion...)
+        try:  # exactly one well-formed item, no tags (cbor2 alone accepts a lone break byte)
+            decoded = cbor_loads(body[:-4], allowed_tags=_BIGNUM_TAGS)
+        except StrictCBORError:
             self.stats.bad_cbor += 1
             return None
         message = _as_message(decoded)
