@@ -147,14 +147,6 @@ def onnx_to_tf(onnx_bytes: bytes) -> Any:
     def attrs(node: Any) -> dict[str, Any]:
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
-    def folded_deconv(node: Any) -> tuple[np.ndarray, np.ndarray]:
-        w = consts[node.input[1]]  # [Cin, Cout, 2, 2]
-        cout = w.shape[1]
-        b = consts[node.input[2]] if len(node.input) > 2 else np.zeros(cout, np.float32)
-        return w, b
-
-    variables: list[Any] = []
-
     def const(a: np.ndarray) -> Any:
         return tf.constant(a.astype(np.float32))
 
@@ -182,7 +174,9 @@ def onnx_to_tf(onnx_bytes: bytes) -> Any:
                 pads = at.get("pads", [0, 0, 0, 0])
                 k = w.shape[2]
                 inp = env[node.input[0]]
-                if stride == 2 and k == 3:
+                if list(pads) != [k // 2] * 4 or k not in (1, 3) or stride not in (1, 2):
+                    raise SystemExit(f"unsupported conv geometry in {node.name}: {at}")
+                if stride == 2:  # ONNX pads (1, 1); TF's SAME would pad (0, 1)
                     inp = tf.pad(inp, [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]])
                     padding = "VALID"
                 else:
@@ -203,7 +197,12 @@ def onnx_to_tf(onnx_bytes: bytes) -> Any:
                     or any(at.get("pads", [0]))
                 ):
                     raise SystemExit(f"unsupported ConvTranspose {node.name}")
-                w, b = folded_deconv(node)
+                w = consts[node.input[1]]  # [Cin, Cout, 2, 2]
+                b = (
+                    consts[node.input[2]]
+                    if len(node.input) > 2
+                    else np.zeros(w.shape[1], np.float32)
+                )
                 # fold the following BatchNormalization
                 bn = next(
                     n for n in graph.node if n.op_type == "BatchNormalization" and n.input[0] == out
@@ -230,22 +229,17 @@ def onnx_to_tf(onnx_bytes: bytes) -> Any:
             else:
                 raise SystemExit(f"unsupported op {op} in {node.name}")
         # fused head: one 1x1 conv, 5 channels
-        ws, bs = [], []
-        for name, ch in (("head.pos_conv", None), ("head.reg_conv", None), ("head.off_conv", None)):
-            del ch
-            ws.append(consts[f"{name}.weight"][:, :, 0, 0])
-            bs.append(consts[f"{name}.bias"])
-        w = np.concatenate(ws, 0)  # [5, 24]
-        b = np.concatenate(bs, 0)
+        heads = ("head.pos_conv", "head.reg_conv", "head.off_conv")  # 1 + 2 + 2 channels
+        w = np.concatenate([consts[f"{h}.weight"][:, :, 0, 0] for h in heads], 0)  # [5, 24]
+        b = np.concatenate([consts[f"{h}.bias"] for h in heads], 0)
         y = tf.nn.conv2d(head_in, const(w.T[None, None]), 1, "VALID")
         return tf.nn.bias_add(y, const(b), name="centerface_head")
 
-    del variables
     spec = tf.TensorSpec([1, None, None, 3], tf.float32, name="input")
     return tf.function(lambda x: {"head": build(x)}, input_signature=[spec], autograph=False)
 
 
-def equalize(onnx_bytes: bytes, samples: list[np.ndarray], power: float = 0.5) -> bytes:
+def equalize(onnx_bytes: bytes, samples: list[np.ndarray], power: float = 1.0) -> bytes:
     """Cross-layer equalisation of activation ranges (exact in float; helps per-tensor int8).
 
     For every ``Conv A -> Relu -> Conv B`` (A's ReLU output read only by B; B dense or
