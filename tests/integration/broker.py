@@ -21,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent import errors
 from agent.errors import CamveilError
 from provisioning import broker as broker_config
 from provisioning import devbroker, pki
@@ -177,7 +178,7 @@ class Mosquitto:
         mosquitto_binary()
         try:
             self.process.start(timeout)
-        except devbroker.BrokerStartError as exc:
+        except errors.BrokerStartError as exc:
             raise BrokerStartError(str(exc)) from None
 
     def stop(self, timeout: float = 10.0) -> None:
