@@ -243,6 +243,9 @@ class MqttConfig:
     """Longest reconnect delay."""
     max_outstanding: int = 100
     """Publishes waiting for their PUBACK before the outbox waits (backpressure)."""
+    require_subscriber: bool = True
+    """Keep (and retry) an event the broker acknowledged with "no matching subscribers": it
+    reached no backend. Needed with shared subscriptions, which mosquitto forgets on restart."""
 
     def __post_init__(self) -> None:
         if not 5 <= self.keepalive_s <= 3600:

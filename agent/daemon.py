@@ -437,6 +437,7 @@ class Daemon:
                     reconnect_min_s=config.mqtt.reconnect_min_s,
                     reconnect_max_s=config.mqtt.reconnect_max_s,
                     max_outstanding=config.mqtt.max_outstanding,
+                    require_subscriber=config.mqtt.require_subscriber,
                 ),
                 on_acked=publisher.on_acked,
                 on_rejected=publisher.on_rejected,

@@ -123,7 +123,7 @@ class Publisher:
             self.rejected[reason_code] += 1
         if self._stats is not None:
             self._stats.drop(f"publish_rejected.{reason_code:#04x}")
-            self._paused_until = time.monotonic() + self._reject_pause_s
+        self._paused_until = time.monotonic() + self._reject_pause_s
         logger.warning("broker refused a message (reason %#04x); kept for retry", reason_code)
         self._wake.set()
 

@@ -8,7 +8,8 @@ Contract with the outbox (the only user that publishes):
   messages are already waiting for their PUBACK. On ``None`` keep the row and offer it again
   after the next ``CONNECTED`` event or the next ack. Nothing is queued behind your back.
 - ``on_acked(mid)`` fires once per mid when the broker's PUBACK reports success (reason code
-  < 0x80, including 0x10 "no matching subscribers"). It is the only signal to delete a row.
+  < 0x80; 0x10 "no matching subscribers" too, unless ``require_subscriber``). It is the only
+  signal to delete a row.
 - ``on_rejected(mid, reason_code)`` fires when the PUBACK carries a failure (e.g. 0x87 not
   authorized, 0x97 quota exceeded): the broker did not take the message; keep the row, count it.
 - A returned mid stays owned by the transport until it is acked or rejected, or :meth:`stop`
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 TOPIC_ROOT: Final = "camveil/v1"
 QOS: Final = 1
 _DISCONNECT_WITH_WILL: Final = 0x04
+NO_MATCHING_SUBSCRIBERS: Final = 0x10
 
 
 def status_topic(device_id: str) -> str:
@@ -98,6 +100,10 @@ class TransportConfig:
     session_expiry_s: int = 24 * 3600
     #: publishes waiting for PUBACK before publish() returns None (backpressure)
     max_outstanding: int = 100
+    #: a publish acknowledged with 0x10 "no matching subscribers" reached nobody: report it
+    #: through on_rejected so the outbox keeps it and retries (mosquitto forgets shared
+    #: subscriptions when it restarts, so without this events published meanwhile are lost)
+    require_subscriber: bool = False
 
 
 class ConnectionState(enum.Enum):
@@ -473,9 +479,14 @@ class Transport:
                 self._outstanding.discard(mid)
             else:
                 self._early.add(mid)  # publish() has not recorded it yet
-        if reason_code.is_failure:
-            code = reason_code.value
-            logger.error("mqtt: broker rejected mid %s: %#04x %s", mid, code, reason_code.getName())
+        code = reason_code.value
+        unheard = code == NO_MATCHING_SUBSCRIBERS and self._config.require_subscriber
+        if reason_code.is_failure or unheard:
+            if unheard:
+                logger.info("mqtt: mid %s reached no subscriber; kept for a retry", mid)
+            else:
+                name = reason_code.getName()
+                logger.error("mqtt: broker rejected mid %s: %#04x %s", mid, code, name)
             on_rejected = self._on_rejected
             if on_rejected is not None:
                 self._submit(lambda: on_rejected(mid, code))

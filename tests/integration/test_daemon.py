@@ -337,7 +337,7 @@ def test_set_config_bad_value_is_rejected_and_good_one_applied(harness: Harness)
     harness.stop_agent()
 
 
-@pytest.mark.parametrize("harness", [False], indirect=True)  # see ListenerConfig.shared
+@pytest.mark.parametrize("harness", [False, True], indirect=True)  # plain, $share
 def test_broker_restart_loses_nothing(harness: Harness) -> None:
     daemon = harness.start_agent()
     harness.wait_for(_is("presence"))

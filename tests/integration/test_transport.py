@@ -239,6 +239,35 @@ def test_puback_failure_goes_to_on_rejected_not_on_acked(
     assert rec.acked.empty()
 
 
+@pytest.mark.parametrize("require_subscriber", [False, True])
+def test_no_matching_subscribers_is_kept_when_a_subscriber_is_required(
+    mosquitto: Mosquitto,
+    mqtt_pki: TestPki,
+    make_transport: Callable[..., Any],
+    require_subscriber: bool,
+) -> None:
+    """PUBACK 0x10: nobody heard it. With require_subscriber the outbox must keep the row."""
+    device = Identity.generate(f"cam-tx-alone-{int(require_subscriber)}")
+    config = config_for(
+        mqtt_pki.device(device.kid), mosquitto.port, require_subscriber=require_subscriber
+    )
+    transport, rec = make_transport(config)
+    rec.wait_state(ConnectionState.CONNECTED)
+    env = sealed(device, f"camveil/v1/{device.kid}/event/person", 1)
+    mid = transport.publish(env.topic, env)
+    if require_subscriber:
+        assert rec.rejected.get(timeout=5) == (mid, 0x10)
+        assert rec.acked.empty()
+        with TestClient(mqtt_pki.backend("dashboard"), mosquitto.port) as backend:
+            assert not backend.subscribe(f"camveil/v1/{device.kid}/event/#").is_failure
+            again = transport.publish(env.topic, env)
+            assert rec.acked.get(timeout=5) == again
+            assert backend.expect().payload == env.data
+    else:
+        assert rec.acked.get(timeout=5) == mid
+        assert rec.rejected.empty()
+
+
 def test_commands_reach_on_command_after_every_reconnect(
     fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
 ) -> None:
