@@ -457,11 +457,13 @@ def test_kill_9_mid_write_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
         )
         os.close(write_fd)
         reader = os.fdopen(read_fd, "rb")
-        assert reader.readline() == b"R\n"  # opened; now kill it at a random moment of writing
-        time.sleep(rng.uniform(0.05, 0.4))
+        assert reader.readline() == b"R\n"  # opened
+        # let it commit a few (a loaded disk is slow), then kill it at a random moment of writing
+        lines = [reader.readline() for _ in range(3)]
+        time.sleep(rng.uniform(0.0, 0.3))
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(10) == -signal.SIGKILL
-        for line in reader.read().decode().splitlines():
+        for line in b"".join(lines).decode().splitlines() + reader.read().decode().splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[0] == "E":
                 committed[int(parts[1])] = int(parts[2])
@@ -484,7 +486,7 @@ def test_kill_9_mid_write_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
                 assert present.get(item_id) == item_seq, f"committed id {item_id} lost"
         with Outbox(path, signer=SIGNER) as box:  # opens fine and agrees
             assert box.stats().depth == len(present)
-    assert len(committed) > 20, "the child never got going"
+    assert len(committed) >= 12, "the child never got going"
 
 
 class OutboxModel(RuleBasedStateMachine):
