@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +33,7 @@ from agent.envelope.keys import Identity, PeerKeys
 from agent.envelope.replay import ReplayGuard
 from agent.envelope.seal import open_envelope
 from agent.errors import EnvelopeError, ReplayError
+from agent.transport import tls_context
 
 logger = logging.getLogger(__name__)
 
@@ -234,11 +234,7 @@ class Listener:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_verify_locations(cafile=cfg.ca_file)
-        context.load_cert_chain(cfg.cert_file, cfg.key_file)
-        client.tls_set_context(context)
+        client.tls_set_context(tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file))
         client.reconnect_delay_set(1, 10)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect

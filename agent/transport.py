@@ -133,19 +133,19 @@ CommandCallback = Callable[[str, bytes], None]
 WillSource = SealedEnvelope | Callable[[], SealedEnvelope]
 
 
-def tls_context(config: TransportConfig) -> ssl.SSLContext:
-    """TLS 1.2+, the pinned CA as the only trust anchor, host name checked, our certificate.
-    ConfigError (naming the file) when a file cannot be loaded."""
+def tls_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """TLS 1.2+, the pinned CA as the only trust anchor, host name checked, our certificate
+    (units and backends alike). ConfigError (naming the file) when a file cannot be loaded."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_verify_locations(cafile=config.ca_file)
+        context.load_verify_locations(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(_unusable("CA certificate", str(config.ca_file), exc)) from None
+        raise ConfigError(_unusable("CA certificate", str(ca_file), exc)) from None
     try:
-        context.load_cert_chain(config.cert_file, config.key_file)
+        context.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
-        files = f"{config.cert_file} / {config.key_file}"
+        files = f"{cert_file} / {key_file}"
         raise ConfigError(_unusable("client certificate and key", files, exc)) from None
     return context
 
@@ -243,7 +243,7 @@ class Transport:
         if self._client is not None:
             raise RuntimeError("Transport already started")
         cfg = self._config
-        context = tls_context(cfg)
+        context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
 
         client = _Client(
             CallbackAPIVersion.VERSION2,
