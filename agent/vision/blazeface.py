@@ -33,7 +33,7 @@ from agent.vision.nms import iou_one_to_many, nms
 from hw.runtime import Runtime, TensorInfo, TFLiteRuntime
 
 if TYPE_CHECKING:
-    from agent.vision.factory import DetectorConfig
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -170,18 +170,6 @@ class BlazeFaceDetector:
         self._score_out = 1
         self._in_info: TensorInfo | None = None
         self._out_info: tuple[TensorInfo, TensorInfo] = (_NO_INFO, _NO_INFO)
-
-    @classmethod
-    def from_config(cls, model_path: Path, config: DetectorConfig) -> BlazeFaceDetector:
-        """A loaded detector for the ``[detector]`` section (threshold ``None``: the default)."""
-        defaults = BlazeFaceConfig()
-        cfg = BlazeFaceConfig(
-            score_threshold=defaults.score_threshold
-            if config.threshold is None
-            else config.threshold,
-            num_threads=config.threads,
-        )
-        return cls(model_path, cfg, edgetpu=config.edgetpu).load()
 
     @property
     def config(self) -> BlazeFaceConfig:

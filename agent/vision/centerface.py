@@ -34,7 +34,7 @@ from agent.vision.nms import nms
 from hw.runtime import Runtime, TensorInfo, TFLiteRuntime
 
 if TYPE_CHECKING:
-    from agent.vision.factory import DetectorConfig
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -223,18 +223,6 @@ class CenterFaceDetector:
         self._spare: Runtime | None = None
         self._fixed: Runtime | None = None
         self._input: TensorInfo | None = None
-
-    @classmethod
-    def from_config(cls, model_path: Path, config: DetectorConfig) -> CenterFaceDetector:
-        """A loaded detector for the ``[detector]`` section (threshold ``None``: the default)."""
-        defaults = CenterFaceConfig()
-        cfg = CenterFaceConfig(
-            score_threshold=defaults.score_threshold
-            if config.threshold is None
-            else config.threshold,
-            num_threads=config.threads,
-        )
-        return cls(model_path, cfg, edgetpu=config.edgetpu).load()
 
     @property
     def config(self) -> CenterFaceConfig:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.errors import ConfigError
 from agent.vision.detection import Detector
@@ -57,15 +59,21 @@ def build_detector(config: DetectorConfig) -> Detector:
     from models import MODELS_DIR, verified_path
 
     path = verified_path(config.model, config.models_dir or MODELS_DIR)
+    # Each model's own config keeps its tuned defaults; [detector] overrides threads/threshold.
+    overrides: dict[str, Any] = {"num_threads": config.threads}
+    if config.threshold is not None:
+        overrides["score_threshold"] = config.threshold
     detector: Detector
     if config.model == "centerface_int8":
-        from agent.vision.centerface import CenterFaceDetector
+        from agent.vision.centerface import CenterFaceConfig, CenterFaceDetector
 
-        detector = CenterFaceDetector.from_config(path, config)
+        cf = dataclasses.replace(CenterFaceConfig(), **overrides)
+        detector = CenterFaceDetector(path, cf, edgetpu=config.edgetpu).load()
     else:
-        from agent.vision.blazeface import BlazeFaceDetector
+        from agent.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
 
-        detector = BlazeFaceDetector.from_config(path, config)
+        bf = dataclasses.replace(BlazeFaceConfig(), **overrides)
+        detector = BlazeFaceDetector(path, bf, edgetpu=config.edgetpu).load()
     if config.tile:
         from agent.vision.tiling import TiledDetector
 
