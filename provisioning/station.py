@@ -27,6 +27,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
+import pwd
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,19 @@ class StationConfig:
             ) from None
 
 
+def _broker_owner(settings: broker.BrokerSettings) -> str | None:
+    """Who must be able to read the broker's key: mosquitto drops root privileges to its user
+    before loading it, so a station initialised as root hands the key to that user."""
+    if os.geteuid() != 0:
+        return None
+    user = settings.user or "mosquitto"
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return user
+
+
 def init_station(
     root: Path,
     *,
@@ -167,9 +182,11 @@ def init_station(
         )
     host = _broker_host(broker_url)
     names = tuple(dict.fromkeys([*broker_names, *([host] if host else [])]))
+    settings = broker_settings or broker.BrokerSettings()
     broker.write_broker_state(
         paths.broker_dir,
-        broker_settings or broker.BrokerSettings(),
+        settings,
+        owner=_broker_owner(settings),
         ca_cert=ca.cert,
         server=pki.make_server_cert(ca, names),
         backends=config.backends,
