@@ -165,7 +165,9 @@ def init_station(
         )
     config = StationConfig(broker_url=broker_url)
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    paths.root.chmod(0o700)
+    # 0711: no listing, but the broker's user may reach broker/ (its key is 0600, its own);
+    # every private folder inside (ca/, clients/) stays 0700.
+    paths.root.chmod(0o711)
     for d in (paths.ca_dir, paths.clients_dir):
         d.mkdir(mode=0o700, exist_ok=True)
     ca = pki.make_ca()
