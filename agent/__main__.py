@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "factory-reset": ("agent.cli.factory_reset", "delete the unit's keys and identity (--yes)"),
     "chaos": ("agent.cli.chaos", "count lost/duplicated events under broker restarts and kills"),
     "fuzz": ("agent.cli.fuzz", "feed mutated envelopes and commands to the real openers"),
+    "cmd": ("agent.cli.cmd", "send a signed command to a unit and wait for its ack (operator)"),
 }
 
 
