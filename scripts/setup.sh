@@ -31,4 +31,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
+# Real test photos come from PyPI packages (scikit-image above; the face_recognition sdist here).
+"$VENV/bin/python" -c 'from tests.photos import photo; photo("obama")' >/dev/null
 echo "setup: done ($("$VENV/bin/python" --version), $("$VENV/bin/python" -c 'import hw.runtime as r; print(r.runtime_name())'))"
