@@ -448,6 +448,9 @@ def test_kill_9_mid_write_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
     committed: dict[int, int] = {}
     acked: set[int] = set()
+    # the child acks every third envelope right after storing it: killed between ack() and its
+    # "A" line, the last one of a round is gone although the parent never heard of the ack
+    maybe_acked: set[int] = set()
     seq = 0
     for _round in range(6):
         read_fd, write_fd = os.pipe()
@@ -463,14 +466,18 @@ def test_kill_9_mid_write_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
         time.sleep(rng.uniform(0.0, 0.3))
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(10) == -signal.SIGKILL
+        last: tuple[int, int] | None = None
         for line in b"".join(lines).decode().splitlines() + reader.read().decode().splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[0] == "E":
                 committed[int(parts[1])] = int(parts[2])
                 seq = max(seq, int(parts[2]) + 1)
+                last = (int(parts[1]), int(parts[2]))
             elif len(parts) == 2 and parts[0] == "A":
                 acked.add(int(parts[1]))
         reader.close()
+        if last is not None and last[1] % 3 == 0 and last[0] not in acked:
+            maybe_acked.add(last[0])
         seq += 1  # the seq in progress at the kill may or may not be stored
 
         conn = sqlite3.connect(path)
@@ -482,6 +489,8 @@ def test_kill_9_mid_write_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
         for item_id, item_seq in committed.items():
             if item_id in acked:
                 assert item_id not in present
+            elif item_id in maybe_acked and item_id not in present:
+                continue
             else:
                 assert present.get(item_id) == item_seq, f"committed id {item_id} lost"
         with Outbox(path, signer=SIGNER) as box:  # opens fine and agrees
