@@ -164,11 +164,10 @@ def _publish_at_rate(state_dir: Path, events: int, rate: float) -> dict[str, Any
     from agent.publisher import Emitter, Publisher
     from agent.sequence import SequenceStore
     from agent.stats import PipelineStats
-    from agent.transport import Transport, TransportConfig
-    from agent.unitstate import UnitState, parse_broker_url
+    from agent.transport import Transport
+    from agent.unitstate import UnitState
 
     unit = UnitState.load(state_dir)
-    broker = parse_broker_url(unit.broker_url)
     stats = PipelineStats()
     with (
         SequenceStore(unit.seq_path) as seqs,
@@ -180,14 +179,7 @@ def _publish_at_rate(state_dir: Path, events: int, rate: float) -> dict[str, Any
         builder = EventBuilder(unit.device_id, new_boot_id(), seqs)
         emitter = Emitter(unit, builder, outbox, publisher.wake, stats)
         transport = Transport(
-            TransportConfig(
-                device_id=unit.device_id,
-                host=broker.host,
-                port=broker.port,
-                ca_file=unit.ca_cert,
-                cert_file=unit.tls_cert,
-                key_file=unit.tls_key,
-            ),
+            unit.transport_config(),
             on_acked=publisher.on_acked,
             on_rejected=publisher.on_rejected,
             on_state=publisher.on_state,

@@ -93,10 +93,9 @@ def run_unit(
     from agent.publisher import Emitter, Publisher
     from agent.sequence import SequenceStore
     from agent.stats import PipelineStats
-    from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
+    from agent.transport import ConnectionEvent, ConnectionState, Transport
 
     unit = UnitState.load(state_dir)
-    broker = parse_broker_url(broker_url or unit.broker_url)
     done = sum(1 for _, kind in read_log(log_path) if kind == "event")
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     log_lock = threading.Lock()
@@ -128,16 +127,7 @@ def run_unit(
                 emit(lambda b: b.status(LinkState.ONLINE), "status")
 
         transport = Transport(
-            TransportConfig(
-                device_id=unit.device_id,
-                host=broker.host,
-                port=broker.port,
-                ca_file=unit.ca_cert,
-                cert_file=unit.tls_cert,
-                key_file=unit.tls_key,
-                reconnect_min_s=0.25,
-                reconnect_max_s=2.0,
-            ),
+            unit.transport_config(broker_url or "", reconnect_min_s=0.25, reconnect_max_s=2.0),
             on_acked=publisher.on_acked,
             on_rejected=publisher.on_rejected,
             on_state=on_state,

@@ -67,8 +67,8 @@ from agent.presence import FrameSink, RecordingDetector, snapshot_event
 from agent.publisher import Emitter, Publisher
 from agent.sequence import SequenceStore
 from agent.stats import PipelineStats
-from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
-from agent.unitstate import UnitState, parse_broker_url
+from agent.transport import ConnectionEvent, ConnectionState, Transport
+from agent.unitstate import UnitState
 from agent.vision.detection import Detector
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.guard import GuardedDetector
@@ -392,7 +392,6 @@ class Daemon:
     def run(self) -> DaemonSummary:
         """Run until stopped; returns what happened. Raises CamveilError on a start failure."""
         unit, config = self._unit, self._config
-        broker = parse_broker_url(config.mqtt.broker or unit.broker_url)
         threads: list[threading.Thread] = []
         with contextlib.ExitStack() as stack:
             self._seqs = stack.enter_context(SequenceStore(unit.seq_path))
@@ -426,13 +425,8 @@ class Daemon:
             stack.callback(lambda: self._parts.close() if self._parts is not None else None)
 
             transport = Transport(
-                TransportConfig(
-                    device_id=unit.device_id,
-                    host=broker.host,
-                    port=broker.port,
-                    ca_file=unit.ca_cert,
-                    cert_file=unit.tls_cert,
-                    key_file=unit.tls_key,
+                unit.transport_config(
+                    config.mqtt.broker,
                     keepalive_s=config.mqtt.keepalive_s,
                     reconnect_min_s=config.mqtt.reconnect_min_s,
                     reconnect_max_s=config.mqtt.reconnect_max_s,

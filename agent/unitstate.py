@@ -35,6 +35,7 @@ from nacl.signing import VerifyKey
 
 from agent.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity
 from agent.errors import ConfigError, KeyFileError
+from agent.transport import TransportConfig
 
 PROVISIONED: Final = "provisioned"
 IDENTITY_FILE: Final = "identity.cbor"
@@ -101,6 +102,21 @@ class UnitState:
     @property
     def outbox_path(self) -> Path:
         return self.state_dir / OUTBOX_FILE
+
+    def transport_config(self, broker_url: str = "", **settings: Any) -> TransportConfig:
+        """This unit's MQTT session: its certificate, the CA pinned at provisioning and the
+        broker it was given then (or ``broker_url``); ``settings`` are further TransportConfig
+        fields (keepalive, reconnect delays, ...)."""
+        broker = parse_broker_url(broker_url or self.broker_url)
+        return TransportConfig(
+            device_id=self.device_id,
+            host=broker.host,
+            port=broker.port,
+            ca_file=self.ca_cert,
+            cert_file=self.tls_cert,
+            key_file=self.tls_key,
+            **settings,
+        )
 
     @classmethod
     def load(cls, state_dir: Path) -> UnitState:
