@@ -26,6 +26,11 @@ class DetectorConfig:
     overwrites more background."""
     threads: int = 1
     """CPU threads for the TFLite interpreter (XNNPACK)."""
+    scale: float = 1.0
+    """Resize factor before ``centerface_int8`` runs. 2.0 finds faces down to half the size at
+    about 4 times the cost: on WIDER FACE val it protects 95% of faces under 16 px instead of 76%,
+    but fewer large faces (86% of faces >= 64 px instead of 93%). For cameras mounted far from
+    people; keep 1.0 otherwise."""
     tile: int = 0
     """Also run the detector on overlapping tiles of this many source pixels (0: whole frame)."""
     tile_overlap: float = 0.25
@@ -47,6 +52,13 @@ class DetectorConfig:
             raise ConfigError(f"[detector] threshold = {self.threshold} must be between 0 and 1")
         if not 1 <= self.threads <= 64:
             raise ConfigError(f"[detector] threads = {self.threads} must be between 1 and 64")
+        if not 0.25 <= self.scale <= 4.0:
+            raise ConfigError(f"[detector] scale = {self.scale} must be between 0.25 and 4")
+        if self.scale != 1.0 and self.model != "centerface_int8":
+            raise ConfigError(
+                f"[detector] scale applies to centerface_int8 only; {self.model} letterboxes "
+                "the whole frame (use tile for small faces)"
+            )
         if self.tile < 0 or (0 < self.tile < 64):
             raise ConfigError(f"[detector] tile = {self.tile}: use 0 (off) or at least 64 pixels")
         if not 0.0 <= self.tile_overlap < 0.9:
@@ -70,6 +82,7 @@ def build_detector(config: DetectorConfig) -> Detector:
 
         if config.threshold is not None:  # one threshold for every face size
             overrides["small_score_threshold"] = config.threshold
+        overrides["scale"] = config.scale
         cf = dataclasses.replace(CenterFaceConfig(), **overrides)
         detector = CenterFaceDetector(path, cf, edgetpu=config.edgetpu).load()
     else:

@@ -169,6 +169,16 @@ def test_input_scale_keeps_image_coordinates(scale: float) -> None:
     assert faces[0].box.iou(ASTRONAUT_FACE) > 0.6, faces[0].box
 
 
+def test_detector_config_scale_reaches_the_model() -> None:
+    from agent.vision.centerface import CenterFaceDetector as Loaded
+    from agent.vision.factory import DetectorConfig, build_detector
+
+    det = build_detector(DetectorConfig(scale=2.0))
+    assert isinstance(det, Loaded) and det.config.scale == 2.0
+    faces = [d for d in det.detect(photo("astronaut")) if d.score >= 0.4]
+    assert len(faces) == 1 and faces[0].box.iou(ASTRONAUT_FACE) > 0.6, faces
+
+
 def test_max_side_caps_the_model_input() -> None:
     config = CenterFaceConfig(max_side=256)
     assert input_size(512, 1024, config) == (128, 256)

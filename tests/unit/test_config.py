@@ -43,6 +43,11 @@ def test_nested_tables_are_typed(tmp_path: Path) -> None:
         ('[privacy.redaction]\nfill = "blur"\n', r"fill = 'blur': use one of 'solid', 'noise'"),
         ("[camera]\nbogus = 1\n", r"\[camera\] unknown key\(s\) bogus; known keys: "),
         ('[detector]\nmodel = "yolo"\n', r"model = 'yolo' is unknown; use one of"),
+        ("[detector]\nscale = 8.0\n", r"\[detector\] scale = 8.0 must be between 0.25 and 4"),
+        (
+            '[detector]\nmodel = "blazeface_full_int8"\nscale = 2.0\n',
+            r"scale applies to centerface_int8 only",
+        ),
         ("[privacy.redaction]\nmargin = 9.0\n", r"margin must be in \[0, 4\]"),
         ("[detector\n", r"not valid TOML"),
         ("[output]\nsnapshot_every = -1\n", r"snapshot_every must be >= 0"),
