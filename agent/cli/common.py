@@ -13,6 +13,9 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="centerface_int8", choices=DETECTOR_MODELS)
     group.add_argument("--threshold", type=float, default=None, help="score threshold")
     group.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    group.add_argument(
+        "--scale", type=float, default=1.0, help="resize before centerface (default 1.0)"
+    )
     group.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: off)")
     group.add_argument("--margin", type=float, default=0.25, help="box growth (default 0.25)")
     group.add_argument(
@@ -22,7 +25,11 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
 
 def detector_config(args: argparse.Namespace) -> DetectorConfig:
     return DetectorConfig(
-        model=args.model, threshold=args.threshold, threads=args.threads, tile=args.tile
+        model=args.model,
+        threshold=args.threshold,
+        threads=args.threads,
+        scale=args.scale,
+        tile=args.tile,
     )
 
 
