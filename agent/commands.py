@@ -28,6 +28,12 @@ Replay protection survives restarts: the command :class:`~agent.envelope.ReplayG
 to ``cmd-replay.cbor`` in the state directory after each accepted command and *before* it runs,
 so a crash can lose a command but never run one twice. Rejections are counted by reason
 (``rejected``), and the daemon reports them in health.
+
+Acks of commands that did not open (bad signature, replay, expired, garbage) are rate-limited by
+a token bucket (:class:`AckBudget`, default a burst of 20 then one per second): every ack goes
+through the durable outbox, so an unlimited flood of forged commands could otherwise fill it and
+evict real events. Suppressed acks are counted (``acks_suppressed``); acks of authenticated
+commands are never suppressed.
 """
 
 from __future__ import annotations
@@ -223,6 +229,31 @@ Handler = Callable[[Command], str]
 """Runs a command and returns the ack reason ("ok" or a note); CommandRejectedError refuses."""
 
 
+class AckBudget:
+    """Token bucket for acks of commands that did not open: ``burst`` at once, then ``rate``/s."""
+
+    def __init__(
+        self, burst: int = 20, rate: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if burst < 1 or rate <= 0:
+            raise ValueError(f"AckBudget needs burst >= 1 and rate > 0, got {burst}, {rate}")
+        self._burst = float(burst)
+        self._rate = rate
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
 class CommandProcessor:
     """Opens, checks and runs commands; answers each through ``send_ack``. Thread-safe (one
     command at a time)."""
@@ -237,6 +268,7 @@ class CommandProcessor:
         send_ack: Callable[[Ack], None],
         replay_guard: ReplayGuard | None = None,
         clock: Callable[[], float] = time.time,
+        ack_budget: AckBudget | None = None,
     ) -> None:
         self._device = device
         self._operators = operators
@@ -246,8 +278,10 @@ class CommandProcessor:
         self._guard = replay_guard or ReplayGuard()
         self._clock = clock
         self._lock = threading.Lock()
+        self._budget = ack_budget or AckBudget()
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
+        self.acks_suppressed = 0
 
     def load(self) -> None:
         """Restore the persisted replay window (call once at start)."""
@@ -260,6 +294,9 @@ class CommandProcessor:
                 self.accepted += 1
             else:
                 self.rejected[ack.reason.split(":", 1)[0]] += 1
+            if ack.command_id is None and not self._budget.take():
+                self.acks_suppressed += 1
+                return ack
         try:
             self._send_ack(ack)
         except Exception:  # the command's effect stands; a lost ack is logged, not fatal

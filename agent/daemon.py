@@ -335,9 +335,12 @@ class Daemon:
             item = self._commands.get()
             if item is None:
                 return
+            suppressed = processor.acks_suppressed
             ack = processor.handle(*item)
             if not ack.accepted:
                 self.stats.drop(f"cmd_rejected.{ack.reason.split(':', 1)[0]}")
+            if processor.acks_suppressed != suppressed:
+                self.stats.drop("cmd_ack_suppressed")
 
     def _send_ack(self, ack: Ack) -> None:
         emitter = self.emitter

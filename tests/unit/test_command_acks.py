@@ -1,0 +1,112 @@
+"""Acks of commands that do not open are rate-limited; acks of authenticated ones never are."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.commands import Ack, AckBudget, Command, CommandProcessor, cmd_topic, seal_command
+from agent.envelope.keys import Identity, PeerKeys, PublicIdentity
+
+DEVICE = "unit-ack"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _processor(
+    tmp_path: Path, budget: AckBudget
+) -> tuple[CommandProcessor, list[Ack], Identity, PublicIdentity]:
+    device = Identity.generate(DEVICE)
+    operator = Identity.generate("operator")
+    sent: list[Ack] = []
+
+    def handler(command: Command) -> str:
+        return "ok"
+
+    processor = CommandProcessor(
+        device=device,
+        operators=PeerKeys([operator.public()]),
+        replay_path=tmp_path / "cmd-replay.cbor",
+        handlers={"snapshot": handler},
+        send_ack=sent.append,
+        ack_budget=budget,
+    )
+    return processor, sent, operator, device.public()
+
+
+def test_budget_bursts_then_refills() -> None:
+    clock = Clock()
+    budget = AckBudget(burst=3, rate=0.5, clock=clock)
+    assert [budget.take() for _ in range(4)] == [True, True, True, False]
+    clock.now += 1.0  # half a token
+    assert not budget.take()
+    clock.now += 1.0  # one token
+    assert budget.take() and not budget.take()
+    clock.now += 100.0  # refill is capped at the burst
+    assert [budget.take() for _ in range(4)] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(("burst", "rate"), [(0, 1.0), (5, 0.0)])
+def test_budget_rejects_nonsense(burst: int, rate: float) -> None:
+    with pytest.raises(ValueError, match="burst >= 1 and rate > 0"):
+        AckBudget(burst=burst, rate=rate)
+
+
+def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
+    clock = Clock()
+    budget = AckBudget(burst=5, rate=1.0, clock=clock)
+    processor, sent, operator, device = _processor(tmp_path, budget)
+    forger = Identity.generate("operator")  # the right kid, the wrong key
+    for seq in range(1, 101):
+        forged = seal_command(
+            "snapshot",
+            command_id=f"f{seq}",
+            device=device,
+            operator=forger,
+            seq=seq,
+            expires_at=int(time.time()) + 60,
+        )
+        ack = processor.handle(cmd_topic(DEVICE), forged.data)
+        assert not ack.accepted
+    processor.handle(cmd_topic(DEVICE), b"\xa0garbage")
+    assert sum(processor.rejected.values()) == 101  # every rejection is counted
+    assert len(sent) == 5 and processor.acks_suppressed == 96  # only the burst was acked
+    assert all(not a.accepted and a.command_id is None for a in sent)
+
+    # a genuine command during the flood is still answered
+    genuine = seal_command(
+        "snapshot",
+        command_id="real-1",
+        device=device,
+        operator=operator,
+        seq=1,
+        expires_at=int(time.time()) + 60,
+    )
+    ack = processor.handle(cmd_topic(DEVICE), genuine.data)
+    assert ack.accepted and sent[-1] == ack and processor.accepted == 1
+
+    # an authenticated command that fails validation is answered too
+    unknown = seal_command(
+        "format_disk",
+        command_id="real-2",
+        device=device,
+        operator=operator,
+        seq=2,
+        expires_at=int(time.time()) + 60,
+    )
+    ack = processor.handle(cmd_topic(DEVICE), unknown.data)
+    assert not ack.accepted and ack.reason.startswith("unknown_command") and sent[-1] == ack
+
+    clock.now += 2.0  # two tokens later, forged commands are acked again
+    processor.handle(cmd_topic(DEVICE), b"junk")
+    processor.handle(cmd_topic(DEVICE), b"junk")
+    processor.handle(cmd_topic(DEVICE), b"junk")
+    assert len(sent) == 9 and processor.acks_suppressed == 97
