@@ -65,44 +65,31 @@ def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
     budget = AckBudget(burst=5, rate=1.0, clock=clock)
     processor, sent, operator, device = _processor(tmp_path, budget)
     forger = Identity.generate("operator")  # the right kid, the wrong key
-    for seq in range(1, 101):
-        forged = seal_command(
-            "snapshot",
-            command_id=f"f{seq}",
+
+    def send(name: str, command_id: str, signer: Identity, seq: int) -> Ack:
+        envelope = seal_command(
+            name,
+            command_id=command_id,
             device=device,
-            operator=forger,
+            operator=signer,
             seq=seq,
             expires_at=int(time.time()) + 60,
         )
-        ack = processor.handle(cmd_topic(DEVICE), forged.data)
-        assert not ack.accepted
+        return processor.handle(cmd_topic(DEVICE), envelope.data)
+
+    for seq in range(1, 101):
+        assert not send("snapshot", f"f{seq}", forger, seq).accepted
     processor.handle(cmd_topic(DEVICE), b"\xa0garbage")
     assert sum(processor.rejected.values()) == 101  # every rejection is counted
     assert len(sent) == 5 and processor.acks_suppressed == 96  # only the burst was acked
     assert all(not a.accepted and a.command_id is None for a in sent)
 
     # a genuine command during the flood is still answered
-    genuine = seal_command(
-        "snapshot",
-        command_id="real-1",
-        device=device,
-        operator=operator,
-        seq=1,
-        expires_at=int(time.time()) + 60,
-    )
-    ack = processor.handle(cmd_topic(DEVICE), genuine.data)
+    ack = send("snapshot", "real-1", operator, 1)
     assert ack.accepted and sent[-1] == ack and processor.accepted == 1
 
     # an authenticated command that fails validation is answered too
-    unknown = seal_command(
-        "format_disk",
-        command_id="real-2",
-        device=device,
-        operator=operator,
-        seq=2,
-        expires_at=int(time.time()) + 60,
-    )
-    ack = processor.handle(cmd_topic(DEVICE), unknown.data)
+    ack = send("format_disk", "real-2", operator, 2)
     assert not ack.accepted and ack.reason.startswith("unknown_command") and sent[-1] == ack
 
     clock.now += 2.0  # two tokens later, forged commands are acked again
