@@ -8,7 +8,10 @@ image, and measures:
   overall and per size bucket of the longest side (<16, 16-31, 32-63, >=64 px);
 - *face pixels leaked*: share of ground-truth face pixels left intact;
 - *background overwritten*: share of pixels outside every face and ignore box that were overwritten;
-- *seconds per megapixel* of detection + redaction (image decoding excluded).
+- *seconds per megapixel* of detection + redaction (image decoding excluded);
+- a 95% *interval* for each protected share and the background share: the 2.5th and 97.5th
+  percentiles over 1,000 bootstrap resamples of the images (whole images, since faces in one
+  photo are not independent). It says how far another set of the same kind may land.
 
 ``ignore`` boxes count neither as a miss nor as background.
 """
@@ -40,6 +43,13 @@ BUCKETS: tuple[tuple[str, int, int], ...] = (
     ("32-63", 32, 64),
     (">=64", 64, 1 << 30),
 )
+GROUPS: dict[str, list[str]] = {
+    "all": [b[0] for b in BUCKETS],
+    ">=16": ["16-31", "32-63", ">=64"],
+    ">=32": ["32-63", ">=64"],
+}
+BOOTSTRAP_RESAMPLES = 1000
+_BUCKET_COLUMN = {name: i for i, (name, _, _) in enumerate(BUCKETS)}
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class _Tally:
     megapixels: float = 0.0
     images: int = 0
     skipped: list[str] = field(default_factory=list)
+    per_image: list[list[int]] = field(default_factory=list)
+    """Per image: faces then protected faces per bucket, then background and background hit."""
 
 
 def _bucket(longest: int) -> str:
@@ -134,6 +146,8 @@ def evaluate(
 
 def _score(tally: _Tally, mask: np.ndarray[Any, np.dtype[np.bool_]], ann: Annotation) -> None:
     height, width = mask.shape
+    k = len(BUCKETS)
+    row = [0] * (2 * k + 2)  # faces per bucket, protected per bucket, background, hit
     not_background = np.zeros_like(mask)
     for x, y, w, h in ann.ignore:
         not_background[max(0, y) : y + h, max(0, x) : x + w] = True
@@ -147,18 +161,53 @@ def _score(tally: _Tally, mask: np.ndarray[Any, np.dtype[np.bool_]], ann: Annota
             continue
         covered = int(region.sum())
         bucket = _bucket(max(w, h))
-        tally.faces[bucket] += 1
+        column = _BUCKET_COLUMN[bucket]
+        row[column] += 1
         if covered >= PROTECTED_COVERAGE * total:
-            tally.protected[bucket] += 1
+            row[k + column] += 1
         tally.face_pixels += total
         tally.face_pixels_left += total - covered
     background = ~not_background
-    tally.background += int(background.sum())
-    tally.background_hit += int((mask & background).sum())
+    row[2 * k] = int(background.sum())
+    row[2 * k + 1] = int((mask & background).sum())
+    for name, column in _BUCKET_COLUMN.items():
+        tally.faces[name] += row[column]
+        tally.protected[name] += row[k + column]
+    tally.background += row[2 * k]
+    tally.background_hit += row[2 * k + 1]
+    tally.per_image.append(row)
 
 
 def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
+
+
+def _intervals(per_image: list[list[int]], seed: int = 0) -> dict[str, list[float] | None]:
+    """95% percentile intervals of each protected share and of the background share."""
+    rows = np.asarray(per_image, dtype=np.float64).reshape(-1, 2 * len(BUCKETS) + 2)
+    n = len(rows)
+    if n < 2:
+        return {}
+    picks = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    sums = rows[picks].sum(axis=1)  # (resamples, columns)
+    k = len(BUCKETS)
+    column = _BUCKET_COLUMN
+    out: dict[str, list[float] | None] = {}
+    named = {name: [name] for name, _, _ in BUCKETS} | GROUPS
+    for name, members in named.items():
+        faces = sum(sums[:, column[m]] for m in members)
+        hits = sum(sums[:, k + column[m]] for m in members)
+        out[name] = _percentiles(hits, faces)
+    out["background_overwritten"] = _percentiles(sums[:, 2 * k + 1], sums[:, 2 * k])
+    return out
+
+
+def _percentiles(num: Any, den: Any) -> list[float] | None:
+    ok = den > 0
+    if not ok.any():
+        return None
+    lo, hi = np.percentile(num[ok] / den[ok], [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def _report(t: _Tally) -> dict[str, Any]:
@@ -167,12 +216,7 @@ def _report(t: _Tally) -> dict[str, Any]:
     for name, _, _ in BUCKETS:
         protected[name] = _ratio(t.protected[name], t.faces[name])
         counts[name] = t.faces[name]
-    groups = {
-        "all": [b[0] for b in BUCKETS],
-        ">=16": ["16-31", "32-63", ">=64"],
-        ">=32": ["32-63", ">=64"],
-    }
-    for group, names in groups.items():
+    for group, names in GROUPS.items():
         protected[group] = _ratio(
             sum(t.protected[n] for n in names), sum(t.faces[n] for n in names)
         )
@@ -186,6 +230,7 @@ def _report(t: _Tally) -> dict[str, Any]:
         "background_overwritten": _ratio(t.background_hit, t.background),
         "seconds_per_megapixel": t.seconds / t.megapixels if t.megapixels else None,
         "megapixels": t.megapixels,
+        "interval95": _intervals(t.per_image),
     }
 
 
@@ -199,10 +244,24 @@ def format_report(report: dict[str, Any]) -> str:
     for skipped in report["skipped"]:
         lines.append(f"  skipped {skipped}")
     lines.append("protected faces (>= 90% of box pixels overwritten):")
+    intervals = report.get("interval95", {})
+
+    def interval(name: str) -> str:
+        iv = intervals.get(name)
+        return "" if iv is None else f"   (95% interval {pct(iv[0])} - {pct(iv[1])})"
+
     for name in ["<16", "16-31", "32-63", ">=64", ">=16", ">=32", "all"]:
-        lines.append(f"  {name:>6}: {pct(report['protected'][name])}  of {report['faces'][name]}")
+        lines.append(
+            f"  {name:>6}: {pct(report['protected'][name])}  of {report['faces'][name]:<5}"
+            + interval(name)
+        )
     lines.append(f"face pixels leaked:      {pct(report['face_pixels_leaked'])}")
-    lines.append(f"background overwritten:  {pct(report['background_overwritten'])}")
+    lines.append(
+        f"background overwritten:  {pct(report['background_overwritten'])}"
+        + interval("background_overwritten")
+    )
+    if intervals:
+        lines.append(f"intervals: {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the images")
     spm = report["seconds_per_megapixel"]
     lines.append("time per megapixel:      " + ("n/a" if spm is None else f"{spm:.4f} s"))
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,3 +83,48 @@ def test_bad_annotation_line_names_the_line(tmp_path: Path) -> None:
 def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match=r"annotations\.jsonl"):
         read_annotations(tmp_path / "nope")
+
+
+def _many(tmp_path: Path, n: int) -> Path:
+    """n images of one 20x20 face each; image i's face sits at x = 10 * (i % 5)."""
+    (tmp_path / "images").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        name = f"images/{i}.png"
+        Image.fromarray(np.zeros((60, 100, 3), np.uint8)).save(tmp_path / name)
+        face = [10 * (i % 5), 20, 20, 20]
+        lines.append(json.dumps({"image": name, "width": 100, "height": 60, "faces": [face]}))
+    (tmp_path / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_widens_with_fewer_images(
+    tmp_path: Path,
+) -> None:
+    # the box covers faces at x = 0, 10, 20 fully enough (>= 90%) but not those at 30 and 40
+    det = Fixed([Box(0, 20, 40, 40)])
+    big = evaluate(det, read_annotations(_many(tmp_path / "big", 200)), RedactionConfig(0.0))
+    small = evaluate(det, read_annotations(_many(tmp_path / "small", 10)), RedactionConfig(0.0))
+    for report in (big, small):
+        assert report["protected"]["16-31"] == pytest.approx(0.6)
+        lo, hi = report["interval95"]["16-31"]
+        assert lo < 0.6 < hi
+        assert report["interval95"][">=16"] == report["interval95"]["16-31"]
+        assert report["interval95"]["<16"] is None  # no face of that size
+        bg_lo, bg_hi = report["interval95"]["background_overwritten"]
+        assert bg_lo <= report["background_overwritten"] <= bg_hi
+
+    def width(report: dict[str, Any]) -> float:
+        lo, hi = report["interval95"]["16-31"]
+        return float(hi - lo)
+
+    assert width(small) > 2 * width(big)
+    assert 0.05 < width(big) < 0.2  # ~ 4 * sqrt(0.24 / 200) = 0.14
+    text = format_report(big)
+    assert "95% interval" in text and "bootstrap" in text
+    assert (
+        evaluate(det, read_annotations(_many(tmp_path / "one", 1)), RedactionConfig(0.0))[
+            "interval95"
+        ]
+        == {}
+    )
