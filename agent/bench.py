@@ -161,10 +161,13 @@ def machine() -> dict[str, Any]:
     import os
     import platform
 
+    delegated: bool | None = None
     try:
-        from hw.runtime import runtime_name
+        from hw.runtime import TFLiteRuntime, runtime_name
+        from models import verified_path
 
         runtime = runtime_name()
+        delegated = TFLiteRuntime(verified_path("centerface_int8")).load().delegated
     except CamveilError:
         runtime = "none"
     return {
@@ -172,6 +175,7 @@ def machine() -> dict[str, Any]:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "tflite_runtime": runtime,
+        "xnnpack": delegated,
         "load_1m": _load_1m(),
     }
 

@@ -82,6 +82,16 @@ def _info(detail: dict[str, Any]) -> TensorInfo:
     )
 
 
+def _has_delegate(interp: Any) -> bool | None:
+    """True if a delegate node runs part of the graph (an op named DELEGATE in the plan).
+
+    Uses the interpreter's private ``_get_ops_details``; ``None`` if that is unavailable."""
+    try:
+        return any(op.get("op_name") == "DELEGATE" for op in interp._get_ops_details())
+    except Exception:  # private API: absent or changed in this runtime version
+        return None
+
+
 class TFLiteRuntime:
     """A TFLite interpreter over one model file. ``load()`` does the I/O."""
 
@@ -90,6 +100,8 @@ class TFLiteRuntime:
         self._threads = num_threads
         self._edgetpu = edgetpu
         self._interp: Any = None
+        self.delegated: bool | None = None
+        """Whether a delegate (XNNPACK, EdgeTPU) runs part of the graph; ``None``: unknown."""
 
     def load(self) -> TFLiteRuntime:
         if not self._path.is_file():
@@ -110,7 +122,16 @@ class TFLiteRuntime:
             experimental_delegates=delegates or None,
         )
         self._interp.allocate_tensors()
+        self.delegated = _has_delegate(self._interp)
         logger.debug("loaded %s with %s, %d threads", self._path.name, name, self._threads)
+        if self.delegated is False:
+            logger.warning(
+                "%s runs on TFLite's reference kernels, not XNNPACK (%s): slower, and its int8 "
+                "results differ from the measured ones. XNNPACK needs /sys and /proc/cpuinfo to "
+                "detect the CPU; tflite-runtime does not accelerate int8 (install ai-edge-litert)",
+                self._path.name,
+                name,
+            )
         return self
 
     def _require(self) -> Any:

@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         info = report["machine"]
         print(
             f"machine: {info['cpus']} CPUs {info['machine']}, Python {info['python']}, "
-            f"{info['tflite_runtime']}, load {info['load_1m']} (load: 1-minute load average at "
+            f"{info['tflite_runtime']} (XNNPACK: {_yes_no(info.get('xnnpack'))}), "
+            f"load {info['load_1m']} (load: 1-minute load average at "
             "the start of each case; above the CPU count the numbers are pessimistic)"
         )
         print(format_table(results, envelope))
@@ -160,3 +161,9 @@ def _run_one(args: argparse.Namespace) -> int:
     result = run_case(BenchCase(width, height, threads), settings, base_rss_mb=base)
     print(json.dumps(result.to_dict()))
     return 0
+
+
+def _yes_no(value: object) -> str:
+    if value is None:
+        return "unknown"
+    return "yes" if value else "NO, reference kernels"
