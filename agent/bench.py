@@ -264,6 +264,7 @@ def child_argv(case: BenchCase, settings: BenchSettings) -> list[str]:
         "--warmup", str(settings.warmup_frames),
         "--source", settings.source,
         "--model", det.model,
+        "--scale", repr(det.scale),
         "--tile", str(det.tile),
         "--margin", repr(red.margin),
         "--fill", red.fill.value,

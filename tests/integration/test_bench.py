@@ -164,3 +164,28 @@ def test_an_image_path_is_tiled(tmp_path: Path) -> None:
     _assert_sane(run_case(BenchCase(100, 80, 1), settings, detector=Fixed()))
     with pytest.raises(ConfigError):
         check_source(str(tmp_path / "absent.png"))
+
+
+def test_child_command_line_carries_every_setting() -> None:
+    """Each case runs in a fresh process: its command line must rebuild the same settings."""
+    import argparse
+    from dataclasses import replace
+
+    from agent.bench import BenchCase, BenchSettings, child_argv
+    from agent.cli import bench as bench_cli
+    from agent.pipeline import PrivacyConfig
+    from agent.privacy.redact import FillMode, RedactionConfig
+
+    settings = BenchSettings(
+        seconds=0.5,
+        warmup_frames=2,
+        source="synthetic",
+        detector=DetectorConfig(threshold=0.3, scale=2.0, tile=256),
+        privacy=PrivacyConfig(redaction=RedactionConfig(margin=0.4, fill=FillMode.NOISE)),
+    )
+    argv = child_argv(BenchCase(640, 480, 2), settings)
+    assert argv[1:4] == ["-m", "agent", "bench"]
+    parser = argparse.ArgumentParser()
+    bench_cli.add_arguments(parser)
+    rebuilt = bench_cli.settings_from(parser.parse_args(argv[4:]))
+    assert rebuilt == replace(settings, detector=replace(settings.detector, threads=1))
