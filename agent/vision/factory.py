@@ -29,7 +29,8 @@ class DetectorConfig:
     scale: float = 1.0
     """Resize factor before ``centerface_int8`` runs. 2.0 finds faces down to half the size at
     about 4 times the cost: on WIDER FACE val it protects 95% of faces under 16 px instead of 76%,
-    but fewer large faces (86% of faces >= 64 px instead of 93%). For cameras mounted far from
+    but fewer large faces (86% of faces >= 64 px instead of 93%). At 1280x720 with 2 threads:
+    7.1 fps and 399 MiB peak RSS instead of 25.9 fps and 204 MiB. For cameras mounted far from
     people; keep 1.0 otherwise."""
     tile: int = 0
     """Also run the detector on overlapping tiles of this many source pixels (0: whole frame)."""
