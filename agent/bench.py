@@ -265,6 +265,7 @@ def child_argv(case: BenchCase, settings: BenchSettings) -> list[str]:
         "--source", settings.source,
         "--model", det.model,
         "--scale", repr(det.scale),
+        "--extra-scale", repr(det.extra_scale),
         "--tile", str(det.tile),
         "--margin", repr(red.margin),
         "--fill", red.fill.value,

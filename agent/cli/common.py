@@ -16,6 +16,12 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--scale", type=float, default=1.0, help="resize before centerface (default 1.0)"
     )
+    group.add_argument(
+        "--extra-scale",
+        type=float,
+        default=0.0,
+        help="centerface: also run at this scale and merge (2.0: maximum protection, 5x cost)",
+    )
     group.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: off)")
     group.add_argument("--margin", type=float, default=0.25, help="box growth (default 0.25)")
     group.add_argument(
@@ -29,6 +35,7 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
         threshold=args.threshold,
         threads=args.threads,
         scale=args.scale,
+        extra_scale=args.extra_scale,
         tile=args.tile,
     )
 

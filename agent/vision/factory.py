@@ -11,6 +11,8 @@ from agent.errors import ConfigError
 from agent.vision.detection import Detector
 
 DETECTOR_MODELS = ("centerface_int8", "blazeface_full_int8")
+EXTRA_SCORE_THRESHOLD = 0.16
+EXTRA_SMALL_SCORE_THRESHOLD = 0.10
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class DetectorConfig:
     but fewer large faces (86% of faces >= 64 px instead of 93%). At 1280x720 with 2 threads:
     7.1 fps and 399 MiB peak RSS instead of 25.9 fps and 204 MiB. For cameras mounted far from
     people; keep 1.0 otherwise."""
+    extra_scale: float = 0.0
+    """``centerface_int8`` only: also run the model at this scale and merge the boxes (0: off).
+    2.0 is the maximum-protection mode for offline redaction: on WIDER FACE val it protects
+    92.8% of faces under 16 px (default 76.0%), 97.1% of faces >= 16 px (95.9%) and 96.4% of
+    faces >= 32 px (95.6%), for 5.5% of background overwritten (4.6%), at 0.45 s/MP (0.09).
+    The extra pass uses score thresholds 0.10 under 32 px and 0.16 above."""
     tile: int = 0
     """Also run the detector on overlapping tiles of this many source pixels (0: whole frame)."""
     tile_overlap: float = 0.25
@@ -60,6 +68,12 @@ class DetectorConfig:
                 f"[detector] scale applies to centerface_int8 only; {self.model} letterboxes "
                 "the whole frame (use tile for small faces)"
             )
+        if self.extra_scale and not 0.25 <= self.extra_scale <= 4.0:
+            raise ConfigError(
+                f"[detector] extra_scale = {self.extra_scale}: use 0 (off) or 0.25 to 4"
+            )
+        if self.extra_scale and self.model != "centerface_int8":
+            raise ConfigError("[detector] extra_scale applies to centerface_int8 only")
         if self.tile < 0 or (0 < self.tile < 64):
             raise ConfigError(f"[detector] tile = {self.tile}: use 0 (off) or at least 64 pixels")
         if not 0.0 <= self.tile_overlap < 0.9:
@@ -86,6 +100,17 @@ def build_detector(config: DetectorConfig) -> Detector:
         overrides["scale"] = config.scale
         cf = dataclasses.replace(CenterFaceConfig(), **overrides)
         detector = CenterFaceDetector(path, cf, edgetpu=config.edgetpu).load()
+        if config.extra_scale:
+            from agent.vision.tiling import MergedDetector
+
+            extra = dataclasses.replace(
+                cf,
+                scale=config.extra_scale,
+                score_threshold=EXTRA_SCORE_THRESHOLD,
+                small_score_threshold=EXTRA_SMALL_SCORE_THRESHOLD,
+            )
+            second = CenterFaceDetector(path, extra, edgetpu=config.edgetpu).load()
+            detector = MergedDetector([detector, second])
     else:
         from agent.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
 

@@ -168,3 +168,21 @@ class TiledDetector:
             "tiled detect: %d tiles, %d raw, %d merged", len(tiles), len(found), len(merged)
         )
         return merged
+
+
+class MergedDetector:
+    """:class:`Detector` that runs several detectors on the whole frame and merges their boxes
+    (see :func:`merge`), e.g. one model at two input scales."""
+
+    def __init__(self, detectors: list[Detector], iou: float = 0.3, contain: float = 0.8) -> None:
+        if not detectors:
+            raise ValueError("MergedDetector needs at least one detector")
+        self._detectors = list(detectors)
+        self._iou = iou
+        self._contain = contain
+
+    def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
+        found: list[Detection] = []
+        for detector in self._detectors:
+            found.extend(detector.detect(rgb))
+        return merge(found, self._iou, self._contain)

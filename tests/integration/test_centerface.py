@@ -179,6 +179,21 @@ def test_detector_config_scale_reaches_the_model() -> None:
     assert len(faces) == 1 and faces[0].box.iou(ASTRONAUT_FACE) > 0.6, faces
 
 
+def test_extra_scale_merges_a_second_pass() -> None:
+    from agent.vision.factory import DetectorConfig, build_detector
+    from agent.vision.tiling import MergedDetector
+
+    img = photo("astronaut")
+    det = build_detector(DetectorConfig(extra_scale=2.0))
+    assert isinstance(det, MergedDetector)
+    faces = [d for d in det.detect(img) if d.score >= 0.4]
+    assert len(faces) == 1 and faces[0].box.iou(ASTRONAUT_FACE) > 0.6, faces
+    # the merged box encloses what each pass found, so it never covers less than either
+    single = [d for d in build_detector(DetectorConfig()).detect(img) if d.score >= 0.4]
+    big, small = faces[0].box, single[0].box
+    assert big.x0 <= small.x0 and big.y0 <= small.y0 and big.x1 >= small.x1 and big.y1 >= small.y1
+
+
 def test_max_side_caps_the_model_input() -> None:
     config = CenterFaceConfig(max_side=256)
     assert input_size(512, 1024, config) == (128, 256)

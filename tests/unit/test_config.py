@@ -48,6 +48,11 @@ def test_nested_tables_are_typed(tmp_path: Path) -> None:
             '[detector]\nmodel = "blazeface_full_int8"\nscale = 2.0\n',
             r"scale applies to centerface_int8 only",
         ),
+        ("[detector]\nextra_scale = 9.0\n", r"extra_scale = 9.0: use 0 \(off\) or 0.25 to 4"),
+        (
+            '[detector]\nmodel = "blazeface_full_int8"\nextra_scale = 2.0\n',
+            r"extra_scale applies to centerface_int8 only",
+        ),
         ("[privacy.redaction]\nmargin = 9.0\n", r"margin must be in \[0, 4\]"),
         ("[detector\n", r"not valid TOML"),
         ("[output]\nsnapshot_every = -1\n", r"snapshot_every must be >= 0"),

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.vision.detection import Box, Detection
-from agent.vision.tiling import Tile, TiledDetector, merge, tile_grid
+from agent.vision.tiling import MergedDetector, Tile, TiledDetector, merge, tile_grid
 
 
 class SquareFinder:
@@ -182,3 +182,21 @@ def test_bad_settings_rejected(tile: int, overlap: float) -> None:
 
 def test_tile_value() -> None:
     assert Tile(0, 0, 10, 10) == Tile(0, 0, 10, 10)
+
+
+def test_merged_detector_unions_and_merges_runs() -> None:
+    class Fixed:
+        def __init__(self, dets: list[Detection]) -> None:
+            self.dets = dets
+
+        def detect(self, rgb: np.ndarray) -> list[Detection]:
+            return list(self.dets)
+
+    a = Fixed([Detection(Box(10, 10, 30, 30), 0.9), Detection(Box(100, 100, 110, 110), 0.2)])
+    b = Fixed([Detection(Box(12, 8, 32, 30), 0.5), Detection(Box(200, 10, 210, 20), 0.3)])
+    merged = MergedDetector([a, b]).detect(np.zeros((240, 320, 3), np.uint8))
+    boxes = sorted((d.box.x0, d.box.y0, d.box.x1, d.box.y1, d.score) for d in merged)
+    # the overlapping pair becomes one box enclosing both, with the higher score
+    assert boxes == [(10, 8, 32, 30, 0.9), (100, 100, 110, 110, 0.2), (200, 10, 210, 20, 0.3)]
+    with pytest.raises(ValueError, match="at least one"):
+        MergedDetector([])
