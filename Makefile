@@ -8,7 +8,7 @@ ARCH           ?= aarch64
 PYTHON_VERSION ?= 3.11
 DEMO_SOURCE ?= ../shared/data/video/intel-sample-videos/one-by-one-person-detection.mp4
 
-.PHONY: setup run demo test check bench eval models bundle clean
+.PHONY: setup run demo test test-fast check bench eval models bundle clean
 
 setup: $(STAMP)
 
@@ -28,10 +28,15 @@ demo: setup
 test: setup
 	$(BIN)/pytest $(ARGS)
 
+## the pure unit tests only (no broker, no models on disk beyond what they load): for iteration
+test-fast: setup
+	$(BIN)/pytest tests/unit -q $(ARGS)
+
 check: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/camveil bench $(ARGS)

@@ -30,13 +30,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from agent.errors import DetectorFailedError, EndOfStream, InputFileError
 from agent.pipeline import Pipeline, PrivacyConfig, regions_to_redact
 from agent.privacy.redact import RedactedFrame, redact
 from agent.privacy.store import VideoSink, write_png
 from agent.stats import PipelineStats
 from agent.vision.detection import Detection, Detector
 from agent.vision.track import TrackedRegion
+from contract.errors import DetectorFailedError, EndOfStream, InputFileError
 from hw.frame import Frame
 
 logger = logging.getLogger(__name__)

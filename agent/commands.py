@@ -24,7 +24,7 @@ like every event)::
        "status": "accepted" / "rejected",
        "reason": tstr}}             ; "ok", or why: bad_signature, replay, expired, ...
 
-Replay protection survives restarts: the command :class:`~agent.envelope.ReplayGuard` is saved
+Replay protection survives restarts: the command :class:`~contract.envelope.ReplayGuard` is saved
 to ``cmd-replay.cbor`` in the state directory after each accepted command and *before* it runs,
 so a crash can lose a command but never run one twice. Rejections are counted by reason
 (``rejected``), and the daemon reports them in health.
@@ -50,17 +50,18 @@ from typing import Any, Final
 
 import cbor2
 
-from agent.envelope.keys import (
+from agent.events import Header
+from contract.envelope.keys import (
     Identity,
     PeerKeys,
     PublicIdentity,
     read_private_file,
     write_private_file,
 )
-from agent.envelope.replay import ReplayGuard
-from agent.envelope.seal import SealedEnvelope, open_envelope, seal
-from agent.envelope.wire import parse_sign1
-from agent.errors import (
+from contract.envelope.replay import ReplayGuard
+from contract.envelope.seal import SealedEnvelope, open_envelope, seal
+from contract.envelope.wire import parse_sign1
+from contract.errors import (
     BadSignatureError,
     BindingMismatchError,
     CamveilError,
@@ -72,7 +73,6 @@ from agent.errors import (
     ReplayError,
     UnknownKeyError,
 )
-from agent.events import Header
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Every section is a frozen dataclass whose fields are documented where they are declared;
 :func:`from_mapping` turns a TOML table into one, refusing unknown keys and wrong types with a
-:class:`~agent.errors.ConfigError` such as ``[detector] threads = "two": expected an integer``.
+:class:`~contract.errors.ConfigError` such as ``[detector] threads = "two": expected an integer``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from agent.errors import ConfigError
 from agent.pipeline import PrivacyConfig
 from agent.vision.factory import DetectorConfig
+from contract.errors import ConfigError
 from hw.camera.config import CameraConfig
 
 if sys.version_info >= (3, 11):
@@ -207,7 +207,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/camveil/camveil.toml")
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
-    """Where the redacted output of `camveil run` goes (local files; MQTT events come later)."""
+    """Local files that `camveil run` writes besides the sealed MQTT events: redacted video and
+    snapshots."""
 
     dir: Path = Path("/var/lib/camveil/out")
     """Folder for redacted video and snapshots."""

@@ -15,7 +15,7 @@ Threads and queues (everything else is owned by exactly one of them)::
     caller's thread   Daemon.run: start, health event every interval, stop
 
 Only :class:`~agent.privacy.redact.RedactedFrame` reaches the sink, only events built from it
-are sealed (agent.events), and only :class:`~agent.envelope.SealedEnvelope` enters the outbox and
+are sealed (agent.events), and only :class:`~contract.envelope.SealedEnvelope` enters the outbox and
 the transport; each of those refuses anything else. A ``set_config`` or ``restart_pipeline``
 builds the new camera/detector/pipeline first, swaps it in between two frames, and puts the old
 one back if anything after the swap fails (agent.commands for the wire format).
@@ -51,8 +51,6 @@ from agent.config import (
     remote_config_path,
     write_config_atomic,
 )
-from agent.envelope.seal import SealedEnvelope
-from agent.errors import CamveilError, ConfigError
 from agent.events import (
     CountPrivacy,
     EventBuilder,
@@ -60,7 +58,6 @@ from agent.events import (
     SnapshotPolicy,
     new_boot_id,
 )
-from agent.listener import seq_ranges
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
 from agent.presence import FrameSink, RecordingDetector, snapshot_event
@@ -72,6 +69,9 @@ from agent.unitstate import UnitState
 from agent.vision.detection import Detector
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.guard import GuardedDetector
+from contract.envelope.seal import SealedEnvelope
+from contract.errors import CamveilError, ConfigError
+from contract.ranges import seq_ranges
 from hw.board import BoardInfo, LinuxBoard
 from hw.camera import open_camera
 from hw.camera.base import Camera

@@ -15,7 +15,7 @@ Privacy rules enforced here (DESIGN §2):
   run time too) and encodes it with :func:`agent.privacy.store.encode_jpeg`;
 - the encoder accepts only the five event classes (exactly, not subclasses), and walks every
   field: an ndarray, a numpy scalar, anything whose class (or a base) is named ``Embedding``, or
-  any other non-plain value raises :class:`~agent.errors.UnredactedDataError`. So an embedding
+  any other non-plain value raises :class:`~contract.errors.UnredactedDataError`. So an embedding
   (or raw pixels) cannot be serialised by accident, whatever a caller puts into a field;
 - presence counts may carry Laplace noise and small-count suppression (:class:`CountPrivacy`).
 """
@@ -42,15 +42,15 @@ import cbor2
 import numpy as np
 from PIL import Image
 
-from agent.envelope.keys import Identity, PublicIdentity, check_kid
-from agent.envelope.seal import SealedEnvelope, seal
-from agent.errors import EventError, SnapshotTooLargeError, UnredactedDataError
 from agent.outbox import OutboxStats
 from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import encode_jpeg, require_redacted
 from agent.sequence import SequenceSource
 from agent.stats import PipelineStats
 from agent.tamper import TamperKind
+from contract.envelope.keys import Identity, PublicIdentity, check_kid
+from contract.envelope.seal import SealedEnvelope, seal
+from contract.errors import EventError, SnapshotTooLargeError, UnredactedDataError
 
 PROTOCOL_VERSION: Final = 1
 TOPIC_PREFIX: Final = "camveil/v1/"
@@ -431,7 +431,7 @@ def fit_jpeg(frame: RedactedFrame, policy: SnapshotPolicy) -> tuple[bytes, int]:
 
 
 def to_map(event: Event) -> dict[str, Any]:
-    """The plaintext map of ``event`` (what :func:`agent.envelope.seal` encrypts).
+    """The plaintext map of ``event`` (what :func:`contract.envelope.seal` encrypts).
 
     Raises UnredactedDataError for anything that is not exactly one of the event classes, or
     that holds an ndarray, a numpy scalar, an ``Embedding`` or any other non-plain value.

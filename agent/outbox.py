@@ -1,13 +1,13 @@
 """Durable outbox of sealed envelopes: stdlib sqlite3 in WAL mode, one row per envelope.
 
-Only :class:`~agent.envelope.SealedEnvelope` instances may enter (anything else raises
-:class:`~agent.errors.UnredactedDataError`). A row leaves only when the broker acknowledged it
+Only :class:`~contract.envelope.SealedEnvelope` instances may enter (anything else raises
+:class:`~contract.errors.UnredactedDataError`). A row leaves only when the broker acknowledged it
 (:meth:`Outbox.ack`, called from the transport's PUBACK callback) or when a bound evicts it; every
 eviction and every refused envelope is counted in a table of the same database, in the same
 transaction as the change it counts, so the totals survive restarts.
 
-Rows come back out as :class:`OutboxItem` holding a :class:`~agent.envelope.SealedEnvelope`
-rebuilt with :func:`~agent.envelope.restore_sealed`, which checks the device's signature: a row
+Rows come back out as :class:`OutboxItem` holding a :class:`~contract.envelope.SealedEnvelope`
+rebuilt with :func:`~contract.envelope.restore_sealed`, which checks the device's signature: a row
 damaged on disk, or signed by keys the device no longer has, is evicted (counted ``invalid``)
 instead of being published.
 
@@ -32,11 +32,11 @@ event (FULL for everything: three). Measured numbers: docs/PROTOCOL.md, "Events"
 
 Disk full: SQLite reports ``database or disk is full`` (also when ``max_db_bytes`` is reached).
 The outbox then checkpoints the WAL, evicts the oldest envelopes (counted as ``disk_full``) and
-retries; if nothing is left to evict it raises :class:`~agent.errors.OutboxFullError` (counted as
+retries; if nothing is left to evict it raises :class:`~contract.errors.OutboxFullError` (counted as
 rejected ``full``).
 
 Corruption: at open the file gets ``PRAGMA quick_check``. A corrupt file raises
-:class:`~agent.errors.OutboxCorruptError`; with ``recover_corrupt=True`` the file (with its
+:class:`~contract.errors.OutboxCorruptError`; with ``recover_corrupt=True`` the file (with its
 ``-wal``/``-shm``) is instead moved aside to ``<name>.corrupt-<UTC time>``, a new database is
 started and ``corrupt_recovered`` is counted in it. The envelopes in the old file are not re-sent
 (they can be inspected with the sqlite3 shell); the seq counter lives elsewhere
@@ -57,9 +57,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal
 
-from agent.envelope.keys import PublicIdentity
-from agent.envelope.seal import SealedEnvelope, restore_sealed
-from agent.errors import (
+from contract.envelope.keys import PublicIdentity
+from contract.envelope.seal import SealedEnvelope, restore_sealed
+from contract.errors import (
     EnvelopeError,
     OutboxCorruptError,
     OutboxError,
@@ -278,7 +278,7 @@ class Outbox:
         if not isinstance(envelope, SealedEnvelope):
             raise UnredactedDataError(
                 f"refusing to queue a {type(envelope).__name__}: only SealedEnvelope (made by "
-                "agent.envelope.seal) may enter the outbox"
+                "contract.envelope.seal) may enter the outbox"
             )
         if envelope.sender_kid != self._signer.kid:
             raise ValueError(

@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.errors import CameraUnavailableError, EndOfStream, FrameError, PrivacyError
 from agent.privacy.redact import RedactedFrame, RedactionConfig, redact
 from agent.stats import PipelineStats
 from agent.vision.detection import Box, Detector
 from agent.vision.track import TrackedRegion, Tracker, TrackerConfig
+from contract.errors import CameraUnavailableError, EndOfStream, FrameError, PrivacyError
 from hw.frame import Frame
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ thread) acknowledge. The contract is the one sketched in :class:`agent.outbox.Ou
 - after paho's own reconnect paho retransmits what is outstanding (same mids); only when a
   session ends for good (``STOPPED``) are the in-flight rows requeued (:meth:`on_state`).
 
-Everything the publisher hands on is a :class:`~agent.envelope.SealedEnvelope` restored from
+Everything the publisher hands on is a :class:`~contract.envelope.SealedEnvelope` restored from
 the outbox (signature checked); the transport refuses anything else.
 """
 
@@ -28,13 +28,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.commands import Ack, seal_ack
-from agent.envelope.seal import SealedEnvelope
-from agent.errors import EventError, OutboxError
 from agent.events import Event, EventBuilder, seal_event
 from agent.outbox import Outbox
 from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState
 from agent.unitstate import UnitState
+from contract.envelope.seal import SealedEnvelope
+from contract.errors import EventError, OutboxError
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Final, Protocol
 
-from agent.errors import SequenceError
+from contract.errors import SequenceError
 
 logger = logging.getLogger(__name__)
 

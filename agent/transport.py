@@ -2,8 +2,8 @@
 
 Contract with the outbox (the only user that publishes):
 
-- :meth:`Transport.publish` takes a :class:`~agent.envelope.SealedEnvelope` and nothing else
-  (:class:`~agent.errors.UnredactedDataError` otherwise). It returns the MQTT message id, or
+- :meth:`Transport.publish` takes a :class:`~contract.envelope.SealedEnvelope` and nothing else
+  (:class:`~contract.errors.UnredactedDataError` otherwise). It returns the MQTT message id, or
   ``None`` when the message was *not* taken: disconnected, stopping, or ``max_outstanding``
   messages are already waiting for their PUBACK. On ``None`` keep the row and offer it again
   after the next ``CONNECTED`` event or the next ack. Nothing is queued behind your back.
@@ -57,13 +57,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.envelope import SealedEnvelope
-from agent.errors import ConfigError, UnredactedDataError
+from contract.envelope import SealedEnvelope
+from contract.errors import UnredactedDataError
+from contract.mqtt import QOS, TOPIC_ROOT, tls_context
 
 logger = logging.getLogger(__name__)
 
-TOPIC_ROOT: Final = "camveil/v1"
-QOS: Final = 1
 _DISCONNECT_WITH_WILL: Final = 0x04
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
 
@@ -131,30 +130,6 @@ StateCallback = Callable[[ConnectionEvent], None]
 CommandCallback = Callable[[str, bytes], None]
 #: a sealed "offline" status, or a function that seals one (called before each connection)
 WillSource = SealedEnvelope | Callable[[], SealedEnvelope]
-
-
-def tls_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """TLS 1.2+, the pinned CA as the only trust anchor, host name checked, our certificate
-    (units and backends alike). ConfigError (naming the file) when a file cannot be loaded."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_verify_locations(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(_unusable("CA certificate", str(ca_file), exc)) from None
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
-        files = f"{cert_file} / {key_file}"
-        raise ConfigError(_unusable("client certificate and key", files, exc)) from None
-    return context
-
-
-def _unusable(what: str, where: str, exc: BaseException) -> str:
-    return (
-        f"mqtt: cannot load the {what} ({where}): {exc}. These files come from provisioning; "
-        "re-provision the unit if they are missing or damaged."
-    )
 
 
 class _Client(mqtt.Client):
@@ -238,7 +213,7 @@ class Transport:
 
     def start(self) -> None:
         """Load the TLS files and connect in the background (returns at once; watch
-        ``on_state`` or :meth:`wait_connected`). Raises :class:`~agent.errors.ConfigError`
+        ``on_state`` or :meth:`wait_connected`). Raises :class:`~contract.errors.ConfigError`
         naming the file if the CA, certificate or key cannot be loaded."""
         if self._client is not None:
             raise RuntimeError("Transport already started")

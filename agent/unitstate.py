@@ -33,9 +33,9 @@ import cbor2
 from nacl.public import PublicKey
 from nacl.signing import VerifyKey
 
-from agent.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity
-from agent.errors import ConfigError, KeyFileError
 from agent.transport import TransportConfig
+from contract.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity
+from contract.errors import ConfigError, KeyFileError
 
 PROVISIONED: Final = "provisioned"
 IDENTITY_FILE: Final = "identity.cbor"

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import ModelMissingError, RuntimeUnavailableError
+from contract.errors import ModelMissingError, RuntimeUnavailableError
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 from types import TracebackType
 from typing import Any, Final
 
-from agent.errors import SerialPortError
+from contract.errors import SerialPortError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ModelHashError, ModelMissingError
+from contract.errors import ModelHashError, ModelMissingError
 
 MODELS_DIR = Path(__file__).resolve().parent
 MANIFEST = MODELS_DIR / "manifest.json"

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from agent.errors import BrokerStartError, ConfigError
+from contract.errors import BrokerStartError, ConfigError
 
 HOST: Final = "127.0.0.1"
 INSTALL_HINT: Final = (

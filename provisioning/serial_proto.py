@@ -12,7 +12,7 @@ carries the id of its request. Message types: docs/PROTOCOL.md, "Provisioning ov
 :class:`FrameReader` never raises on its input: every rejected frame is counted in
 :class:`ReaderStats` by cause (bad COBS, bad CRC, oversize, undecodable CBOR, not a message).
 
-Errors (all :class:`agent.errors.CamveilError`)::
+Errors (all :class:`contract.errors.CamveilError`)::
 
     ProvisioningError               provisioning failed; the message says what to do
     ├── LinkTimeoutError            no valid answer after every retry (cable, port, no listener)
@@ -35,9 +35,9 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import cbor2
 
-from agent.envelope.cose import StrictCBORError
-from agent.envelope.cose import loads as cbor_loads
-from agent.errors import (
+from contract.envelope.cose import StrictCBORError
+from contract.envelope.cose import loads as cbor_loads
+from contract.errors import (
     LinkTimeoutError,
     RefusedError,
 )

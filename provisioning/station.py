@@ -11,7 +11,7 @@ Station directory (``camveil station init DIR``; 0700, private keys 0600)::
     station.json                   defaults: broker URL, backend and operator names
     inventory.sqlite               every unit (provisioning.inventory)
     devices.json                   trusted devices (dashboard, people): id -> public keys, site
-    devices.cbor                   the same as a peers file (agent.envelope.keys.save_peers), for
+    devices.cbor                   the same as a peers file (contract.envelope.keys.save_peers), for
                                    `camveil listen --devices DIR/devices.cbor`
 
 A run (:meth:`Station.provision`): HELLO; for an unprovisioned unit CSR (CN = the device id the
@@ -37,14 +37,14 @@ from typing import Any, Final
 from nacl.public import PublicKey
 from nacl.signing import VerifyKey
 
-from agent.envelope.keys import (
+from contract.envelope.keys import (
     Identity,
     PublicIdentity,
     load_identity,
     save_identity,
     save_peers,
 )
-from agent.errors import ProtocolViolationError, ProvisioningError
+from contract.errors import ProtocolViolationError, ProvisioningError
 from provisioning import broker, pki
 from provisioning.inventory import Inventory, UnitRecord
 from provisioning.serial_proto import (

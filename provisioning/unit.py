@@ -3,7 +3,7 @@
 State directory (default ``/var/lib/camveil``; everything 0700 directories / 0600 private files)::
 
     pending/                 keys made on the unit before it has an identity (first HELLO)
-        identity.cbor        Ed25519 + X25519 (agent.envelope.keys format, kid "pending")
+        identity.cbor        Ed25519 + X25519 (contract.envelope.keys format, kid "pending")
         tls.key              ECDSA P-256 key of the TLS client certificate (PKCS#8 PEM)
     provisioned/             present only when provisioning completed; the agent's identity
         identity.cbor        the same keys under kid = device id
@@ -38,8 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from nacl.signing import SigningKey, VerifyKey
 
-from agent.envelope.keys import Identity, check_kid, load_identity, save_identity
-from agent.errors import CamveilError, KeyFileError, ProtocolViolationError
+from contract.envelope.keys import Identity, check_kid, load_identity, save_identity
+from contract.errors import CamveilError, KeyFileError, ProtocolViolationError
 from provisioning import pki
 from provisioning.serial_proto import (
     PROTOCOL_VERSION,

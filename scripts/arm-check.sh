@@ -419,7 +419,7 @@ import json
 import sys
 from dataclasses import replace
 
-from agent.bench import BenchCase, BenchSettings, run_case
+from tools.bench import BenchCase, BenchSettings, run_case
 from agent.vision.factory import DetectorConfig
 
 settings = BenchSettings(

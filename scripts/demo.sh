@@ -54,7 +54,7 @@ if [ -n "$SOURCE" ] && [ -e "$SOURCE" ]; then
   PACING="realtime = false"   # as fast as the detector goes
   echo "demo: camera = replay of $SOURCE (first $FRAMES frames)"
 else
-  SOURCE=$("$BIN/python" -c 'from pathlib import Path; from agent.cli.run import _demo_photos; print(_demo_photos(Path("'"$OUT"'/photos")))')
+  SOURCE=$("$BIN/python" -c 'from pathlib import Path; from camveil.cli.run import _demo_photos; print(_demo_photos(Path("'"$OUT"'/photos")))')
   PACING=$'loop = true\nrealtime = true\nfps = 10.0'   # 40 photos, looped at 10 fps
   FRAMES=${DEMO_FRAMES:-200}
   echo "demo: camera = replay of real photos in $SOURCE ($FRAMES frames at 10 fps)"
@@ -100,7 +100,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from agent.commands import seal_command
-from agent.envelope.keys import load_identity, load_peers
+from contract.envelope.keys import load_identity, load_peers
 
 root, port, events = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 deadline = time.monotonic() + 30

@@ -6,7 +6,7 @@ so nothing of the face can be recovered: no blur, no mosaic, no keyed scrambling
 
 :class:`RedactedFrame` can only be built here: its constructor demands a private seal object, so
 code elsewhere cannot wrap raw pixels in it by mistake (it raises
-:class:`~agent.errors.UnredactedDataError`).
+:class:`~contract.errors.UnredactedDataError`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import UnredactedDataError
 from agent.vision.detection import Box
+from contract.errors import UnredactedDataError
 from hw.frame import Frame, Pixels
 
 _SEAL = object()

@@ -1,7 +1,7 @@
 """The only ways pixels leave the privacy pipeline for storage: encoders of RedactedFrame.
 
 Every function here checks its argument's type at run time too, so that a raw ``Frame`` or an
-ndarray reaching a store path raises :class:`~agent.errors.UnredactedDataError` instead of being
+ndarray reaching a store path raises :class:`~contract.errors.UnredactedDataError` instead of being
 written.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.errors import UnredactedDataError
 from agent.privacy.redact import RedactedFrame
+from contract.errors import UnredactedDataError
 
 
 def require_redacted(obj: object) -> RedactedFrame:

@@ -1,1 +1,2 @@
-"""Detection, tracking and embedding on the device."""
+"""Face detection and tracking on the device: detectors (CenterFace, BlazeFace, tiled, merged),
+NMS, the hold-over tracker and the fail-closed guard."""

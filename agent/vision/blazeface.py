@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import ModelError
 from agent.vision.detection import Box, Detection
 from agent.vision.nms import iou_one_to_many, nms
+from contract.errors import ModelError
 from hw.runtime import Runtime, TensorInfo, TFLiteRuntime
 
 if TYPE_CHECKING:

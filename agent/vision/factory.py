@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
 from agent.vision.detection import Detector
+from contract.errors import ConfigError
 
 DETECTOR_MODELS = ("centerface_int8", "blazeface_full_int8")
 EXTRA_SCORE_THRESHOLD = 0.16

@@ -1,9 +1,9 @@
 """Fail-closed wrapper around a detector: exceptions, timeouts and overload become PrivacyErrors.
 
 The detector runs on one worker thread. A call that does not finish within ``timeout`` raises
-:class:`~agent.errors.DetectorTimeoutError`; while that late call is still running, further frames
-raise :class:`~agent.errors.DetectorOverloadError` at once instead of queueing up. The caller drops
-the frame in every one of these cases: nothing derived from it is emitted.
+:class:`~contract.errors.DetectorTimeoutError`; while that late call is still running, further
+frames raise :class:`~contract.errors.DetectorOverloadError` at once instead of queueing up. The
+caller drops the frame in every one of these cases: nothing derived from it is emitted.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import (
+from agent.vision.detection import Detection, Detector
+from contract.errors import (
     DetectorFailedError,
     DetectorOverloadError,
     DetectorTimeoutError,
     PrivacyError,
 )
-from agent.vision.detection import Detection, Detector
 
 
 class GuardedDetector:

@@ -5,12 +5,12 @@ Contract of :meth:`Camera.read` (the one method the pipeline calls):
 - blocks until the next frame and returns it as an RGB :class:`~hw.frame.Frame`;
 - ``Frame.index`` counts frame *slots* of the source: a frame that was lost (dropped because the
   reader was late, corrupt, or missed) consumes its index, so gaps in ``index`` show losses;
-- raises :class:`~agent.errors.FrameError` for one corrupt frame (counted in ``stats.corrupt`` and
-  ``stats.lost``; the camera stays usable, the next ``read`` continues);
-- raises :class:`~agent.errors.CameraUnavailableError` when the device cannot be opened or has
+- raises :class:`~contract.errors.FrameError` for one corrupt frame (counted in ``stats.corrupt``
+  and ``stats.lost``; the camera stays usable, the next ``read`` continues);
+- raises :class:`~contract.errors.CameraUnavailableError` when the device cannot be opened or has
   gone; the camera is then dead and must be closed and a new one opened
   (:class:`~hw.camera.reconnect.ReconnectingCamera` does that with backoff);
-- raises :class:`~agent.errors.EndOfStream` when a finite, non-looping source (replay) has no
+- raises :class:`~contract.errors.EndOfStream` when a finite, non-looping source (replay) has no
   more frames; it keeps raising it on every later call. We chose a dedicated exception over
   ``StopIteration`` because ``StopIteration`` escaping into a generator becomes a ``RuntimeError``
   (PEP 479) and is invisible to ``except CameraError``.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar
 
-from agent.errors import CameraError, CameraUnavailableError, EndOfStream, FrameError
+from contract.errors import CameraError, CameraUnavailableError, EndOfStream, FrameError
 from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame, Pixels
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from agent.errors import ConfigError
+from contract.errors import ConfigError
 
 CameraKind = Literal["synthetic", "replay", "v4l2", "picamera2", "gstreamer"]
 KINDS: tuple[str, ...] = get_args(CameraKind)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agent.errors import FrameError
+from contract.errors import FrameError
 from hw.frame import Pixels
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.errors import CameraUnavailableError, ConfigError, FrameError
+from contract.errors import CameraUnavailableError, ConfigError, FrameError
 from hw.camera.base import BaseCamera, Camera
 from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig

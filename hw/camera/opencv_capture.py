@@ -12,7 +12,7 @@ from typing import Protocol
 
 import cv2
 
-from agent.errors import CameraUnavailableError, FrameError
+from contract.errors import CameraUnavailableError, FrameError
 from hw.camera.base import BaseCamera
 from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.convert import bgr_to_rgb, resize

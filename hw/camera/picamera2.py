@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.errors import CameraUnavailableError, FrameError
+from contract.errors import CameraUnavailableError, FrameError
 from hw.camera.base import BaseCamera
 from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig

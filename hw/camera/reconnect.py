@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from agent.errors import CameraError, CameraUnavailableError, FrameError
+from contract.errors import CameraError, CameraUnavailableError, FrameError
 from hw.camera.base import Camera, CameraStats, FrameCounters
 from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agent.errors import CameraUnavailableError, ConfigError, EndOfStream
+from contract.errors import CameraUnavailableError, ConfigError, EndOfStream
 from hw.camera.base import BaseCamera
 from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from agent.errors import CameraUnavailableError, FrameError
+from contract.errors import CameraUnavailableError, FrameError
 from hw.camera.convert import bgr_to_rgb
 from hw.frame import Pixels
 

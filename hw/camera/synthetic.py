@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import CameraUnavailableError, FrameError
+from contract.errors import CameraUnavailableError, FrameError
 from hw.camera.base import BaseCamera
 from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig

@@ -21,8 +21,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent import errors
-from agent.errors import CamveilError
+from contract import errors
+from contract.errors import CamveilError
 from provisioning import broker as broker_config
 from provisioning import devbroker, pki
 from provisioning.devbroker import HOST, INSTALL_HINT, free_port

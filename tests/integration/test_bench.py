@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.__main__ import main
-from agent.bench import (
+from agent.vision.detection import Box, Detection
+from agent.vision.factory import DETECTOR_MODELS, DetectorConfig
+from camveil.__main__ import main
+from contract.errors import ConfigError
+from models import load_manifest
+from tools.bench import (
     STAGES,
     BenchCase,
     BenchSettings,
@@ -21,12 +25,8 @@ from agent.bench import (
     parse_threads,
     run_case,
 )
-from agent.bench_envelope import bench_envelope, bench_outbox
-from agent.bench_frames import check_source
-from agent.errors import ConfigError
-from agent.vision.detection import Box, Detection
-from agent.vision.factory import DETECTOR_MODELS, DetectorConfig
-from models import load_manifest
+from tools.bench_envelope import bench_envelope, bench_outbox
+from tools.bench_frames import check_source
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +171,10 @@ def test_child_command_line_carries_every_setting() -> None:
     import argparse
     from dataclasses import replace
 
-    from agent.bench import BenchCase, BenchSettings, child_argv
-    from agent.cli import bench as bench_cli
     from agent.pipeline import PrivacyConfig
     from agent.privacy.redact import FillMode, RedactionConfig
+    from camveil.cli import bench as bench_cli
+    from tools.bench import BenchCase, BenchSettings, child_argv
 
     settings = BenchSettings(
         seconds=0.5,
@@ -184,7 +184,7 @@ def test_child_command_line_carries_every_setting() -> None:
         privacy=PrivacyConfig(redaction=RedactionConfig(margin=0.4, fill=FillMode.NOISE)),
     )
     argv = child_argv(BenchCase(640, 480, 2), settings)
-    assert argv[1:4] == ["-m", "agent", "bench"]
+    assert argv[1:4] == ["-m", "camveil", "bench"]
     parser = argparse.ArgumentParser()
     bench_cli.add_arguments(parser)
     rebuilt = bench_cli.settings_from(parser.parse_args(argv[4:]))

@@ -17,7 +17,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.errors import ModelHashError
 from agent.vision.blazeface import (
     INPUT_SIZE,
     BlazeFaceConfig,
@@ -27,6 +26,7 @@ from agent.vision.blazeface import (
 )
 from agent.vision.detection import Detection
 from agent.vision.tiling import TiledDetector
+from contract.errors import ModelHashError
 from hw.runtime import TensorInfo
 from models import MODELS_DIR, load_manifest, verified_path
 from tests.photos import photo

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from broker import HOST, ClientFiles, Mosquitto, TestClient, TestPki
 
-from agent.envelope import Identity, PeerKeys, ReplayGuard, open_envelope, save_identity
 from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
+from contract.envelope import Identity, PeerKeys, ReplayGuard, open_envelope, save_identity
 
 NOT_AUTHORIZED = 0x87
 QUIET = 0.5  # how long "nothing arrives" is watched
@@ -187,7 +187,7 @@ DEVICE_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from agent.envelope import PublicIdentity, load_identity, seal
+    from contract.envelope import PublicIdentity, load_identity, seal
     from agent.transport import Transport, TransportConfig
 
     key_file, backend_pub, ca, cert, key, port = sys.argv[1:]

@@ -19,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.errors import ModelHashError
 from agent.vision.centerface import (
     STRIDE,
     CenterFaceConfig,
@@ -30,6 +29,7 @@ from agent.vision.centerface import (
 )
 from agent.vision.detection import Box, Detection
 from agent.vision.nms import nms
+from contract.errors import ModelHashError
 from models import MODELS_DIR, load_manifest, verified_path
 
 try:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.__main__ import main
-from agent.chaos import ChaosPlan, External, read_log, run_chaos
-from agent.cli.dev_pki import make_dev_pki
-from agent.errors import ConfigError
+from camveil.__main__ import main
+from contract.errors import ConfigError
 from provisioning.devbroker import BrokerProcess, ProbeClient, free_port, mosquitto_binary
+from tools.chaos import ChaosPlan, External, read_log, run_chaos
+from tools.devpki import make_dev_pki
 
 
 def test_ci_sized_run_loses_and_duplicates_nothing(

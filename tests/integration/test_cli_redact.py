@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.__main__ import main
 from agent.batch import find_inputs, redact_files
 from agent.pipeline import PrivacyConfig
 from agent.privacy.redact import pixel_rect
 from agent.vision.detection import Detection, Detector
 from agent.vision.factory import DETECTOR_MODELS, DetectorConfig, build_detector
+from camveil.__main__ import main
 from models import load_manifest
 
 try:
@@ -182,7 +182,7 @@ def test_single_file_goes_to_its_name_and_status_is_zero(
 def test_as_a_real_process(tree: Path, tmp_path: Path, model: str) -> None:
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "agent", "redact", str(tree), "--out", str(out), "--model", model],
+        [sys.executable, "-m", "camveil", "redact", str(tree), "--out", str(out), "--model", model],
         capture_output=True,
         text=True,
         timeout=300,
@@ -270,7 +270,7 @@ def test_cli_reports_dropped_frames_and_exits_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     failing = Failing(detector, fail={0})
-    monkeypatch.setattr("agent.cli.redact.build_detector", lambda _config: failing)
+    monkeypatch.setattr("camveil.cli.redact.build_detector", lambda _config: failing)
     out = tmp_path / "out"
     status = main(["redact", str(tree / "nested" / "clip.mp4"), "--out", str(out),
                    "--no-progress"])  # fmt: skip

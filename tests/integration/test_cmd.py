@@ -14,9 +14,9 @@ import pytest
 from broker import HOST, Mosquitto, TestPki
 from test_daemon import DEVICE, Harness
 
-from agent.envelope.keys import save_identity, save_peers
-from agent.errors import ConfigError
-from agent.operator import load_station, parse_config_pairs
+from contract.envelope.keys import save_identity, save_peers
+from contract.errors import ConfigError
+from dashboard.command_client import load_station, parse_config_pairs
 from provisioning.station import init_station
 
 
@@ -53,7 +53,7 @@ def _cmd(h: Harness, root: Path, *argv: str) -> tuple[int, dict[str, object] | N
         [
             sys.executable,
             "-m",
-            "agent",
+            "camveil",
             "cmd",
             "--pki",
             str(root),

@@ -20,15 +20,15 @@ import pytest
 from broker import Mosquitto, TestClient, TestPki
 from PIL import Image
 
-from agent.cli.dev_pki import write_unit_state
 from agent.commands import seal_command
 from agent.config import load_with_remote
 from agent.daemon import Daemon, DaemonSummary
-from agent.envelope.keys import Identity, PeerKeys
-from agent.envelope.seal import SealedEnvelope
-from agent.listener import Listener, ListenerConfig, Opener, Received, SqliteDedupe
 from agent.unitstate import UnitState
 from agent.vision.factory import DetectorConfig, build_detector
+from contract.envelope.keys import Identity, PeerKeys
+from contract.envelope.seal import SealedEnvelope
+from dashboard.listener import Listener, ListenerConfig, Opener, Received, SqliteDedupe
+from tools.devpki import write_unit_state
 
 DEVICE = "cv-it-0001"
 HOST = "127.0.0.1"
@@ -367,8 +367,8 @@ def test_broker_restart_loses_nothing(harness: Harness) -> None:
 
 
 def test_publish_path_refuses_anything_but_sealed_envelopes(harness: Harness) -> None:
-    from agent.errors import UnredactedDataError
     from agent.outbox import Outbox
+    from contract.errors import UnredactedDataError
 
     daemon = harness.start_agent()
     transport = daemon.transport
@@ -392,7 +392,7 @@ def test_agent_killed_loses_nothing_it_stored(harness: Harness) -> None:
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "agent", "run", "--config", str(harness.config_path)]
+    cmd = [sys.executable, "-m", "camveil", "run", "--config", str(harness.config_path)]
     agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         harness.wait_for(_is("presence"))
@@ -427,7 +427,7 @@ def test_systemd_ready_and_watchdog_only_while_frames_flow(harness: Harness) -> 
         sock.bind(str(path))
         sock.settimeout(0.2)
         env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
-        cmd = [sys.executable, "-m", "agent", "run", "--config", str(harness.config_path)]
+        cmd = [sys.executable, "-m", "camveil", "run", "--config", str(harness.config_path)]
         agent = subprocess.Popen(
             [*cmd, "--frames", "16"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

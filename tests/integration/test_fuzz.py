@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from agent.__main__ import main
-from agent.fuzz import MUTATIONS, run_fuzz
+from camveil.__main__ import main
+from tools.fuzz import MUTATIONS, run_fuzz
 
 
 def test_5000_cases_no_crash_no_acceptance(capsys: pytest.CaptureFixture[str]) -> None:
@@ -30,7 +30,7 @@ def test_5000_cases_no_crash_no_acceptance(capsys: pytest.CaptureFixture[str]) -
 
 def test_a_crash_or_an_acceptance_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     """The counters work: a target that raises, or a mutation that is the original."""
-    from agent import fuzz
+    from tools import fuzz
 
     calls = {"n": 0}
     real_open = fuzz.Opener.open

@@ -16,21 +16,21 @@ from pathlib import Path
 
 from broker import HOST, ClientFiles, Mosquitto, TestClient, TestPki, free_port, mosquitto_binary
 
-from agent.cli.dev_pki import make_dev_pki
-from agent.cli.listen import to_json
-from agent.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity
-from agent.envelope.seal import SealedEnvelope
 from agent.events import EventBuilder, LinkState, seal_event
-from agent.listener import (
+from agent.sequence import CountingSequence
+from camveil.cli.listen import to_json
+from contract.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity
+from contract.envelope.seal import SealedEnvelope
+from contract.ranges import seq_ranges
+from dashboard.listener import (
     Listener,
     ListenerConfig,
     MemoryDedupe,
     Opener,
     Received,
     SqliteDedupe,
-    seq_ranges,
 )
-from agent.sequence import CountingSequence
+from tools.devpki import make_dev_pki
 
 DEVICE = "cv-listen-01"
 
@@ -172,7 +172,7 @@ def test_listen_cli_with_dev_pki_and_repo_broker_config(tmp_path: Path) -> None:
     try:
         time.sleep(0.5)
         listen = subprocess.Popen(
-            [sys.executable, "-m", "agent", "listen", "--dev-pki", str(dev.root), "--count", "3"],
+            [sys.executable, "-m", "camveil", "listen", "--dev-pki", str(dev.root), "--count", "3"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONWARNINGS": "error"},

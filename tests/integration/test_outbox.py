@@ -22,9 +22,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from agent.envelope import Identity, SealedEnvelope, seal
-from agent.errors import OutboxCorruptError, OutboxError, OutboxFullError, UnredactedDataError
 from agent.outbox import Outbox
+from contract.envelope import Identity, SealedEnvelope, seal
+from contract.errors import OutboxCorruptError, OutboxError, OutboxFullError, UnredactedDataError
 
 DEVICE = "cv-test-0001"
 TOPIC = f"camveil/v1/{DEVICE}/event/presence"
@@ -417,7 +417,7 @@ _CHILD = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from agent.envelope import Identity, seal
+    from contract.envelope import Identity, seal
     from agent.outbox import Outbox
 
     path, out_fd, start = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

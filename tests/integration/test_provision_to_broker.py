@@ -9,7 +9,7 @@ The chain, all real code and real files:
 2. Provisioning over two ptys through pyserial (the rig of ``test_provisioning.py``): the unit
    side is :func:`provisioning.unit.listen` on its own state directory.
 3. mosquitto runs the station's ``broker/mosquitto.conf`` (:class:`provisioning.devbroker.
-   BrokerProcess`); the backend side is :class:`agent.listener.Listener` with the station's
+   BrokerProcess`); the backend side is :class:`dashboard.listener.Listener` with the station's
    ``clients/backend-dashboard`` certificate, ``backend.key`` and ``devices.cbor``.
 4. ``camveil run`` (the daemon, synthetic camera) as a subprocess on the unit's state directory:
    no broker URL in its config, so it dials the one from the provisioning bundle.
@@ -37,11 +37,11 @@ import pytest
 from broker import ClientFiles, TestClient, mosquitto_binary
 from test_provisioning import BAUD, FaultProxy, Pty, Unit, verify_provisioned
 
-from agent.envelope.keys import load_identity, load_peers
-from agent.envelope.replay import ReplayGuard
-from agent.envelope.seal import open_envelope
-from agent.listener import Listener, ListenerConfig, MemoryDedupe, Opener, Received
 from agent.unitstate import UnitState
+from contract.envelope.keys import load_identity, load_peers
+from contract.envelope.replay import ReplayGuard
+from contract.envelope.seal import open_envelope
+from dashboard.listener import Listener, ListenerConfig, MemoryDedupe, Opener, Received
 from hw.serial_link import PySerialLink
 from provisioning import pki
 from provisioning.broker import BrokerSettings
@@ -233,7 +233,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
                 "[events]\npresence_window_s = 1.0\nhealth_interval_s = 60.0\n"
             )  # no [mqtt] broker: the URL comes from the provisioning bundle
             agent = subprocess.run(
-                [sys.executable, "-m", "agent", "run", "--config", str(config),
+                [sys.executable, "-m", "camveil", "run", "--config", str(config),
                  "--frames", str(FRAMES)],
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip

@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from agent.envelope.keys import load_identity, load_peers
-from agent.errors import LinkTimeoutError, ProvisioningError, RefusedError
 from agent.unitstate import UnitState
+from contract.envelope.keys import load_identity, load_peers
+from contract.errors import LinkTimeoutError, ProvisioningError, RefusedError
 from hw.serial_link import PySerialLink
 from provisioning import cobs, pki
 from provisioning import unit as unit_module
@@ -370,7 +370,7 @@ def test_provisioned_unit_refuses_a_new_bundle_until_factory_reset(rig: Rig) -> 
     with PySerialLink(rig.a.path, BAUD) as link, pytest.raises(ProvisioningError, match="factory"):
         Station(other, Channel(link), timeout=0.3, attempts=3).provision()
     first.stop()
-    from agent.cli import factory_reset
+    from camveil.cli import factory_reset
 
     assert factory_reset.run(_ns(state=state, yes=False)) == 2
     assert UnitStore(state).is_provisioned()
@@ -536,7 +536,7 @@ def test_garbage_before_and_between_frames(rig: Rig) -> None:
 
 
 _STATION_MAIN = (
-    "import argparse, sys; from agent.cli import provision as m; "
+    "import argparse, sys; from camveil.cli import provision as m; "
     "p = argparse.ArgumentParser(); m.add_arguments(p); sys.exit(m.run(p.parse_args()))"
 )
 
@@ -715,12 +715,12 @@ def test_cli_end_to_end_over_pty(rig: Rig, tmp_path: Path) -> None:
         "sys.exit(m.run(p.parse_args(sys.argv[2:])))"
     )
     unit = subprocess.Popen(
-        [sys.executable, "-c", main, "agent.cli.provision_listen", "--port", rig.b.path,
+        [sys.executable, "-c", main, "camveil.cli.provision_listen", "--port", rig.b.path,
          "--state", str(state), "--linger", "0.5"],
     )  # fmt: skip
     try:
         out = subprocess.run(
-            [sys.executable, "-c", main, "agent.cli.provision", "--port", rig.a.path,
+            [sys.executable, "-c", main, "camveil.cli.provision", "--port", rig.a.path,
              "--station", str(rig.station_dir.root), "--site", "cli"],
             capture_output=True, text=True, timeout=30, check=True,
         )  # fmt: skip
@@ -734,17 +734,17 @@ def test_cli_end_to_end_over_pty(rig: Rig, tmp_path: Path) -> None:
 
 
 COMMANDS = {  # the lines for agent/__main__.py
-    "station": ("agent.cli.station", "create a provisioning station or list its units"),
-    "provision": ("agent.cli.provision", "provision a unit over USB serial (station side)"),
-    "provision-listen": ("agent.cli.provision_listen", "answer the station (unit side)"),
-    "factory-reset": ("agent.cli.factory_reset", "delete the unit's keys and identity"),
+    "station": ("camveil.cli.station", "create a provisioning station or list its units"),
+    "provision": ("camveil.cli.provision", "provision a unit over USB serial (station side)"),
+    "provision-listen": ("camveil.cli.provision_listen", "answer the station (unit side)"),
+    "factory-reset": ("camveil.cli.factory_reset", "delete the unit's keys and identity"),
 }
 
 
 def test_subcommands_plug_into_the_camveil_cli(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import agent.__main__ as cli
+    import camveil.__main__ as cli
 
     for name, entry in COMMANDS.items():
         monkeypatch.setitem(cli.COMMANDS, name, entry)

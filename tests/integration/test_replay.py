@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.errors import CameraUnavailableError, ConfigError, EndOfStream, FrameError
+from contract.errors import CameraUnavailableError, ConfigError, EndOfStream, FrameError
 from hw.camera import Backoff, CameraConfig, CameraStats, FakeClock, ReconnectingCamera
 from hw.camera.base import Camera
 from hw.camera.replay import ReplayCamera

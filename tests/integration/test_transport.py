@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from broker import ClientFiles, Mosquitto, TestClient, TestPki
 
-from agent.envelope import Identity, PeerKeys, ReplayGuard, SealedEnvelope, open_envelope, seal
-from agent.errors import ConfigError, UnredactedDataError
 from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
+from contract.envelope import Identity, PeerKeys, ReplayGuard, SealedEnvelope, open_envelope, seal
+from contract.errors import ConfigError, UnredactedDataError
 
 BACKEND = Identity.generate("backend-dashboard")
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.errors import CameraUnavailableError, ConfigError, FrameError
+from contract.errors import CameraUnavailableError, ConfigError, FrameError
 from hw.camera import CameraConfig, CameraStats, FakeClock
 from hw.camera import gstreamer as gst_mod
 from hw.camera.gstreamer import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import ConfigError
+from contract.errors import ConfigError
 from hw.camera import CameraConfig, ReconnectingCamera, SyntheticCamera, open_camera
 from hw.camera.config import CameraConfig as Direct
 from hw.camera.gstreamer import GStreamerAppSinkCamera

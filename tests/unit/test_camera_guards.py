@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from agent.errors import CameraUnavailableError
+from contract.errors import CameraUnavailableError
 from hw.camera import CameraConfig, ReconnectingCamera, open_camera
 from hw.camera import gstreamer as gst_mod
 from hw.camera.gstreamer import GStreamerAppSinkCamera, gstreamer_camera

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import CameraError, CameraUnavailableError, FrameError
+from contract.errors import CameraError, CameraUnavailableError, FrameError
 from hw.camera import CameraConfig, FakeClock, SyntheticCamera, SyntheticFaults
 from hw.camera.base import Camera, CameraStats
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.commands import Ack, AckBudget, Command, CommandProcessor, cmd_topic, seal_command
-from agent.envelope.keys import Identity, PeerKeys, PublicIdentity
+from contract.envelope.keys import Identity, PeerKeys, PublicIdentity
 
 DEVICE = "unit-ack"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, load_config
-from agent.errors import ConfigError
 from agent.privacy.redact import FillMode
+from contract.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "camveil.toml.example"
 

@@ -12,8 +12,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent.envelope import Identity, PeerKeys, ReplayGuard, cose, external_aad, open_envelope, seal
-from agent.errors import (
+from contract.envelope import (
+    Identity,
+    PeerKeys,
+    ReplayGuard,
+    cose,
+    external_aad,
+    open_envelope,
+    seal,
+)
+from contract.errors import (
     BadSignatureError,
     BindingMismatchError,
     DecryptError,
@@ -259,6 +267,6 @@ def test_replay_guard_matches_a_reference_model(stream: list[int], window: int) 
 @FUZZ
 @given(st.one_of(st.binary(max_size=200), hostile_cbor.map(cbor2.dumps)))
 def test_hostile_plaintext_inside_valid_encryption_and_signature_is_rejected(pt: bytes) -> None:
-    seal_module = importlib.import_module("agent.envelope.seal")
+    seal_module = importlib.import_module("contract.envelope.seal")
     encrypt = seal_module._encrypt(pt, external_aad(DEVICE, TOPIC, 9), BACKEND.public())
     rejected(_signed(encrypt, seq=9))

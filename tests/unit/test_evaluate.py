@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.errors import InputFileError
-from agent.evaluate import check_floor, evaluate, format_report, read_annotations
 from agent.privacy.redact import RedactionConfig
 from agent.vision.detection import Box, Detection
+from contract.errors import InputFileError
+from tools.evaluate import check_floor, evaluate, format_report, read_annotations
 
 
 class Fixed:

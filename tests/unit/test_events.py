@@ -17,9 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from agent.envelope import Identity, PeerKeys, ReplayGuard, open_envelope
-from agent.envelope.cose import strict_loads
-from agent.errors import EventError, SnapshotTooLargeError, UnredactedDataError
 from agent.events import (
     CountPrivacy,
     EventBuilder,
@@ -43,6 +40,9 @@ from agent.privacy.store import encode_jpeg
 from agent.sequence import CountingSequence, SequenceStore
 from agent.stats import PipelineStats
 from agent.vision.detection import Box
+from contract.envelope import Identity, PeerKeys, ReplayGuard, open_envelope
+from contract.envelope.cose import strict_loads
+from contract.errors import EventError, SnapshotTooLargeError, UnredactedDataError
 from hw.frame import Frame
 
 CDDL_PATH = Path(__file__).resolve().parents[2] / "docs" / "events.cddl"

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from agent.errors import DetectorFailedError, DetectorOverloadError, DetectorTimeoutError
 from agent.vision.detection import Box, Detection
 from agent.vision.guard import GuardedDetector
+from contract.errors import DetectorFailedError, DetectorOverloadError, DetectorTimeoutError
 
 IMG = np.zeros((8, 8, 3), np.uint8)
 

@@ -8,12 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from agent.errors import CameraUnavailableError, FrameError
 from agent.pipeline import Pipeline, PrivacyConfig
 from agent.privacy.redact import RedactedFrame, RedactionConfig
 from agent.vision.detection import Box, Detection
 from agent.vision.guard import GuardedDetector
 from agent.vision.track import TrackerConfig
+from contract.errors import CameraUnavailableError, FrameError
 from hw.frame import Frame
 
 FACE = Box(20, 20, 40, 40)

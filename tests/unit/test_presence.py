@@ -7,9 +7,9 @@ import numpy.typing as npt
 import pytest
 
 from agent.config import ZoneConfig
-from agent.errors import ConfigError
 from agent.presence import PresenceWindows, RecordingDetector, zone_counts
 from agent.vision.detection import Box, Detection
+from contract.errors import ConfigError
 
 W, H = 200, 100
 LEFT = ZoneConfig("left", (0.0, 0.0, 0.5, 1.0))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import (
+from contract.errors import (
     CameraError,
     CameraUnavailableError,
     ConfigError,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.errors import UnredactedDataError
 from agent.privacy.redact import (
     FillMode,
     RedactedFrame,
@@ -16,6 +15,7 @@ from agent.privacy.redact import (
 )
 from agent.privacy.store import encode_jpeg, require_redacted, write_png
 from agent.vision.detection import Box
+from contract.errors import UnredactedDataError
 from hw.frame import Frame
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import SequenceError
 from agent.sequence import CountingSequence, SequenceStore
+from contract.errors import SequenceError
 
 
 def test_starts_at_zero_and_increases(tmp_path: Path) -> None:

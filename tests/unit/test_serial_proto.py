@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import LinkTimeoutError, RefusedError
+from contract.errors import LinkTimeoutError, RefusedError
 from provisioning import cobs
 from provisioning.serial_proto import (
     MAX_FRAME,

@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.errors import UnredactedDataError
 from agent.events import EventBuilder, to_map
 from agent.privacy.redact import RedactedFrame, RedactionConfig, redact
 from agent.sequence import CountingSequence
 from agent.tamper import TamperConfig, TamperDetector, TamperFinding, TamperKind
 from agent.vision.detection import Box
+from contract.errors import UnredactedDataError
 from hw.frame import Frame
 
 H, W = 360, 480

@@ -1,1 +1,0 @@
-"""`camveil` subcommands: one module each, registered in :mod:`agent.__main__`."""

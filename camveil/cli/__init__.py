@@ -1,0 +1,1 @@
+"""`camveil` subcommands: one module each, registered in :mod:`camveil.__main__`."""

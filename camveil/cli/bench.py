@@ -1,0 +1,169 @@
+"""`camveil bench [--json] [--suite pipeline|envelope|all] [--seconds S] [--sizes ...]
+[--threads ...] [--latency-events N] [--latency-rate R]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from typing import Any
+
+from tqdm import tqdm
+
+from agent.pipeline import PrivacyConfig
+from camveil.cli.common import add_detector_arguments, detector_config, redaction_config
+from contract.errors import ConfigError
+from models import MODELS_DIR, verified_path
+from tools.bench import (
+    BenchCase,
+    BenchSettings,
+    CaseResult,
+    cases,
+    format_table,
+    machine,
+    parse_sizes,
+    parse_threads,
+    peak_rss_mb,
+    run_case,
+    run_cases,
+)
+from tools.bench_envelope import bench_envelope
+from tools.bench_frames import check_source
+
+EPILOG = """\
+The pipeline suite runs the real pipeline (guarded detector, tracker, redaction, JPEG encoding of
+every redacted frame) for each size and thread count, each in a fresh process so that the peak RSS
+is that configuration's own. --source: 'auto' (a real photo tiled over the frame if scikit-image is
+installed, else synthetic frames), 'photo', 'synthetic', the path of an image to tile, or of a video
+or image folder to replay (looping, resized to each size).
+
+The envelope suite measures seal and open per second, outbox enqueue + ack throughput with
+durability on (one fsync per enqueued event), and event latency capture -> PUBACK at
+--latency-rate events/s against a local mosquitto it starts with throw-away keys (needs the
+mosquitto package; reported as unavailable without it).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--suite", choices=("pipeline", "envelope", "all"), default="all", help="default: all"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="measured seconds per configuration (default 5)"
+    )
+    parser.add_argument(
+        "--sizes",
+        default="640x480,1280x720,1920x1080",
+        help="frame sizes, WIDTHxHEIGHT,... (default 640x480,1280x720,1920x1080)",
+    )
+    parser.add_argument(
+        "--source",
+        default="auto",
+        help="auto, photo, synthetic, an image to tile, or a video / image folder to replay",
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="frames before measuring (default 3)")
+    parser.add_argument(
+        "--latency-events",
+        type=int,
+        default=100,
+        help="events for the capture -> PUBACK latency (default 100; 0 skips the broker)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=10.0,
+        help="events per second for the latency measurement (default 10)",
+    )
+    # internal: measure one WxH:threads case in this process and print it as one JSON line
+    parser.add_argument("--_one", dest="one", help=argparse.SUPPRESS)
+    add_detector_arguments(parser)
+    # Our --threads (a list of counts to compare) replaces the detector group's single --threads.
+    parser.conflict_handler = "resolve"  # inherited by groups made from now on
+    parser.add_argument_group("cases").add_argument(
+        "--threads",
+        dest="thread_counts",
+        default="1,2",
+        help="interpreter thread counts to compare (default 1,2)",
+    )
+
+
+def settings_from(args: argparse.Namespace) -> BenchSettings:
+    return BenchSettings(
+        seconds=args.seconds,
+        warmup_frames=args.warmup,
+        source=args.source,
+        detector=detector_config(replace_threads(args)),
+        privacy=PrivacyConfig(redaction=redaction_config(args)),
+    )
+
+
+def replace_threads(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the single ``threads`` that :func:`detector_config` reads (each case sets
+    its own)."""
+    return argparse.Namespace(**{**vars(args), "threads": 1})
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.one:
+        return _run_one(args)
+    settings = settings_from(args)
+    report: dict[str, Any] = {"machine": machine()}
+    results: list[CaseResult] = []
+    if args.suite in ("pipeline", "all"):
+        case_list = cases(parse_sizes(args.sizes), parse_threads(args.thread_counts))
+        check_source(settings.source)
+        verified_path(settings.detector.model, settings.detector.models_dir or MODELS_DIR)
+        bar = tqdm(total=len(case_list), desc="bench", unit="case", file=sys.stderr)
+
+        def done(case: BenchCase, result: CaseResult) -> None:
+            bar.set_postfix_str(f"{case.label}: {result.fps:.1f} fps")
+            bar.update(1)
+
+        try:
+            results = run_cases(case_list, settings, on_case=done)
+        finally:
+            bar.close()
+        report["pipeline"] = [r.to_dict() for r in results]
+    envelope: dict[str, Any] | None = None
+    if args.suite in ("envelope", "all"):
+        print("bench: envelope ...", file=sys.stderr)
+        if args.latency_events < 0 or not 0 < args.latency_rate <= 1000:
+            raise ConfigError("bench: --latency-events >= 0 and --latency-rate in (0, 1000]")
+        envelope = bench_envelope(
+            args.seconds, latency_events=args.latency_events, latency_rate=args.latency_rate
+        )
+        report["envelope"] = envelope
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        info = report["machine"]
+        print(
+            f"machine: {info['cpus']} CPUs {info['machine']}, Python {info['python']}, "
+            f"{info['tflite_runtime']} (XNNPACK: {_yes_no(info.get('xnnpack'))}), "
+            f"load {info['load_1m']} (load: 1-minute load average at "
+            "the start of each case; above the CPU count the numbers are pessimistic)"
+        )
+        print(format_table(results, envelope))
+    return 0
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    base = peak_rss_mb()
+    size_text, _, threads_text = args.one.partition(":")
+    ((width, height),) = parse_sizes(size_text)
+    (threads,) = parse_threads(threads_text or "1")
+    settings = settings_from(args)
+    settings = replace(settings, detector=replace(settings.detector, threads=threads))
+    result = run_case(BenchCase(width, height, threads), settings, base_rss_mb=base)
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def _yes_no(value: object) -> str:
+    if value is None:
+        return "unknown"
+    return "yes" if value else "NO, reference kernels"

@@ -1,0 +1,131 @@
+"""`camveil redact INPUT... --out DIR [detector options]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from agent.batch import FileResult, InputFile, MediaKind, find_inputs, redact_files
+from agent.pipeline import PrivacyConfig
+from agent.vision.factory import build_detector
+from camveil.cli.common import add_detector_arguments, detector_config, redaction_config
+
+EPILOG = """\
+Images (anything Pillow can open) are written as lossless PNG, videos (.mp4 .avi .mov .mkv .webm
+.m4v, or anything else OpenCV can open) as mp4 (mp4v codec, the source's frame rate). AUDIO IS
+DROPPED: the output videos have no sound track. Metadata (EXIF, GPS, captions) is not copied; an
+image's EXIF orientation is applied to its pixels; of an animated or multi-page image only the first
+frame is written. Outputs keep their path relative to the input folder (a single file: its name),
+e.g. photos/a/x.jpg -> OUT/a/x.png.
+
+Fail closed: if the detector fails on an image, nothing is written for it; if it fails on a video
+frame, that frame is dropped from the output (and counted). Files that cannot be decoded are
+reported and skipped; files in a folder that are neither images nor videos are ignored.
+
+Exit status: 0 when every file was redacted completely; 1 when any file failed or any video frame
+was dropped; 2 for a usage error (missing input, unknown model, bad option).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "inputs", nargs="+", type=Path, metavar="INPUT", help="image/video files or folders"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder for the redacted outputs"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    add_detector_arguments(parser)
+
+
+class TqdmProgress:
+    """Progress bars on stderr: one over the files, one over a video's frames."""
+
+    def __init__(self, total_files: int, disable: bool) -> None:
+        self._disable = disable
+        self._files: Any = tqdm(
+            total=total_files, desc="files", unit="file", file=sys.stderr, disable=disable
+        )
+        self._frames: Any = None
+
+    def file_started(self, item: InputFile, kind: MediaKind, total_frames: int | None) -> None:
+        self._files.set_postfix_str(str(item.rel), refresh=True)
+        if kind == "video":
+            self._frames = tqdm(
+                total=total_frames,
+                desc=item.rel.name,
+                unit="frame",
+                file=sys.stderr,
+                leave=False,
+                position=1,
+                disable=self._disable,
+            )
+
+    def frame_done(self) -> None:
+        if self._frames is not None:
+            self._frames.update(1)
+
+    def file_finished(self, result: FileResult) -> None:
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
+        self._files.update(1)
+        message = describe(result)
+        if message:
+            tqdm.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        self._files.close()
+
+
+def describe(result: FileResult) -> str | None:
+    """The line to report for a file, or ``None`` for a plain success."""
+    name = result.source.path
+    if result.error is not None:
+        return f"skipped {name}: {result.error}"
+    if result.ignored:
+        return f"ignored {name}: not an image or a video"
+    notes: list[str] = []
+    if result.frames_dropped:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.dropped.items()))
+        notes.append(
+            f"dropped {result.frames_dropped} of {result.frames_in} frames of {name} "
+            f"(fail closed: {reasons}); wrote {result.frames_out} frames to {result.output}"
+        )
+    declared = result.declared_frames
+    if declared is not None and result.frames_in < declared:
+        notes.append(
+            f"note: {name} declares {declared} frames but only {result.frames_in} could be "
+            "decoded (truncated or damaged file?)"
+        )
+    return "\n".join(notes) or None
+
+
+def run(args: argparse.Namespace) -> int:
+    items = find_inputs(args.inputs, args.out)
+    detector = build_detector(detector_config(args))
+    privacy = PrivacyConfig(redaction=redaction_config(args))
+    progress = TqdmProgress(len(items), disable=args.no_progress)
+    try:
+        results = redact_files(detector, items, args.out, privacy, progress)
+    finally:
+        progress.close()
+    written = [r for r in results if r.output is not None]
+    failed = [r for r in results if r.error is not None]
+    dropped = sum(r.frames_dropped for r in results)
+    ignored = sum(r.ignored for r in results)
+    summary = f"redacted {len(written)} of {len(results)} files into {args.out}"
+    if failed:
+        summary += f"; {len(failed)} failed"
+    if dropped:
+        summary += f"; {dropped} video frames dropped"
+    if ignored:
+        summary += f"; {ignored} ignored"
+    print(summary, file=sys.stderr)
+    return 1 if failed or dropped else 0

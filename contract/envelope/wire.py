@@ -1,0 +1,264 @@
+"""What a camveil envelope looks like on the wire: topics, external AAD, and strict parsers.
+
+The parsers only check shape (docs/PROTOCOL.md, "Envelope"); keys, signatures and decryption
+are :mod:`contract.envelope.seal`'s business. Every failure is a
+:class:`~contract.errors.MalformedEnvelopeError` (or, for the plaintext binding,
+:class:`~contract.errors.BindingMismatchError`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeGuard
+
+import cbor2
+
+from contract.envelope import cose
+from contract.envelope.keys import check_kid
+from contract.errors import BindingMismatchError, MalformedEnvelopeError
+
+ENVELOPE_VERSION: Final = 1
+AAD_CONTEXT: Final = "camveil/v1"
+TOPIC_PREFIX: Final = "camveil/v1/"
+# Private-use COSE header labels (RFC 9052 §11.1: integers below -65536), in the Sign1 protected
+# header, so that seq and expiry are readable (and signed) before anything is decrypted.
+HDR_SEQ: Final = -65537
+HDR_EXP: Final = -65538
+MAX_SEQ: Final = 2**63 - 1
+MAX_CBOR_DEPTH: Final = 16
+# Plaintext keys that seal() writes itself and open_envelope() checks against the headers.
+BOUND_KEYS: Final = frozenset({"v", "device", "topic", "seq", "exp"})
+
+KIND_EVENT: Final = "event"
+KIND_STATUS: Final = "status"
+KIND_CMD: Final = "cmd"
+KIND_CMD_ACK: Final = "cmd/ack"
+
+CONTENT_PROTECTED: Final = cose.dumps({cose.HDR_ALG: cose.ALG_CHACHA20_POLY1305})
+RECIPIENT_PROTECTED: Final = cose.dumps({cose.HDR_ALG: cose.ALG_ECDH_ES_HKDF_256})
+
+_EVENT_TYPE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_SIGN1_LABELS: Final = frozenset(
+    {cose.HDR_ALG, cose.HDR_CONTENT_TYPE, cose.HDR_KID, HDR_SEQ, HDR_EXP}
+)
+_SIGN1_TAGS: Final = frozenset({cose.TAG_COSE_SIGN1})
+_ENCRYPT_TAGS: Final = frozenset({cose.TAG_COSE_ENCRYPT})
+
+
+# --- topics and AAD ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A parsed camveil topic: ``camveil/v1/<device>/{event/<type>|status|cmd|cmd/ack}``."""
+
+    device: str
+    kind: str
+    event_type: str | None = None
+
+
+def parse_topic(topic: str) -> Topic:
+    """Parse a camveil MQTT topic (DESIGN §4); ValueError when it is not one."""
+    if not isinstance(topic, str) or not topic.startswith(TOPIC_PREFIX):
+        raise ValueError(f"topic {topic!r} does not start with {TOPIC_PREFIX!r}")
+    device, _, rest = topic[len(TOPIC_PREFIX) :].partition("/")
+    check_kid(device)
+    if rest in (KIND_STATUS, KIND_CMD, KIND_CMD_ACK):
+        return Topic(device=device, kind=rest)
+    kind, _, event_type = rest.partition("/")
+    if kind == KIND_EVENT and _EVENT_TYPE.fullmatch(event_type):
+        return Topic(device=device, kind=KIND_EVENT, event_type=event_type)
+    raise ValueError(f"topic {topic!r} is not event/<type>, status, cmd or cmd/ack")
+
+
+def external_aad(device: str, topic: str, seq: int) -> bytes:
+    """External AAD of both COSE layers: ``cbor(["camveil/v1", device, topic, seq])``."""
+    return cose.dumps([AAD_CONTEXT, device, topic, seq])
+
+
+# --- COSE_Sign1 --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sign1:
+    """The parts of our COSE_Sign1, with the protected header already interpreted."""
+
+    protected: bytes
+    payload: bytes
+    signature: bytes
+    kid: str
+    seq: int
+    exp: int | None
+
+
+def parse_sign1(data: bytes) -> Sign1:
+    """Parse the outer layer. ``data`` must be the deterministic encoding of a tagged COSE_Sign1
+    with an empty unprotected header; nothing but tag 18 reaches the CBOR decoder."""
+    try:
+        msg = cose.strict_loads(data, allowed_tags=_SIGN1_TAGS)
+    except cose.StrictCBORError as exc:
+        raise MalformedEnvelopeError(f"envelope: {exc}") from None
+    if not (isinstance(msg, cbor2.CBORTag) and msg.tag == cose.TAG_COSE_SIGN1):
+        raise MalformedEnvelopeError("envelope is not a tagged COSE_Sign1 (tag 18)")
+    body = msg.value
+    if not (_is_array(body) and len(body) == 4):
+        raise MalformedEnvelopeError("COSE_Sign1 is not an array of 4")
+    protected, unprotected, payload, signature = body
+    if not (isinstance(protected, bytes) and isinstance(payload, bytes)):
+        raise MalformedEnvelopeError("COSE_Sign1 protected header or payload is not a bstr")
+    if not (isinstance(unprotected, Mapping) and len(unprotected) == 0):
+        raise MalformedEnvelopeError("COSE_Sign1 unprotected header must be empty")
+    if not (isinstance(signature, bytes) and len(signature) == cose.ED25519_SIG_LEN):
+        raise MalformedEnvelopeError("COSE_Sign1 signature is not 64 bytes")
+    header = _header(protected, "COSE_Sign1 protected header")
+    if set(header) - _SIGN1_LABELS:
+        raise MalformedEnvelopeError("COSE_Sign1 protected header has unknown labels")
+    if not _is_int(header.get(cose.HDR_ALG), cose.ALG_EDDSA):
+        raise MalformedEnvelopeError("COSE_Sign1 alg is not EdDSA (-8)")
+    if not _is_int(header.get(cose.HDR_CONTENT_TYPE), cose.CONTENT_FORMAT_COSE_ENCRYPT):
+        raise MalformedEnvelopeError("COSE_Sign1 content type is not COSE_Encrypt (96)")
+    kid_bytes = header.get(cose.HDR_KID)
+    try:
+        if not isinstance(kid_bytes, bytes):
+            raise ValueError("kid is not a bstr")
+        kid = check_kid(kid_bytes.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedEnvelopeError("COSE_Sign1 kid is missing or not a valid key id") from None
+    seq = header.get(HDR_SEQ)
+    if not is_uint(seq, MAX_SEQ):
+        raise MalformedEnvelopeError("COSE_Sign1 seq header is missing or out of range")
+    exp = header.get(HDR_EXP)
+    if exp is not None and not is_uint(exp, MAX_SEQ):
+        raise MalformedEnvelopeError("COSE_Sign1 exp header is out of range")
+    return Sign1(protected, payload, signature, kid, seq, exp)
+
+
+# --- COSE_Encrypt ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Encrypt:
+    """The parts of our COSE_Encrypt needed to decrypt it."""
+
+    protected: bytes
+    iv: bytes
+    ciphertext: bytes
+    recipient_protected: bytes
+    recipient_kid: bytes
+    ephemeral_public: bytes
+
+
+def parse_encrypt(data: bytes) -> Encrypt:
+    """Parse the inner layer: a tagged COSE_Encrypt with exactly one ECDH-ES recipient."""
+    msg = loads(data, "COSE_Encrypt", allowed_tags=_ENCRYPT_TAGS)
+    if not (isinstance(msg, cbor2.CBORTag) and msg.tag == cose.TAG_COSE_ENCRYPT):
+        raise MalformedEnvelopeError("payload is not a tagged COSE_Encrypt (tag 96)")
+    body = msg.value
+    if not (_is_array(body) and len(body) == 4):
+        raise MalformedEnvelopeError("COSE_Encrypt is not an array of 4")
+    protected, unprotected, ciphertext, recipients = body
+    if not isinstance(protected, bytes) or not isinstance(ciphertext, bytes):
+        raise MalformedEnvelopeError("COSE_Encrypt protected header or ciphertext is not a bstr")
+    header = _header(protected, "COSE_Encrypt protected header")
+    if set(header) != {cose.HDR_ALG} or not _is_int(
+        header[cose.HDR_ALG], cose.ALG_CHACHA20_POLY1305
+    ):
+        raise MalformedEnvelopeError("COSE_Encrypt protected header is not {1: 24}")
+    if not (isinstance(unprotected, Mapping) and _int_keys(unprotected) == {cose.HDR_IV}):
+        raise MalformedEnvelopeError("COSE_Encrypt unprotected header is not {5: iv}")
+    iv = unprotected[cose.HDR_IV]
+    if not (isinstance(iv, bytes) and len(iv) == cose.CHACHA20_POLY1305_IV_LEN):
+        raise MalformedEnvelopeError("COSE_Encrypt iv is not 12 bytes")
+    if not (_is_array(recipients) and len(recipients) == 1):
+        raise MalformedEnvelopeError("COSE_Encrypt must have exactly one recipient")
+    entry = recipients[0]
+    if not (_is_array(entry) and len(entry) == 3):
+        raise MalformedEnvelopeError("COSE_recipient is not an array of 3")
+    r_protected, r_unprotected, r_ciphertext = entry
+    if not isinstance(r_protected, bytes) or r_ciphertext != b"":
+        raise MalformedEnvelopeError("COSE_recipient protected is not a bstr or has a key")
+    r_header = _header(r_protected, "COSE_recipient protected header")
+    if set(r_header) != {cose.HDR_ALG} or not _is_int(
+        r_header[cose.HDR_ALG], cose.ALG_ECDH_ES_HKDF_256
+    ):
+        raise MalformedEnvelopeError("COSE_recipient protected header is not {1: -25}")
+    if not (
+        isinstance(r_unprotected, Mapping)
+        and _int_keys(r_unprotected) == {cose.HDR_EPHEMERAL_KEY, cose.HDR_KID}
+    ):
+        raise MalformedEnvelopeError("COSE_recipient unprotected header is not {-1: key, 4: kid}")
+    recipient_kid = r_unprotected[cose.HDR_KID]
+    if not isinstance(recipient_kid, bytes):
+        raise MalformedEnvelopeError("COSE_recipient kid is not a bstr")
+    try:
+        ephemeral_public = cose.parse_x25519_cose_key(r_unprotected[cose.HDR_EPHEMERAL_KEY])
+    except ValueError as exc:
+        raise MalformedEnvelopeError(f"COSE_recipient: {exc}") from None
+    return Encrypt(protected, iv, ciphertext, r_protected, recipient_kid, ephemeral_public)
+
+
+# --- plaintext ---------------------------------------------------------------------------------
+
+
+def check_plaintext(
+    plaintext: bytes, device: str, topic: str, seq: int, exp: int | None
+) -> dict[str, Any]:
+    """Decode the plaintext map and check that it repeats the authenticated binding."""
+    message = loads(plaintext, "plaintext")
+    if not isinstance(message, Mapping) or not all(type(k) is str for k in message):
+        raise MalformedEnvelopeError("plaintext is not a map with text keys")
+    message = dict(message)
+    if not _is_int(message.get("v"), ENVELOPE_VERSION):
+        raise MalformedEnvelopeError(f"plaintext version is not {ENVELOPE_VERSION}")
+    expected: dict[str, Any] = {"device": device, "topic": topic, "seq": seq}
+    if exp is not None:
+        expected["exp"] = exp
+    for key, want in expected.items():
+        got = message.get(key)
+        if type(got) is not type(want) or got != want:
+            raise BindingMismatchError(f"plaintext {key!r} does not match the envelope binding")
+    if exp is None and "exp" in message:
+        raise BindingMismatchError("plaintext 'exp' is not in the signed header")
+    return message
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def loads(data: bytes, what: str, allowed_tags: frozenset[int] = frozenset()) -> Any:
+    """Decode exactly one well-formed CBOR item, tag-free but for ``allowed_tags``."""
+    try:
+        return cose.loads(data, allowed_tags=allowed_tags, max_depth=MAX_CBOR_DEPTH)
+    except cose.StrictCBORError as exc:
+        raise MalformedEnvelopeError(f"{what}: {exc}") from None
+
+
+def is_uint(value: object, maximum: int) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= maximum
+
+
+def _header(data: bytes, what: str) -> dict[int, Any]:
+    """A COSE header map: integer labels only (no text labels in our format), unique."""
+    value = loads(data, what)
+    if not isinstance(value, Mapping):
+        raise MalformedEnvelopeError(f"{what} is not a map")
+    _int_keys(value, what)
+    return dict(value)
+
+
+def _int_keys(value: Mapping[Any, Any], what: str = "header") -> set[int]:
+    keys = set(value)
+    if not all(type(k) is int for k in keys):
+        raise MalformedEnvelopeError(f"{what} has a label that is not an integer")
+    return keys
+
+
+def _is_int(value: object, want: int) -> bool:
+    return type(value) is int and value == want
+
+
+def _is_array(value: object) -> bool:
+    # cbor2 >= 6 decodes arrays inside tags as tuples, older versions as lists
+    return isinstance(value, list | tuple)

@@ -1,0 +1,309 @@
+"""The backend's ingest side: verify, decrypt and de-duplicate what units publish.
+
+A :class:`Listener` is one MQTT v5 client with a backend certificate, subscribed through a shared
+subscription (``$share/<group>/camveil/v1/+/event/#``, ``.../status``, ``.../cmd/ack``), so
+several listeners in one group split the load (see :attr:`ListenerConfig.shared` for a mosquitto
+caveat across broker restarts). Every message is opened with
+:func:`~contract.envelope.open_envelope` (the devices' public keys as trusted senders, the backend's
+X25519 identity as recipient), then de-duplicated on (device, seq): a QoS 1 redelivery shows up
+either as a :class:`~contract.errors.ReplayError` (same process) or as a known (device, seq) in the
+:class:`DedupeStore` (persistent with SQLite, across restarts). Duplicates are counted and
+dropped; anything that does not open is counted by error class and logged, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from contract.envelope.keys import Identity, PeerKeys
+from contract.envelope.replay import ReplayGuard
+from contract.envelope.seal import open_envelope
+from contract.errors import EnvelopeError, ReplayError
+from contract.mqtt import tls_context
+from contract.ranges import seq_ranges
+
+logger = logging.getLogger(__name__)
+
+TOPICS: Final = ("camveil/v1/+/event/#", "camveil/v1/+/status", "camveil/v1/+/cmd/ack")
+
+
+def shared_topics(group: str) -> list[str]:
+    return [f"$share/{group}/{t}" for t in TOPICS]
+
+
+# --- de-duplication --------------------------------------------------------------------------
+
+
+class DedupeStore(Protocol):
+    def first_time(self, device: str, seq: int) -> bool:
+        """Record (device, seq); True if it was not seen before."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryDedupe:
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, int]] = set()
+
+    def first_time(self, device: str, seq: int) -> bool:
+        key = (device, seq)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteDedupe:
+    """(device, seq) pairs in SQLite (WAL); committed before the message is acknowledged."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS seen (device TEXT NOT NULL, seq INTEGER NOT NULL, "
+            "PRIMARY KEY (device, seq)) WITHOUT ROWID"
+        )
+        self._lock = threading.Lock()
+
+    def first_time(self, device: str, seq: int) -> bool:
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO seen (device, seq) VALUES (?, ?)", (device, seq)
+            )
+            return cur.rowcount == 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+# --- messages and counters -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    """A verified, decrypted, first-time message."""
+
+    device: str
+    seq: int
+    topic: str
+    type: str
+    message: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass
+class ListenerStats:
+    received: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    bad: Counter[str] = field(default_factory=Counter)
+    seqs: dict[str, list[int]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": sum(self.received.values()),
+            "by_type": dict(self.received),
+            "duplicates": self.duplicates,
+            "bad": dict(self.bad),
+            "seqs": {d: seq_ranges(s) for d, s in self.seqs.items()},
+        }
+
+
+class Opener:
+    """Opens and de-duplicates one message at a time (no I/O besides the dedupe store)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        devices: PeerKeys,
+        dedupe: DedupeStore,
+        replay_guard: ReplayGuard | None = None,
+    ) -> None:
+        self._identity = identity
+        self._devices = devices
+        self._dedupe = dedupe
+        self._guard = replay_guard or ReplayGuard()
+        self._lock = threading.Lock()
+        self.stats = ListenerStats()
+
+    def open(self, topic: str, payload: bytes) -> Received | None:
+        with self._lock:
+            try:
+                opened = open_envelope(
+                    payload,
+                    topic=topic,
+                    trusted_senders=self._devices,
+                    recipient=self._identity,
+                    replay_guard=self._guard,
+                )
+            except ReplayError:
+                self.stats.duplicates += 1
+                return None
+            except EnvelopeError as exc:
+                self.stats.bad[type(exc).__name__] += 1
+                logger.warning("dropped a message on %s: %s", topic, exc)
+                return None
+            if not self._dedupe.first_time(opened.device, opened.seq):
+                self.stats.duplicates += 1
+                return None
+            kind = opened.message.get("type")
+            kind = kind if isinstance(kind, str) else "?"
+            self.stats.received[kind] += 1
+            self.stats.seqs.setdefault(opened.device, []).append(opened.seq)
+            return Received(opened.device, opened.seq, topic, kind, opened.message)
+
+
+# --- the MQTT client -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    host: str
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    group: str = "camveil"
+    client_id: str | None = None
+    """A fixed id keeps a persistent session (messages queue while away); None: a fresh one."""
+    keepalive_s: int = 30
+    shared: bool = True
+    """Subscribe through ``$share/<group>/`` (load split between the group's members). False:
+    a plain subscription. mosquitto 2.0.11 does not restore shared subscriptions from its
+    persistence file after a restart (checked), so until the listener has reconnected and
+    subscribed again, messages find no subscriber and are dropped by the broker (the unit got
+    its PUBACK); a single ingest process with a persistent session (``client_id``) and
+    ``shared=False`` loses nothing across broker restarts."""
+
+
+class Listener:
+    """MQTT v5 shared-subscription ingest. ``on_received`` runs on paho's network thread, before
+    the PUBACK for that message is sent (so a crash in between means a redelivery, de-duplicated).
+    """
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        opener: Opener,
+        on_received: Callable[[Received], None],
+    ) -> None:
+        self._config = config
+        self._opener = opener
+        self._on_received = on_received
+        self._client: mqtt.Client | None = None
+        self.subscribed = threading.Event()
+        self.connected = threading.Event()
+
+    @property
+    def stats(self) -> ListenerStats:
+        return self._opener.stats
+
+    def start(self) -> None:
+        cfg = self._config
+        persistent = cfg.client_id is not None
+        client_id = cfg.client_id or f"camveil-listen-{cfg.group}-{os.getpid()}-{id(self):x}"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        client.tls_set_context(tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file))
+        client.reconnect_delay_set(1, 10)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_subscribe
+        client.on_message = self._handle_message
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 24 * 3600 if persistent else 0
+        self._client = client
+        client.connect_async(
+            cfg.host,
+            cfg.port,
+            keepalive=cfg.keepalive_s,
+            clean_start=not persistent,
+            properties=properties,
+        )
+        client.loop_start()
+
+    def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+
+    def __enter__(self) -> Listener:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _handle_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            logger.error("listener: broker refused the connection: %s", reason_code.getName())
+            return
+        self.connected.set()
+        cfg = self._config
+        topics = shared_topics(cfg.group) if cfg.shared else list(TOPICS)
+        client.subscribe([(t, 1) for t in topics])
+
+    def _handle_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        logger.warning("listener: disconnected (%s)", reason_code.getName())
+
+    def _handle_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [c for c in reason_codes if c.is_failure]
+        if refused:
+            logger.error("listener: subscription refused: %s", refused[0].getName())
+        else:
+            self.subscribed.set()
+
+    def _handle_message(
+        self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        try:
+            received = self._opener.open(message.topic, bytes(message.payload))
+            if received is not None:
+                self._on_received(received)
+        except Exception:  # never let one message end ingest
+            self._opener.stats.bad["internal"] += 1
+            logger.exception("listener: handling a message on %s failed", message.topic)

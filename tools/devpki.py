@@ -1,0 +1,172 @@
+"""Throw-away keys and certificates for the demo and tests. Never for units
+in the field: the CA key is written next to everything else.
+
+Layout of DIR::
+
+    ca.crt  ca.key                  the CA (P-256)
+    broker/                         mosquitto.conf, acl, ca.crt, server.crt/.key, data/ (the
+                                    repo's broker config: TLS, client certificates, ACL)
+    unit/                           a unit's state dir, as provisioning leaves it
+        provisioned/                identity.cbor, tls.key, tls.crt, ca.crt, bundle.cbor
+    backend/                        identity.cbor (kid "backend"), devices.cbor (trusted units),
+                                    backend-<name>.crt/.key (MQTT client certificate)
+    operator/                       identity.cbor (kid "operator"),
+                                    operator-<name>.crt/.key (MQTT client certificate)
+
+The unit's keys are made here in one place rather than on the unit; the certificate still goes
+through a CSR, as on a real unit (provisioning.pki).
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.unitstate import (
+    BUNDLE_FILE,
+    CA_FILE,
+    DEFAULT_BACKEND_KID,
+    DEFAULT_OPERATOR_KID,
+    IDENTITY_FILE,
+    PROVISIONED,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    encode_bundle,
+)
+from contract.envelope.keys import Identity, PublicIdentity, save_identity, save_peers
+from provisioning import broker as broker_config
+from provisioning import pki
+
+DEFAULT_DEVICE = "cv-demo-0001"
+
+
+@dataclass(frozen=True)
+class ClientPaths:
+    """Where a backend or operator tool finds its keys."""
+
+    identity: Path
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class DevPki:
+    root: Path
+    device_id: str
+    broker_url: str
+    broker: broker_config.BrokerFiles
+    unit_dir: Path
+    backend: ClientPaths
+    devices: Path
+    operator: ClientPaths
+
+
+def write_unit_state(
+    state_dir: Path,
+    *,
+    ca: pki.Issued,
+    device_id: str,
+    broker_url: str,
+    backend: PublicIdentity,
+    operator: PublicIdentity,
+    site: dict[str, str] | None = None,
+) -> Identity:
+    """A provisioned state dir for ``device_id`` (keys made here, certificate via a CSR)."""
+    d = state_dir / PROVISIONED
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_dir.chmod(0o700)
+    identity = Identity.generate(device_id)
+    tls_key = pki.make_device_key()
+    cert = pki.sign_device_csr(ca, pki.make_csr(tls_key, device_id), expected_device_id=device_id)
+    save_identity(d / IDENTITY_FILE, identity)
+    pki.write_private_key(d / TLS_KEY_FILE, tls_key)
+    pki.write_cert(d / TLS_CERT_FILE, cert)
+    pki.write_cert(d / CA_FILE, ca.cert)
+    bundle = encode_bundle(
+        device=device_id,
+        cert_pem=pki.cert_pem(cert),
+        ca_pem=pki.cert_pem(ca.cert),
+        broker_url=broker_url,
+        backend=backend,
+        operator=operator,
+        site=site or {"name": "dev"},
+        issued_at=int(time.time()),
+    )
+    pki.write_atomic(d / BUNDLE_FILE, bundle, 0o600)
+    return identity
+
+
+def _client(directory: Path, issued: pki.Issued, identity: Identity, ca_file: Path) -> ClientPaths:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    save_identity(directory / IDENTITY_FILE, identity)
+    files = pki.write_issued(directory, issued.common_name, issued)
+    return ClientPaths(directory / IDENTITY_FILE, files.cert, files.key, ca_file)
+
+
+def make_dev_pki(
+    root: Path,
+    *,
+    device_id: str = DEFAULT_DEVICE,
+    port: int = 8883,
+    host: str = "127.0.0.1",
+    backend_name: str = "dashboard",
+    operator_name: str = "console",
+) -> DevPki:
+    """Write everything (see the module docstring) into ``root``, which must not exist yet."""
+    pki.check_device_id(device_id)
+    root.mkdir(parents=True, mode=0o700)
+    ca = pki.make_ca("camveil dev CA")
+    ca_file = root / "ca.crt"
+    pki.write_cert(ca_file, ca.cert)
+    pki.write_private_key(root / "ca.key", ca.key)
+
+    server = pki.make_server_cert(ca, (host,), loopback=True)
+    settings = broker_config.BrokerSettings(
+        port=port,
+        bind_address=host,
+        # as root, mosquitto drops to user "mosquitto", which cannot read our 0600 key
+        user=getpass.getuser(),
+        autosave_interval=5,
+    )
+    broker_files = broker_config.write_broker_state(
+        root / "broker",
+        settings,
+        ca_cert=ca.cert,
+        server=server,
+        backends=[backend_name],
+        operators=[operator_name],
+        devices=[device_id],
+    )
+
+    backend_id = Identity.generate(DEFAULT_BACKEND_KID)
+    operator_id = Identity.generate(DEFAULT_OPERATOR_KID)
+    backend = _client(
+        root / "backend", pki.make_backend_cert(ca, backend_name), backend_id, ca_file
+    )
+    operator = _client(
+        root / "operator", pki.make_operator_cert(ca, operator_name), operator_id, ca_file
+    )
+    broker_url = f"mqtts://{host}:{port}"
+    device = write_unit_state(
+        root / "unit",
+        ca=ca,
+        device_id=device_id,
+        broker_url=broker_url,
+        backend=backend_id.public(),
+        operator=operator_id.public(),
+    )
+    devices = root / "backend" / "devices.cbor"
+    save_peers(devices, [device.public()])
+    return DevPki(
+        root=root,
+        device_id=device_id,
+        broker_url=broker_url,
+        broker=broker_files,
+        unit_dir=root / "unit",
+        backend=backend,
+        devices=devices,
+        operator=operator,
+    )
