@@ -30,8 +30,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from agent.pipeline import Pipeline, PrivacyConfig, regions_to_redact
-from agent.privacy.redact import RedactedFrame, redact
+from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame, regions_to_redact
+from agent.privacy.redact import redact
 from agent.privacy.store import VideoSink, write_png
 from agent.stats import PipelineStats
 from agent.vision.detection import Detection, Detector
@@ -320,10 +320,10 @@ def redact_video(
         regions = 0
         with VideoSink(tmp, fps) as sink:
 
-            def write(frame: RedactedFrame) -> None:
+            def write(processed: ProcessedFrame) -> None:
                 nonlocal regions
-                sink.write(frame)
-                regions += len(frame.regions)
+                sink.write(processed.redacted)
+                regions += len(processed.redacted.regions)
 
             Pipeline(read_frame, CheckedDetector(detector), write, config, stats).run()
         result.frames_in = stats.frames_in

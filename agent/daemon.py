@@ -29,7 +29,7 @@ import platform
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,30 +58,25 @@ from agent.events import (
     SnapshotPolicy,
     new_boot_id,
 )
+from agent.frame_sink import FrameSink, snapshot_event
 from agent.outbox import Outbox
-from agent.pipeline import Pipeline
-from agent.presence import FrameSink, RecordingDetector, snapshot_event
+from agent.pipeline import CameraFactory, DetectorFactory, FramePath, Pipeline, open_frame_path
 from agent.publisher import Emitter, Publisher
 from agent.sequence import SequenceStore
 from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState, Transport
 from agent.unitstate import UnitState
-from agent.vision.detection import Detector
 from agent.vision.factory import DetectorConfig, build_detector
-from agent.vision.guard import GuardedDetector
 from contract.envelope.seal import SealedEnvelope
 from contract.errors import CamveilError, ConfigError
 from contract.ranges import seq_ranges
 from hw.board import BoardInfo, LinuxBoard
 from hw.camera import open_camera
 from hw.camera.base import Camera
-from hw.camera.config import CameraConfig
 
 logger = logging.getLogger(__name__)
 
 COMMAND_QUEUE_SIZE = 32
-DetectorFactory = Callable[[DetectorConfig], Detector]
-CameraFactory = Callable[[CameraConfig], Camera]
 
 
 def model_hashes(config: DetectorConfig) -> dict[str, str]:
@@ -97,16 +92,22 @@ def model_hashes(config: DetectorConfig) -> dict[str, str]:
 
 @dataclass
 class Parts:
-    """One generation of the frame path: camera, detector, pipeline, sink."""
+    """One generation of the frame path (camera, detector, pipeline) and its sink."""
 
     config: AgentConfig
-    camera: Camera
-    pipeline: Pipeline
+    path: FramePath
     sink: FrameSink
-    stack: contextlib.ExitStack = field(repr=False)
+
+    @property
+    def camera(self) -> Camera:
+        return self.path.camera
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.path.pipeline
 
     def close(self) -> None:
-        self.stack.close()
+        self.path.close()
 
 
 @dataclass(frozen=True)
@@ -218,18 +219,17 @@ class Daemon:
 
     def _build_parts(self, config: AgentConfig, emitter: Emitter) -> Parts:
         """Load the detector and open the camera; nothing is shared with the running parts."""
-        stack = contextlib.ExitStack()
-        try:
-            detector = self._detector_factory(config.detector)
-            guard = stack.enter_context(GuardedDetector(detector, config.detector.timeout))
-            recorder = RecordingDetector(guard)
-            camera = stack.enter_context(self._camera_factory(config.camera))
-            sink = FrameSink(config.events, recorder, emitter)
-            pipeline = Pipeline(camera.read, recorder, sink, config.privacy, stats=self.stats)
-        except BaseException:
-            stack.close()
-            raise
-        return Parts(config, camera, pipeline, sink, stack)
+        sink = FrameSink(config.events, emitter)
+        path = open_frame_path(
+            config.camera,
+            config.detector,
+            config.privacy,
+            sink,
+            stats=self.stats,
+            camera_factory=self._camera_factory,
+            detector_factory=self._detector_factory,
+        )
+        return Parts(config, path, sink)
 
     def _swap(self, new: Parts) -> Parts:
         """Install ``new`` between two frames; returns the previous parts (still open)."""

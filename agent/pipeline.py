@@ -1,27 +1,47 @@
-"""The privacy pipeline: camera -> detect -> track -> redact -> sink. Wiring happens here.
+"""The privacy pipeline: camera -> detect -> track -> redact -> sink, and the one place that wires
+it from configuration (:func:`open_frame_path`).
 
 Fail closed: when detection fails for any reason (exception, timeout, overload, bad model) the
-frame is dropped and counted, and nothing derived from its pixels reaches the sink.
+frame is dropped and counted, and nothing derived from its pixels reaches the sink. What reaches
+the sink is a :class:`ProcessedFrame`: the redacted pixels and the detections they were redacted
+for, flowing down together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from agent.privacy.redact import RedactedFrame, RedactionConfig, redact
 from agent.stats import PipelineStats
-from agent.vision.detection import Box, Detector
+from agent.vision.detection import Box, Detection, Detector
+from agent.vision.factory import DetectorConfig, build_detector
+from agent.vision.guard import GuardedDetector
 from agent.vision.track import TrackedRegion, Tracker, TrackerConfig
 from contract.errors import CameraUnavailableError, EndOfStream, FrameError, PrivacyError
+from hw.camera import open_camera
+from hw.camera.base import Camera
+from hw.camera.config import CameraConfig
 from hw.frame import Frame
 
 logger = logging.getLogger(__name__)
 
-Sink = Callable[[RedactedFrame], None]
+
+@dataclass(frozen=True)
+class ProcessedFrame:
+    """One frame out of the pipeline: its redacted pixels and what the detector found in it
+    (before tracking: the hold-over regions are in ``redacted.regions``)."""
+
+    redacted: RedactedFrame
+    detections: tuple[Detection, ...]
+
+
+Sink = Callable[[ProcessedFrame], None]
 
 
 @dataclass(frozen=True)
@@ -77,8 +97,8 @@ class Pipeline:
     def stop(self) -> None:
         self._stop.set()
 
-    def step(self) -> RedactedFrame | None:
-        """Process one frame. Returns the redacted frame, or None if it was dropped."""
+    def step(self) -> ProcessedFrame | None:
+        """Process one frame. Returns what went to the sink, or None if it was dropped."""
         clock, stats = self._clock, self.stats
         t0 = clock()
         try:
@@ -109,11 +129,12 @@ class Pipeline:
         redacted = redact(frame, regions, self._config.redaction)
         t4 = clock()
         stats.time("redact", t4 - t3)
-        self._sink(redacted)
+        out = ProcessedFrame(redacted, tuple(detections))
+        self._sink(out)
         stats.time("sink", clock() - t4)
         stats.frames_out += 1
         self.last_output_mono = time.monotonic()
-        return redacted
+        return out
 
     @property
     def stopped(self) -> bool:
@@ -136,3 +157,56 @@ class Pipeline:
             if not self.run_once():
                 break
             n += 1
+
+
+CameraFactory = Callable[[CameraConfig], Camera]
+DetectorFactory = Callable[[DetectorConfig], Detector]
+
+
+@dataclass
+class FramePath:
+    """An open frame path: camera -> guarded detector -> :class:`Pipeline` -> sink. Closing it
+    closes the camera and the detector's worker (a context manager, or :meth:`close`)."""
+
+    camera: Camera
+    pipeline: Pipeline
+    stack: contextlib.ExitStack = field(repr=False)
+
+    def close(self) -> None:
+        self.stack.close()
+
+    def __enter__(self) -> FramePath:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_frame_path(
+    camera: CameraConfig,
+    detector: DetectorConfig,
+    privacy: PrivacyConfig,
+    sink: Sink,
+    *,
+    stats: PipelineStats | None = None,
+    camera_factory: CameraFactory = open_camera,
+    detector_factory: DetectorFactory = build_detector,
+) -> FramePath:
+    """Load the detector (hash-checked), wrap it in the fail-closed guard, open the camera and
+    build the pipeline: the one place where a camera-fed frame path is wired (the daemon and
+    `camveil run`). Everything opened so far is closed again when a later step fails."""
+    stack = contextlib.ExitStack()
+    try:
+        model = detector_factory(detector)
+        guard = stack.enter_context(GuardedDetector(model, detector.timeout))
+        cam = stack.enter_context(camera_factory(camera))
+        pipeline = Pipeline(cam.read, guard, sink, privacy, stats=stats)
+    except BaseException:
+        stack.close()
+        raise
+    return FramePath(cam, pipeline, stack)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal
 
-UnitState = Literal["pending", "provisioned"]
+ProvisioningStatus = Literal["pending", "provisioned"]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS units (
@@ -38,7 +38,7 @@ class UnitRecord:
     device: str
     ed25519: bytes
     x25519: bytes
-    state: UnitState
+    state: ProvisioningStatus
     site: str
     bundle: bytes
     created_at: float
@@ -121,7 +121,7 @@ class Inventory:
             )
             publish(self.units("provisioned"))
 
-    def units(self, state: UnitState | None = None) -> list[UnitRecord]:
+    def units(self, state: ProvisioningStatus | None = None) -> list[UnitRecord]:
         if state is None:
             rows = self.db.execute(_SELECT + " ORDER BY device").fetchall()
         else:

@@ -34,8 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from agent.pipeline import Pipeline, PrivacyConfig
-from agent.privacy.redact import RedactedFrame
+from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame
 from agent.privacy.store import encode_jpeg
 from agent.stats import PipelineStats
 from agent.vision.detection import Detector
@@ -213,9 +212,9 @@ def run_case(
     stats = PipelineStats()
     quality = settings.jpeg_quality
 
-    def encode(frame: RedactedFrame) -> None:
+    def encode(processed: ProcessedFrame) -> None:
         t0 = time.perf_counter()
-        encode_jpeg(frame, quality=quality)
+        encode_jpeg(processed.redacted, quality=quality)
         stats.time("encode", time.perf_counter() - t0)
 
     try:

@@ -33,13 +33,9 @@ from agent.config import (
     load_config,
     load_with_remote,
 )
-from agent.pipeline import Pipeline
-from agent.privacy.redact import RedactedFrame
+from agent.pipeline import ProcessedFrame, open_frame_path
 from agent.privacy.store import VideoSink, write_png
-from agent.vision.factory import build_detector
-from agent.vision.guard import GuardedDetector
 from agent.watchdog import DEFAULT_INTERVAL, Notifier, Watchdog, watchdog_interval
-from hw.camera import open_camera
 from hw.camera.config import CameraConfig
 
 logger = logging.getLogger(__name__)
@@ -83,15 +79,20 @@ def _demo_photos(folder: Path) -> Path:
 
 
 class OutputSink:
-    """Writes redacted frames: optional video and every N-th frame as a PNG snapshot."""
+    """Writes redacted frames: optional video (at ``fps``, set once the camera is open) and every
+    N-th frame as a PNG snapshot."""
 
-    def __init__(self, config: OutputConfig, fps: float) -> None:
+    def __init__(self, config: OutputConfig) -> None:
         self._config = config
-        self._video = VideoSink(config.dir / "redacted.mp4", fps) if config.video else None
+        self._video: VideoSink | None = None
+        self.fps = 10.0
         self.snapshots: list[Path] = []
 
-    def __call__(self, frame: RedactedFrame) -> None:
-        if self._video is not None:
+    def __call__(self, processed: ProcessedFrame) -> None:
+        frame = processed.redacted
+        if self._config.video:
+            if self._video is None:
+                self._video = VideoSink(self._config.dir / "redacted.mp4", self.fps)
             self._video.write(frame)
         every = self._config.snapshot_every
         if every and frame.index % every == 0:
@@ -128,14 +129,11 @@ def run(args: argparse.Namespace) -> int:
                 config, detector=dataclasses.replace(config.detector, model=args.model)
             )
         return run_daemon(config, path, args.frames or None)
-    detector = build_detector(config.detector)
     config.output.dir.mkdir(parents=True, exist_ok=True)
-    with (
-        open_camera(config.camera) as camera,
-        GuardedDetector(detector, config.detector.timeout) as guard,
-    ):
-        sink = OutputSink(config.output, camera.fps or 10.0)
-        pipeline = Pipeline(camera.read, guard, sink, config.privacy)
+    sink = OutputSink(config.output)
+    with open_frame_path(config.camera, config.detector, config.privacy, sink) as path:
+        camera, pipeline = path.camera, path.pipeline
+        sink.fps = camera.fps or 10.0
 
         def stop(signum: int, frame: FrameType | None) -> None:
             pipeline.stop()

@@ -216,6 +216,11 @@ def crash_point(
 ) -> Iterator[None]:
     """Arm a power loss in ``unit``'s commit of the provisioned state.
 
+    What this proves: that a unit rebooting on the state directory as it stood at each crash
+    point recovers (clean "unprovisioned" or "provisioned", and provisioning completes). It
+    copies the directory's *contents* at that point, so it cannot notice a missing fsync; that
+    the commit really fsyncs each file and directory before and after each rename is proved on
+    the real system calls in ``test_durability.py``.
     ``write``: in the middle of writing the files (after the first one);
     ``before-rename``: everything written and fsynced, the directory not yet renamed;
     ``after-rename``: renamed, the state directory not yet fsynced.

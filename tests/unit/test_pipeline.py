@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from agent.pipeline import Pipeline, PrivacyConfig
+from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame
 from agent.privacy.redact import RedactedFrame, RedactionConfig
 from agent.vision.detection import Box, Detection
 from agent.vision.guard import GuardedDetector
@@ -48,10 +48,11 @@ class Scripted:
 
 
 def _run(detector, n: int, cfg: PrivacyConfig | None = None):  # type: ignore[no-untyped-def]
-    out: list[object] = []
+    """Run the pipeline over ``n`` frames; returns it and the redacted frames its sink got."""
+    out: list[ProcessedFrame] = []
     p = Pipeline(_frames(n), detector, out.append, cfg or PrivacyConfig())
     p.run()
-    return p, out
+    return p, [o.redacted for o in out]
 
 
 def test_detector_exception_drops_the_frame_and_nothing_reaches_the_sink() -> None:
@@ -111,10 +112,21 @@ def test_corrupt_frames_are_counted_and_skipped() -> None:
 
 
 def test_sink_gets_only_the_redacted_type() -> None:
-    seen: list[type] = []
-    p = Pipeline(_frames(2), Scripted(hits={0}), lambda f: seen.append(type(f)), PrivacyConfig())
+    seen: list[ProcessedFrame] = []
+    p = Pipeline(_frames(2), Scripted(hits={0}), seen.append, PrivacyConfig())
     p.run()
-    assert seen == [RedactedFrame, RedactedFrame]
+    assert [type(o) for o in seen] == [ProcessedFrame, ProcessedFrame]
+    assert [type(o.redacted) for o in seen] == [RedactedFrame, RedactedFrame]
+
+
+def test_detections_flow_down_with_their_frame() -> None:
+    """The sink gets each frame's own detections (not the tracker's hold-over regions)."""
+    cfg = PrivacyConfig(tracker=TrackerConfig(hold_frames=2))
+    seen: list[ProcessedFrame] = []
+    Pipeline(_frames(3), Scripted(hits={0}), seen.append, cfg).run()
+    assert [len(o.detections) for o in seen] == [1, 0, 0]
+    assert seen[0].detections[0].box == FACE
+    assert [len(o.redacted.regions) for o in seen] == [1, 1, 1]  # held over
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5])

@@ -1,6 +1,6 @@
-"""What the daemon derives from redacted frames: presence windows (the most people and faces seen
-at once, per zone, per time window), tamper findings, and the latest frame for snapshots
-(:class:`FrameSink`, the pipeline's sink).
+"""The daemon's frame sink (:class:`FrameSink`): what it derives from each processed frame.
+Presence windows (the most people and faces seen at once, per zone, per time window), tamper
+findings, and the latest redacted frame for snapshots.
 
 A frame's detections are counted per zone: the zone ``all`` (the whole view) and each configured
 rectangle (fractions of the frame), where a detection counts if its box centre is inside. Faces
@@ -18,15 +18,13 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
 from agent.config import EventsConfig, ZoneConfig
 from agent.events import Event, EventBuilder
+from agent.pipeline import ProcessedFrame
 from agent.privacy.redact import RedactedFrame
 from agent.publisher import Emitter
 from agent.tamper import TamperDetector, TamperFinding
-from agent.vision.detection import Detection, Detector
+from agent.vision.detection import Detection
 
 logger = logging.getLogger(__name__)
 
@@ -104,28 +102,11 @@ class PresenceWindows:
         return closed
 
 
-class RecordingDetector:
-    """Wraps a detector and keeps its last result, for counting in the pipeline's sink (which
-    runs on the same thread right after detection; a failed detection leaves no result and the
-    sink is not called for that frame)."""
-
-    def __init__(self, inner: Detector) -> None:
-        self._inner = inner
-        self.last: list[Detection] = []
-
-    def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
-        self.last = []
-        result = self._inner.detect(rgb)
-        self.last = list(result)
-        return result
-
-
 class FrameSink:
     """Receives every RedactedFrame: presence windows, tamper checks, the latest frame."""
 
-    def __init__(self, events: EventsConfig, recorder: RecordingDetector, emitter: Emitter) -> None:
+    def __init__(self, events: EventsConfig, emitter: Emitter) -> None:
         self._events = events
-        self._recorder = recorder
         self._emitter = emitter
         self._presence = PresenceWindows(events.presence_window_s, events.zones)
         self._tamper = TamperDetector()
@@ -133,10 +114,11 @@ class FrameSink:
         self._lock = threading.Lock()
         self._latest: RedactedFrame | None = None
 
-    def __call__(self, frame: RedactedFrame) -> None:
+    def __call__(self, processed: ProcessedFrame) -> None:
+        frame = processed.redacted
         with self._lock:
             self._latest = frame
-        closed = self._presence.observe(frame.ts, self._recorder.last, frame.width, frame.height)
+        closed = self._presence.observe(frame.ts, processed.detections, frame.width, frame.height)
         if closed is not None:
             self._emitter.emit(presence_event(closed), frame.ts)
         self._frames += 1

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 
 from agent.config import ZoneConfig
-from agent.presence import PresenceWindows, RecordingDetector, zone_counts
+from agent.frame_sink import PresenceWindows, zone_counts
 from agent.vision.detection import Box, Detection
 from contract.errors import ConfigError
 
@@ -55,13 +53,3 @@ def test_zone_config_is_checked() -> None:
         ZoneConfig("bad", (0.5, 0.0, 0.2, 1.0))
     with pytest.raises(ConfigError, match="all"):
         ZoneConfig("all", (0.0, 0.0, 1.0, 1.0))
-
-
-def test_recording_detector_keeps_the_last_result() -> None:
-    class Two:
-        def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
-            return [face(1, 1), face(2, 2)]
-
-    rec = RecordingDetector(Two())
-    assert rec.detect(np.zeros((4, 4, 3), np.uint8)) == rec.last
-    assert len(rec.last) == 2
