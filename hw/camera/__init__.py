@@ -12,10 +12,10 @@ camera starts, with an install hint if they are missing.
 from __future__ import annotations
 
 from hw.camera.base import BaseCamera, Camera, CameraStats
-from hw.camera.clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
 from hw.camera.config import CameraConfig, CameraKind
 from hw.camera.reconnect import Backoff, ReconnectingCamera
 from hw.camera.synthetic import SyntheticCamera, SyntheticFaults
+from hw.clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
 
 __all__ = [
     "Backoff",

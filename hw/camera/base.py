@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Protocol, TypeVar
 
 from contract.errors import CameraError, CameraUnavailableError, EndOfStream, FrameError
-from hw.camera.clock import SYSTEM_CLOCK, Clock
+from hw.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame, Pixels
 
 logger = logging.getLogger(__name__)

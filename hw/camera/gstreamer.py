@@ -18,7 +18,6 @@ import numpy as np
 
 from contract.errors import CameraUnavailableError, ConfigError, FrameError
 from hw.camera.base import BaseCamera, Camera
-from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig
 from hw.camera.convert import bgr_to_rgb, resize
 from hw.camera.opencv_capture import (
@@ -26,6 +25,7 @@ from hw.camera.opencv_capture import (
     CaptureFactory,
     OpenCVCaptureCamera,
 )
+from hw.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame, Pixels
 
 logger = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import cv2
 
 from contract.errors import CameraUnavailableError, FrameError
 from hw.camera.base import BaseCamera
-from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.convert import bgr_to_rgb, resize
+from hw.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame
 
 logger = logging.getLogger(__name__)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-from hw.camera.clock import Clock
+from hw.clock import Clock
 
 
 class FramePacer:
-    """Schedules frame slots at a fixed rate on a :class:`~hw.camera.clock.Clock`."""
+    """Schedules frame slots at a fixed rate on a :class:`~hw.clock.Clock`."""
 
     def __init__(self, clock: Clock, fps: float) -> None:
         if not (math.isfinite(fps) and fps > 0):

@@ -17,9 +17,9 @@ from typing import Any
 
 from contract.errors import CameraUnavailableError, FrameError
 from hw.camera.base import BaseCamera
-from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig
 from hw.camera.convert import bgr_to_rgb, resize
+from hw.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame
 
 logger = logging.getLogger(__name__)

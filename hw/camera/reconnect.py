@@ -29,7 +29,7 @@ from types import TracebackType
 
 from contract.errors import CameraError, CameraUnavailableError, FrameError
 from hw.camera.base import Camera, CameraStats, FrameCounters
-from hw.camera.clock import SYSTEM_CLOCK, Clock
+from hw.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame
 
 logger = logging.getLogger(__name__)

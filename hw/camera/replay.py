@@ -18,11 +18,11 @@ from pathlib import Path
 
 from contract.errors import CameraUnavailableError, ConfigError, EndOfStream
 from hw.camera.base import BaseCamera
-from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig
 from hw.camera.convert import resize
 from hw.camera.pacing import FramePacer
 from hw.camera.replay_sources import ImageFolderSource, ReplaySource, VideoFileSource
+from hw.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import numpy.typing as npt
 
 from contract.errors import CameraUnavailableError, FrameError
 from hw.camera.base import BaseCamera
-from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig
 from hw.camera.pacing import FramePacer
+from hw.clock import SYSTEM_CLOCK, Clock
 from hw.frame import Frame, Pixels
 
 logger = logging.getLogger(__name__)

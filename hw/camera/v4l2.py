@@ -13,9 +13,9 @@ from pathlib import Path
 
 import cv2
 
-from hw.camera.clock import SYSTEM_CLOCK, Clock
 from hw.camera.config import CameraConfig
 from hw.camera.opencv_capture import Capture, CaptureFactory, OpenCVCaptureCamera, valid_rate
+from hw.clock import SYSTEM_CLOCK, Clock
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
-"""The clock edge of the camera package: wall time, monotonic time and sleep.
+"""The clock edge: wall time, monotonic time and sleep, real (:class:`SystemClock`) or fake.
 
-Backends pace frames and :class:`~hw.camera.reconnect.ReconnectingCamera` waits between reopen
-attempts through a :class:`Clock`, so tests drive time with :class:`FakeClock` instead of sleeping.
+Camera backends pace frames and :class:`~hw.camera.reconnect.ReconnectingCamera` waits between
+reopen attempts through a :class:`Clock`, so tests drive time with :class:`FakeClock` instead of
+sleeping. Code that only reads the wall time takes a ``Callable[[], float]``: pass
+``clock.time`` of either kind (one fake clock for every test).
 """
 
 from __future__ import annotations
