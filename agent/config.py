@@ -11,7 +11,6 @@ import dataclasses
 import enum
 import logging
 import math
-import os
 import re
 import sys
 import types
@@ -22,6 +21,7 @@ from typing import Any, TypeVar, cast
 from agent.pipeline import PrivacyConfig
 from agent.vision.factory import DetectorConfig
 from contract.errors import ConfigError
+from contract.files import write_atomic
 from hw.camera.config import CameraConfig
 
 if sys.version_info >= (3, 11):
@@ -181,23 +181,12 @@ def _toml_value(value: Any) -> str:
 
 
 def write_config_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: temporary file, fsync, rename, fsync of the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Replace ``path`` with ``text`` crash-safely (:func:`contract.files.write_atomic`, 0644)."""
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text.encode("utf-8"), 0o644)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write config file {path}: {exc.strerror or exc}") from None
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # --- the agent's configuration file -------------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from contract.errors import SequenceError
+from contract.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -170,20 +171,8 @@ class SequenceStore:
     def _write(self, value: int) -> None:
         text = f"{MAGIC} {FORMAT_VERSION} {value}"
         data = f"{text} {zlib.crc32(text.encode()):08x}\n".encode("ascii")
-        tmp = self._path.with_name(self._path.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            tmp.replace(self._path)
-            dir_fd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(self._path, data, 0o600)
         except OSError as exc:
             raise SequenceError(
                 f"cannot persist sequence high-water mark to {self._path}: {exc}"

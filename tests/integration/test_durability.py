@@ -139,3 +139,32 @@ def test_provisioning_commit_is_crash_safe_on_real_syscalls(tmp_path: Path) -> N
         check_atomic_commit(ops, Path(renamed[0].target))
     check_atomic_commit(ops, pending)
     assert (pending / "identity.cbor").stat().st_mode & 0o777 == 0o600
+
+
+def test_sequence_high_water_mark_is_crash_safe_on_real_syscalls(tmp_path: Path) -> None:
+    path = tmp_path / "seq"
+    ops = trace(
+        f"""
+        from pathlib import Path
+        from agent.sequence import SequenceStore
+        with SequenceStore(Path({str(path)!r}), block=4) as store:
+            for _ in range(6):  # crosses a block: a second high-water mark is written
+                store.next()
+        """,
+        tmp_path,
+    )
+    check_atomic_commit(ops, path)
+    assert len([op for op in ops if op.kind == "rename" and op.target == str(path)]) >= 2
+
+
+def test_remote_config_is_crash_safe_on_real_syscalls(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "remote.toml"
+    ops = trace(
+        f"""
+        from pathlib import Path
+        from agent.config import write_config_atomic
+        write_config_atomic(Path({str(path)!r}), "[events]\\npresence_window_s = 5.0\\n")
+        """,
+        tmp_path,
+    )
+    check_atomic_commit(ops, path)
