@@ -8,6 +8,7 @@ Every section is a frozen dataclass whose fields are documented where they are d
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import logging
 import math
@@ -15,6 +16,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -35,15 +37,42 @@ logger = logging.getLogger(__name__)
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_OTHER_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; a syntax error names the file, line and column."""
+    """Parse a TOML file; every failure is a ConfigError that names the file and the fix (a
+    syntax error also the line and column). A UTF-8 byte-order mark is skipped."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give the path of the file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    for bom, encoding in _OTHER_BOMS.items():
+        if data.startswith(bom):
+            raise ConfigError(
+                f"config file {path} is saved as {encoding}; TOML files must be UTF-8: save it "
+                "again as UTF-8"
+            )
+    data = data.removeprefix(_UTF8_BOM)
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 (byte {exc.start}); TOML files must be UTF-8: "
+            "save it again as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def from_mapping(cls: type[T], data: dict[str, Any], section: str) -> T:
@@ -56,12 +85,22 @@ def from_mapping(cls: type[T], data: dict[str, Any], section: str) -> T:
         for f in dataclasses.fields(cast(Any, cls))
         if f.init and not f.name.startswith("_")
     }
+    where = f"[{section}]" if section else "top level:"
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        named = [_did_you_mean(key, fields) for key in unknown]
         raise ConfigError(
-            f"[{section}] unknown key(s) {', '.join(unknown)}; "
-            f"known keys: {', '.join(sorted(fields))}"
+            f"{where} unknown key(s) {', '.join(named)}; known keys: {', '.join(sorted(fields))}"
         )
+    missing = sorted(
+        name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise ConfigError(f"{where} missing key(s) {', '.join(missing)}: add them")
     kwargs = {
         name: _convert(hints[name], value, f"[{section}] {name}", f"{section}.{name}".strip("."))
         for name, value in data.items()
@@ -72,6 +111,12 @@ def from_mapping(cls: type[T], data: dict[str, Any], section: str) -> T:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"[{section}] {exc}") from exc
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    """``key``, or ``key (did you mean 'kind'?)`` when a known key is close to it."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"{key} (did you mean {close[0]!r}?)" if close else key
 
 
 def _convert(hint: Any, value: Any, where: str, qual: str) -> Any:

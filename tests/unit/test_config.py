@@ -147,3 +147,33 @@ def test_remote_overlay_is_merged_and_a_bad_one_set_aside(tmp_path: Path) -> Non
 
     (state / "remote.toml").write_text('[mqtt]\nbroker = "mqtts://elsewhere:1"\n')
     assert load_with_remote(path)[0].mqtt.broker == ""  # [mqtt] cannot be changed remotely
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            b'[camra]\nkind = "replay"\n',
+            r"top level: unknown key\(s\) camra \(did you mean 'camera'\?\)",
+        ),
+        (
+            b"[[events.zones]]\nrect = [0, 0, 1, 1]\n",
+            r"\[events.zones\] missing key\(s\) name: add",
+        ),
+        ("[detector]\n".encode("utf-16"), r"saved as UTF-16; TOML files must be UTF-8"),
+        (b"[detector]\n# caf\xe9\n", r"is not UTF-8 \(byte 16\)"),
+    ],
+)
+def test_file_level_errors_say_the_fix(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "camveil.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_a_utf8_bom_is_accepted_and_a_directory_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "camveil.toml"
+    path.write_bytes(b"\xef\xbb\xbf[detector]\nthreads = 2\n")
+    assert load_config(path).detector.threads == 2
+    with pytest.raises(ConfigError, match="is a directory; give the path of the file"):
+        load_config(tmp_path)
