@@ -14,6 +14,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -576,3 +577,152 @@ class OutboxModel(RuleBasedStateMachine):
 _MODEL_ENVELOPES = [sealed(seq, pad=seq * 7) for seq in range(8)]
 OutboxModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 test_outbox_model = OutboxModel.TestCase
+
+
+# --- a bad row, a full small filesystem (issue 14) ---------------------------------------------
+
+
+def _raw_update(path: Path, sql: str, params: tuple[Any, ...]) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def test_a_row_with_invalid_utf8_topic_or_bad_payload_is_evicted_and_never_blocks(
+    tmp_path: Path,
+) -> None:
+    """Raw sqlite writes one topic that is not UTF-8 and one payload that is not CBOR: the
+    rows after them are delivered, the two are evicted and counted ``invalid``."""
+    path = tmp_path / "o.db"
+    with Outbox(path, signer=SIGNER) as box:
+        ids = [box.enqueue(sealed(seq)) for seq in range(31)]
+    bad_topic, bad_payload = ids[0], ids[5]
+    _raw_update(
+        path,
+        "UPDATE outbox SET topic = CAST(? AS TEXT) WHERE id = ?",
+        (b"camveil/v1/\xff\xfe/event/presence", bad_topic),
+    )
+    _raw_update(path, "UPDATE outbox SET payload = ? WHERE id = ?", (b"\xff\x00junk", bad_payload))
+    with Outbox(path, signer=SIGNER) as box:
+        delivered: list[int] = []
+        for _ in range(10):
+            batch = box.next_batch(8)
+            if not batch:
+                break
+            for mid, item in enumerate(batch, start=1):
+                assert box.mark_in_flight(item.id, mid)
+                assert box.ack(item.id)
+                delivered.append(item.id)
+        assert delivered == [i for i in ids if i not in (bad_topic, bad_payload)]
+        stats = box.stats()
+        assert stats.evicted_total == {"invalid": 2}
+        assert stats.depth == 0
+        assert stats.bytes == 0
+
+
+def test_outbox_files_are_private_from_creation(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "o.db"
+        with Outbox(path, signer=SIGNER) as box:
+            box.enqueue(sealed(1))
+            modes = {
+                p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.is_file()
+            }
+    finally:
+        os.umask(old)
+    assert {"o.db", "o.db-wal", "o.db-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB filesystem (tmpfs), unmounted afterwards. Needs root (CI runs as root)."""
+    mount_point = tmp_path / "fs"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"cannot mount a 2 MB tmpfs at {mount_point} ({done.stderr.strip()}): this test "
+            "needs root (or CAP_SYS_ADMIN), as CI has"
+        )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill_the_rest(directory: Path) -> int:
+    """Write a file until the filesystem says ENOSPC; how many bytes it took."""
+    written = 0
+    with open(directory / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\xaa" * 4096)
+                f.flush()
+                written += 4096
+        except OSError:
+            pass
+    return written
+
+
+def test_a_full_2mb_filesystem_keeps_storing_new_events_and_reopens(small_fs: Path) -> None:
+    """12,000 real sealed envelopes through the real Outbox on a 2 MB tmpfs: new ones keep
+    being stored (the oldest evicted and counted), the WAL never fills the disk, a reopen on the
+    full disk works, and a publish/ack cycle drains what is left."""
+    path = small_fs / "outbox.db"
+    total = 12_000
+    envelopes = [sealed(seq) for seq in range(total)]
+    stored: list[int] = []
+    refused = 0
+    with Outbox(path, signer=SIGNER) as box:
+        for env in envelopes:
+            try:
+                box.enqueue(env)
+            except OutboxFullError:
+                refused += 1
+            else:
+                stored.append(env.seq)
+        stats = box.stats()
+    evicted = sum(stats.evicted_total.values())
+    print(
+        f"\n2 MB fs: {len(stored)} of {total} stored, {refused} refused, {evicted} evicted "
+        f"({dict(stats.evicted_total)}), {stats.depth} left"
+    )
+    assert refused == 0
+    assert stored[-1000:] == list(range(total - 1000, total))  # new ones keep being stored
+    assert evicted > 0
+    assert stats.depth + evicted == total  # every envelope is stored, evicted or counted
+    # the disk is full to the last byte (the outbox's own use plus a filler); reopen anyway
+    _fill_the_rest(small_fs)
+    with Outbox(path, signer=SIGNER) as box:
+        before = box.stats()
+        assert before.depth == stats.depth
+        for seq in range(total, total + 200):  # and keep storing new ones
+            box.enqueue(sealed(seq))
+        after = box.stats()
+        newest = [item.seq for item in box.next_batch(100_000)]
+        assert newest[-200:] == list(range(total, total + 200))
+        assert newest == sorted(newest)
+        assert after.depth + sum(after.evicted_total.values()) == total + 200
+        box.requeue_in_flight()
+        drained = 0
+        mid = 0
+        while batch := box.next_batch(64):
+            for item in batch:
+                mid += 1
+                assert box.mark_in_flight(item.id, mid)
+                assert box.ack(item.id)
+                drained += 1
+        assert drained == after.depth
+        assert box.stats().depth == 0
+    with Outbox(path, signer=SIGNER) as box:  # and a clean restart after the drain
+        assert box.stats().depth == 0
