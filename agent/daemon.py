@@ -404,6 +404,9 @@ class Daemon:
                     signer=unit.identity.public(),
                     max_bytes=config.outbox.max_bytes,
                     max_age_s=config.outbox.max_age_s,
+                    max_db_bytes=config.outbox.max_db_bytes,
+                    recover_corrupt=config.outbox.recover_corrupt,
+                    reserve_bytes=config.outbox.reserve_bytes,
                 )
             )
             emitter = Emitter(
