@@ -354,10 +354,7 @@ class OutboxConfig:
                 "[outbox] max_db_bytes must be at least 262144 (256 KiB), or left unset"
             )
         if not 64 * 1024 <= self.reserve_bytes <= 64 * 1024 * 1024:
-            raise ConfigError(
-                "[outbox] reserve_bytes must be between 65536 and 67108864 (256 KiB is the "
-                "default)"
-            )
+            raise ConfigError("[outbox] reserve_bytes must be between 65536 and 67108864")
 
 
 @dataclasses.dataclass(frozen=True)
