@@ -3,6 +3,7 @@ corruption, threads, and kill -9 in the middle of writes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker import TestPki
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -724,3 +726,113 @@ def test_a_full_2mb_filesystem_keeps_storing_new_events_and_reopens(small_fs: Pa
         assert box.stats().depth == 0
     with Outbox(path, signer=SIGNER) as box:  # and a clean restart after the drain
         assert box.stats().depth == 0
+
+
+class ConnectedSender:
+    """The publisher's edge to the transport (agent.publisher.Sender), always connected."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[SealedEnvelope] = []
+
+    def publish(self, topic: str, payload: SealedEnvelope, *, retain: bool = False) -> int:
+        self.sent.append(payload)
+        return len(self.sent)
+
+
+def test_a_publisher_that_keeps_failing_withholds_the_watchdog(tmp_path: Path) -> None:
+    """Another process holds the outbox database's write lock (an operator's sqlite3 shell,
+    say) while a row is due for age eviction: every publishing round raises. The publisher
+    reports how long it has been failing, the watchdog (wired as the daemon wires it) stops
+    pinging, and both recover when the lock goes."""
+    from agent.publisher import Publisher
+    from agent.watchdog import Notifier, Watchdog
+
+    path = tmp_path / "o.db"
+    clock = FakeClock()
+    with Outbox(path, signer=SIGNER, busy_timeout_s=0.05, max_age_s=60, clock=clock) as box:
+        box.enqueue(sealed(99))  # the one that ages out
+        clock.now += 30
+        for seq in range(5):
+            box.enqueue(sealed(seq))
+        clock.now += 40
+        publisher = Publisher(box, idle_wait_s=0.05)
+        sender = ConnectedSender()
+        publisher.bind(sender)
+        dog = Watchdog(
+            Notifier(None),
+            last_frame_at=time.monotonic,
+            outbox_writable=lambda: True,
+            publishing_ok=lambda: publisher.failing_for() < 0.5,
+        )
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+        stop = threading.Event()
+        thread = threading.Thread(target=publisher.run, args=(stop,))
+        thread.start()
+        try:
+            publisher.wake()
+            deadline = time.monotonic() + 10
+            while publisher.failing_for() < 0.6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert publisher.failures >= 1
+            assert sender.sent == []
+            health = dog.tick()
+            assert not health.ok
+            assert "publishing from the outbox keeps failing" in health.status
+            holder.execute("COMMIT")
+            holder.close()
+            deadline = time.monotonic() + 10
+            while len(sender.sent) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [env.seq for env in sender.sent] == [0, 1, 2, 3, 4]
+            assert publisher.failing_for() == 0.0
+            assert dog.tick().ok
+            assert box.stats().evicted_total == {"age": 1}
+        finally:
+            stop.set()
+            publisher.wake()
+            thread.join(10)
+            with contextlib.suppress(sqlite3.Error):
+                holder.close()
+
+
+def test_a_full_disk_with_nothing_to_evict_is_counted_not_a_restart_loop(
+    small_fs: Path, tmp_path: Path, mqtt_pki: TestPki
+) -> None:
+    """The disk fills up (another writer) while the outbox is empty: the event is refused and
+    counted (``rejected.full``), but the emitter does not report the store as failing, so the
+    watchdog keeps pinging (a restart frees no disk); once there is room, events are stored."""
+    from agent.cli.dev_pki import write_unit_state
+    from agent.events import EventBuilder, LinkState, new_boot_id
+    from agent.publisher import Emitter
+    from agent.sequence import SequenceStore
+    from agent.stats import PipelineStats
+    from agent.unitstate import UnitState
+
+    write_unit_state(
+        tmp_path / "unit",
+        ca=mqtt_pki.ca,
+        device_id=DEVICE,
+        broker_url="mqtts://127.0.0.1:1",
+        backend=_backend,
+        operator=Identity.generate("operator").public(),
+    )
+    unit = UnitState.load(tmp_path / "unit")
+    with (
+        SequenceStore(unit.seq_path) as seqs,
+        Outbox(small_fs / "outbox.db", signer=unit.identity.public(), reserve_bytes=0) as box,
+    ):
+        emitter = Emitter(
+            unit, EventBuilder(DEVICE, new_boot_id(), seqs), box, lambda: None, PipelineStats()
+        )
+        _fill_the_rest(small_fs)
+        emitter.emit(lambda b: b.status(LinkState.ONLINE))
+        assert box.stats().rejected_total == {"full": 1}
+        assert box.stats().depth == 0
+        assert emitter.store_failing is False
+        (small_fs / "filler").unlink()
+        emitter.emit(lambda b: b.status(LinkState.ONLINE))
+        assert box.stats().depth == 1
+        assert emitter.store_failing is False
