@@ -340,7 +340,7 @@ class OutboxConfig:
     recover_corrupt: bool = False
     """A database that fails its integrity check at start is moved aside
     (``outbox.db.corrupt-<time>``) and a new one started, instead of refusing to start."""
-    reserve_bytes: int = 256 * 1024
+    reserve_bytes: int = 1024 * 1024
     """Size of the reserve file kept beside the database and released when the disk is full,
     so the unit can still open, evict and keep running (capped at 1/8 of the filesystem)."""
 

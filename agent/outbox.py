@@ -33,13 +33,14 @@ event (FULL for everything: three). Measured numbers: docs/PROTOCOL.md, "Events"
 Disk full: SQLite reports ``database or disk is full`` (also when ``max_db_bytes`` is reached).
 Three things keep a full disk from stopping the unit:
 
-- a **reserve file** (``<name>.reserve``, ``reserve_bytes``, at most 1/8 of the filesystem) is
+- a **reserve file** (``<name>.reserve``, ``reserve_bytes``: 1 MiB, at most 1/8 of the
+  filesystem) is
   kept beside the database. On ``database or disk is full`` it is deleted first, so there is
   always room to open the database, write the eviction and checkpoint; it is re-created as soon
   as there is room again. It is also deleted at open, so a restart on a full disk works;
 - the **WAL is bounded** by the reserve: ``wal_autocheckpoint`` and ``journal_size_limit`` are
-  sized to half the reserve and the whole reserve, so the WAL can neither fill a small disk nor
-  outgrow the room its checkpoint needs;
+  sized to 3/4 of the reserve and the whole reserve (at most 1 MiB), so the WAL can neither fill
+  a small disk nor outgrow the room its checkpoint needs;
 - new databases use ``auto_vacuum=INCREMENTAL``, so evicted rows give their pages back to the
   filesystem (``PRAGMA incremental_vacuum`` after each eviction for space).
 
@@ -92,7 +93,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION: Final = 1
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
-DEFAULT_RESERVE_BYTES: Final = 256 * 1024
+DEFAULT_RESERVE_BYTES: Final = 1024 * 1024
 RESERVE_SUFFIX: Final = ".reserve"
 _MAX_WAL_BYTES: Final = 1024 * 1024
 
@@ -521,7 +522,7 @@ class Outbox:
             # (ON rewrites every freed page, which on a full disk can exceed the WAL's room)
             conn.execute("PRAGMA secure_delete=FAST")
             page = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            conn.execute(f"PRAGMA wal_autocheckpoint={max(8, self._wal_bytes // page // 2)}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={max(8, self._wal_bytes * 3 // 4 // page)}")
             conn.execute(f"PRAGMA journal_size_limit={self._wal_bytes}")
             if self._max_db_bytes is not None:
                 conn.execute(f"PRAGMA max_page_count={max(1, self._max_db_bytes // page)}")

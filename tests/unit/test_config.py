@@ -166,4 +166,4 @@ def test_outbox_keys_that_docs_and_errors_name_are_accepted(tmp_path: Path) -> N
     assert cfg.outbox.reserve_bytes == 131072
     example = load_config(EXAMPLE).outbox
     assert (example.recover_corrupt, example.max_db_bytes) == (False, None)
-    assert example.reserve_bytes == 256 * 1024
+    assert example.reserve_bytes == 1024 * 1024
