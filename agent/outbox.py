@@ -595,6 +595,8 @@ class Outbox:
         for ``size`` bytes and the reserve), give their pages back to the filesystem, re-create
         the reserve (evicting more while it does not fit). False when nothing could be freed."""
         released = self._release_reserve()
+        if released:
+            logger.warning("outbox: the disk is full, released the reserve to make room")
         self._checkpoint(conn)
         n = self._evict_until_reserved(conn, max(size, 1) + self._reserve_bytes)
         return released or n > 0
@@ -722,7 +724,7 @@ class Outbox:
         except OSError as exc:
             logger.warning("cannot delete the outbox reserve %s: %s", self._reserve_path, exc)
             return False
-        logger.info("outbox: released the %d-byte disk reserve", self._reserve_bytes)
+        logger.debug("outbox: released the %d-byte disk reserve", self._reserve_bytes)
         return True
 
     def _ensure_reserve(self) -> bool:
@@ -813,7 +815,9 @@ class Outbox:
                 int(row[0])
                 for item_id in ids
                 for row in conn.execute(
-                    "DELETE FROM outbox WHERE id = ? RETURNING size", (item_id,)
+                    # CAST: a damaged size column must not stop the eviction of its row
+                    "DELETE FROM outbox WHERE id = ? RETURNING CAST(size AS INTEGER)",
+                    (item_id,),
                 ).fetchall()
             ]
             self._write_counts(conn, {reason: len(sizes)})

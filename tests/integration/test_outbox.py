@@ -596,18 +596,20 @@ def _raw_update(path: Path, sql: str, params: tuple[Any, ...]) -> None:
 def test_a_row_with_invalid_utf8_topic_or_bad_payload_is_evicted_and_never_blocks(
     tmp_path: Path,
 ) -> None:
-    """Raw sqlite writes one topic that is not UTF-8 and one payload that is not CBOR: the
-    rows after them are delivered, the two are evicted and counted ``invalid``."""
+    """Raw sqlite writes one topic that is not UTF-8, one payload that is not CBOR and one size
+    that is not a number: the rows after them are delivered, the three are evicted and counted
+    ``invalid``."""
     path = tmp_path / "o.db"
     with Outbox(path, signer=SIGNER) as box:
         ids = [box.enqueue(sealed(seq)) for seq in range(31)]
-    bad_topic, bad_payload = ids[0], ids[5]
+    bad_topic, bad_payload, bad_size = ids[0], ids[5], ids[9]
     _raw_update(
         path,
         "UPDATE outbox SET topic = CAST(? AS TEXT) WHERE id = ?",
         (b"camveil/v1/\xff\xfe/event/presence", bad_topic),
     )
     _raw_update(path, "UPDATE outbox SET payload = ? WHERE id = ?", (b"\xff\x00junk", bad_payload))
+    _raw_update(path, "UPDATE outbox SET size = 'garbage' WHERE id = ?", (bad_size,))
     with Outbox(path, signer=SIGNER) as box:
         delivered: list[int] = []
         for _ in range(10):
@@ -618,9 +620,9 @@ def test_a_row_with_invalid_utf8_topic_or_bad_payload_is_evicted_and_never_block
                 assert box.mark_in_flight(item.id, mid)
                 assert box.ack(item.id)
                 delivered.append(item.id)
-        assert delivered == [i for i in ids if i not in (bad_topic, bad_payload)]
+        assert delivered == [i for i in ids if i not in (bad_topic, bad_payload, bad_size)]
         stats = box.stats()
-        assert stats.evicted_total == {"invalid": 2}
+        assert stats.evicted_total == {"invalid": 3}
         assert stats.depth == 0
         assert stats.bytes == 0
 
