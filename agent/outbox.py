@@ -34,10 +34,10 @@ Disk full: SQLite reports ``database or disk is full`` (also when ``max_db_bytes
 Three things keep a full disk from stopping the unit:
 
 - a **reserve file** (``<name>.reserve``, ``reserve_bytes``: 1 MiB, at most 1/8 of the
-  filesystem) is
-  kept beside the database. On ``database or disk is full`` it is deleted first, so there is
-  always room to open the database, write the eviction and checkpoint; it is re-created as soon
-  as there is room again. It is also deleted at open, so a restart on a full disk works;
+  filesystem) is kept beside the database. On ``database or disk is full`` it is deleted first,
+  so there is always room to open the database, write the eviction and checkpoint; it is
+  re-created as soon as there is room again. It is also deleted at open, so a restart on a full
+  disk works;
 - the **WAL is bounded** by the reserve: ``wal_autocheckpoint`` and ``journal_size_limit`` are
   sized to 3/4 of the reserve and the whole reserve (at most 1 MiB), so the WAL can neither fill
   a small disk nor outgrow the room its checkpoint needs;
@@ -592,14 +592,27 @@ class Outbox:
 
     def _evict_for_space(self, conn: sqlite3.Connection, size: int) -> bool:
         """After SQLITE_FULL: release the reserve, free the WAL, evict the oldest rows (enough
-        for ``size`` bytes and the reserve), give their pages back to the filesystem, re-create
-        the reserve (evicting more while it does not fit). False when nothing could be freed."""
-        released = self._release_reserve()
-        if released:
-            logger.warning("outbox: the disk is full, released the reserve to make room")
+        for ``size`` bytes, and for the reserve when the filesystem is what is full), give their
+        pages back to the filesystem, re-create the reserve (evicting more while it does not
+        fit). False when nothing could be freed."""
+        need = max(size, 1)
+        released = False
+        if self._fs_free() < need + self._wal_bytes:  # the filesystem, not max_db_bytes
+            released = self._release_reserve()
+            if released:
+                logger.warning("outbox: the disk is full, released the reserve to make room")
+            need += self._reserve_bytes
         self._checkpoint(conn)
-        n = self._evict_until_reserved(conn, max(size, 1) + self._reserve_bytes)
+        n = self._evict_until_reserved(conn, need)
         return released or n > 0
+
+    def _fs_free(self) -> int:
+        """Bytes free for us on the database's filesystem (0 when it cannot be asked)."""
+        try:
+            st = os.statvfs(self._path.parent)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
 
     def _evict_until_reserved(self, conn: sqlite3.Connection, need: int) -> int:
         """Evict the oldest ``need`` bytes, then more until the reserve file fits again (or no

@@ -288,6 +288,9 @@ def test_disk_full_evicts_oldest_counts_and_keeps_going(tmp_path: Path) -> None:
         assert stats.depth + stats.evicted_total["disk_full"] == 40
         remaining = [item.id for item in box.next_batch(100)]
         assert remaining == ids[-len(remaining) :]  # the oldest went first
+        full_depth = box.stats().depth
+        box.enqueue(sealed(40, pad=6000))  # at the cap: evicts what the new one needs, no more
+        assert box.stats().depth >= full_depth - 1
         assert path.stat().st_size <= 96 * 1024
         with pytest.raises(OutboxFullError, match="full"):
             box.enqueue(sealed(99, pad=200_000))  # fits max_bytes, never fits the database
