@@ -369,12 +369,27 @@ class OutboxConfig:
     """Bound of the stored envelopes; the oldest are evicted (counted in health) beyond it."""
     max_age_s: float = 7 * 24 * 3600.0
     """Envelopes older than this are evicted (counted in health)."""
+    max_db_bytes: int | None = None
+    """Cap of the database file itself; reaching it acts like a full disk (the oldest are
+    evicted, counted ``disk_full``). Unset: only the filesystem limits it."""
+    recover_corrupt: bool = False
+    """A database that fails its integrity check at start is moved aside
+    (``outbox.db.corrupt-<time>``) and a new one started, instead of refusing to start."""
+    reserve_bytes: int = 1024 * 1024
+    """Size of the reserve file kept beside the database and released when the disk is full,
+    so the unit can still open, evict and keep running (capped at 1/8 of the filesystem)."""
 
     def __post_init__(self) -> None:
         if self.max_bytes < 64 * 1024:
             raise ConfigError("[outbox] max_bytes must be at least 65536")
         if self.max_age_s < 60:
             raise ConfigError("[outbox] max_age_s must be at least 60 seconds")
+        if self.max_db_bytes is not None and self.max_db_bytes < 256 * 1024:
+            raise ConfigError(
+                "[outbox] max_db_bytes must be at least 262144 (256 KiB), or left unset"
+            )
+        if not 64 * 1024 <= self.reserve_bytes <= 64 * 1024 * 1024:
+            raise ConfigError("[outbox] reserve_bytes must be between 65536 and 67108864")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,6 +77,8 @@ from hw.camera.base import Camera
 logger = logging.getLogger(__name__)
 
 COMMAND_QUEUE_SIZE = 32
+PUBLISH_FAILING_S = 60.0
+"""How long every publishing round may fail before the watchdog is withheld."""
 
 
 def model_hashes(config: DetectorConfig) -> dict[str, str]:
@@ -194,6 +196,13 @@ class Daemon:
         """False before start and while enqueueing fails (for the systemd watchdog)."""
         emitter = self.emitter
         return emitter is not None and not emitter.store_failing
+
+    def publishing_ok(self) -> bool:
+        """False once every publishing round has failed for ``PUBLISH_FAILING_S`` (for the
+        systemd watchdog: a wedged publisher gets the unit restarted). A full disk does not make
+        it fail: the outbox evicts and keeps going (agent.outbox)."""
+        publisher = self.publisher
+        return publisher is None or publisher.failing_for() < PUBLISH_FAILING_S
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (signal-handler safe: only sets flags)."""
@@ -404,6 +413,9 @@ class Daemon:
                     signer=unit.identity.public(),
                     max_bytes=config.outbox.max_bytes,
                     max_age_s=config.outbox.max_age_s,
+                    max_db_bytes=config.outbox.max_db_bytes,
+                    recover_corrupt=config.outbox.recover_corrupt,
+                    reserve_bytes=config.outbox.reserve_bytes,
                 )
             )
             emitter = Emitter(

@@ -31,9 +31,29 @@ event (FULL for everything: three). Measured numbers: docs/PROTOCOL.md, "Events"
 ``tests/integration/test_outbox.py::test_throughput_with_durability_on`` prints the local rate.
 
 Disk full: SQLite reports ``database or disk is full`` (also when ``max_db_bytes`` is reached).
-The outbox then checkpoints the WAL, evicts the oldest envelopes (counted as ``disk_full``) and
-retries; if nothing is left to evict it raises :class:`~contract.errors.OutboxFullError` (counted as
-rejected ``full``).
+Three things keep a full disk from stopping the unit:
+
+- a **reserve file** (``<name>.reserve``, ``reserve_bytes``: 1 MiB, at most 1/8 of the
+  filesystem) is kept beside the database. On ``database or disk is full`` it is deleted first,
+  so there is always room to open the database, write the eviction and checkpoint; it is
+  re-created as soon as there is room again. It is also deleted at open, so a restart on a full
+  disk works;
+- the **WAL is bounded** by the reserve: ``wal_autocheckpoint`` and ``journal_size_limit`` are
+  sized to 3/4 of the reserve and the whole reserve (at most 1 MiB), so the WAL can neither fill
+  a small disk nor outgrow the room its checkpoint needs;
+- new databases use ``auto_vacuum=INCREMENTAL``, so evicted rows give their pages back to the
+  filesystem (``PRAGMA incremental_vacuum`` after each eviction for space).
+
+The outbox then evicts the oldest envelopes (counted as ``disk_full``), enough for the new one
+and the reserve, and retries; if nothing is left to evict it raises
+:class:`~contract.errors.OutboxFullError` (counted as rejected ``full``).
+
+Bad rows: a row whose topic is not UTF-8, whose payload is not a sealed envelope, or whose
+signature does not verify under ``signer`` is evicted (counted ``invalid``) when it comes out,
+and never blocks the rows after it.
+
+Permissions: the database file is created 0600 (and an existing one is made 0600); SQLite
+creates the ``-wal`` and ``-shm`` files with the database file's mode, whatever the umask.
 
 Corruption: at open the file gets ``PRAGMA quick_check``. A corrupt file raises
 :class:`~contract.errors.OutboxCorruptError`; with ``recover_corrupt=True`` the file (with its
@@ -46,7 +66,9 @@ started and ``corrupt_recovered`` is counted in it. The envelopes in the old fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -55,12 +77,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from contract.envelope.keys import PublicIdentity
 from contract.envelope.seal import SealedEnvelope, restore_sealed
 from contract.errors import (
-    EnvelopeError,
     OutboxCorruptError,
     OutboxError,
     OutboxFullError,
@@ -72,6 +93,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION: Final = 1
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
+DEFAULT_RESERVE_BYTES: Final = 1024 * 1024
+RESERVE_SUFFIX: Final = ".reserve"
+_MAX_WAL_BYTES: Final = 1024 * 1024
 
 # Counter names (the ``counters`` table). Evictions by reason, refusals by reason.
 EVICTED_BYTES: Final = "evicted.bytes"
@@ -156,8 +180,10 @@ class Outbox:
     ``signer`` is the device's public identity: stored rows are checked against it when they
     come out. ``max_bytes`` bounds the sum of stored payload sizes, ``max_age_s`` the age of the
     oldest row; both evict oldest first. ``max_db_bytes`` caps the database file itself (SQLite
-    ``max_page_count``; the disk-full path handles it). ``synchronous`` applies to enqueue,
-    ``ack_synchronous`` to ack / mark_in_flight / release / requeue (see the module docstring).
+    ``max_page_count``; the disk-full path handles it). ``reserve_bytes`` is the size of the
+    reserve file released on a full disk (see the module docstring; 0: none). ``synchronous``
+    applies to enqueue, ``ack_synchronous`` to ack / mark_in_flight / release / requeue (see the
+    module docstring).
     ``busy_timeout_s``: how long to wait for another process holding the database (e.g. an
     operator's sqlite3 shell) before an OutboxError. ``clock`` gives Unix seconds.
 
@@ -187,11 +213,14 @@ class Outbox:
         synchronous: Synchronous = "FULL",
         ack_synchronous: Synchronous = "NORMAL",
         recover_corrupt: bool = False,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         busy_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes <= 0 or max_age_s <= 0:
             raise ValueError("outbox max_bytes and max_age_s must be positive")
+        if reserve_bytes < 0:
+            raise ValueError("outbox reserve_bytes must be >= 0")
         for value in (synchronous, ack_synchronous):
             if value not in ("FULL", "NORMAL"):
                 raise ValueError(f"synchronous must be FULL or NORMAL, got {value!r}")
@@ -203,6 +232,10 @@ class Outbox:
         self._sync_enqueue: Synchronous = synchronous
         self._sync_ack: Synchronous = ack_synchronous
         self._recover_corrupt = recover_corrupt
+        self._reserve_wanted = reserve_bytes
+        self._reserve_bytes = reserve_bytes  # capped to the filesystem at open
+        self._wal_bytes = _MAX_WAL_BYTES
+        self._skip: set[int] = set()  # invalid rows whose eviction could not be written yet
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
         self._lock = threading.RLock()
@@ -231,6 +264,9 @@ class Outbox:
             if self._conn is not None:
                 return
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._size_to_filesystem()
+            self._release_reserve()  # room to open, recover and evict on a full disk
+            self._make_private()
             try:
                 conn = self._connect()
             except OutboxCorruptError:
@@ -253,6 +289,10 @@ class Outbox:
             self._depth, self._bytes = int(depth), int(total)
             self._flush_pending()
         self.requeue_in_flight()
+        with self._locked() as conn:
+            self._checkpoint(conn)
+            if not self._ensure_reserve():  # a full disk: make room by policy, oldest first
+                self._evict_until_reserved(conn, self._reserve_bytes)
 
     def close(self) -> None:
         with self._lock:
@@ -313,31 +353,46 @@ class Outbox:
     def next_batch(self, limit: int) -> list[OutboxItem]:
         """Up to ``limit`` queued (not in-flight) envelopes, oldest first. Prunes by age first.
 
-        A row whose envelope no longer verifies under ``signer`` is evicted (``invalid``), so
-        the batch can be shorter than ``limit`` while more rows are queued.
+        A row that does not decode (topic not UTF-8, payload not a sealed envelope) or no longer
+        verifies under ``signer`` is evicted (``invalid``) and skipped, so the batch can be
+        shorter than ``limit`` while more rows are queued; it never blocks the rows after it.
         """
+        limit = max(0, limit)
         with self._locked() as conn:
-            self._prune_age(conn)
+            try:
+                self._prune_age(conn)
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc):
+                    raise
+                logger.warning("outbox: age pruning postponed, the disk is full")
             rows = conn.execute(
-                "SELECT id, topic, payload, size, created, attempts FROM outbox "
-                "WHERE mid IS NULL ORDER BY id LIMIT ?",
-                (max(0, limit),),
+                "SELECT id, CAST(topic AS BLOB), CAST(payload AS BLOB), size, created, attempts "
+                "FROM outbox WHERE mid IS NULL ORDER BY id LIMIT ?",
+                (limit + len(self._skip),),
             ).fetchall()
+            skip = set(self._skip)
         items: list[OutboxItem] = []
         invalid: list[int] = []
         for item_id, topic, payload, size, created, attempts in rows:
+            if item_id in skip:
+                continue
+            if len(items) >= limit:
+                break
             try:  # outside the lock: verifying signatures must not stall enqueue
-                envelope = restore_sealed(bytes(payload), topic=topic, signer=self._signer)
-            except EnvelopeError as exc:
+                envelope = restore_sealed(
+                    bytes(payload), topic=bytes(topic).decode("utf-8"), signer=self._signer
+                )
+                item = OutboxItem(item_id, envelope, int(size), float(created), int(attempts))
+            except Exception as exc:  # a row from disk is untrusted input: any failure is invalid
                 logger.warning(
-                    "outbox row %d does not verify (%s): evicted",
+                    "outbox row %d does not decode or verify (%s): evicted",
                     item_id,
                     type(exc).__name__,
                     extra={"reason": "invalid"},
                 )
                 invalid.append(item_id)
                 continue
-            items.append(OutboxItem(item_id, envelope, size, created, attempts))
+            items.append(item)
         if invalid:
             self._evict_ids(invalid, EVICTED_INVALID)
         return items
@@ -346,18 +401,21 @@ class Outbox:
         """Record that row ``item_id`` was published as MQTT message ``mid``. False if gone."""
         with self._locked() as conn:
             self._set_sync(self._sync_ack)
-            cur = conn.execute(
+            _, count = self._small_write(
+                conn,
                 "UPDATE outbox SET mid = ?, attempts = attempts + 1, sent_at = ? WHERE id = ?",
                 (mid, self._clock(), item_id),
             )
-            return cur.rowcount == 1
+            return count == 1
 
     def release(self, item_id: int) -> bool:
         """Make one in-flight row eligible again (the broker refused it, or publish failed)."""
         with self._locked() as conn:
             self._set_sync(self._sync_ack)
-            cur = conn.execute("UPDATE outbox SET mid = NULL WHERE id = ?", (item_id,))
-            return cur.rowcount == 1
+            _, count = self._small_write(
+                conn, "UPDATE outbox SET mid = NULL WHERE id = ?", (item_id,)
+            )
+            return count == 1
 
     def ack(self, item_id: int) -> bool:
         """Delete row ``item_id``: call only when the broker acknowledged it (PUBACK).
@@ -366,8 +424,9 @@ class Outbox:
         """
         with self._locked() as conn:
             self._set_sync(self._sync_ack)
-            row = conn.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (item_id,))
-            deleted = row.fetchall()
+            deleted, _ = self._small_write(
+                conn, "DELETE FROM outbox WHERE id = ? RETURNING size", (item_id,)
+            )
             if not deleted:
                 return False
             self._depth -= 1
@@ -378,8 +437,10 @@ class Outbox:
         """Make every in-flight row eligible again (after reconnect or restart); how many."""
         with self._locked() as conn:
             self._set_sync(self._sync_ack)
-            cur = conn.execute("UPDATE outbox SET mid = NULL WHERE mid IS NOT NULL")
-            return cur.rowcount
+            _, count = self._small_write(
+                conn, "UPDATE outbox SET mid = NULL WHERE mid IS NOT NULL", ()
+            )
+            return count
 
     def prune(self) -> int:
         """Evict rows older than ``max_age_s`` now (also done by enqueue and next_batch)."""
@@ -435,6 +496,8 @@ class Outbox:
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot open outbox database {self._path}: {exc}") from None
         try:
+            if int(conn.execute("PRAGMA page_count").fetchone()[0]) == 0:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only before the first table
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(
@@ -450,11 +513,18 @@ class Outbox:
                     f"{self._path} has outbox schema {version}, this camveil knows "
                     f"{SCHEMA_VERSION}: it was written by another version"
                 )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("PRAGMA journal_size_limit=4194304")
+            if version == 0:  # no write at all when reopening (the disk may be full)
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+                _enable_incremental_vacuum(conn, self._path)
+            # deleted rows are sealed ciphertext: zero them only where it costs no extra write
+            # (ON rewrites every freed page, which on a full disk can exceed the WAL's room)
+            conn.execute("PRAGMA secure_delete=FAST")
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA wal_autocheckpoint={max(8, self._wal_bytes * 3 // 4 // page)}")
+            conn.execute(f"PRAGMA journal_size_limit={self._wal_bytes}")
             if self._max_db_bytes is not None:
-                page = int(conn.execute("PRAGMA page_size").fetchone()[0])
                 conn.execute(f"PRAGMA max_page_count={max(1, self._max_db_bytes // page)}")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -521,36 +591,198 @@ class Outbox:
         return cur.lastrowid
 
     def _evict_for_space(self, conn: sqlite3.Connection, size: int) -> bool:
-        """After SQLITE_FULL: free the WAL, evict the oldest rows (at least ``size`` bytes)."""
+        """After SQLITE_FULL: release the reserve, free the WAL, evict the oldest rows (enough
+        for ``size`` bytes, and for the reserve when the filesystem is what is full), give their
+        pages back to the filesystem, re-create the reserve (evicting more while it does not
+        fit). False when nothing could be freed."""
+        need = max(size, 1)
+        released = False
+        if self._fs_free() < need + self._wal_bytes:  # the filesystem, not max_db_bytes
+            released = self._release_reserve()
+            if released:
+                logger.warning("outbox: the disk is full, released the reserve to make room")
+            need += self._reserve_bytes
+        self._checkpoint(conn)
+        n = self._evict_until_reserved(conn, need)
+        return released or n > 0
+
+    def _fs_free(self) -> int:
+        """Bytes free for us on the database's filesystem (0 when it cannot be asked)."""
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.OperationalError:
-            logger.debug("wal checkpoint failed while the disk is full")
-        if self._depth == 0:
-            return False
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+            st = os.statvfs(self._path.parent)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    def _evict_until_reserved(self, conn: sqlite3.Connection, need: int) -> int:
+        """Evict the oldest ``need`` bytes, then more until the reserve file fits again (or no
+        row is left); how many rows. Counted ``disk_full``."""
+        total = 0
+        while self._depth > 0:
+            n = self._evict_oldest(conn, need)
+            total += n
+            self._vacuum(conn)
+            self._checkpoint(conn)
+            if self._ensure_reserve() or n == 0:
+                break
+            need = self._reserve_bytes
+        return total
+
+    def _evict_oldest(self, conn: sqlite3.Connection, need: int) -> int:
+        """Evict the oldest rows holding ``need`` bytes, in transactions of a quarter WAL each
+        with checkpoints in between (one big DELETE could need more WAL than the disk has)."""
+        chunk = max(need // 8, self._wal_bytes // 4, 1)
+        n = freed = 0
+        while freed < need and self._depth > 0:
             try:
-                n, freed = self._delete_oldest(conn, max(size, 1))
-                self._write_counts(conn, {EVICTED_DISK_FULL: n})
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-        except sqlite3.OperationalError as exc:
-            if not _is_full(exc):
-                raise
-            return False
+                k, k_bytes = self._evict_oldest_txn(conn, min(chunk, need - freed))
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc):
+                    raise
+                break
+            n, freed = n + k, freed + k_bytes
+            self._checkpoint(conn)
+        if n:
+            logger.warning(
+                "outbox full: evicted %d oldest envelope(s) (%d bytes)",
+                n,
+                freed,
+                extra={"reason": "disk_full"},
+            )
+        return n
+
+    def _evict_oldest_txn(self, conn: sqlite3.Connection, need: int) -> tuple[int, int]:
+        """One transaction evicting the oldest rows (``need`` bytes), counted ``disk_full``."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n, freed = self._delete_oldest(conn, need)
+            self._write_counts(conn, {EVICTED_DISK_FULL: n})
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
         self._pending.clear()
         self._depth -= n
         self._bytes -= freed
-        logger.warning(
-            "outbox full: evicted %d oldest envelope(s) (%d bytes)",
-            n,
-            freed,
-            extra={"reason": "disk_full"},
-        )
-        return n > 0
+        return n, freed
+
+    def _vacuum(self, conn: sqlite3.Connection) -> None:
+        """Give free pages back to the filesystem (databases made with auto_vacuum=INCREMENTAL),
+        a quarter WAL at a time with checkpoints in between, so it fits on a full disk."""
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        step = max(1, self._wal_bytes // page // 4)
+        try:
+            while int(conn.execute("PRAGMA freelist_count").fetchone()[0]) > 0:
+                conn.execute(f"PRAGMA incremental_vacuum({step})").fetchall()
+                self._checkpoint(conn)
+                if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+                    return  # an older file without auto_vacuum: its free pages are reused
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            logger.debug("incremental vacuum stopped, the disk is full")
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database and truncate it (best effort: a failure is harmless)."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError as exc:
+            logger.debug("wal checkpoint failed: %s", exc)
+
+    def _small_write(
+        self, conn: sqlite3.Connection, sql: str, params: tuple[object, ...]
+    ) -> tuple[list[Any], int]:
+        """One autocommit statement (ack, mark, release, requeue): its rows and rowcount. On a
+        full disk, release the reserve and free the WAL, then try once more (the next enqueue
+        that needs room restores the reserve)."""
+        for attempt in (1, 2):
+            try:
+                cur = conn.execute(sql, params)
+                rows = cur.fetchall()
+                return rows, cur.rowcount
+            except sqlite3.OperationalError as exc:
+                if attempt == 2 or not _is_full(exc):
+                    raise
+                self._on_full(conn)
+        raise AssertionError("unreachable")
+
+    def _on_full(self, conn: sqlite3.Connection) -> None:
+        """A small write (ack, mark, evict) hit a full disk: release the reserve, free the WAL."""
+        self._release_reserve()
+        self._checkpoint(conn)
+
+    @property
+    def _reserve_path(self) -> Path:
+        return self._path.with_name(self._path.name + RESERVE_SUFFIX)
+
+    def _size_to_filesystem(self) -> None:
+        """Cap the reserve at 1/8 of the filesystem, and the WAL at the reserve (>= 64 KiB)."""
+        try:
+            st = os.statvfs(self._path.parent)
+            fs_bytes = st.f_blocks * st.f_frsize
+        except OSError:
+            fs_bytes = 0
+        reserve = self._reserve_wanted
+        if fs_bytes > 0:
+            reserve = min(reserve, fs_bytes // 8)
+        self._reserve_bytes = reserve
+        self._wal_bytes = min(_MAX_WAL_BYTES, max(64 * 1024, reserve))
+
+    def _release_reserve(self) -> bool:
+        """Delete the reserve file; True if there was one."""
+        try:
+            self._reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            logger.warning("cannot delete the outbox reserve %s: %s", self._reserve_path, exc)
+            return False
+        logger.debug("outbox: released the %d-byte disk reserve", self._reserve_bytes)
+        return True
+
+    def _ensure_reserve(self) -> bool:
+        """Create the reserve file if it is missing and there is room; True if it exists."""
+        path = self._reserve_path
+        if self._reserve_bytes == 0:
+            return True
+        try:
+            if path.stat().st_size >= self._reserve_bytes:
+                return True
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            logger.warning("cannot create the outbox reserve %s: %s", path, exc)
+            return False
+        try:
+            chunk = bytes(min(self._reserve_bytes, 64 * 1024))
+            left = self._reserve_bytes
+            while left > 0:
+                left -= os.write(fd, chunk[:left])
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                logger.warning("cannot create the outbox reserve %s: %s", path, exc)
+            return False
+        os.close(fd)
+        return True
+
+    def _make_private(self) -> None:
+        """Create the database file 0600 (SQLite gives -wal/-shm its mode); tighten old files."""
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise OutboxError(f"cannot create outbox database {self._path}: {exc}") from None
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                self._path.with_name(self._path.name + suffix).chmod(0o600)
 
     def _prune_age(self, conn: sqlite3.Connection) -> int:
         cutoff = self._clock() - self._max_age_s
@@ -574,23 +806,41 @@ class Outbox:
 
     def _evict_ids(self, ids: list[int], reason: str) -> None:
         with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                sizes = [
-                    int(row[0])
-                    for item_id in ids
-                    for row in conn.execute(
-                        "DELETE FROM outbox WHERE id = ? RETURNING size", (item_id,)
-                    ).fetchall()
-                ]
-                self._write_counts(conn, {reason: len(sizes)})
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-            self._pending.clear()
-            self._depth -= len(sizes)
-            self._bytes -= sum(sizes)
+            for attempt in (1, 2):
+                try:
+                    self._delete_ids(conn, ids, reason)
+                except sqlite3.OperationalError as exc:
+                    if not _is_full(exc):
+                        raise
+                    if attempt == 1:
+                        self._on_full(conn)
+                        continue
+                    logger.warning("outbox: %d invalid row(s) skipped, not yet evicted", len(ids))
+                    self._skip.update(ids)
+                    return
+                self._skip.difference_update(ids)
+                return
+
+    def _delete_ids(self, conn: sqlite3.Connection, ids: list[int], reason: str) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            sizes = [
+                int(row[0])
+                for item_id in ids
+                for row in conn.execute(
+                    # CAST: a damaged size column must not stop the eviction of its row
+                    "DELETE FROM outbox WHERE id = ? RETURNING CAST(size AS INTEGER)",
+                    (item_id,),
+                ).fetchall()
+            ]
+            self._write_counts(conn, {reason: len(sizes)})
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self._pending.clear()
+        self._depth -= len(sizes)
+        self._bytes -= sum(sizes)
 
     def _delete_older_than(self, conn: sqlite3.Connection, cutoff: float) -> tuple[int, int]:
         rows = conn.execute(
@@ -645,6 +895,16 @@ class Outbox:
                 raise
             return  # stays pending; flushed with the next successful commit
         self._pending.clear()
+
+
+def _enable_incremental_vacuum(conn: sqlite3.Connection, path: Path) -> None:
+    """A database made before auto_vacuum was set: convert it once (VACUUM needs about twice
+    its size free; without it the file keeps its size and reuses its free pages)."""
+    try:
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+    except sqlite3.OperationalError as exc:
+        logger.warning("outbox %s: cannot enable incremental vacuum yet (%s)", path, exc)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

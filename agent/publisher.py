@@ -34,7 +34,7 @@ from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState
 from agent.unitstate import UnitState
 from contract.envelope.seal import SealedEnvelope
-from contract.errors import EventError, OutboxError
+from contract.errors import EventError, OutboxError, OutboxFullError
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ class Publisher:
         self._mids: dict[int, tuple[int, float, int]] = {}  # mid -> (row id, enqueued at, seq)
         self._wake = threading.Event()
         self._paused_until = 0.0
+        self._failing_since: float | None = None  # monotonic time of the first failure in a row
+        self._last_failure_log = 0.0
+        self.failures = 0
+        """Publishing rounds that raised (a database error, say), in total."""
         self.published = 0
         self.acked = 0
         self.rejected: Counter[int] = Counter()
@@ -142,8 +146,18 @@ class Publisher:
 
     # --- the publishing thread ------------------------------------------------------------------
 
+    def failing_for(self) -> float:
+        """Seconds that every publishing round has failed (0.0 while the last one worked).
+
+        The daemon's watchdog probe: a publisher that keeps raising withholds the systemd
+        watchdog, so a wedged unit is restarted (or reports itself in ``STATUS=``).
+        """
+        since = self._failing_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
     def run(self, stop: threading.Event) -> None:
-        """Publish until ``stop`` is set."""
+        """Publish until ``stop`` is set. A failing round is retried every second; the first
+        failure is logged with its traceback, repeats at most once a minute."""
         while not stop.is_set():
             self._wake.wait(self._idle_wait_s)
             self._wake.clear()
@@ -152,9 +166,33 @@ class Publisher:
             try:
                 while self.pump() and not stop.is_set():
                     pass
-            except Exception:  # an outbox error must not end delivery for good
-                logger.exception("publisher: moving envelopes to the transport failed")
+            except Exception as exc:  # an outbox error must not end delivery for good
+                self._failed(exc)
                 stop.wait(1.0)
+                self._wake.set()  # retry soon, not only at the next enqueue
+            else:
+                if self._failing_since is not None:
+                    logger.info(
+                        "publisher: publishing works again after %.0f s of failures",
+                        self.failing_for(),
+                    )
+                self._failing_since = None
+
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if self._failing_since is None:
+            self._failing_since = now
+            self._last_failure_log = now
+            logger.exception("publisher: moving envelopes to the transport failed")
+        elif now - self._last_failure_log >= 60.0:
+            self._last_failure_log = now
+            logger.error(
+                "publisher: still failing for %.0f s (%d failures in total): %s",
+                now - self._failing_since,
+                self.failures,
+                exc,
+            )
 
     def pump(self) -> bool:
         """Publish one batch; True if the whole batch was taken (there may be more)."""
@@ -198,7 +236,8 @@ class Emitter:
         """(topic, seq) of every enqueued envelope, in order (tests and the demo summary)."""
         self._captured: OrderedDict[int, float] = OrderedDict()
         self.store_failing = False
-        """The last enqueue failed (disk full, database error): the watchdog withholds pings."""
+        """The last enqueue failed with a database error: the watchdog withholds pings. Not set
+        when the outbox refused for space (counted in health; a restart would not help)."""
 
     def seal(self, event: Event) -> SealedEnvelope:
         return seal_event(event, sender=self.unit.identity, recipient=self.unit.backend)
@@ -224,7 +263,10 @@ class Emitter:
         try:
             self._outbox.enqueue(envelope)
         except OutboxError as exc:  # counted by the outbox (rejected.*) and in health
-            self.store_failing = True
+            # Refused for space (a full disk with nothing left to evict, or too large): counted,
+            # and a restart frees no disk, so the watchdog keeps going. Any other database
+            # error withholds it: a restart may cure that.
+            self.store_failing = not isinstance(exc, OutboxFullError)
             logger.error("%s event not stored: %s", kind, exc)
             return
         self.store_failing = False

@@ -4,10 +4,12 @@
 and restarts the agent when ``WATCHDOG=1`` stops arriving. A ping proves more than "the process
 runs": :class:`Watchdog` sends it only while its health predicate holds, i.e.
 
-- frames went through redaction within the last ``max_frame_age`` seconds (``last_frame_at``), and
-- the outbox can take writes (``outbox_writable``).
+- frames went through redaction within the last ``max_frame_age`` seconds (``last_frame_at``),
+- the outbox can take writes (``outbox_writable``), and
+- publishing from the outbox is not failing round after round (``publishing_ok``, optional):
+  a publisher that keeps raising would otherwise leave events stuck behind a happy watchdog.
 
-Both come in as callables, so this module knows nothing of the pipeline or the outbox. While
+They come in as callables, so this module knows nothing of the pipeline or the outbox. While
 unhealthy it sends only ``STATUS=unhealthy: <reason>`` (seen in ``systemctl status``); systemd then
 restarts the agent after ``WatchdogSec``. The notification protocol is one datagram on the unix
 socket named by ``$NOTIFY_SOCKET`` (``@name`` is an abstract socket), written with the stdlib.
@@ -91,6 +93,7 @@ class Watchdog:
         *,
         last_frame_at: Callable[[], float | None],
         outbox_writable: Callable[[], bool],
+        publishing_ok: Callable[[], bool] | None = None,
         max_frame_age: float = DEFAULT_MAX_FRAME_AGE,
         interval: float = DEFAULT_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
@@ -98,6 +101,7 @@ class Watchdog:
         self._notifier = notifier
         self._last_frame_at = last_frame_at
         self._outbox_writable = outbox_writable
+        self._publishing_ok = publishing_ok
         self._max_frame_age = max_frame_age
         self.interval = interval
         self._clock = clock
@@ -112,6 +116,7 @@ class Watchdog:
         try:
             last = self._last_frame_at()
             writable = self._outbox_writable()
+            publishing = self._publishing_ok is None or self._publishing_ok()
         except Exception as exc:  # a probe that fails is a failed check, not a crash
             return Health(False, f"unhealthy: health probe failed ({type(exc).__name__})")
         if last is None:
@@ -121,6 +126,8 @@ class Watchdog:
             return Health(False, f"unhealthy: no frame redacted for {age:.0f} s")
         if not writable:
             return Health(False, "unhealthy: outbox not writable")
+        if not publishing:
+            return Health(False, "unhealthy: publishing from the outbox keeps failing")
         return Health(True, f"running: last frame {age:.1f} s ago")
 
     def tick(self) -> Health:

@@ -186,16 +186,24 @@ def run_daemon(config: AgentConfig, config_path: Path, max_frames: int | None) -
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logger.info("camveil daemon: device %s", unit.device_id)
-    with _watchdog(daemon.last_frame_at, daemon.outbox_writable):
+    with _watchdog(daemon.last_frame_at, daemon.outbox_writable, daemon.publishing_ok):
         summary = daemon.run()
     print(json.dumps({"summary": {"device": unit.device_id, **summary.as_dict()}}), flush=True)
     return 0
 
 
-def _watchdog(last_frame_at: Callable[[], float | None], writable: Callable[[], bool]) -> Watchdog:
+def _watchdog(
+    last_frame_at: Callable[[], float | None],
+    writable: Callable[[], bool],
+    publishing_ok: Callable[[], bool] | None = None,
+) -> Watchdog:
     """systemd READY/WATCHDOG pings (agent.watchdog) while frames flow; inert outside systemd."""
     interval = watchdog_interval(os.environ, os.getpid()) or DEFAULT_INTERVAL
     notifier = Notifier.from_environ(os.environ)
     return Watchdog(
-        notifier, last_frame_at=last_frame_at, outbox_writable=writable, interval=interval
+        notifier,
+        last_frame_at=last_frame_at,
+        outbox_writable=writable,
+        publishing_ok=publishing_ok,
+        interval=interval,
     )

@@ -3,6 +3,7 @@ corruption, threads, and kill -9 in the middle of writes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -14,10 +15,12 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from broker import TestPki
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -285,6 +288,9 @@ def test_disk_full_evicts_oldest_counts_and_keeps_going(tmp_path: Path) -> None:
         assert stats.depth + stats.evicted_total["disk_full"] == 40
         remaining = [item.id for item in box.next_batch(100)]
         assert remaining == ids[-len(remaining) :]  # the oldest went first
+        full_depth = box.stats().depth
+        box.enqueue(sealed(40, pad=6000))  # at the cap: evicts what the new one needs, no more
+        assert box.stats().depth >= full_depth - 1
         assert path.stat().st_size <= 96 * 1024
         with pytest.raises(OutboxFullError, match="full"):
             box.enqueue(sealed(99, pad=200_000))  # fits max_bytes, never fits the database
@@ -576,3 +582,262 @@ class OutboxModel(RuleBasedStateMachine):
 _MODEL_ENVELOPES = [sealed(seq, pad=seq * 7) for seq in range(8)]
 OutboxModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 test_outbox_model = OutboxModel.TestCase
+
+
+# --- a bad row, a full small filesystem (issue 14) ---------------------------------------------
+
+
+def _raw_update(path: Path, sql: str, params: tuple[Any, ...]) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def test_a_row_with_invalid_utf8_topic_or_bad_payload_is_evicted_and_never_blocks(
+    tmp_path: Path,
+) -> None:
+    """Raw sqlite writes one topic that is not UTF-8, one payload that is not CBOR and one size
+    that is not a number: the rows after them are delivered, the three are evicted and counted
+    ``invalid``."""
+    path = tmp_path / "o.db"
+    with Outbox(path, signer=SIGNER) as box:
+        ids = [box.enqueue(sealed(seq)) for seq in range(31)]
+    bad_topic, bad_payload, bad_size = ids[0], ids[5], ids[9]
+    _raw_update(
+        path,
+        "UPDATE outbox SET topic = CAST(? AS TEXT) WHERE id = ?",
+        (b"camveil/v1/\xff\xfe/event/presence", bad_topic),
+    )
+    _raw_update(path, "UPDATE outbox SET payload = ? WHERE id = ?", (b"\xff\x00junk", bad_payload))
+    _raw_update(path, "UPDATE outbox SET size = 'garbage' WHERE id = ?", (bad_size,))
+    with Outbox(path, signer=SIGNER) as box:
+        delivered: list[int] = []
+        for _ in range(10):
+            batch = box.next_batch(8)
+            if not batch:
+                break
+            for mid, item in enumerate(batch, start=1):
+                assert box.mark_in_flight(item.id, mid)
+                assert box.ack(item.id)
+                delivered.append(item.id)
+        assert delivered == [i for i in ids if i not in (bad_topic, bad_payload, bad_size)]
+        stats = box.stats()
+        assert stats.evicted_total == {"invalid": 3}
+        assert stats.depth == 0
+        assert stats.bytes == 0
+
+
+def test_outbox_files_are_private_from_creation(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "o.db"
+        with Outbox(path, signer=SIGNER) as box:
+            box.enqueue(sealed(1))
+            modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.is_file()}
+    finally:
+        os.umask(old)
+    assert {"o.db", "o.db-wal", "o.db-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB filesystem (tmpfs), unmounted afterwards. Needs root (CI runs as root)."""
+    mount_point = tmp_path / "fs"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"cannot mount a 2 MB tmpfs at {mount_point} ({done.stderr.strip()}): this test "
+            "needs root (or CAP_SYS_ADMIN), as CI has"
+        )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill_the_rest(directory: Path) -> int:
+    """Write a file until the filesystem says ENOSPC; how many bytes it took."""
+    written = 0
+    with open(directory / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\xaa" * 4096)
+                written += 4096
+        except OSError:
+            pass
+    return written
+
+
+def test_a_full_2mb_filesystem_keeps_storing_new_events_and_reopens(small_fs: Path) -> None:
+    """12,000 real sealed envelopes through the real Outbox on a 2 MB tmpfs: new ones keep
+    being stored (the oldest evicted and counted), the WAL never fills the disk, a reopen on the
+    full disk works, and a publish/ack cycle drains what is left."""
+    path = small_fs / "outbox.db"
+    total = 12_000
+    envelopes = [sealed(seq) for seq in range(total)]
+    stored: list[int] = []
+    refused = 0
+    with Outbox(path, signer=SIGNER) as box:
+        for env in envelopes:
+            try:
+                box.enqueue(env)
+            except OutboxFullError:
+                refused += 1
+            else:
+                stored.append(env.seq)
+        stats = box.stats()
+    evicted = sum(stats.evicted_total.values())
+    print(
+        f"\n2 MB fs: {len(stored)} of {total} stored, {refused} refused, {evicted} evicted "
+        f"({dict(stats.evicted_total)}), {stats.depth} left"
+    )
+    assert refused == 0
+    assert stored[-1000:] == list(range(total - 1000, total))  # new ones keep being stored
+    assert evicted > 0
+    assert stats.depth + evicted == total  # every envelope is stored, evicted or counted
+    # the disk is full to the last byte (the outbox's own use plus a filler); reopen anyway
+    _fill_the_rest(small_fs)
+    with Outbox(path, signer=SIGNER) as box:
+        before = box.stats()  # opening may evict the oldest to get its disk reserve back
+        assert 0 < before.depth <= stats.depth
+        assert before.depth + sum(before.evicted_total.values()) == total
+        for seq in range(total, total + 200):  # and keep storing new ones
+            box.enqueue(sealed(seq))
+        after = box.stats()
+        newest = [item.seq for item in box.next_batch(100_000)]
+        assert newest[-200:] == list(range(total, total + 200))
+        assert newest == sorted(newest)
+        assert after.depth + sum(after.evicted_total.values()) == total + 200
+        box.requeue_in_flight()
+        drained = 0
+        mid = 0
+        while batch := box.next_batch(64):
+            for item in batch:
+                mid += 1
+                assert box.mark_in_flight(item.id, mid)
+                assert box.ack(item.id)
+                drained += 1
+        assert drained == after.depth
+        assert box.stats().depth == 0
+    with Outbox(path, signer=SIGNER) as box:  # and a clean restart after the drain
+        assert box.stats().depth == 0
+
+
+class ConnectedSender:
+    """The publisher's edge to the transport (agent.publisher.Sender), always connected."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[SealedEnvelope] = []
+
+    def publish(self, topic: str, payload: SealedEnvelope, *, retain: bool = False) -> int:
+        self.sent.append(payload)
+        return len(self.sent)
+
+
+def test_a_publisher_that_keeps_failing_withholds_the_watchdog(tmp_path: Path) -> None:
+    """Another process holds the outbox database's write lock (an operator's sqlite3 shell,
+    say) while a row is due for age eviction: every publishing round raises. The publisher
+    reports how long it has been failing, the watchdog (wired as the daemon wires it) stops
+    pinging, and both recover when the lock goes."""
+    from agent.publisher import Publisher
+    from agent.watchdog import Notifier, Watchdog
+
+    path = tmp_path / "o.db"
+    clock = FakeClock()
+    with Outbox(path, signer=SIGNER, busy_timeout_s=0.05, max_age_s=60, clock=clock) as box:
+        box.enqueue(sealed(99))  # the one that ages out
+        clock.now += 30
+        for seq in range(5):
+            box.enqueue(sealed(seq))
+        clock.now += 40
+        publisher = Publisher(box, idle_wait_s=0.05)
+        sender = ConnectedSender()
+        publisher.bind(sender)
+        dog = Watchdog(
+            Notifier(None),
+            last_frame_at=time.monotonic,
+            outbox_writable=lambda: True,
+            publishing_ok=lambda: publisher.failing_for() < 0.5,
+        )
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+        stop = threading.Event()
+        thread = threading.Thread(target=publisher.run, args=(stop,))
+        thread.start()
+        try:
+            publisher.wake()
+            deadline = time.monotonic() + 10
+            while publisher.failing_for() < 0.6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert publisher.failures >= 1
+            assert sender.sent == []
+            health = dog.tick()
+            assert not health.ok
+            assert "publishing from the outbox keeps failing" in health.status
+            holder.execute("COMMIT")
+            holder.close()
+            deadline = time.monotonic() + 10
+            while len(sender.sent) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [env.seq for env in sender.sent] == [0, 1, 2, 3, 4]
+            assert publisher.failing_for() == 0.0
+            assert dog.tick().ok
+            assert box.stats().evicted_total == {"age": 1}
+        finally:
+            stop.set()
+            publisher.wake()
+            thread.join(10)
+            with contextlib.suppress(sqlite3.Error):
+                holder.close()
+
+
+def test_a_full_disk_with_nothing_to_evict_is_counted_not_a_restart_loop(
+    small_fs: Path, tmp_path: Path, mqtt_pki: TestPki
+) -> None:
+    """The disk fills up (another writer) while the outbox is empty: the event is refused and
+    counted (``rejected.full``), but the emitter does not report the store as failing, so the
+    watchdog keeps pinging (a restart frees no disk); once there is room, events are stored."""
+    from agent.events import EventBuilder, LinkState, new_boot_id
+    from agent.publisher import Emitter
+    from agent.sequence import SequenceStore
+    from agent.stats import PipelineStats
+    from agent.unitstate import UnitState
+    from tools.devpki import write_unit_state
+
+    write_unit_state(
+        tmp_path / "unit",
+        ca=mqtt_pki.ca,
+        device_id=DEVICE,
+        broker_url="mqtts://127.0.0.1:1",
+        backend=_backend,
+        operator=Identity.generate("operator").public(),
+    )
+    unit = UnitState.load(tmp_path / "unit")
+    with (
+        SequenceStore(unit.seq_path) as seqs,
+        Outbox(small_fs / "outbox.db", signer=unit.identity.public(), reserve_bytes=0) as box,
+    ):
+        emitter = Emitter(
+            unit, EventBuilder(DEVICE, new_boot_id(), seqs), box, lambda: None, PipelineStats()
+        )
+        _fill_the_rest(small_fs)
+        emitter.emit(lambda b: b.status(LinkState.ONLINE))
+        assert box.stats().rejected_total == {"full": 1}
+        assert box.stats().depth == 0
+        assert emitter.store_failing is False
+        (small_fs / "filler").unlink()
+        emitter.emit(lambda b: b.status(LinkState.ONLINE))
+        assert box.stats().depth == 1
+        assert emitter.store_failing is False

@@ -101,6 +101,9 @@ def test_mqtt_events_outbox_sections(tmp_path: Path) -> None:
         ),
         ("[outbox]\nmax_bytes = 10\n", r"max_bytes must be at least"),
         ("[outbox]\nbogus = 1\n", r"\[outbox\] unknown key\(s\) bogus"),
+        ("[outbox]\nmax_db_bytes = 1000\n", r"max_db_bytes must be at least 262144"),
+        ("[outbox]\nreserve_bytes = 10\n", r"reserve_bytes must be between"),
+        ('[outbox]\nrecover_corrupt = "yes"\n', r"recover_corrupt"),
     ],
 )
 def test_new_section_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -177,3 +180,20 @@ def test_a_utf8_bom_is_accepted_and_a_directory_is_refused(tmp_path: Path) -> No
     assert load_config(path).detector.threads == 2
     with pytest.raises(ConfigError, match="is a directory; give the path of the file"):
         load_config(tmp_path)
+
+
+def test_outbox_keys_that_docs_and_errors_name_are_accepted(tmp_path: Path) -> None:
+    """The corrupt-database error tells the user to set ``outbox.recover_corrupt``; the docs
+    name ``max_db_bytes``: both (and ``reserve_bytes``) are real keys."""
+    cfg = load_config(
+        _write(
+            tmp_path,
+            "[outbox]\nrecover_corrupt = true\nmax_db_bytes = 1048576\nreserve_bytes = 131072\n",
+        )
+    )
+    assert cfg.outbox.recover_corrupt is True
+    assert cfg.outbox.max_db_bytes == 1048576
+    assert cfg.outbox.reserve_bytes == 131072
+    example = load_config(EXAMPLE).outbox
+    assert (example.recover_corrupt, example.max_db_bytes) == (False, None)
+    assert example.reserve_bytes == 1024 * 1024

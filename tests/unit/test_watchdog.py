@@ -160,3 +160,27 @@ def test_missing_socket_is_reported_once(tmp_path: Path, caplog: pytest.LogCaptu
 )
 def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert watchdog_interval(env, 42) == expected
+
+
+def test_failing_publisher_stops_the_pings(notify_socket: NotifySocket) -> None:
+    probe = Probe()
+    publishing = [True]
+    dog = Watchdog(
+        Notifier(notify_socket.path),
+        last_frame_at=lambda: probe.last_frame,
+        outbox_writable=lambda: probe.writable,
+        publishing_ok=lambda: publishing[0],
+        max_frame_age=5.0,
+        clock=lambda: probe.now,
+    )
+    probe.frame()
+    assert dog.tick().ok
+    publishing[0] = False  # frames flow, the outbox takes writes, nothing leaves it
+    health = dog.tick()
+    assert not health.ok
+    assert health.status == "unhealthy: publishing from the outbox keeps failing"
+    messages = notify_socket.messages()
+    assert not any("WATCHDOG=1" in m for m in messages[1:])
+    assert messages[-1] == "STATUS=unhealthy: publishing from the outbox keeps failing"
+    publishing[0] = True
+    assert dog.tick().ok
