@@ -59,7 +59,7 @@ from agent.envelope.keys import (
 )
 from agent.envelope.replay import ReplayGuard
 from agent.envelope.seal import SealedEnvelope, open_envelope, seal
-from agent.envelope.wire import parse_sign1
+from agent.envelope.wire import MAX_COMMAND_BYTES, parse_sign1
 from agent.errors import (
     BadSignatureError,
     BindingMismatchError,
@@ -315,6 +315,7 @@ class CommandProcessor:
                 recipient=self._device,
                 replay_guard=self._guard,
                 clock=self._clock,
+                max_size=MAX_COMMAND_BYTES,
             )
         except EnvelopeError as exc:
             reason = rejection_reason(exc)
@@ -346,6 +347,6 @@ class CommandProcessor:
 
 def _unauthenticated_seq(payload: bytes) -> int | None:
     try:
-        return parse_sign1(bytes(payload)).seq
+        return parse_sign1(bytes(payload), MAX_COMMAND_BYTES).seq
     except Exception:  # any parse failure: no seq to report
         return None

@@ -42,6 +42,8 @@ from agent.envelope.wire import (
     HDR_SEQ,
     KIND_CMD,
     MAX_CBOR_DEPTH,
+    MAX_ENVELOPE_BYTES,
+    MAX_PLAINTEXT_BYTES,
     MAX_SEQ,
     RECIPIENT_PROTECTED,
     Sign1,
@@ -61,7 +63,6 @@ from agent.errors import (
     UnknownKeyError,
 )
 
-MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
 MAX_COMMAND_LIFETIME_S: Final = 24 * 3600
 _MINT_KEY: Final = secrets.token_bytes(32)
 
@@ -158,6 +159,11 @@ def seal(
             f"plaintext is not tag-free CBOR nested at most {MAX_CBOR_DEPTH} deep (use ints "
             f"below 2**64, floats, text, bytes, bools, None, lists, maps): {exc}"
         ) from None
+    if len(plaintext) > MAX_PLAINTEXT_BYTES:
+        raise ValueError(
+            f"plaintext of {len(plaintext)} bytes exceeds {MAX_PLAINTEXT_BYTES}: no backend "
+            "would open it (a snapshot over [events] snapshot_max_bytes?)"
+        )
 
     aad = external_aad(device, topic, seq)
     encrypt = _encrypt(plaintext, aad, recipient)
@@ -245,7 +251,7 @@ def open_envelope(
         parsed = parse_topic(topic)
     except ValueError as exc:
         raise BindingMismatchError(f"not a camveil topic: {exc}") from None
-    outer = parse_sign1(_as_bytes(data, max_size))
+    outer = parse_sign1(_as_bytes(data, max_size), max_size)
     signer = trusted_senders.require(outer.kid)
     if parsed.kind != KIND_CMD and outer.kid != parsed.device:
         raise BindingMismatchError(
