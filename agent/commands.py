@@ -24,9 +24,11 @@ like every event)::
        "status": "accepted" / "rejected",
        "reason": tstr}}             ; "ok", or why: bad_signature, replay, expired, ...
 
-Replay protection survives restarts: the command :class:`~agent.envelope.ReplayGuard` is saved
-to ``cmd-replay.cbor`` in the state directory after each accepted command and *before* it runs,
-so a crash can lose a command but never run one twice. Rejections are counted by reason
+Replay protection is exact and survives restarts: the unit remembers every accepted command until
+its expiry (:class:`~agent.envelope.replay.CommandReplayGuard`), so operators with skewed clocks
+are never locked out, and saves that memory to ``cmd-replay.cbor`` in the state directory after
+each accepted command and *before* it runs, so a crash can lose a command but never run one
+twice. Rejections are counted by reason
 (``rejected``), and the daemon reports them in health.
 
 Acks of commands that did not open (bad signature, replay, expired, garbage) are rate-limited by
@@ -57,8 +59,8 @@ from agent.envelope.keys import (
     read_private_file,
     write_private_file,
 )
-from agent.envelope.replay import ReplayGuard
-from agent.envelope.seal import SealedEnvelope, open_envelope, seal
+from agent.envelope.replay import CommandReplayGuard
+from agent.envelope.seal import MAX_COMMAND_LIFETIME_S, SealedEnvelope, open_envelope, seal
 from agent.envelope.wire import MAX_COMMAND_BYTES, parse_sign1
 from agent.errors import (
     BadSignatureError,
@@ -70,6 +72,7 @@ from agent.errors import (
     KeyFileError,
     MalformedEnvelopeError,
     ReplayError,
+    ReplayMemoryFullError,
     UnknownKeyError,
 )
 from agent.events import Header
@@ -81,11 +84,13 @@ REMOTE_SECTIONS: Final = ("camera", "detector", "privacy", "events")
 """Sections a ``set_config`` command may change. ``mqtt`` and ``outbox`` are left out on purpose:
 a wrong broker or state directory sent remotely would cut the unit off for good."""
 ACK_TYPE: Final = "cmd_ack"
-REPLAY_STATE_VERSION: Final = 1
+REPLAY_STATE_VERSION: Final = 2
+_WINDOW_STATE_VERSION: Final = 1  # the sliding window of earlier releases
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 
 _REASONS: Final[tuple[tuple[type[EnvelopeError], str], ...]] = (
     (BadSignatureError, "bad_signature"),
+    (ReplayMemoryFullError, "replay_memory_full"),
     (ReplayError, "replay"),
     (ExpiredError, "expired"),
     (UnknownKeyError, "unknown_key"),
@@ -192,29 +197,41 @@ def rejection_reason(exc: EnvelopeError) -> str:
 # --- persisted replay state -----------------------------------------------------------------
 
 
-def save_replay_state(path: Path, guard: ReplayGuard) -> None:
-    streams = [
-        [kid, topic, highest, bitmap.to_bytes((guard.window + 7) // 8, "big")]
-        for (kid, topic), (highest, bitmap) in sorted(guard.snapshot().items())
-    ]
-    data = {"v": REPLAY_STATE_VERSION, "window": guard.window, "streams": streams}
+def save_replay_state(path: Path, guard: CommandReplayGuard) -> None:
+    """``{"v": 2, "floor": int, "seen": [[kid, topic, seq, exp], ...]}``, written atomically."""
+    floor, seen = guard.snapshot()
+    data = {"v": REPLAY_STATE_VERSION, "floor": floor, "seen": [list(e) for e in seen]}
     write_private_file(path, cbor2.dumps(data, canonical=True))
 
 
-def load_replay_state(path: Path, guard: ReplayGuard) -> None:
-    """Restore a saved guard; a missing file is a fresh start. A damaged file is an error: the
-    unit would otherwise accept replays of commands it already ran."""
+def load_replay_state(path: Path, guard: CommandReplayGuard) -> None:
+    """Restore a saved memory; a missing file is a fresh start. A damaged file is an error: the
+    unit would otherwise accept replays of commands it already ran.
+
+    A version 1 file (the sliding window of earlier releases) cannot say which commands it
+    accepted, only that each did before the file was last written, with an expiry at most 24 h
+    after that: the floor becomes the file's mtime + 24 h, so until then only commands that
+    expire later than that are accepted (``camveil cmd --expires 86400``).
+    """
     if not path.exists():
         return
     raw = read_private_file(path)
     try:
         m = cbor2.loads(raw)
+        if isinstance(m, dict) and m.get("v") == _WINDOW_STATE_VERSION:
+            floor = int(path.stat().st_mtime) + MAX_COMMAND_LIFETIME_S
+            guard.restore(floor, [])
+            logger.warning(
+                "command replay state %s is a version 1 window: commands expiring before %d "
+                "are refused",
+                path,
+                floor,
+            )
+            return
         if not isinstance(m, dict) or m.get("v") != REPLAY_STATE_VERSION:
-            raise ValueError("not a version 1 replay state")
-        state = {}
-        for kid, topic, highest, bitmap in m["streams"]:
-            state[(str(kid), str(topic))] = (int(highest), int.from_bytes(bitmap, "big"))
-        guard.restore(state)
+            raise ValueError(f"not a version {REPLAY_STATE_VERSION} replay state")
+        seen = [(str(k), str(t), int(q), int(e)) for k, t, q, e in m["seen"]]
+        guard.restore(int(m["floor"]), seen)
     except Exception as exc:  # cbor2 / unpacking / ValueError: all mean "damaged"
         raise KeyFileError(
             f"command replay state {path} is damaged ({exc}); delete it only if no command "
@@ -266,7 +283,7 @@ class CommandProcessor:
         replay_path: Path,
         handlers: Mapping[str, Handler],
         send_ack: Callable[[Ack], None],
-        replay_guard: ReplayGuard | None = None,
+        replay_guard: CommandReplayGuard | None = None,
         clock: Callable[[], float] = time.time,
         ack_budget: AckBudget | None = None,
     ) -> None:
@@ -275,7 +292,7 @@ class CommandProcessor:
         self._replay_path = replay_path
         self._handlers = dict(handlers)
         self._send_ack = send_ack
-        self._guard = replay_guard or ReplayGuard()
+        self._guard = replay_guard if replay_guard is not None else CommandReplayGuard(clock=clock)
         self._clock = clock
         self._lock = threading.Lock()
         self._budget = ack_budget or AckBudget()

@@ -33,7 +33,7 @@ from nacl.exceptions import CryptoError
 
 from agent.envelope import cose
 from agent.envelope.keys import Identity, PeerKeys, PublicIdentity
-from agent.envelope.replay import ReplayGuard
+from agent.envelope.replay import ReplayCheck
 from agent.envelope.wire import (
     BOUND_KEYS,
     CONTENT_PROTECTED,
@@ -233,7 +233,7 @@ def open_envelope(
     topic: str,
     trusted_senders: PeerKeys,
     recipient: Identity,
-    replay_guard: ReplayGuard,
+    replay_guard: ReplayCheck,
     clock: Callable[[], float] = time.time,
     max_size: int = MAX_ENVELOPE_BYTES,
     max_command_lifetime_s: float = MAX_COMMAND_LIFETIME_S,
@@ -273,11 +273,11 @@ def open_envelope(
             )
 
     stream = (outer.kid, topic)  # one window per signer and topic (see docs/PROTOCOL.md)
-    replay_guard.check(stream, outer.seq)  # cheap early refusal of QoS 1 redeliveries
+    replay_guard.check(stream, outer.seq, outer.exp)  # cheap early refusal of redeliveries
     plaintext = _decrypt(outer.payload, aad, recipient)
     message = check_plaintext(plaintext, parsed.device, topic, outer.seq, outer.exp)
 
-    replay_guard.accept(stream, outer.seq)
+    replay_guard.accept(stream, outer.seq, outer.exp)
     return OpenedMessage(
         sender_kid=outer.kid,
         device=parsed.device,

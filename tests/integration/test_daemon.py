@@ -301,6 +301,52 @@ def test_forged_replayed_and_expired_commands_are_rejected(harness: Harness) -> 
     assert harness.stop_agent().commands_accepted == 0
 
 
+def test_operator_clock_behind_is_accepted_and_replays_refused_across_restarts(
+    harness: Harness,
+) -> None:
+    """Two operator consoles, one 5 s behind the other (seqs are Unix ms): both get their
+    commands run, and an exact replay of any earlier command is refused, also after a restart
+    of the unit. (A 1,024-wide seq window locked the slow console out after a 1 s skew.)"""
+
+    def at(clock: float, command_id: str) -> SealedEnvelope:
+        return seal_command(
+            "restart_pipeline",
+            command_id=command_id,
+            device=harness.device.public(),
+            operator=harness.operator,
+            seq=int(clock * 1000),
+            expires_at=int(clock) + 120,
+        )
+
+    harness.start_agent()
+    harness.wait_for(_is("status"))
+    sent = []
+    for command_id, skew in (("on-time", 0.0), ("behind-5s", -5.0)):
+        envelope = at(time.time() + skew, command_id)
+        harness.publish(envelope)
+        ack = harness.ack_for(envelope)
+        assert ack["status"] == "accepted", ack
+        sent.append(envelope)
+
+    def replayed(envelope: SealedEnvelope) -> str:
+        mark = len(harness.received)
+        harness.publish(envelope)
+        r = harness.wait_for(
+            lambda r: r.type == "cmd_ack" and r.message["body"]["cmd_seq"] == envelope.seq,
+            after=mark,
+        )
+        return str(r.message["body"]["reason"])
+
+    assert [replayed(e) for e in sent] == ["replay", "replay"]
+    harness.stop_agent()
+    harness.start_agent()
+    assert [replayed(e) for e in sent] == ["replay", "replay"]
+    late = at(time.time() - 5.0, "behind-after-restart")
+    harness.publish(late)
+    assert harness.ack_for(late)["status"] == "accepted"
+    assert harness.stop_agent().commands_accepted == 1
+
+
 def test_set_config_bad_value_is_rejected_and_good_one_applied(harness: Harness) -> None:
     before = harness.config_path.read_text()
     daemon = harness.start_agent()
