@@ -14,8 +14,9 @@ applied by building the new pipeline first, and kept in ``remote.toml`` in the s
 which is merged over ``/etc/camveil/camveil.toml`` at every start
 (:func:`agent.config.load_with_remote`; the ``/etc`` file is root-owned and read-only for the
 agent). Every command, also one that does not open, is answered on
-``camveil/v1/<device>/cmd/ack`` with a sealed message of the device (encrypted to the backend
-like every event)::
+``camveil/v1/<device>/cmd/ack`` with a sealed message of the device, encrypted to the operator
+(:func:`ack_recipient`: the X25519 form of its Ed25519 key, so that `camveil cmd` needs no
+backend key and the backend cannot read acks)::
 
     {"v": 1, "device", "boot", "seq", "ts", "type": "cmd_ack", "body": {
        "id": tstr / null,           ; the command id (null when the command did not open)
@@ -46,7 +47,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -59,6 +60,7 @@ from agent.envelope.keys import (
     read_private_file,
     write_private_file,
 )
+from agent.envelope.keys import ack_recipient as operator_ack_key
 from agent.envelope.replay import CommandReplayGuard
 from agent.envelope.seal import MAX_COMMAND_LIFETIME_S, SealedEnvelope, open_envelope, seal
 from agent.envelope.wire import MAX_COMMAND_BYTES, parse_sign1
@@ -129,6 +131,9 @@ class Ack:
     command_seq: int | None
     accepted: bool
     reason: str
+    operator: str | None = None
+    """Kid of the operator the ack is sealed to: the command's signer, or for a command that
+    did not open the (unauthenticated) kid it names; None: the unit's first operator."""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -162,6 +167,17 @@ def seal_command(
         device=device.kid,
         expires_at=expires_at,
     )
+
+
+def ack_recipient(ack: Ack, operators: PeerKeys) -> PublicIdentity:
+    """The key an ack is sealed to: the ack's operator if trusted, else the first operator (by
+    kid). Never the backend: acks are for the operator who sent the command."""
+    if not operators:
+        raise ValueError("no operator key to seal the ack to")
+    kid = ack.operator
+    if kid is None or kid not in operators:
+        kid = sorted(operators)[0]
+    return operator_ack_key(operators[kid])
 
 
 def seal_ack(
@@ -321,6 +337,12 @@ class CommandProcessor:
         return ack
 
     def _handle(self, topic: str, payload: bytes) -> Ack:
+        ack = self._verdict(topic, payload)
+        if ack.operator is None:
+            return replace(ack, operator=_unauthenticated_kid(payload))
+        return ack
+
+    def _verdict(self, topic: str, payload: bytes) -> Ack:
         cmd_seq = _unauthenticated_seq(payload)
         if topic != cmd_topic(self._device.kid):
             return Ack(None, cmd_seq, False, "binding: not this unit's command topic")
@@ -344,26 +366,36 @@ class CommandProcessor:
         command_id = message.get("id")
         name = message.get("cmd")
         args = message.get("args", {})
+        signer = opened.sender_kid
         if not isinstance(command_id, str) or not _ID.fullmatch(command_id):
-            return Ack(None, opened.seq, False, "malformed: id missing or not a label")
+            return Ack(None, opened.seq, False, "malformed: id missing or not a label", signer)
         if not isinstance(name, str) or not isinstance(args, Mapping):
-            return Ack(command_id, opened.seq, False, "malformed: cmd or args")
+            return Ack(command_id, opened.seq, False, "malformed: cmd or args", signer)
         handler = self._handlers.get(name)
         if handler is None:
-            return Ack(command_id, opened.seq, False, f"unknown_command: {name[:64]!r}")
-        command = Command(command_id, name, args, opened.seq, opened.sender_kid)
-        logger.info("command %s (%s) from %s", command_id, name, opened.sender_kid)
+            return Ack(command_id, opened.seq, False, f"unknown_command: {name[:64]!r}", signer)
+        command = Command(command_id, name, args, opened.seq, signer)
+        logger.info("command %s (%s) from %s", command_id, name, signer)
         try:
             note = handler(command)
         except CommandRejectedError as exc:
-            return Ack(command_id, opened.seq, False, f"invalid: {exc}")
+            return Ack(command_id, opened.seq, False, f"invalid: {exc}", signer)
         except CamveilError as exc:
-            return Ack(command_id, opened.seq, False, f"failed: {exc}")
-        return Ack(command_id, opened.seq, True, note or "ok")
+            return Ack(command_id, opened.seq, False, f"failed: {exc}", signer)
+        return Ack(command_id, opened.seq, True, note or "ok", signer)
 
 
 def _unauthenticated_seq(payload: bytes) -> int | None:
     try:
         return parse_sign1(bytes(payload), MAX_COMMAND_BYTES).seq
     except Exception:  # any parse failure: no seq to report
+        return None
+
+
+def _unauthenticated_kid(payload: bytes) -> str | None:
+    """The signer kid a command that did not open names (only to pick which trusted operator
+    its rejection is sealed to; :func:`ack_recipient` ignores kids it does not trust)."""
+    try:
+        return parse_sign1(bytes(payload), MAX_COMMAND_BYTES).kid
+    except Exception:  # any parse failure: the default operator
         return None

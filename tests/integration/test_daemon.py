@@ -24,9 +24,16 @@ from agent.cli.dev_pki import write_unit_state
 from agent.commands import seal_command
 from agent.config import load_with_remote
 from agent.daemon import Daemon, DaemonSummary
-from agent.envelope.keys import Identity, PeerKeys
+from agent.envelope.keys import Identity, PeerKeys, ack_reader
 from agent.envelope.seal import SealedEnvelope
-from agent.listener import Listener, ListenerConfig, Opener, Received, SqliteDedupe
+from agent.listener import (
+    Listener,
+    ListenerConfig,
+    MemoryDedupe,
+    Opener,
+    Received,
+    SqliteDedupe,
+)
 from agent.unitstate import UnitState
 from agent.vision.factory import DetectorConfig, build_detector
 
@@ -104,6 +111,27 @@ class Harness:
         )
         self.listener.start()
         assert self.listener.subscribed.wait(10), "listener not subscribed"
+        # acks are sealed to the operator, not the backend: read them as `camveil cmd` does
+        self.ack_opener = Opener(
+            ack_reader(self.operator), PeerKeys([self.device.public()]), MemoryDedupe()
+        )
+        self.ack_client = TestClient(
+            self.pki.operator("console"), self.broker.port, client_id=f"it-acks-{self.tmp.name}"
+        )
+        self.ack_client.connect()
+        assert not self.ack_client.subscribe(f"camveil/v1/{DEVICE}/cmd/ack").is_failure
+        self._acks_stop = threading.Event()
+        self._ack_thread = threading.Thread(target=self._read_acks, name="acks")
+        self._ack_thread.start()
+
+    def _read_acks(self) -> None:
+        while not self._acks_stop.is_set():
+            message = self.ack_client.expect(timeout=0.1)
+            if message is None:
+                continue
+            received = self.ack_opener.open(message.topic, bytes(message.payload))
+            if received is not None:
+                self._on_received(received)
 
     def _on_received(self, received: Received) -> None:
         with self.cond:
@@ -139,6 +167,9 @@ class Harness:
         if self.daemon is not None:
             self.stop_agent()
         self.listener.stop()
+        self._acks_stop.set()
+        self._ack_thread.join(5)
+        self.ack_client.close()
 
     # --- waiting and commanding --------------------------------------------------------------
 
