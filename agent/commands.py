@@ -14,8 +14,9 @@ applied by building the new pipeline first, and kept in ``remote.toml`` in the s
 which is merged over ``/etc/camveil/camveil.toml`` at every start
 (:func:`agent.config.load_with_remote`; the ``/etc`` file is root-owned and read-only for the
 agent). Every command, also one that does not open, is answered on
-``camveil/v1/<device>/cmd/ack`` with a sealed message of the device (encrypted to the backend
-like every event)::
+``camveil/v1/<device>/cmd/ack`` with a sealed message of the device, encrypted to the operator
+(:func:`ack_recipient`: the X25519 form of its Ed25519 key, so that `camveil cmd` needs no
+backend key and the backend cannot read acks)::
 
     {"v": 1, "device", "boot", "seq", "ts", "type": "cmd_ack", "body": {
        "id": tstr / null,           ; the command id (null when the command did not open)
@@ -24,9 +25,11 @@ like every event)::
        "status": "accepted" / "rejected",
        "reason": tstr}}             ; "ok", or why: bad_signature, replay, expired, ...
 
-Replay protection survives restarts: the command :class:`~contract.envelope.ReplayGuard` is saved
-to ``cmd-replay.cbor`` in the state directory after each accepted command and *before* it runs,
-so a crash can lose a command but never run one twice. Rejections are counted by reason
+Replay protection is exact and survives restarts: the unit remembers every accepted command until
+its expiry (:class:`~contract.envelope.replay.CommandReplayGuard`), so operators with skewed clocks
+are never locked out, and saves that memory to ``cmd-replay.cbor`` in the state directory after
+each accepted command and *before* it runs, so a crash can lose a command but never run one
+twice. Rejections are counted by reason
 (``rejected``), and the daemon reports them in health.
 
 Acks of commands that did not open (bad signature, replay, expired, garbage) are rate-limited by
@@ -44,7 +47,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,9 +61,10 @@ from contract.envelope.keys import (
     read_private_file,
     write_private_file,
 )
-from contract.envelope.replay import ReplayGuard
-from contract.envelope.seal import SealedEnvelope, open_envelope, seal
-from contract.envelope.wire import parse_sign1
+from contract.envelope.keys import ack_recipient as operator_ack_key
+from contract.envelope.replay import CommandReplayGuard
+from contract.envelope.seal import MAX_COMMAND_LIFETIME_S, SealedEnvelope, open_envelope, seal
+from contract.envelope.wire import MAX_COMMAND_BYTES, parse_sign1
 from contract.errors import (
     BadSignatureError,
     BindingMismatchError,
@@ -71,6 +75,7 @@ from contract.errors import (
     KeyFileError,
     MalformedEnvelopeError,
     ReplayError,
+    ReplayMemoryFullError,
     UnknownKeyError,
 )
 
@@ -81,11 +86,13 @@ REMOTE_SECTIONS: Final = ("camera", "detector", "privacy", "events")
 """Sections a ``set_config`` command may change. ``mqtt`` and ``outbox`` are left out on purpose:
 a wrong broker or state directory sent remotely would cut the unit off for good."""
 ACK_TYPE: Final = "cmd_ack"
-REPLAY_STATE_VERSION: Final = 1
+REPLAY_STATE_VERSION: Final = 2
+_WINDOW_STATE_VERSION: Final = 1  # the sliding window of earlier releases
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 
 _REASONS: Final[tuple[tuple[type[EnvelopeError], str], ...]] = (
     (BadSignatureError, "bad_signature"),
+    (ReplayMemoryFullError, "replay_memory_full"),
     (ReplayError, "replay"),
     (ExpiredError, "expired"),
     (UnknownKeyError, "unknown_key"),
@@ -124,6 +131,9 @@ class Ack:
     command_seq: int | None
     accepted: bool
     reason: str
+    operator: str | None = None
+    """Kid of the operator the ack is sealed to: the command's signer, or for a command that
+    did not open the (unauthenticated) kid it names; None: the unit's first operator."""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -159,6 +169,17 @@ def seal_command(
     )
 
 
+def ack_recipient(ack: Ack, operators: PeerKeys) -> PublicIdentity:
+    """The key an ack is sealed to: the ack's operator if trusted, else the first operator (by
+    kid). Never the backend: acks are for the operator who sent the command."""
+    if not operators:
+        raise ValueError("no operator key to seal the ack to")
+    kid = ack.operator
+    if kid is None or kid not in operators:
+        kid = sorted(operators)[0]
+    return operator_ack_key(operators[kid])
+
+
 def seal_ack(
     ack: Ack, header: Header, *, sender: Identity, recipient: PublicIdentity
 ) -> SealedEnvelope:
@@ -192,29 +213,41 @@ def rejection_reason(exc: EnvelopeError) -> str:
 # --- persisted replay state -----------------------------------------------------------------
 
 
-def save_replay_state(path: Path, guard: ReplayGuard) -> None:
-    streams = [
-        [kid, topic, highest, bitmap.to_bytes((guard.window + 7) // 8, "big")]
-        for (kid, topic), (highest, bitmap) in sorted(guard.snapshot().items())
-    ]
-    data = {"v": REPLAY_STATE_VERSION, "window": guard.window, "streams": streams}
+def save_replay_state(path: Path, guard: CommandReplayGuard) -> None:
+    """``{"v": 2, "floor": int, "seen": [[kid, topic, seq, exp], ...]}``, written atomically."""
+    floor, seen = guard.snapshot()
+    data = {"v": REPLAY_STATE_VERSION, "floor": floor, "seen": [list(e) for e in seen]}
     write_private_file(path, cbor2.dumps(data, canonical=True))
 
 
-def load_replay_state(path: Path, guard: ReplayGuard) -> None:
-    """Restore a saved guard; a missing file is a fresh start. A damaged file is an error: the
-    unit would otherwise accept replays of commands it already ran."""
+def load_replay_state(path: Path, guard: CommandReplayGuard) -> None:
+    """Restore a saved memory; a missing file is a fresh start. A damaged file is an error: the
+    unit would otherwise accept replays of commands it already ran.
+
+    A version 1 file (the sliding window of earlier releases) cannot say which commands it
+    accepted, only that each did before the file was last written, with an expiry at most 24 h
+    after that: the floor becomes the file's mtime + 24 h, so until then only commands that
+    expire later than that are accepted (``camveil cmd --expires 86400``).
+    """
     if not path.exists():
         return
     raw = read_private_file(path)
     try:
         m = cbor2.loads(raw)
+        if isinstance(m, dict) and m.get("v") == _WINDOW_STATE_VERSION:
+            floor = int(path.stat().st_mtime) + MAX_COMMAND_LIFETIME_S
+            guard.restore(floor, [])
+            logger.warning(
+                "command replay state %s is a version 1 window: commands expiring before %d "
+                "are refused",
+                path,
+                floor,
+            )
+            return
         if not isinstance(m, dict) or m.get("v") != REPLAY_STATE_VERSION:
-            raise ValueError("not a version 1 replay state")
-        state = {}
-        for kid, topic, highest, bitmap in m["streams"]:
-            state[(str(kid), str(topic))] = (int(highest), int.from_bytes(bitmap, "big"))
-        guard.restore(state)
+            raise ValueError(f"not a version {REPLAY_STATE_VERSION} replay state")
+        seen = [(str(k), str(t), int(q), int(e)) for k, t, q, e in m["seen"]]
+        guard.restore(int(m["floor"]), seen)
     except Exception as exc:  # cbor2 / unpacking / ValueError: all mean "damaged"
         raise KeyFileError(
             f"command replay state {path} is damaged ({exc}); delete it only if no command "
@@ -266,7 +299,7 @@ class CommandProcessor:
         replay_path: Path,
         handlers: Mapping[str, Handler],
         send_ack: Callable[[Ack], None],
-        replay_guard: ReplayGuard | None = None,
+        replay_guard: CommandReplayGuard | None = None,
         clock: Callable[[], float] = time.time,
         ack_budget: AckBudget | None = None,
     ) -> None:
@@ -275,7 +308,7 @@ class CommandProcessor:
         self._replay_path = replay_path
         self._handlers = dict(handlers)
         self._send_ack = send_ack
-        self._guard = replay_guard or ReplayGuard()
+        self._guard = replay_guard if replay_guard is not None else CommandReplayGuard(clock=clock)
         self._clock = clock
         self._lock = threading.Lock()
         self._budget = ack_budget or AckBudget()
@@ -304,6 +337,12 @@ class CommandProcessor:
         return ack
 
     def _handle(self, topic: str, payload: bytes) -> Ack:
+        ack = self._verdict(topic, payload)
+        if ack.operator is None:
+            return replace(ack, operator=_unauthenticated_kid(payload))
+        return ack
+
+    def _verdict(self, topic: str, payload: bytes) -> Ack:
         cmd_seq = _unauthenticated_seq(payload)
         if topic != cmd_topic(self._device.kid):
             return Ack(None, cmd_seq, False, "binding: not this unit's command topic")
@@ -315,6 +354,7 @@ class CommandProcessor:
                 recipient=self._device,
                 replay_guard=self._guard,
                 clock=self._clock,
+                max_size=MAX_COMMAND_BYTES,
             )
         except EnvelopeError as exc:
             reason = rejection_reason(exc)
@@ -326,26 +366,36 @@ class CommandProcessor:
         command_id = message.get("id")
         name = message.get("cmd")
         args = message.get("args", {})
+        signer = opened.sender_kid
         if not isinstance(command_id, str) or not _ID.fullmatch(command_id):
-            return Ack(None, opened.seq, False, "malformed: id missing or not a label")
+            return Ack(None, opened.seq, False, "malformed: id missing or not a label", signer)
         if not isinstance(name, str) or not isinstance(args, Mapping):
-            return Ack(command_id, opened.seq, False, "malformed: cmd or args")
+            return Ack(command_id, opened.seq, False, "malformed: cmd or args", signer)
         handler = self._handlers.get(name)
         if handler is None:
-            return Ack(command_id, opened.seq, False, f"unknown_command: {name[:64]!r}")
-        command = Command(command_id, name, args, opened.seq, opened.sender_kid)
-        logger.info("command %s (%s) from %s", command_id, name, opened.sender_kid)
+            return Ack(command_id, opened.seq, False, f"unknown_command: {name[:64]!r}", signer)
+        command = Command(command_id, name, args, opened.seq, signer)
+        logger.info("command %s (%s) from %s", command_id, name, signer)
         try:
             note = handler(command)
         except CommandRejectedError as exc:
-            return Ack(command_id, opened.seq, False, f"invalid: {exc}")
+            return Ack(command_id, opened.seq, False, f"invalid: {exc}", signer)
         except CamveilError as exc:
-            return Ack(command_id, opened.seq, False, f"failed: {exc}")
-        return Ack(command_id, opened.seq, True, note or "ok")
+            return Ack(command_id, opened.seq, False, f"failed: {exc}", signer)
+        return Ack(command_id, opened.seq, True, note or "ok", signer)
 
 
 def _unauthenticated_seq(payload: bytes) -> int | None:
     try:
-        return parse_sign1(bytes(payload)).seq
+        return parse_sign1(bytes(payload), MAX_COMMAND_BYTES).seq
     except Exception:  # any parse failure: no seq to report
+        return None
+
+
+def _unauthenticated_kid(payload: bytes) -> str | None:
+    """The signer kid a command that did not open names (only to pick which trusted operator
+    its rejection is sealed to; :func:`ack_recipient` ignores kids it does not trust)."""
+    try:
+        return parse_sign1(bytes(payload), MAX_COMMAND_BYTES).kid
+    except Exception:  # any parse failure: the default operator
         return None

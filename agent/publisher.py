@@ -27,7 +27,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from agent.commands import Ack, seal_ack
+from agent.commands import Ack, ack_recipient, seal_ack
 from agent.events import Event, EventBuilder, seal_event
 from agent.outbox import Outbox
 from agent.stats import PipelineStats
@@ -256,7 +256,8 @@ class Emitter:
     def emit_ack(self, ack: Ack) -> None:
         with self._lock:
             header = self.builder.header()
-            envelope = seal_ack(ack, header, sender=self.unit.identity, recipient=self.unit.backend)
+            recipient = ack_recipient(ack, self.unit.operators)  # the operator, not the backend
+            envelope = seal_ack(ack, header, sender=self.unit.identity, recipient=recipient)
             self._enqueue(envelope, "cmd_ack", None)
 
     def _enqueue(self, envelope: SealedEnvelope, kind: str, captured_at: float | None) -> None:

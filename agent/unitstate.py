@@ -18,7 +18,9 @@ verified with it). Their kids are ``backend`` and ``operator`` (the station's), 
 bundle names them (``backend_kid`` / ``operator_kid``). The unused halves are filled with keys
 that cannot work: a small-order Ed25519 point (libsodium refuses every signature under it) and
 the all-zero X25519 point (libsodium refuses the key agreement), so a backend can never be
-mistaken for a command signer, nor anything be sealed to an operator.
+mistaken for a command signer, nor anything be sealed to an operator's (unknown) X25519 key.
+Command acks are sealed to the X25519 form of the operator's Ed25519 key instead
+(:func:`agent.commands.ack_recipient`).
 """
 
 from __future__ import annotations

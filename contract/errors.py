@@ -43,6 +43,8 @@ Raise or log, never both.
         ├── DecryptError            ECDH / HKDF / ChaCha20-Poly1305 failed (wrong key, tampered)
         ├── BindingMismatchError    device / topic / seq / signer disagree with where it came
         ├── ReplayError             seq already accepted, or older than the replay window
+        │   └── ReplayMemoryFullError   the unit remembers as many unexpired commands as it
+        │                               may; new ones are refused until some expire
         ├── ExpiredError            a command past its expiry (or expiring implausibly late)
         └── KeyFileError            a key file cannot be used (names the file and the fix)
 """
@@ -165,6 +167,11 @@ class BindingMismatchError(EnvelopeError):
 
 class ReplayError(EnvelopeError):
     """The (sender, device, seq) was already accepted, or is older than the replay window."""
+
+
+class ReplayMemoryFullError(ReplayError):
+    """The unit already remembers its bound of unexpired commands; a new one is refused until
+    some expire (forgetting one early would let it be replayed)."""
 
 
 class ExpiredError(EnvelopeError):

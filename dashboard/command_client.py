@@ -4,8 +4,10 @@ waiting for the unit's ack (`camveil cmd`).
 A command is sealed with the operator identity to the device's X25519 key (``devices.cbor``),
 published QoS 1 on ``camveil/v1/<device>/cmd`` with the operator's client certificate (the ACL
 lets operators write ``+/cmd`` and read ``+/cmd/ack``), and answered by the unit on
-``camveil/v1/<device>/cmd/ack``, sealed to the backend key: the operator tool opens it with the
-backend identity, so it needs a station (or dev-pki) folder that holds both.
+``camveil/v1/<device>/cmd/ack``, sealed to the operator (the X25519 form of its Ed25519 key,
+:func:`contract.envelope.keys.ack_recipient`). So the operator tool needs only the operator's own
+key material, the trusted devices and its client certificate: never the backend's key, which
+opens every event and snapshot.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.commands import ACK_TYPE, REMOTE_SECTIONS, ack_topic, seal_command
-from contract.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity, load_peers
+from contract.envelope.keys import (
+    Identity,
+    PeerKeys,
+    PublicIdentity,
+    ack_reader,
+    load_identity,
+    load_peers,
+)
 from contract.envelope.replay import ReplayGuard
 from contract.envelope.seal import SealedEnvelope, open_envelope
 from contract.errors import CamveilError, ConfigError, EnvelopeError
@@ -44,7 +53,6 @@ class OperatorKeys:
     """Everything `camveil cmd` needs, from a station or a dev-pki folder."""
 
     operator: Identity
-    backend: Identity
     devices: PeerKeys
     ca: Path
     cert: Path
@@ -69,8 +77,8 @@ def _first_cert(directory: Path) -> Path:
 
 
 def load_station(root: Path) -> OperatorKeys:
-    """A station directory (provisioning.station): operator.key, backend.key, devices.cbor,
-    clients/operator-*.crt, ca/ca.crt, station.json (broker URL)."""
+    """A station directory (provisioning.station): operator.key, devices.cbor,
+    clients/operator-*.crt, ca/ca.crt, station.json (broker URL). backend.key is not read."""
     if not (root / "operator.key").exists():
         raise ConfigError(f"{root} is not a station directory (no operator.key)")
     cert = _first_cert(root / "clients")
@@ -81,7 +89,6 @@ def load_station(root: Path) -> OperatorKeys:
         broker_url = None
     return OperatorKeys(
         operator=load_identity(root / "operator.key"),
-        backend=load_identity(root / "backend.key"),
         devices=load_peers(root / "devices.cbor"),
         ca=root / "ca" / "ca.crt",
         cert=cert,
@@ -91,19 +98,24 @@ def load_station(root: Path) -> OperatorKeys:
 
 
 def load_dev_pki(root: Path) -> OperatorKeys:
-    """A `camveil dev-pki` folder: operator/, backend/, ca.crt, broker/mosquitto.conf."""
+    """A `camveil dev-pki` folder: operator/ (identity, certificate), the trusted devices
+    (operator/devices.cbor, else backend/devices.cbor: public keys only), ca.crt,
+    broker/mosquitto.conf. The backend's identity is not read."""
     if not (root / "operator" / "identity.cbor").exists():
         raise ConfigError(f"{root} is not a dev-pki folder (no operator/identity.cbor)")
     cert = _first_cert(root / "operator")
     return OperatorKeys(
         operator=load_identity(root / "operator" / "identity.cbor"),
-        backend=load_identity(root / "backend" / "identity.cbor"),
-        devices=load_peers(root / "backend" / "devices.cbor"),
+        devices=load_peers(_first_existing(root / "operator", root / "backend", "devices.cbor")),
         ca=root / "ca.crt",
         cert=cert,
         key=cert.with_suffix(".key"),
         broker_url=_dev_broker_url(root / "broker" / "mosquitto.conf"),
     )
+
+
+def _first_existing(first: Path, second: Path, name: str) -> Path:
+    return first / name if (first / name).exists() else second / name
 
 
 def _dev_broker_url(conf: Path) -> str | None:
@@ -152,6 +164,7 @@ class AckWaiter:
 
     def __init__(self, keys: OperatorKeys, host: str, port: int, device: PublicIdentity) -> None:
         self._keys = keys
+        self._reader = ack_reader(keys.operator)
         self._device = device
         self._host = host
         self._port = port
@@ -203,7 +216,7 @@ class AckWaiter:
                 bytes(message.payload),
                 topic=message.topic,
                 trusted_senders=PeerKeys([self._device]),
-                recipient=self._keys.backend,
+                recipient=self._reader,
                 replay_guard=self._guard,
             )
         except EnvelopeError:

@@ -1,7 +1,7 @@
 """The backend's ingest side: verify, decrypt and de-duplicate what units publish.
 
 A :class:`Listener` is one MQTT v5 client with a backend certificate, subscribed through a shared
-subscription (``$share/<group>/camveil/v1/+/event/#``, ``.../status``, ``.../cmd/ack``), so
+subscription (``$share/<group>/camveil/v1/+/event/#``, ``.../status``), so
 several listeners in one group split the load (see :attr:`ListenerConfig.shared` for a mosquitto
 caveat across broker restarts). Every message is opened with
 :func:`~contract.envelope.open_envelope` (the devices' public keys as trusted senders, the backend's
@@ -38,7 +38,8 @@ from contract.ranges import seq_ranges
 
 logger = logging.getLogger(__name__)
 
-TOPICS: Final = ("camveil/v1/+/event/#", "camveil/v1/+/status", "camveil/v1/+/cmd/ack")
+# no cmd/ack: acks are sealed to the operator who sent the command, the backend cannot open them
+TOPICS: Final = ("camveil/v1/+/event/#", "camveil/v1/+/status")
 
 
 def shared_topics(group: str) -> list[str]:

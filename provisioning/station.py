@@ -1,6 +1,8 @@
 """The station's end of provisioning: its directory (CA, keys, inventory) and the provisioning run.
 
-Station directory (``camveil station init DIR``; 0700, private keys 0600)::
+Station directory (``camveil station init DIR``): the folder itself is 0711 (no listing; the
+broker's user may only reach ``broker/``); everything in it but ``broker/`` is readable by the
+station's user alone (files 0600, folders 0700)::
 
     ca/ca.crt ca/ca.key            the CA that signs device certificates (provisioning.pki)
     operator.key                   operator Ed25519 (+X25519) identity, kid "operator" (commands)
@@ -166,7 +168,7 @@ def init_station(
     config = StationConfig(broker_url=broker_url)
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     # 0711: no listing, but the broker's user may reach broker/ (its key is 0600, its own);
-    # every private folder inside (ca/, clients/) stays 0700.
+    # every other folder inside (ca/, clients/) is 0700 and every other file 0600.
     paths.root.chmod(0o711)
     for d in (paths.ca_dir, paths.clients_dir):
         d.mkdir(mode=0o700, exist_ok=True)
@@ -194,13 +196,20 @@ def init_station(
         backends=config.backends,
         operators=config.operators,
     )
+    _create_private(paths.inventory)
     with Inventory(paths.inventory):
         pass
     write_devices_file(paths.devices, [])
     save_peers(paths.peers, [])
-    pki.write_atomic(paths.config, config.to_json(), 0o644)
+    pki.write_atomic(paths.config, config.to_json(), 0o600)
     logger.info("station initialised in %s", paths.root)
     return paths
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty file 0600 (SQLite gives its -wal/-shm files the database file's mode)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
 
 
 def _broker_host(url: str) -> str | None:
@@ -231,7 +240,7 @@ def write_devices_file(path: Path, units: list[UnitRecord]) -> None:
         for u in units
     }
     data = {"version": DEVICES_FILE_VERSION, "devices": devices}
-    pki.write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+    pki.write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", 0o600)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 #!/bin/sh
-# camveil-gadget-serial.sh start|stop: a USB CDC ACM serial gadget through configfs, so that a
+# camveil-gadget-serial.sh load|start|stop: a USB CDC ACM serial gadget through configfs, so that a
 # Raspberry Pi (Zero 2 W, 4 via the USB-C port, 5) shows up as /dev/ttyACM* on the provisioning
 # station and gets /dev/ttyGS0 itself (used by `camveil provision-listen`).
 #
 # Needs, once: `dtoverlay=dwc2,dr_mode=peripheral` in /boot/firmware/config.txt and a reboot.
-# Run as root (camveil-gadget-serial.service). CONFIGFS and UDC_CLASS may point elsewhere for tests.
+# Run as root (camveil-gadget-serial.service): `load` (kernel module, configfs mount) needs
+# CAP_SYS_MODULE and CAP_SYS_ADMIN; `start` and `stop` need no capability once that is done.
+# CONFIGFS and UDC_CLASS may point elsewhere for tests.
 set -eu
 
 CONFIGFS=${CONFIGFS:-/sys/kernel/config}
@@ -14,11 +16,14 @@ G="$CONFIGFS/usb_gadget/camveil"
 
 die() { echo "camveil-gadget-serial: $*" >&2; exit 1; }
 
+load() {
+    [ "$CONFIGFS" = /sys/kernel/config ] || return 0
+    [ -d /sys/module/libcomposite ] || modprobe libcomposite 2>/dev/null \
+        || die "kernel module libcomposite missing"
+    mountpoint -q "$CONFIGFS" || mount -t configfs none "$CONFIGFS"
+}
+
 start() {
-    if [ "$CONFIGFS" = /sys/kernel/config ]; then
-        modprobe libcomposite 2>/dev/null || die "kernel module libcomposite missing"
-        mountpoint -q "$CONFIGFS" || mount -t configfs none "$CONFIGFS"
-    fi
     [ -d "$CONFIGFS/usb_gadget" ] || die "$CONFIGFS/usb_gadget missing: is libcomposite loaded?"
     if [ -d "$G" ] && [ -n "$(cat "$G/UDC" 2>/dev/null)" ]; then
         echo "camveil-gadget-serial: gadget already bound"
@@ -56,7 +61,8 @@ stop() {
 }
 
 case "${1:-start}" in
+    load) load ;;
     start) start ;;
     stop) stop ;;
-    *) die "usage: $0 start|stop" ;;
+    *) die "usage: $0 load|start|stop" ;;
 esac

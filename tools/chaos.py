@@ -55,7 +55,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
+from agent.config import MqttConfig
 from agent.events import Event, EventBuilder
+from agent.transport import TransportConfig
 from agent.unitstate import UnitState, parse_broker_url
 from contract.envelope.keys import load_identity, load_peers
 from contract.errors import CamveilError, ConfigError
@@ -82,6 +84,27 @@ def read_log(path: Path) -> list[tuple[int, str]]:
         if len(parts) == 2 and parts[0].isdigit():
             out.append((int(parts[0]), parts[1]))
     return out
+
+
+# Chaos restarts the broker every few seconds; the shipped 60 s reconnect ceiling would only make
+# the run slower, not test anything else. Every other setting is the daemon's default.
+CHAOS_RECONNECT_MIN_S: Final = 0.25
+CHAOS_RECONNECT_MAX_S: Final = 2.0
+
+
+def unit_transport_config(unit: UnitState, broker_url: str | None) -> TransportConfig:
+    """The unit's transport exactly as the daemon builds it from a default ``[mqtt]`` section
+    (in particular ``require_subscriber``), but for shorter reconnect delays: chaos must test
+    what ships."""
+    mqtt = MqttConfig()
+    return unit.transport_config(
+        broker_url or mqtt.broker,
+        keepalive_s=mqtt.keepalive_s,
+        reconnect_min_s=CHAOS_RECONNECT_MIN_S,
+        reconnect_max_s=CHAOS_RECONNECT_MAX_S,
+        max_outstanding=mqtt.max_outstanding,
+        require_subscriber=mqtt.require_subscriber,
+    )
 
 
 def run_unit(
@@ -127,7 +150,7 @@ def run_unit(
                 emit(lambda b: b.status(LinkState.ONLINE), "status")
 
         transport = Transport(
-            unit.transport_config(broker_url or "", reconnect_min_s=0.25, reconnect_max_s=2.0),
+            unit_transport_config(unit, broker_url),
             on_acked=publisher.on_acked,
             on_rejected=publisher.on_rejected,
             on_state=on_state,

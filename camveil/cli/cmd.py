@@ -4,12 +4,13 @@
     camveil cmd --station DIR --device ID restart-pipeline
     camveil cmd --station DIR --device ID set-config detector.threads=2 privacy.mode='"blur"'
 
-Keys come from a station directory (``--station``: operator.key, backend.key, devices.cbor,
+Keys come from a station directory (``--station``: operator.key, devices.cbor,
 clients/operator-*.crt, ca/ca.crt, broker URL from station.json) or a `camveil dev-pki` folder
-(``--pki``). The command is sealed with the operator identity to the device's key, expires after
-``--expires`` seconds, and is published QoS 1 with the operator's client certificate; the unit's
-ack (sealed to the backend key) is opened with the station's backend identity and printed as one
-JSON line. Exit status: 0 accepted, 1 rejected, 2 timeout or usage error.
+(``--pki``); the backend's key is never read, and need not be there. The command is sealed with
+the operator identity to the device's key, expires after ``--expires`` seconds, and is published
+QoS 1 with the operator's client certificate; the unit's ack (sealed to the operator's key) is
+opened with the operator identity and printed as one JSON line. Exit status: 0 accepted,
+1 rejected, 2 timeout or usage error.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ and bad messages are counted; a summary goes to stderr at the end (JSON, ``liste
 Keys: ``--dev-pki DIR`` takes everything from a `camveil dev-pki` folder; otherwise give
 ``--broker``, ``--ca``, ``--cert``, ``--key``, ``--identity`` (the backend's identity file) and
 ``--devices`` (trusted units, a peers file).
+
+De-duplication survives restarts by default: (device, seq) pairs go to a SQLite file, ``--db``
+or else ``listen-<group>.db`` beside the backend identity file (created 0600), so a restarted
+listener refuses envelopes replayed to it. ``--no-db`` keeps them in memory only, for throwaway
+use: a restarted listener then accepts replays of what it saw before.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import argparse
 import base64
 import hashlib
 import json
+import os
+import re
 import signal
 import sys
 import threading
@@ -56,7 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="plain subscription instead of $share/GROUP (one ingest process; with --client-id "
         "it survives mosquitto restarts, which forget shared subscriptions)",
     )
-    parser.add_argument("--db", type=Path, help="SQLite file: de-duplicate across restarts")
+    dedupe = parser.add_mutually_exclusive_group()
+    dedupe.add_argument(
+        "--db",
+        type=Path,
+        help="SQLite file that de-duplicates across restarts (default: listen-GROUP.db beside "
+        "the backend identity file)",
+    )
+    dedupe.add_argument(
+        "--no-db",
+        action="store_true",
+        help="throwaway use: de-duplicate in memory only (a restarted listener accepts "
+        "replayed envelopes again)",
+    )
     parser.add_argument("--snapshots", type=Path, help="write snapshot JPEGs into this folder")
     parser.add_argument("--base64", action="store_true", help="print bytes as base64")
     parser.add_argument("--count", type=int, default=0, help="exit after N messages")
@@ -117,6 +136,38 @@ def _listener_port(conf: Path) -> int | None:
     return None
 
 
+_GROUP_FILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def dedupe_path(args: argparse.Namespace, identity: Path) -> Path | None:
+    """Where (device, seq) pairs persist: ``--db``, else ``listen-<group>.db`` beside the
+    backend identity (one file per shared-subscription group: groups each see every message);
+    None with ``--no-db``."""
+    if args.no_db:
+        return None
+    if args.db is not None:
+        return Path(args.db)
+    if not _GROUP_FILE_NAME.fullmatch(args.group):
+        raise ConfigError(
+            f"--group {args.group!r} cannot name the default de-duplication file "
+            "(use letters, digits, _ . -), or pass --db FILE"
+        )
+    return identity.parent / f"listen-{args.group}.db"
+
+
+def _open_dedupe(path: Path | None) -> DedupeStore:
+    if path is None:
+        return MemoryDedupe()
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite keeps the mode
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the de-duplication file {path} ({exc.strerror}); pass --db FILE "
+            "somewhere writable, or --no-db for throwaway use"
+        ) from None
+    return SqliteDedupe(path)
+
+
 def to_json(received: Received, snapshots: Path | None, as_base64: bool) -> dict[str, Any]:
     """The printed line: header fields and the body, bytes summarised (or written out)."""
     message = dict(received.message)
@@ -157,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     broker = parse_broker_url(str(paths["broker"]))
     identity = load_identity(Path(paths["identity"]))
     devices = load_peers(Path(paths["devices"]))
-    dedupe: DedupeStore = SqliteDedupe(args.db) if args.db else MemoryDedupe()
+    dedupe = _open_dedupe(dedupe_path(args, Path(paths["identity"])))
     opener = Opener(identity, devices, dedupe)
     done = threading.Event()
     lock = threading.Lock()

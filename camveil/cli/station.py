@@ -13,7 +13,12 @@ from provisioning.station import DEFAULT_BROKER_URL, StationPaths, init_station
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     init = sub.add_parser("init", help="create a station directory")
-    init.add_argument("dir", type=Path, help="station directory (created, mode 0700)")
+    init.add_argument(
+        "dir",
+        type=Path,
+        help="station directory (created 0711 so that the broker can reach broker/; everything "
+        "else in it is readable by you alone: files 0600, folders 0700)",
+    )
     init.add_argument(
         "--broker-url",
         default=DEFAULT_BROKER_URL,

@@ -104,6 +104,35 @@ class Identity:
         )
 
 
+# --- the operator's ack key ---------------------------------------------------------------------
+# A unit knows only its operator's Ed25519 verify key (the bundle has no other operator key), and
+# an operator must read the acks of its commands without the backend's key, which opens every
+# event and snapshot. So acks are sealed to the X25519 form of the operator's Ed25519 key (the
+# birational map of RFC 7748 §4.1, libsodium crypto_sign_ed25519_pk_to_curve25519), which the
+# operator opens with the X25519 form of its signing key. Using one key pair for Ed25519 and
+# X25519 key agreement is proven jointly secure (Thormarker, "On using the same key pair for
+# Ed25519 and an X25519 based KEM", 2021) and is what libsodium's conversions are for.
+
+
+def ack_recipient(operator: PublicIdentity) -> PublicIdentity:
+    """Where a unit seals the acks of ``operator``'s commands (same kid; X25519 form of its
+    Ed25519 verify key)."""
+    return PublicIdentity(
+        kid=operator.kid,
+        verify_key=operator.verify_key,
+        encryption_key=operator.verify_key.to_curve25519_public_key(),
+    )
+
+
+def ack_reader(operator: Identity) -> Identity:
+    """The identity that opens acks sealed to :func:`ack_recipient` of ``operator``."""
+    return Identity(
+        kid=operator.kid,
+        signing_key=operator.signing_key,
+        encryption_key=operator.signing_key.to_curve25519_private_key(),
+    )
+
+
 class PeerKeys(Mapping[str, PublicIdentity]):
     """Immutable set of trusted public identities by kid."""
 

@@ -1,4 +1,6 @@
-"""Replay protection: a sliding window over each stream's monotonic sequence numbers.
+"""Replay protection: a sliding window over each stream's monotonic sequence numbers
+(:class:`ReplayGuard`, for what units publish), and an exact memory of unexpired commands
+(:class:`CommandReplayGuard`, for what operators send to a unit).
 
 A stream is ``(signer kid, topic)``: the device talking on one of its topics, or an operator key
 commanding one device. Senders number their messages with one counter that only grows
@@ -17,13 +19,24 @@ the topics they use.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from typing import Final
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, Protocol
 
-from contract.errors import ReplayError
+from contract.errors import ReplayError, ReplayMemoryFullError
 
 DEFAULT_WINDOW: Final = 1024
+DEFAULT_MAX_COMMANDS: Final = 4096
 StreamKey = tuple[str, str]
+
+
+class ReplayCheck(Protocol):
+    """What :func:`contract.envelope.open_envelope` asks of a replay guard: ``check`` before
+    decrypting (no state change), ``accept`` once every other check has passed."""
+
+    def check(self, stream: StreamKey, seq: int, expires_at: int | None = None) -> None: ...
+
+    def accept(self, stream: StreamKey, seq: int, expires_at: int | None = None) -> None: ...
 
 
 class ReplayGuard:
@@ -40,13 +53,14 @@ class ReplayGuard:
     def window(self) -> int:
         return self._window
 
-    def check(self, stream: StreamKey, seq: int) -> None:
+    def check(self, stream: StreamKey, seq: int, expires_at: int | None = None) -> None:
         """Raise :class:`ReplayError` if ``seq`` would be refused, without recording it."""
         with self._lock:
             self._verdict(stream, seq)
 
-    def accept(self, stream: StreamKey, seq: int) -> None:
-        """Record ``seq`` as seen on ``stream``; :class:`ReplayError` if seen or too old."""
+    def accept(self, stream: StreamKey, seq: int, expires_at: int | None = None) -> None:
+        """Record ``seq`` as seen on ``stream``; :class:`ReplayError` if seen or too old.
+        (``expires_at`` is not used: the window works on seqs alone.)"""
         with self._lock:
             highest, bitmap = self._verdict(stream, seq)
             if highest < 0 or seq > highest:
@@ -96,3 +110,102 @@ class ReplayGuard:
         if bitmap >> offset & 1:
             raise ReplayError(f"seq {seq} on stream {stream!r} was already accepted")
         return highest, bitmap
+
+
+CommandKey = tuple[str, str, int]  # (signer kid, topic, seq)
+
+
+class CommandReplayGuard:
+    """Accept each command (signer, topic, seq) at most once, exactly, whatever the order.
+
+    Every command carries a signed expiry, and :func:`~contract.envelope.open_envelope` refuses an
+    expired one before asking the guard. So remembering every accepted command until its expiry
+    has passed is exact: a replay is either remembered (refused here) or expired (refused
+    there). Nothing depends on seqs growing, so operators whose clocks differ (seqs are Unix
+    milliseconds) or a second operator console are never locked out, unlike with a window.
+
+    Forgetting uses the clock; a clock that later goes back (a Raspberry Pi has no RTC) could
+    make a forgotten command look unexpired again. So the guard also keeps ``floor``, the latest
+    expiry it ever forgot, and refuses every command that expires at or before it.
+
+    Bounded: at most ``max_commands`` unexpired commands are remembered (each at most 24 h:
+    4096 is 2.8 per minute for a whole day). At the bound a new command is refused with
+    :class:`~contract.errors.ReplayMemoryFullError` until older ones expire; nothing remembered is
+    ever dropped early, because that would let it be replayed. Only an operator's signature can
+    fill it (the guard is asked after the signature verified).
+    """
+
+    def __init__(
+        self,
+        max_commands: int = DEFAULT_MAX_COMMANDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_commands < 1:
+            raise ValueError("command replay memory must hold at least 1 command")
+        self._max = max_commands
+        self._clock = clock
+        self._seen: dict[CommandKey, int] = {}  # -> expiry (Unix seconds)
+        self._floor = -1
+        self._lock = threading.Lock()
+
+    @property
+    def max_commands(self) -> int:
+        return self._max
+
+    def check(self, stream: StreamKey, seq: int, expires_at: int | None = None) -> None:
+        """Raise :class:`ReplayError` if this command would be refused, without recording it."""
+        with self._lock:
+            self._verdict(stream, seq, expires_at)
+
+    def accept(self, stream: StreamKey, seq: int, expires_at: int | None = None) -> None:
+        """Remember the command until ``expires_at``; :class:`ReplayError` if already seen."""
+        with self._lock:
+            exp = self._verdict(stream, seq, expires_at)
+            self._seen[(stream[0], stream[1], seq)] = exp
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+    def snapshot(self) -> tuple[int, list[tuple[str, str, int, int]]]:
+        """``(floor, [(kid, topic, seq, expiry), ...])`` for persisting."""
+        with self._lock:
+            self._forget_expired()
+            return self._floor, [(*key, exp) for key, exp in sorted(self._seen.items())]
+
+    def restore(self, floor: int, seen: Iterable[tuple[str, str, int, int]]) -> None:
+        """Load a :meth:`snapshot`, replacing the current state (past the bound is an error:
+        dropping some would allow their replay)."""
+        clean = {(str(kid), str(topic), int(seq)): int(exp) for kid, topic, seq, exp in seen}
+        if len(clean) > self._max:
+            raise ValueError(f"{len(clean)} remembered commands exceed the bound {self._max}")
+        with self._lock:
+            self._floor = int(floor)
+            self._seen = clean
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        gone = [key for key, exp in self._seen.items() if exp < now]
+        for key in gone:
+            self._floor = max(self._floor, self._seen.pop(key))
+
+    def _verdict(self, stream: StreamKey, seq: int, expires_at: int | None) -> int:
+        if expires_at is None:
+            raise ReplayError(f"command seq {seq} on stream {stream!r} has no expiry")
+        if seq < 0:
+            raise ReplayError(f"negative seq {seq} on stream {stream!r}")
+        if expires_at <= self._floor:
+            raise ReplayError(
+                f"command seq {seq} on stream {stream!r} expires at {expires_at}, not after "
+                f"commands already forgotten (up to {self._floor}): refused as a possible replay"
+            )
+        if (stream[0], stream[1], seq) in self._seen:
+            raise ReplayError(f"command seq {seq} on stream {stream!r} was already accepted")
+        if len(self._seen) >= self._max:
+            self._forget_expired()
+            if len(self._seen) >= self._max:
+                raise ReplayMemoryFullError(
+                    f"{self._max} unexpired commands are remembered; new ones are refused until "
+                    "some expire (send commands with shorter expiries)"
+                )
+        return expires_at

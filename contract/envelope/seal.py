@@ -33,7 +33,7 @@ from nacl.exceptions import CryptoError
 
 from contract.envelope import cose
 from contract.envelope.keys import Identity, PeerKeys, PublicIdentity
-from contract.envelope.replay import ReplayGuard
+from contract.envelope.replay import ReplayCheck
 from contract.envelope.wire import (
     BOUND_KEYS,
     CONTENT_PROTECTED,
@@ -42,6 +42,8 @@ from contract.envelope.wire import (
     HDR_SEQ,
     KIND_CMD,
     MAX_CBOR_DEPTH,
+    MAX_ENVELOPE_BYTES,
+    MAX_PLAINTEXT_BYTES,
     MAX_SEQ,
     RECIPIENT_PROTECTED,
     Sign1,
@@ -61,7 +63,6 @@ from contract.errors import (
     UnknownKeyError,
 )
 
-MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
 MAX_COMMAND_LIFETIME_S: Final = 24 * 3600
 _MINT_KEY: Final = secrets.token_bytes(32)
 
@@ -158,6 +159,11 @@ def seal(
             f"plaintext is not tag-free CBOR nested at most {MAX_CBOR_DEPTH} deep (use ints "
             f"below 2**64, floats, text, bytes, bools, None, lists, maps): {exc}"
         ) from None
+    if len(plaintext) > MAX_PLAINTEXT_BYTES:
+        raise ValueError(
+            f"plaintext of {len(plaintext)} bytes exceeds {MAX_PLAINTEXT_BYTES}: no backend "
+            "would open it (a snapshot over [events] snapshot_max_bytes?)"
+        )
 
     aad = external_aad(device, topic, seq)
     encrypt = _encrypt(plaintext, aad, recipient)
@@ -227,7 +233,7 @@ def open_envelope(
     topic: str,
     trusted_senders: PeerKeys,
     recipient: Identity,
-    replay_guard: ReplayGuard,
+    replay_guard: ReplayCheck,
     clock: Callable[[], float] = time.time,
     max_size: int = MAX_ENVELOPE_BYTES,
     max_command_lifetime_s: float = MAX_COMMAND_LIFETIME_S,
@@ -245,7 +251,7 @@ def open_envelope(
         parsed = parse_topic(topic)
     except ValueError as exc:
         raise BindingMismatchError(f"not a camveil topic: {exc}") from None
-    outer = parse_sign1(_as_bytes(data, max_size))
+    outer = parse_sign1(_as_bytes(data, max_size), max_size)
     signer = trusted_senders.require(outer.kid)
     if parsed.kind != KIND_CMD and outer.kid != parsed.device:
         raise BindingMismatchError(
@@ -267,11 +273,11 @@ def open_envelope(
             )
 
     stream = (outer.kid, topic)  # one window per signer and topic (see docs/PROTOCOL.md)
-    replay_guard.check(stream, outer.seq)  # cheap early refusal of QoS 1 redeliveries
+    replay_guard.check(stream, outer.seq, outer.exp)  # cheap early refusal of redeliveries
     plaintext = _decrypt(outer.payload, aad, recipient)
     message = check_plaintext(plaintext, parsed.device, topic, outer.seq, outer.exp)
 
-    replay_guard.accept(stream, outer.seq)
+    replay_guard.accept(stream, outer.seq, outer.exp)
     return OpenedMessage(
         sender_kid=outer.kid,
         device=parsed.device,

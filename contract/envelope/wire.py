@@ -28,6 +28,25 @@ HDR_SEQ: Final = -65537
 HDR_EXP: Final = -65538
 MAX_SEQ: Final = 2**63 - 1
 MAX_CBOR_DEPTH: Final = 16
+
+# --- sizes: every bound the pre-check (check_sign1_frame) applies before any CBOR decoding
+MAX_SNAPSHOT_BYTES: Final = 4 * 1024 * 1024 - 4096
+"""The largest snapshot JPEG a unit may send: the ceiling of ``[events] snapshot_max_bytes``
+(agent.config), which caps the JPEG the snapshot builder (agent.events) makes."""
+MAX_PLAINTEXT_BYTES: Final = MAX_SNAPSHOT_BYTES + 4096
+"""A snapshot event's plaintext: the JPEG plus at most 4 KiB of header and body fields."""
+MAX_PROTECTED_BYTES: Final = 128
+"""Our Sign1 protected header: alg, content type, kid (at most 64 bytes), seq and exp; 105
+bytes at most, so its bstr length always fits one byte."""
+ENVELOPE_OVERHEAD: Final = 512
+"""Sign1 framing (tag, array, protected header, empty map, bstr head, 66-byte signature: at
+most 204 bytes) plus COSE_Encrypt framing (headers, iv, recipient with ephemeral key and
+kid, 16-byte tag: at most 230 bytes), rounded up."""
+MAX_ENVELOPE_BYTES: Final = MAX_PLAINTEXT_BYTES + ENVELOPE_OVERHEAD
+MAX_COMMAND_BYTES: Final = 64 * 1024
+"""A command envelope (set_config carries a few settings): everything above is refused."""
+_SIGNATURE_TAIL: Final = b"\x58\x40"  # bstr of 64 bytes: the Ed25519 signature
+_SIGN1_HEAD: Final = b"\xd2\x84"  # tag 18, array of 4
 # Plaintext keys that seal() writes itself and open_envelope() checks against the headers.
 BOUND_KEYS: Final = frozenset({"v", "device", "topic", "seq", "exp"})
 
@@ -93,9 +112,59 @@ class Sign1:
     exp: int | None
 
 
-def parse_sign1(data: bytes) -> Sign1:
+def check_sign1_frame(data: bytes, max_size: int = MAX_ENVELOPE_BYTES) -> None:
+    """Pre-check, in constant time and before any decoding, that ``data`` is framed like our
+    COSE_Sign1: at most ``max_size`` bytes, ``d2 84`` (tag 18, array of 4), a bstr protected
+    header of at most :data:`MAX_PROTECTED_BYTES`, ``a0`` (empty unprotected map), one bstr
+    payload that runs exactly up to the last 66 bytes, which are ``58 40`` + 64 signature bytes.
+
+    So a hostile message costs the same handful of byte reads whatever it holds (a 4 MiB CBOR
+    array used to cost the listener over a second of CPU in the well-formedness walk); what
+    passes has four items at the top, and the payload is only decoded after the signature
+    verified. Raises :class:`~contract.errors.MalformedEnvelopeError`.
+    """
+    n = len(data)
+    if n > max_size:
+        raise MalformedEnvelopeError(f"envelope of {n} bytes exceeds {max_size}")
+    if n < 8 + len(_SIGNATURE_TAIL) + 64 or data[:2] != _SIGN1_HEAD:
+        raise MalformedEnvelopeError("envelope does not start like a COSE_Sign1 (d2 84)")
+    pos, protected_len = _bstr_head(data, 2)
+    if protected_len is None or not 0 < protected_len <= MAX_PROTECTED_BYTES:
+        raise MalformedEnvelopeError(
+            f"COSE_Sign1 protected header is not a bstr of 1..{MAX_PROTECTED_BYTES} bytes"
+        )
+    pos += protected_len
+    if pos >= n or data[pos] != 0xA0:
+        raise MalformedEnvelopeError("COSE_Sign1 unprotected header is not an empty map")
+    pos, payload_len = _bstr_head(data, pos + 1)
+    tail = n - len(_SIGNATURE_TAIL) - 64
+    if payload_len is None or pos + payload_len != tail or data[tail : tail + 2] != _SIGNATURE_TAIL:
+        raise MalformedEnvelopeError(
+            "COSE_Sign1 is not a bstr payload followed by exactly a 64-byte signature"
+        )
+
+
+def _bstr_head(data: bytes, pos: int) -> tuple[int, int | None]:
+    """Position after the head of a definite bstr at ``pos`` and its length (None: no bstr)."""
+    if pos >= len(data) or data[pos] >> 5 != 2:
+        return pos, None
+    info = data[pos] & 0x1F
+    if info < 24:
+        return pos + 1, info
+    if info > 26:  # 8-byte lengths (and indefinite ones) never frame a message of ours
+        return pos, None
+    size = 1 << (info - 24)
+    end = pos + 1 + size
+    if end > len(data):
+        return pos, None
+    return end, int.from_bytes(data[pos + 1 : end], "big")
+
+
+def parse_sign1(data: bytes, max_size: int = MAX_ENVELOPE_BYTES) -> Sign1:
     """Parse the outer layer. ``data`` must be the deterministic encoding of a tagged COSE_Sign1
-    with an empty unprotected header; nothing but tag 18 reaches the CBOR decoder."""
+    with an empty unprotected header; it is pre-checked (:func:`check_sign1_frame`) before
+    anything is decoded, and nothing but tag 18 reaches the CBOR decoder."""
+    check_sign1_frame(data, max_size)
     try:
         msg = cose.strict_loads(data, allowed_tags=_SIGN1_TAGS)
     except cose.StrictCBORError as exc:

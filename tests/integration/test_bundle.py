@@ -208,7 +208,8 @@ def test_install_lays_out_the_tree(installed: Path) -> None:
 def test_every_unit_exec_path_exists_in_the_installed_tree(installed: Path) -> None:
     for unit in UNITS:
         text = (installed / "etc/systemd/system" / unit).read_text()
-        for exe in re.findall(r"^Exec\w+=(\S+)", text, re.M):
+        for line in re.findall(r"^Exec\w+=(\S+)", text, re.M):
+            exe = line.lstrip("-@:+!")  # systemd's exec prefixes ("+": full privileges)
             assert exe.startswith("/opt/camveil/"), (unit, exe)
             target = installed / exe.lstrip("/")
             assert os.access(target, os.X_OK), f"{unit}: {exe} not installed"

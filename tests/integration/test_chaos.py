@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.unitstate import parse_broker_url
 from camveil.__main__ import main
 from contract.errors import ConfigError
 from provisioning.devbroker import BrokerProcess, ProbeClient, free_port, mosquitto_binary
@@ -57,3 +58,25 @@ def test_against_an_existing_broker_and_pki(tmp_path: Path) -> None:
         )
     assert report.ok and report.lost == 0 and report.duplicated == 0
     assert report.agent_kills == 1 and report.events == 200
+
+
+def test_the_chaos_unit_uses_the_shipped_transport_settings(tmp_path: Path) -> None:
+    """Chaos must test what ships: the daemon keeps an event nobody subscribed to
+    (require_subscriber, on by default), so the chaos unit must too."""
+    from agent.config import MqttConfig
+    from agent.unitstate import UnitState
+    from tools.chaos import CHAOS_RECONNECT_MAX_S, unit_transport_config
+
+    dev = make_dev_pki(tmp_path / "pki", port=free_port(), device_id="cv-chaos-cfg")
+    unit = UnitState.load(dev.unit_dir)
+    config = unit_transport_config(unit, None)
+    shipped = MqttConfig()
+    assert shipped.require_subscriber is True
+    assert config.require_subscriber is True
+    assert config.max_outstanding == shipped.max_outstanding
+    assert config.keepalive_s == shipped.keepalive_s
+    assert config.reconnect_max_s == CHAOS_RECONNECT_MAX_S
+    assert (config.host, config.port) == (
+        parse_broker_url(unit.broker_url).host,
+        parse_broker_url(unit.broker_url).port,
+    )

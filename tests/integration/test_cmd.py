@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import HOST, Mosquitto, TestPki
+from broker import HOST, Mosquitto, TestClient, TestPki
 from test_daemon import DEVICE, Harness
 
-from contract.envelope.keys import save_identity, save_peers
-from contract.errors import ConfigError
+from contract.envelope.keys import Identity, PeerKeys, ack_reader, save_identity, save_peers
+from contract.envelope.replay import ReplayGuard
+from contract.envelope.seal import open_envelope
+from contract.errors import ConfigError, DecryptError, UnknownKeyError
 from dashboard.command_client import load_station, parse_config_pairs
 from provisioning.station import init_station
 
@@ -42,8 +44,9 @@ def _pki_folder(h: Harness) -> Path:
     shutil.copy(client.cert, root / "operator" / client.cert.name)
     shutil.copy(client.key, root / "operator" / client.key.name)
     save_identity(root / "operator" / "identity.cbor", h.operator)
-    save_identity(root / "backend" / "identity.cbor", h.backend)
+    # public keys only: `camveil cmd` must work without the backend's key (it opens everything)
     save_peers(root / "backend" / "devices.cbor", [h.device.public()])
+    assert not any(p.name in ("identity.cbor", "backend.key") for p in (root / "backend").iterdir())
     return root
 
 
@@ -75,9 +78,29 @@ def _cmd(h: Harness, root: Path, *argv: str) -> tuple[int, dict[str, object] | N
 
 def test_cmd_snapshot_accepted_and_bad_config_rejected(unit: Harness) -> None:
     root = _pki_folder(unit)
+    # a backend also reads the ack topic (the ACL allows it): it must not be able to open acks
+    spy = TestClient(unit.pki.backend("dashboard"), unit.broker.port, client_id="it-ack-spy")
+    spy.connect()
+    assert not spy.subscribe(f"camveil/v1/{DEVICE}/cmd/ack").is_failure
 
     rc, ack, err = _cmd(unit, root, "--id", "cli-snap-1", "snapshot")
     assert rc == 0, err
+    raw = spy.expect(timeout=10)
+    spy.close()
+    assert raw is not None and raw.topic == f"camveil/v1/{DEVICE}/cmd/ack"
+    trusted = PeerKeys([unit.device.public()])
+    with pytest.raises(UnknownKeyError):  # sealed to the operator's key id
+        open_envelope(bytes(raw.payload), topic=raw.topic, trusted_senders=trusted,
+                      recipient=unit.backend, replay_guard=ReplayGuard())  # fmt: skip
+    # the backend's X25519 key under the operator's kid: the decryption itself fails
+    posing = Identity(unit.operator.kid, unit.backend.signing_key, unit.backend.encryption_key)
+    with pytest.raises(DecryptError):
+        open_envelope(bytes(raw.payload), topic=raw.topic, trusted_senders=trusted,
+                      recipient=posing, replay_guard=ReplayGuard())  # fmt: skip
+    reader = ack_reader(unit.operator)
+    opened = open_envelope(bytes(raw.payload), topic=raw.topic, trusted_senders=trusted,
+                           recipient=reader, replay_guard=ReplayGuard())  # fmt: skip
+    assert opened.message["body"]["id"] == "cli-snap-1"
     assert ack is not None and ack["type"] == "cmd_ack" and ack["device"] == DEVICE
     assert ack["body"] == {
         "id": "cli-snap-1",
@@ -110,7 +133,9 @@ def test_set_config_pairs_and_station_layout(tmp_path: Path) -> None:
             parse_config_pairs(bad)
     station = init_station(tmp_path / "station", broker_url="mqtts://broker.example:8883")
     keys = load_station(station.root)
-    assert keys.operator.kid == "operator" and keys.backend.kid == "backend"
+    assert keys.operator.kid == "operator" and not hasattr(keys, "backend")
+    (station.root / "backend.key").unlink()  # not needed by the operator tool
+    assert load_station(station.root).operator.kid == "operator"
     assert keys.cert.name.startswith("operator-") and keys.key.exists() and keys.ca.exists()
     assert keys.broker_url == "mqtts://broker.example:8883"
     with pytest.raises(ConfigError, match="not in the trusted devices"):

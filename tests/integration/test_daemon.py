@@ -25,9 +25,16 @@ from agent.config import load_with_remote
 from agent.daemon import Daemon, DaemonSummary
 from agent.unitstate import UnitState
 from agent.vision.factory import DetectorConfig, build_detector
-from contract.envelope.keys import Identity, PeerKeys
+from contract.envelope.keys import Identity, PeerKeys, ack_reader
 from contract.envelope.seal import SealedEnvelope
-from dashboard.listener import Listener, ListenerConfig, Opener, Received, SqliteDedupe
+from dashboard.listener import (
+    Listener,
+    ListenerConfig,
+    MemoryDedupe,
+    Opener,
+    Received,
+    SqliteDedupe,
+)
 from tools.devpki import write_unit_state
 
 DEVICE = "cv-it-0001"
@@ -104,6 +111,27 @@ class Harness:
         )
         self.listener.start()
         assert self.listener.subscribed.wait(10), "listener not subscribed"
+        # acks are sealed to the operator, not the backend: read them as `camveil cmd` does
+        self.ack_opener = Opener(
+            ack_reader(self.operator), PeerKeys([self.device.public()]), MemoryDedupe()
+        )
+        self.ack_client = TestClient(
+            self.pki.operator("console"), self.broker.port, client_id=f"it-acks-{self.tmp.name}"
+        )
+        self.ack_client.connect()
+        assert not self.ack_client.subscribe(f"camveil/v1/{DEVICE}/cmd/ack").is_failure
+        self._acks_stop = threading.Event()
+        self._ack_thread = threading.Thread(target=self._read_acks, name="acks")
+        self._ack_thread.start()
+
+    def _read_acks(self) -> None:
+        while not self._acks_stop.is_set():
+            message = self.ack_client.expect(timeout=0.1)
+            if message is None:
+                continue
+            received = self.ack_opener.open(message.topic, bytes(message.payload))
+            if received is not None:
+                self._on_received(received)
 
     def _on_received(self, received: Received) -> None:
         with self.cond:
@@ -139,6 +167,9 @@ class Harness:
         if self.daemon is not None:
             self.stop_agent()
         self.listener.stop()
+        self._acks_stop.set()
+        self._ack_thread.join(5)
+        self.ack_client.close()
 
     # --- waiting and commanding --------------------------------------------------------------
 
@@ -299,6 +330,52 @@ def test_forged_replayed_and_expired_commands_are_rejected(harness: Harness) -> 
     )
     assert again.message["body"]["reason"] == "replay"
     assert harness.stop_agent().commands_accepted == 0
+
+
+def test_operator_clock_behind_is_accepted_and_replays_refused_across_restarts(
+    harness: Harness,
+) -> None:
+    """Two operator consoles, one 5 s behind the other (seqs are Unix ms): both get their
+    commands run, and an exact replay of any earlier command is refused, also after a restart
+    of the unit. (A 1,024-wide seq window locked the slow console out after a 1 s skew.)"""
+
+    def at(clock: float, command_id: str) -> SealedEnvelope:
+        return seal_command(
+            "restart_pipeline",
+            command_id=command_id,
+            device=harness.device.public(),
+            operator=harness.operator,
+            seq=int(clock * 1000),
+            expires_at=int(clock) + 120,
+        )
+
+    harness.start_agent()
+    harness.wait_for(_is("status"))
+    sent = []
+    for command_id, skew in (("on-time", 0.0), ("behind-5s", -5.0)):
+        envelope = at(time.time() + skew, command_id)
+        harness.publish(envelope)
+        ack = harness.ack_for(envelope)
+        assert ack["status"] == "accepted", ack
+        sent.append(envelope)
+
+    def replayed(envelope: SealedEnvelope) -> str:
+        mark = len(harness.received)
+        harness.publish(envelope)
+        r = harness.wait_for(
+            lambda r: r.type == "cmd_ack" and r.message["body"]["cmd_seq"] == envelope.seq,
+            after=mark,
+        )
+        return str(r.message["body"]["reason"])
+
+    assert [replayed(e) for e in sent] == ["replay", "replay"]
+    harness.stop_agent()
+    harness.start_agent()
+    assert [replayed(e) for e in sent] == ["replay", "replay"]
+    late = at(time.time() - 5.0, "behind-after-restart")
+    harness.publish(late)
+    assert harness.ack_for(late)["status"] == "accepted"
+    assert harness.stop_agent().commands_accepted == 1
 
 
 def test_set_config_bad_value_is_rejected_and_good_one_applied(harness: Harness) -> None:

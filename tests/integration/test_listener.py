@@ -205,3 +205,66 @@ def test_listen_cli_with_dev_pki_and_repo_broker_config(tmp_path: Path) -> None:
             listen.wait(10)
         broker.terminate()
         broker.wait(10)
+
+
+def test_listen_restarted_with_defaults_refuses_a_replayed_envelope(tmp_path: Path) -> None:
+    """De-duplication survives a restart without any flag: an envelope replayed to a new
+    `camveil listen` process is counted as a duplicate, not printed again. --no-db opts out."""
+    port = free_port()
+    dev = make_dev_pki(tmp_path / "pki", port=port, device_id="cv-cli-02")
+    broker = subprocess.Popen(
+        [mosquitto_binary(), "-c", str(dev.broker.config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    device_files = ClientFiles(
+        "cv-cli-02",
+        dev.root / "ca.crt",
+        dev.unit_dir / "provisioned" / "tls.crt",
+        dev.unit_dir / "provisioned" / "tls.key",
+    )
+    backend = load_identity(dev.backend.identity).public()
+    unit = Unit(
+        device_files, backend, load_identity(dev.unit_dir / "provisioned" / "identity.cbor")
+    )
+
+    def listen_once(*payloads: SealedEnvelope, extra: tuple[str, ...] = ()) -> tuple[list, dict]:
+        argv = [sys.executable, "-m", "camveil", "listen", "--dev-pki", str(dev.root)]
+        proc = subprocess.Popen(
+            [*argv, "--count", "1", "--duration", "20", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONWARNINGS": "error"},
+        )
+        try:
+            assert proc.stderr is not None
+            assert b"subscribed" in proc.stderr.readline()
+            with TestClient(device_files, port) as client:
+                for env in payloads:
+                    assert not client.publish(env.topic, env.data).is_failure
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+        lines = [json.loads(x) for x in out.decode().splitlines()]
+        return lines, json.loads(err.decode().strip().splitlines()[-1])["listen_summary"]
+
+    try:
+        time.sleep(0.5)
+        first, fresh, third = unit.event(), unit.event(), unit.event()
+        lines, summary = listen_once(first)
+        assert [x["seq"] for x in lines] == [first.seq]
+        # a new process with the same defaults: the replay is a duplicate, the fresh one prints
+        lines, summary = listen_once(first, fresh)
+        assert [x["seq"] for x in lines] == [fresh.seq]
+        assert summary["duplicates"] == 1
+        db = dev.backend.identity.parent / "listen-camveil.db"
+        assert db.stat().st_mode & 0o077 == 0
+        # the explicit opt-out: memory only, so a restarted listener takes the replay again
+        lines, _ = listen_once(third, extra=("--no-db",))
+        lines, _ = listen_once(third, extra=("--no-db",))
+        assert [x["seq"] for x in lines] == [third.seq]
+    finally:
+        broker.terminate()
+        broker.wait(10)

@@ -762,3 +762,28 @@ def test_subcommands_plug_into_the_camveil_cli(
     assert cli.main(["factory-reset", "--state", str(tmp_path / "u"), "--yes"]) == 0
     assert cli.main(["provision", "--port", str(tmp_path / "no-tty"), "--station", "x"]) == 2
     assert "cannot open serial port" in capsys.readouterr().err
+
+
+def test_station_files_are_private_but_for_the_broker_folder(rig: Rig) -> None:
+    """Local users may reach the broker's folder (mosquitto runs as its own user) and nothing
+    else of the station: devices.json, station.json, the inventory, keys and certificates."""
+    rig.unit(rig.tmp / "unit")
+    rig.provision(timeout=2.0, attempts=3, site="lab")  # rewrites devices.json/.cbor, the ACL
+    root = rig.station_dir.root
+    assert root.stat().st_mode & 0o777 == 0o711
+    broker_dir = rig.station_dir.broker_dir
+    checked = []
+    for path in sorted(root.rglob("*")):
+        if path == broker_dir or broker_dir in path.parents:
+            continue
+        # readable by others only if its own mode and every folder between it and root allow it
+        folders = [p for p in path.parents if root in p.parents]
+        hidden = any(p.stat().st_mode & 0o011 == 0 for p in folders)
+        mode = path.stat().st_mode & 0o777
+        assert hidden or mode & 0o077 == 0, f"{path.relative_to(root)} is {oct(mode)}"
+        checked.append(path.name)
+    assert {"devices.json", "devices.cbor", "station.json", "inventory.sqlite"} <= set(checked)
+    assert {"operator.key", "backend.key", "ca.key"} <= set(checked)
+    # the broker can still get to its configuration
+    assert broker_dir.stat().st_mode & 0o005 == 0o005 or broker_dir.owner() != root.owner()
+    assert (broker_dir / "mosquitto.conf").is_file()

@@ -25,6 +25,7 @@ UNITS = [
     "camveil-gadget-serial.service",
 ]
 MAX_AGENT_EXPOSURE = 2.0
+MAX_GADGET_EXPOSURE = 1.0
 
 
 def _tool(name: str) -> str:
@@ -82,6 +83,21 @@ def test_provision_listener_has_no_network_and_low_exposure(rendered: Path) -> N
     text = (SYSTEMD / "camveil-provision.service").read_text()
     assert "PrivateNetwork=yes" in text
     assert "ConditionPathExists=!/var/lib/camveil/provisioned" in text
+
+
+def test_gadget_serial_unit_is_hardened(rendered: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It runs as root for configfs, but without capabilities, network or a writable system:
+    only the one-line `load` step (modprobe, mount) is privileged."""
+    score = exposure(rendered, "camveil-gadget-serial.service")
+    with capsys.disabled():
+        print(f"\nsystemd-analyze security camveil-gadget-serial.service: exposure {score}")
+    assert score <= MAX_GADGET_EXPOSURE
+    text = (SYSTEMD / "camveil-gadget-serial.service").read_text()
+    assert "\nCapabilityBoundingSet=\n" in text
+    assert "\nReadWritePaths=/sys/kernel/config\n" in text
+    exec_lines = [line for line in text.splitlines() if line.startswith("Exec")]
+    privileged = [line for line in exec_lines if re.match(r"Exec\w+=[-@:]*[+!]", line)]
+    assert privileged == ["ExecStartPre=+/opt/camveil/systemd/camveil-gadget-serial.sh load"]
 
 
 def test_agent_unit_contract() -> None:
@@ -144,6 +160,8 @@ def test_gadget_script_builds_an_acm_gadget(tmp_path: Path) -> None:
     serial.write_bytes(b"10000000abcdef01\x00")
     env = dict(os.environ, CONFIGFS=str(configfs), UDC_CLASS=str(udc), SERIAL_FILE=str(serial))
     script = str(SYSTEMD / "camveil-gadget-serial.sh")
+    load = subprocess.run([script, "load"], env=env, capture_output=True, text=True, check=False)
+    assert load.returncode == 0, load.stderr  # a test configfs: nothing to load or mount
     start = subprocess.run([script, "start"], env=env, capture_output=True, text=True, check=False)
     assert start.returncode == 0, start.stderr
     g = configfs / "usb_gadget/camveil"

@@ -97,3 +97,23 @@ def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
     processor.handle(cmd_topic(DEVICE), b"junk")
     processor.handle(cmd_topic(DEVICE), b"junk")
     assert len(sent) == 9 and processor.acks_suppressed == 97
+
+
+def test_acks_are_sealed_to_the_operator_never_the_backend() -> None:
+    """The ack of a command goes to its signer's X25519 form of the Ed25519 key; a command that
+    did not open, or names a kid the unit does not trust, is answered to the first operator."""
+    from agent.commands import ack_recipient
+    from contract.envelope.keys import ack_reader
+
+    alice, bob = Identity.generate("operator-a"), Identity.generate("operator-b")
+    operators = PeerKeys([alice.public(), bob.public()])
+    to_bob = ack_recipient(Ack("c1", 1, True, "ok", "operator-b"), operators)
+    assert to_bob.kid == "operator-b"
+    assert bytes(to_bob.encryption_key) == bytes(ack_reader(bob).encryption_key.public_key)
+    assert bytes(to_bob.encryption_key) != bytes(bob.encryption_key.public_key)
+    for unknown in (None, "operator-x"):
+        assert ack_recipient(Ack(None, None, False, "malformed", unknown), operators).kid == (
+            "operator-a"
+        )
+    with pytest.raises(ValueError, match="no operator"):
+        ack_recipient(Ack(None, None, False, "malformed"), PeerKeys())

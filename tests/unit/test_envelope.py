@@ -889,3 +889,91 @@ def test_peer_key_file_round_trip_and_refusals(tmp_path: Path) -> None:
         path.write_bytes(bad)
         with pytest.raises(KeyFileError, match="not a camveil peer list"):
             load_peers(path)
+
+
+# --- the constant-time pre-check of the outer frame (issue 14, item 5) ------------------------
+
+
+def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record any call into the CBOR walk or decoder: the pre-check must refuse before both."""
+    cose_module = importlib.import_module("contract.envelope.cose")
+    calls: list[str] = []
+
+    def walk(*args: Any, **kw: Any) -> Any:
+        calls.append("check_wellformed")
+        raise AssertionError("the CBOR walk ran on a message the pre-check should refuse")
+
+    def decode(*args: Any, **kw: Any) -> Any:
+        calls.append("cbor2.loads")
+        raise AssertionError("cbor2 decoded a message the pre-check should refuse")
+
+    monkeypatch.setattr(cose_module, "check_wellformed", walk)
+    monkeypatch.setattr(cose_module.cbor2, "loads", decode)
+    return calls
+
+
+def _cbor_array_of_zeros(total: int) -> bytes:
+    n = total - 5
+    return b"\x9a" + n.to_bytes(4, "big") + b"\x00" * n  # a well-formed array of n zeros
+
+
+def test_a_4mib_cbor_array_is_refused_before_any_decoding(
+    device: Identity, backend: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A well-formed 4 MiB CBOR array cost the listener 1.1-1.4 s of CPU in the CBOR walk; it
+    is now refused by the first two bytes (cost measured in the issue 14 report)."""
+    hostile = _cbor_array_of_zeros(4 * 1024 * 1024)
+    # the same array inside a tag 18, or framed like a Sign1 with a giant protected header
+    tagged = b"\xd2" + hostile
+    giant_header = b"\xd2\x84\x5a" + (4 * 1024 * 1024).to_bytes(4, "big") + bytes(4 * 1024 * 1024)
+    calls = _no_decoding(monkeypatch)
+    with pytest.raises(MalformedEnvelopeError, match=r"does not start like a COSE_Sign1"):
+        open_event(hostile, device, backend)
+    with pytest.raises(MalformedEnvelopeError, match=r"does not start like a COSE_Sign1"):
+        open_event(tagged, device, backend)
+    with pytest.raises(MalformedEnvelopeError, match=r"protected header is not a bstr of 1\.\.128"):
+        open_event(giant_header, device, backend)
+    assert calls == []
+
+
+def test_a_too_large_payload_is_refused_before_any_decoding(
+    device: Identity, backend: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire = importlib.import_module("contract.envelope.wire")
+    real = seal(EVENT, sender=device, recipient=backend.public(), topic=EVENT_TOPIC, seq=1,
+                device=DEVICE).data  # fmt: skip
+    too_large = bytes(wire.MAX_ENVELOPE_BYTES + 1)
+    # a frame whose payload length does not land exactly on the signature
+    protected_len = real[2] & 0x1F if real[2] < 0x58 else real[3]
+    lying = bytearray(real)
+    lying[-66] = 0x00  # the signature's bstr head
+    calls = _no_decoding(monkeypatch)
+    with pytest.raises(MalformedEnvelopeError, match="exceeds"):
+        open_event(too_large, device, backend)
+    with pytest.raises(MalformedEnvelopeError, match="exactly a 64-byte signature"):
+        open_event(bytes(lying), device, backend)
+    with pytest.raises(MalformedEnvelopeError, match="exactly a 64-byte signature"):
+        open_event(real + b"\x00", device, backend)
+    assert calls == [] and protected_len <= wire.MAX_PROTECTED_BYTES
+
+
+def test_the_largest_allowed_snapshot_still_fits(device: Identity, backend: Identity) -> None:
+    """The envelope bound is derived from the snapshot cap: a snapshot of the largest size the
+    config allows ([events] snapshot_max_bytes) seals and opens; a larger plaintext is refused
+    at seal time (the unit never makes what no backend would open)."""
+    from agent.config import EventsConfig
+    from contract.envelope.wire import MAX_PLAINTEXT_BYTES, MAX_SNAPSHOT_BYTES
+
+    with pytest.raises(Exception, match="snapshot_max_bytes"):
+        EventsConfig(snapshot_max_bytes=MAX_SNAPSHOT_BYTES + 1)
+    EventsConfig(snapshot_max_bytes=MAX_SNAPSHOT_BYTES)
+    jpeg = os.urandom(MAX_SNAPSHOT_BYTES)
+    event = {"boot": 3, "ts": NOW, "type": "snapshot", "body": {"jpeg": jpeg, "w": 1920}}
+    sealed = seal(event, sender=device, recipient=backend.public(), topic=EVENT_TOPIC, seq=2,
+                  device=DEVICE)  # fmt: skip
+    opened = open_event(sealed.data, device, backend)
+    assert opened.message["body"]["jpeg"] == jpeg
+    event["body"] = {"jpeg": os.urandom(MAX_PLAINTEXT_BYTES)}
+    with pytest.raises(ValueError, match="exceeds"):
+        seal(event, sender=device, recipient=backend.public(), topic=EVENT_TOPIC, seq=3,
+             device=DEVICE)  # fmt: skip
