@@ -62,9 +62,14 @@ class Unit:
 
 
 def _listener(
-    pki: TestPki, port: int, opener: Opener, sink: list[Received], group: str = "g"
+    pki: TestPki,
+    port: int,
+    opener: Opener,
+    sink: list[Received],
+    group: str = "g",
+    name: str = "dashboard",
 ) -> Listener:
-    files = pki.backend("dashboard")
+    files = pki.backend(name)  # one certificate per connection: the broker's client id
     assert files.cert is not None and files.key is not None
     lock = threading.Lock()
 
@@ -90,7 +95,9 @@ def test_shared_subscription_splits_the_load(mosquitto: Mosquitto, mqtt_pki: Tes
     got_a: list[Received] = []
     got_b: list[Received] = []
     a = _listener(mqtt_pki, mosquitto.port, Opener(backend, peers, MemoryDedupe()), got_a, "s1")
-    b = _listener(mqtt_pki, mosquitto.port, Opener(backend, peers, MemoryDedupe()), got_b, "s1")
+    b = _listener(
+        mqtt_pki, mosquitto.port, Opener(backend, peers, MemoryDedupe()), got_b, "s1", "ingest"
+    )
     with a, b:
         assert a.subscribed.wait(10) and b.subscribed.wait(10)
         sent = []
