@@ -4,7 +4,9 @@ devices through shared subscriptions, the last will as the retained status."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -17,12 +19,14 @@ from pathlib import Path
 
 from broker import HOST, ClientFiles, Mosquitto, TestClient, TestPki
 
+from agent.cli.dev_pki import make_dev_pki
 from agent.envelope import (
     Identity,
     PeerKeys,
     PublicIdentity,
     ReplayGuard,
     SealedEnvelope,
+    load_identity,
     open_envelope,
     save_identity,
     seal,
@@ -31,6 +35,7 @@ from agent.events import Header, SnapshotEvent, seal_event
 from agent.listener import Listener, ListenerConfig, MemoryDedupe, Opener, Received
 from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
 from provisioning.broker import BrokerSettings, new_share_group
+from provisioning.devbroker import BrokerProcess, ProbeClient, free_port
 
 NOT_AUTHORIZED = 0x87
 QUIET = 0.5  # how long "nothing arrives" is watched
@@ -466,3 +471,70 @@ def test_tls_offers_only_forward_secret_aead_suites(
         "TLSv1.2 ECDHE-ECDSA-CHACHA20-POLY1305",
     )
     assert _handshake(files, mosquitto.port, None, tls13=True).startswith("TLSv1.3 TLS_")
+
+
+def test_listen_processes_of_one_dev_pki_each_claim_their_own_certificate(
+    tmp_path: Path,
+) -> None:
+    """Two `camveil listen --dev-pki` processes share the load with certificates of their own
+    (the broker takes the client id from the certificate, so with one certificate they would
+    disconnect each other); the dev-pki's secret group is used, a guessable one is refused."""
+    port = free_port()
+    dev = make_dev_pki(tmp_path / "pki", port=port, device_id="cv-iso-cli")
+    probe = ProbeClient(dev.backend.ca, dev.backend.cert, dev.backend.key)
+    log = tmp_path / "mosquitto.log"
+    listen = [sys.executable, "-m", "agent", "listen", "--dev-pki", str(dev.root)]
+    refused = subprocess.run(
+        [*listen, "--group", "camveil"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0 and "can be guessed" in refused.stderr, refused.stderr
+    with BrokerProcess(dev.broker.config, port=port, probe=probe, log_path=log) as broker:
+        procs, outs = [], []
+        try:
+            for n in range(2):
+                out = (tmp_path / f"listen-{n}.out").open("w+b")
+                err = (tmp_path / f"listen-{n}.err").open("w+b")
+                outs.append((out, err))
+                procs.append(
+                    subprocess.Popen(
+                        [*listen, "--idle-exit", "1.5", "--duration", "30"],
+                        stdout=out,
+                        stderr=err,
+                    )
+                )
+            deadline = time.monotonic() + 30
+            while not all(b"subscribed" in (tmp_path / f"listen-{n}.err").read_bytes()
+                          for n in range(2)):  # fmt: skip
+                assert time.monotonic() < deadline, "the listeners did not subscribe"
+                time.sleep(0.05)
+            device = load_identity(dev.unit_dir / "provisioned" / "identity.cbor")
+            backend = load_identity(dev.backend.identity).public()
+            unit_files = ClientFiles(
+                device.kid,
+                dev.root / "ca.crt",
+                dev.unit_dir / "provisioned" / "tls.crt",
+                dev.unit_dir / "provisioned" / "tls.key",
+            )
+            with TestClient(unit_files, port) as unit:
+                for seq in range(1, 21):
+                    env = _event(device, backend, seq)
+                    assert not unit.publish(env.topic, env.data).is_failure
+            for proc in procs:
+                assert proc.wait(40) == 0
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            for out, err in outs:
+                out.close()
+                err.close()
+        seqs = []
+        for n in range(2):
+            lines = (tmp_path / f"listen-{n}.out").read_text().splitlines()
+            assert lines, f"listener {n} got no share"
+            seqs += [json.loads(line)["seq"] for line in lines]
+        assert sorted(seqs) == list(range(1, 21))
+        text = broker.log()
+    backends = set(re.findall(r"New client connected from \S+ as (backend-\S+) ", text))
+    assert len(backends) == 2, backends
+    assert "already connected" not in text
