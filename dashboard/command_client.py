@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.commands import ACK_TYPE, REMOTE_SECTIONS, ack_topic, seal_command
+from contract.certclaim import claim_client_cert, key_for
 from contract.envelope.keys import (
     Identity,
     PeerKeys,
@@ -70,10 +71,13 @@ class OperatorKeys:
 
 
 def _first_cert(directory: Path) -> Path:
+    """The first operator certificate no other process on this machine holds (the broker takes
+    the client id from the certificate: two connections with one disconnect each other)."""
     certs = sorted(directory.glob("operator-*.crt"))
     if not certs:
         raise ConfigError(f"no operator client certificate (operator-*.crt) in {directory}")
-    return certs[0]
+    hint = f"wait for the other command, or add an operator-*.crt/.key pair to {directory}"
+    return claim_client_cert([(c, key_for(c)) for c in certs], hint=hint).cert
 
 
 def load_station(root: Path) -> OperatorKeys:

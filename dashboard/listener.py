@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from contract.envelope.keys import Identity, PeerKeys
 from contract.envelope.replay import ReplayGuard
@@ -44,6 +45,15 @@ TOPICS: Final = ("camveil/v1/+/event/#", "camveil/v1/+/status")
 
 def shared_topics(group: str) -> list[str]:
     return [f"$share/{group}/{t}" for t in TOPICS]
+
+
+def subscribe_options(topic: str) -> SubscribeOptions:
+    """QoS 1; retained messages at subscribe time only for ``status``. Units never retain events
+    or acks, so a retained one was planted (the broker's ACL cannot forbid retain): MQTT v5
+    retain handling 2 ("do not send") keeps it from being replayed to every new listener, also
+    through ``$share`` (where mosquitto 2.0 sends retained messages)."""
+    keep = topic.endswith("/status")
+    return SubscribeOptions(qos=1, retainHandling=0 if keep else 2)
 
 
 # --- de-duplication --------------------------------------------------------------------------
@@ -270,7 +280,7 @@ class Listener:
         self.connected.set()
         cfg = self._config
         topics = shared_topics(cfg.group) if cfg.shared else list(TOPICS)
-        client.subscribe([(t, 1) for t in topics])
+        client.subscribe([(t, subscribe_options(t)) for t in topics])
 
     def _handle_disconnect(
         self,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
+import secrets
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,21 @@ from cryptography import x509
 from provisioning import pki
 
 TOPIC_ROOT: Final = "camveil/v1"
+
+#: TLS 1.2 suites the broker accepts: ECDHE key exchange and AEAD ciphers only. The broker
+#: certificate is ECDSA P-256 (provisioning.pki), so in practice the ECDSA ones are used.
+TLS12_CIPHERS: Final = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+#: TLS 1.3 suites (all of TLS 1.3's are AEAD; listed so that nothing else can creep in)
+TLS13_CIPHERS: Final = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 CONFIG_TEMPLATE: Final = Template(
     """\
@@ -47,7 +64,12 @@ persistence_location ${persistence_location}
 autosave_interval ${autosave_interval}
 # sessions of units that stay away longer than this are dropped (their queued commands too)
 persistent_client_expiration ${persistent_client_expiration}
+# per offline client (a backend reconnecting): beyond either limit new messages are dropped
 max_queued_messages ${max_queued_messages}
+max_queued_bytes ${max_queued_bytes}
+# the largest legitimate packet is a snapshot event (JPEG at most 4 MiB - 4 KiB, the envelope
+# and topic add less than 2 KiB); a bigger packet is not read: its sender is disconnected
+max_packet_size ${max_packet_size}
 log_dest ${log_dest}
 log_type error
 log_type warning
@@ -64,7 +86,13 @@ certfile ${certfile}
 keyfile ${keyfile}
 require_certificate true
 use_identity_as_username true
+# the client id is the certificate CN too: nobody can take over (kick) another client's session,
+# and two processes with one certificate kick each other, so each gets its own certificate
+use_username_as_clientid true
 tls_version tlsv1.2
+# TLS 1.2: forward-secret AEAD suites only (no CBC, no RSA key exchange); TLS 1.3: all AEAD
+ciphers ${ciphers}
+ciphers_tls1.3 ${ciphers_tls13}
 """
 )
 
@@ -81,8 +109,12 @@ pattern write {TOPIC_ROOT}/%u/cmd/ack
 pattern read {TOPIC_ROOT}/%u/cmd
 """
 
+# A user block's deny lines are checked before every pattern (mosquitto 2.0.11, tested), so
+# they take back what the device patterns above would otherwise give a backend or an operator:
+# publishing events, status or acks under its own CN as if it were a unit.
 BACKEND_ACL: Final = f"""
 user ${{user}}
+topic deny {TOPIC_ROOT}/${{user}}/#
 topic read {TOPIC_ROOT}/+/event/#
 topic read {TOPIC_ROOT}/+/status
 topic read {TOPIC_ROOT}/+/cmd/ack
@@ -91,10 +123,38 @@ topic write {TOPIC_ROOT}/+/cmd
 
 OPERATOR_ACL: Final = f"""
 user ${{user}}
+topic deny {TOPIC_ROOT}/${{user}}/#
 topic read {TOPIC_ROOT}/+/status
 topic read {TOPIC_ROOT}/+/cmd/ack
 topic write {TOPIC_ROOT}/+/cmd
 """
+
+
+SHARE_GROUP_PREFIX: Final = "ingest-"
+_SHARE_GROUP = re.compile(r"[A-Za-z0-9_.-]{23,}")
+
+
+def new_share_group() -> str:
+    """A shared-subscription group name for the backends' ingest, with 128 random bits.
+
+    mosquitto 2.0.11 does not check SUBSCRIBE against the ACL file at all (the read ACL is
+    checked only at delivery, per member), so any client that names the group joins it, gets
+    its share of every message and drops it for lack of read access, while the unit got its
+    PUBACK. The group name is therefore a secret shared by the backend processes only (kept
+    0600 like a key, never logged); units cannot learn it from the broker."""
+    return SHARE_GROUP_PREFIX + secrets.token_hex(16)
+
+
+def check_share_group(group: str) -> str:
+    """``group`` if it is long enough to be unguessable (as :func:`new_share_group` makes),
+    else ValueError saying how to get one."""
+    if not _SHARE_GROUP.fullmatch(group):
+        raise ValueError(
+            f"the shared-subscription group {group!r} can be guessed, and a unit that joins the "
+            "group makes the broker drop a share of all events: use at least 23 characters "
+            "of A-Z a-z 0-9 _ . - (the `share-group` file of the station or dev-pki folder)"
+        )
+    return group
 
 
 @dataclass(frozen=True)
@@ -116,6 +176,16 @@ class BrokerSettings:
     #: unit's events while it reconnects; past this mosquitto drops messages it has already
     #: PUBACKed to the unit (lost for good), so it is sized for minutes of a fleet's events.
     max_queued_messages: int = 100000
+    #: bytes queued per offline client, the same limit in bytes: 100000 typical events are
+    #: about 50 MB, and a flood of maximum-size messages stops here instead of at the RAM
+    max_queued_bytes: int = 256 * 1024 * 1024
+    #: largest MQTT packet accepted; mosquitto 2.0.11 disconnects a client that sends a bigger
+    #: one (before reading it; no PUBACK) and drops it. The largest legitimate packet is a
+    #: snapshot event: ``[events] snapshot_max_bytes`` is at most 4 MiB - 4 KiB, the envelope
+    #: adds less than 1 KiB and the topic less than 200 bytes (measured in
+    #: tests/integration/test_broker_isolation.py), so 4 MiB admits every unit configuration.
+    #: (``message_size_limit`` behaves the same in 2.0.11 and is deprecated there.)
+    max_packet_size: int = 4 * 1024 * 1024
     #: user mosquitto drops root privileges to; None keeps mosquitto's default ("mosquitto")
     user: str | None = None
     #: "stderr", "stdout", "syslog" or "file <path>"
@@ -167,6 +237,10 @@ def render_config(
     """The mosquitto.conf text for ``settings`` and these files."""
     if not 0 < settings.port < 65536:
         raise ValueError(f"port {settings.port} is not a TCP port")
+    if settings.max_packet_size < 64 * 1024:
+        raise ValueError("max_packet_size must be at least 65536 (snapshot events must fit)")
+    if settings.max_queued_bytes < settings.max_packet_size:
+        raise ValueError("max_queued_bytes must hold at least one packet of max_packet_size")
     return CONFIG_TEMPLATE.substitute(
         acl_file=_config_path(acl_file),
         user_line=f"user {settings.user}" if settings.user else "# user: mosquitto's default",
@@ -176,6 +250,10 @@ def render_config(
         autosave_interval=settings.autosave_interval,
         persistent_client_expiration=settings.persistent_client_expiration,
         max_queued_messages=settings.max_queued_messages,
+        max_queued_bytes=settings.max_queued_bytes,
+        max_packet_size=settings.max_packet_size,
+        ciphers=TLS12_CIPHERS,
+        ciphers_tls13=TLS13_CIPHERS,
         log_dest=settings.log_dest,
         port=settings.port,
         bind_address=settings.bind_address,

@@ -8,7 +8,12 @@ station's user alone (files 0600, folders 0700)::
     operator.key                   operator Ed25519 (+X25519) identity, kid "operator" (commands)
     backend.key                    backend X25519 (+Ed25519) identity, kid "backend": events are
                                    sealed to its X25519 key
-    clients/                       TLS client certificates for backend-dashboard, operator-console
+    clients/                       TLS client certificates for backend-<name> (one per backend
+                                   process connected at the same time: the broker takes the
+                                   client id from the certificate; `camveil station
+                                   add-backend`), operator-console
+    share-group                    the backends' secret shared-subscription group (0600): copy it
+                                   to the ingest hosts (`camveil listen --group-file`)
     broker/                        mosquitto config, ACL, server certificate (provisioning.broker)
     station.json                   defaults: broker URL, backend and operator names
     inventory.sqlite               every unit (provisioning.inventory)
@@ -93,6 +98,13 @@ class StationPaths:
         return self.root / "station.json"
 
     @property
+    def share_group(self) -> Path:
+        return self.root / "share-group"
+
+    def backend_cert(self, name: str) -> Path:
+        return self.clients_dir / f"{pki.backend_identity(name)}.crt"
+
+    @property
     def inventory(self) -> Path:
         return self.root / "inventory.sqlite"
 
@@ -158,14 +170,25 @@ def init_station(
     broker_url: str = DEFAULT_BROKER_URL,
     broker_names: tuple[str, ...] = (),
     broker_settings: broker.BrokerSettings | None = None,
+    backends: tuple[str, ...] = StationConfig.backends,
 ) -> StationPaths:
-    """Create a station directory; refuses one that already has a CA."""
+    """Create a station directory; refuses one that already has a CA. ``backends`` names the
+    backend certificates to issue (``backend-<name>``, one per backend process connected at
+    the same time); more can be added later with :func:`add_backend`."""
     paths = StationPaths(Path(root))
     if (paths.ca_dir / "ca.key").exists() or paths.config.exists():
         raise ProvisioningError(
             f"{root} is already a station directory; use it as it is, or choose an empty directory"
         )
-    config = StationConfig(broker_url=broker_url)
+    try:
+        backends = tuple(dict.fromkeys(backends))
+        if not backends:
+            raise ValueError("at least one backend certificate is needed")
+        for name in backends:
+            pki.backend_identity(name)
+    except ValueError as exc:
+        raise ProvisioningError(f"station init: {exc}") from None
+    config = StationConfig(broker_url=broker_url, backends=backends)
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     # 0711: no listing, but the broker's user may reach broker/ (its key is 0600, its own);
     # every other folder inside (ca/, clients/) is 0700 and every other file 0600.
@@ -197,6 +220,7 @@ def init_station(
         operators=config.operators,
     )
     _create_private(paths.inventory)
+    pki.write_atomic(paths.share_group, broker.new_share_group().encode() + b"\n", 0o600)
     with Inventory(paths.inventory):
         pass
     write_devices_file(paths.devices, [])
@@ -210,6 +234,36 @@ def _create_private(path: Path) -> None:
     """Create an empty file 0600 (SQLite gives its -wal/-shm files the database file's mode)."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     path.chmod(0o600)
+
+
+def add_backend(root: Path, name: str) -> Path:
+    """Issue the client certificate ``backend-<name>`` (into ``clients/``), record it in
+    station.json and rewrite the broker ACL so it may ingest. Returns the certificate's path.
+    mosquitto reads the ACL at start and on SIGHUP: reload it before the backend connects."""
+    paths = StationPaths(Path(root))
+    config = StationConfig.load(paths.config)
+    try:
+        cn = pki.backend_identity(name)
+    except ValueError as exc:
+        raise ProvisioningError(f"add-backend: {exc}") from None
+    if name in config.backends:
+        raise ProvisioningError(
+            f"{cn} exists already ({paths.backend_cert(name)}); pick a new name"
+        )
+    ca_files = paths.ca_dir
+    ca = pki.Issued(
+        pki.load_key_pem((ca_files / "ca.key").read_bytes()),
+        pki.load_cert_pem((ca_files / "ca.crt").read_bytes()),
+    )
+    pki.write_issued(paths.clients_dir, cn, pki.make_backend_cert(ca, name))
+    config = StationConfig(config.broker_url, (*config.backends, name), config.operators)
+    with Inventory(paths.inventory) as inventory:
+        devices = [u.device for u in inventory.units("provisioned")]
+    acl = broker.render_acl(config.backends, config.operators, devices)
+    pki.write_atomic(paths.broker_dir / "acl", acl.encode(), 0o644)
+    pki.write_atomic(paths.config, config.to_json(), 0o644)
+    logger.info("issued the backend certificate %s", cn)
+    return paths.backend_cert(name)
 
 
 def _broker_host(url: str) -> str | None:

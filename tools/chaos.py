@@ -59,6 +59,7 @@ from agent.config import MqttConfig
 from agent.events import Event, EventBuilder
 from agent.transport import TransportConfig
 from agent.unitstate import UnitState, parse_broker_url
+from contract.certclaim import claim_client_cert, key_for
 from contract.envelope.keys import load_identity, load_peers
 from contract.errors import CamveilError, ConfigError
 from dashboard.listener import Listener, ListenerConfig, Opener, Received, SqliteDedupe
@@ -314,13 +315,19 @@ def _setup(work: Path, external: External | None) -> tuple[_Setup, Any]:
     certs = sorted((root / "backend").glob("backend-*.crt"))
     if not certs:
         raise ConfigError(f"chaos --pki {root}: no backend/backend-*.crt (a dev-pki folder)")
+    # a certificate no other process (camveil listen) holds: the broker takes the client id
+    # from it, and two connections with one certificate disconnect each other
+    claimed = claim_client_cert(
+        [(c, key_for(c)) for c in certs],
+        hint=f"make more with `camveil dev-pki --clients N {root} --force`",
+    )
     unit_state = external.unit_state or root / "unit"
     url = external.broker_url or UnitState.load(unit_state).broker_url
     return _Setup(
         url,
         root / "ca.crt",
-        certs[0],
-        certs[0].with_suffix(".key"),
+        claimed.cert,
+        claimed.key,
         root / "backend" / "identity.cbor",
         root / "backend" / "devices.cbor",
         unit_state,

@@ -9,9 +9,15 @@ Layout of DIR::
     unit/                           a unit's state dir, as provisioning leaves it
         provisioned/                identity.cbor, tls.key, tls.crt, ca.crt, bundle.cbor
     backend/                        identity.cbor (kid "backend"), devices.cbor (trusted units),
-                                    backend-<name>.crt/.key (MQTT client certificate)
+                                    share-group (the secret shared-subscription group, 0600),
+                                    backend-<name>.crt/.key (MQTT client certificates: one
+                                    per process connected at the same time, ``--backends``)
     operator/                       identity.cbor (kid "operator"),
-                                    operator-<name>.crt/.key (MQTT client certificate)
+                                    operator-<name>.crt/.key (MQTT client certificates, as many)
+
+The broker takes each client's id from its certificate name, so two processes connected with one
+certificate disconnect each other: `camveil listen --dev-pki`, `camveil cmd --pki` and `camveil
+chaos --pki` each claim a certificate no other process holds (contract.certclaim).
 
 The unit's keys are made here in one place rather than on the unit; the certificate still goes
 through a CSR, as on a real unit (provisioning.pki).
@@ -40,6 +46,16 @@ from provisioning import broker as broker_config
 from provisioning import pki
 
 DEFAULT_DEVICE = "cv-demo-0001"
+#: certificates of each kind: enough for a shared-subscription pair, a chaos run and a spare
+DEFAULT_CLIENTS = 4
+SHARE_GROUP_FILE = "share-group"
+
+
+def client_names(first: str, count: int) -> tuple[str, ...]:
+    """``first``, ``first-2``, ... ``first-<count>``."""
+    if count < 1:
+        raise ValueError("need at least one backend and one operator certificate")
+    return (first, *(f"{first}-{n}" for n in range(2, count + 1)))
 
 
 @dataclass(frozen=True)
@@ -59,9 +75,16 @@ class DevPki:
     broker_url: str
     broker: broker_config.BrokerFiles
     unit_dir: Path
+    #: the first backend certificate (``backends[0]``)
     backend: ClientPaths
     devices: Path
+    #: the first operator certificate (``operators[0]``)
     operator: ClientPaths
+    #: one per concurrently connected backend process
+    backends: tuple[ClientPaths, ...] = ()
+    operators: tuple[ClientPaths, ...] = ()
+    #: the file holding the secret shared-subscription group of the backends
+    share_group: Path | None = None
 
 
 def write_unit_state(
@@ -99,11 +122,16 @@ def write_unit_state(
     return identity
 
 
-def _client(directory: Path, issued: pki.Issued, identity: Identity, ca_file: Path) -> ClientPaths:
+def _clients(
+    directory: Path, issued: list[pki.Issued], identity: Identity, ca_file: Path
+) -> tuple[ClientPaths, ...]:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     save_identity(directory / IDENTITY_FILE, identity)
-    files = pki.write_issued(directory, issued.common_name, issued)
-    return ClientPaths(directory / IDENTITY_FILE, files.cert, files.key, ca_file)
+    out = []
+    for one in issued:
+        files = pki.write_issued(directory, one.common_name, one)
+        out.append(ClientPaths(directory / IDENTITY_FILE, files.cert, files.key, ca_file))
+    return tuple(out)
 
 
 def make_dev_pki(
@@ -114,9 +142,12 @@ def make_dev_pki(
     host: str = "127.0.0.1",
     backend_name: str = "dashboard",
     operator_name: str = "console",
+    clients: int = DEFAULT_CLIENTS,
 ) -> DevPki:
     """Write everything (see the module docstring) into ``root``, which must not exist yet."""
     pki.check_device_id(device_id)
+    backend_names = client_names(backend_name, clients)
+    operator_names = client_names(operator_name, clients)
     root.mkdir(parents=True, mode=0o700)
     ca = pki.make_ca("camveil dev CA")
     ca_file = root / "ca.crt"
@@ -136,19 +167,24 @@ def make_dev_pki(
         settings,
         ca_cert=ca.cert,
         server=server,
-        backends=[backend_name],
-        operators=[operator_name],
+        backends=backend_names,
+        operators=operator_names,
         devices=[device_id],
     )
 
     backend_id = Identity.generate(DEFAULT_BACKEND_KID)
     operator_id = Identity.generate(DEFAULT_OPERATOR_KID)
-    backend = _client(
-        root / "backend", pki.make_backend_cert(ca, backend_name), backend_id, ca_file
+    backends = _clients(
+        root / "backend", [pki.make_backend_cert(ca, n) for n in backend_names], backend_id, ca_file
     )
-    operator = _client(
-        root / "operator", pki.make_operator_cert(ca, operator_name), operator_id, ca_file
+    operators = _clients(
+        root / "operator",
+        [pki.make_operator_cert(ca, n) for n in operator_names],
+        operator_id,
+        ca_file,
     )
+    share_group = root / "backend" / SHARE_GROUP_FILE
+    pki.write_atomic(share_group, broker_config.new_share_group().encode() + b"\n", 0o600)
     broker_url = f"mqtts://{host}:{port}"
     device = write_unit_state(
         root / "unit",
@@ -166,7 +202,10 @@ def make_dev_pki(
         broker_url=broker_url,
         broker=broker_files,
         unit_dir=root / "unit",
-        backend=backend,
+        backend=backends[0],
         devices=devices,
-        operator=operator,
+        operator=operators[0],
+        backends=backends,
+        operators=operators,
+        share_group=share_group,
     )

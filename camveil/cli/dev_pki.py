@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from contract.errors import ConfigError
-from tools.devpki import DEFAULT_DEVICE, make_dev_pki
+from tools.devpki import DEFAULT_CLIENTS, DEFAULT_DEVICE, make_dev_pki
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8883, help="broker TLS port")
     parser.add_argument("--host", default="127.0.0.1", help="broker address (loopback)")
     parser.add_argument("--force", action="store_true", help="replace an existing DIR")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=DEFAULT_CLIENTS,
+        help="backend and operator certificates of each kind: one per process connected at "
+        f"the same time (default {DEFAULT_CLIENTS})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{root} exists; pass --force to replace it")
         shutil.rmtree(root)
     try:
-        made = make_dev_pki(root, device_id=args.device, port=args.port, host=args.host)
+        made = make_dev_pki(
+            root, device_id=args.device, port=args.port, host=args.host, clients=args.clients
+        )
     except ValueError as exc:
         raise ConfigError(f"dev-pki: {exc}") from None
     print(f"dev PKI in {made.root} (throw-away keys; never use them on a real unit)")

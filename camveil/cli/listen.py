@@ -7,13 +7,19 @@ JPEGs to ``DIR/<device>-<seq>.jpg`` and puts the path in the line. Duplicates (Q
 and bad messages are counted; a summary goes to stderr at the end (JSON, ``listen_summary``).
 
 Keys: ``--dev-pki DIR`` takes everything from a `camveil dev-pki` folder; otherwise give
-``--broker``, ``--ca``, ``--cert``, ``--key``, ``--identity`` (the backend's identity file) and
-``--devices`` (trusted units, a peers file).
+``--broker``, ``--ca``, ``--cert``, ``--key``, ``--identity`` (the backend's identity file),
+``--devices`` (trusted units, a peers file) and ``--group-file`` (or ``--group``).
 
 De-duplication survives restarts by default: (device, seq) pairs go to a SQLite file, ``--db``
-or else ``listen-<group>.db`` beside the backend identity file (created 0600), so a restarted
-listener refuses envelopes replayed to it. ``--no-db`` keeps them in memory only, for throwaway
-use: a restarted listener then accepts replays of what it saw before.
+or else ``listen-<hash of the group>.db`` beside the backend identity file (created 0600), so a
+restarted listener refuses envelopes replayed to it. ``--no-db`` keeps them in memory only, for
+throwaway use: a restarted listener then accepts replays of what it saw before.
+
+Each process connects with a certificate of its own (the broker takes the client id from it):
+with ``--dev-pki`` the first ``backend-*`` certificate no other process holds, with ``--cert``
+that one, refused while another process on this machine holds it (contract.certclaim). The
+shared-subscription group is a secret of the backends (provisioning.broker.new_share_group): a
+unit that knew it could join the group and make the broker drop its share of every message.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -34,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 from agent.unitstate import parse_broker_url
+from contract.certclaim import ClaimedCert, claim_client_cert, key_for
 from contract.envelope.keys import load_identity, load_peers
 from contract.errors import ConfigError
 from dashboard.listener import (
@@ -45,6 +51,7 @@ from dashboard.listener import (
     Received,
     SqliteDedupe,
 )
+from provisioning.broker import check_share_group
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +62,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", type=Path, help="backend client key (PEM)")
     parser.add_argument("--identity", type=Path, help="backend identity file (X25519)")
     parser.add_argument("--devices", type=Path, help="trusted devices (peers file)")
-    parser.add_argument("--group", default="camveil", help="shared-subscription group")
-    parser.add_argument("--client-id", help="fixed MQTT client id: a persistent session")
+    parser.add_argument(
+        "--group", help="shared-subscription group: a secret of 23+ characters (see --group-file)"
+    )
+    parser.add_argument(
+        "--group-file",
+        type=Path,
+        help="file holding the shared-subscription group (dev-pki: backend/share-group)",
+    )
+    parser.add_argument(
+        "--client-id",
+        help="keep a persistent session (the broker names it after the certificate, whatever "
+        "the id given)",
+    )
     parser.add_argument(
         "--no-share",
         action="store_true",
@@ -67,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dedupe.add_argument(
         "--db",
         type=Path,
-        help="SQLite file that de-duplicates across restarts (default: listen-GROUP.db beside "
+        help="SQLite file that de-duplicates across restarts (default: listen-HASH.db beside "
         "the backend identity file)",
     )
     dedupe.add_argument(
@@ -125,6 +143,42 @@ def _paths(args: argparse.Namespace) -> dict[str, Path | str]:
     return {k: v for k, v in found.items() if v is not None}
 
 
+def _claim(args: argparse.Namespace, paths: Mapping[str, Path | str]) -> ClaimedCert:
+    """This process's certificate: ``--cert``, or the first free one of the dev-pki folder."""
+    root: Path | None = args.dev_pki
+    if args.cert is None and root is not None:
+        certs = sorted((root / "backend").glob("backend-*.crt"))
+        hint = f"make more with `camveil dev-pki --clients N {root} --force`"
+        return claim_client_cert([(c, key_for(c)) for c in certs], hint=hint)
+    hint = "give each listener process its own certificate (`camveil station add-backend`)"
+    return claim_client_cert([(Path(paths["cert"]), Path(paths["key"]))], hint=hint)
+
+
+def _group(args: argparse.Namespace) -> str:
+    """The shared-subscription group: ``--group``, ``--group-file`` or the dev-pki's file."""
+    group: str | None = args.group
+    source: Path | None = args.group_file
+    if group is None and source is None and args.dev_pki is not None:
+        source = args.dev_pki / "backend" / "share-group"
+    if group is None and source is not None:
+        try:
+            group = source.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the shared-subscription group {source}: {exc}"
+            ) from None
+    if group is None:
+        if args.no_share:
+            return "unshared"  # not used: a plain subscription
+        raise ConfigError(
+            "camveil listen needs --group-file (the station's share-group file) or --group"
+        )
+    try:
+        return check_share_group(group)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _listener_port(conf: Path) -> int | None:
     try:
         for line in conf.read_text().splitlines():
@@ -136,23 +190,16 @@ def _listener_port(conf: Path) -> int | None:
     return None
 
 
-_GROUP_FILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def dedupe_path(args: argparse.Namespace, identity: Path) -> Path | None:
-    """Where (device, seq) pairs persist: ``--db``, else ``listen-<group>.db`` beside the
-    backend identity (one file per shared-subscription group: groups each see every message);
-    None with ``--no-db``."""
+def dedupe_path(args: argparse.Namespace, group: str, identity: Path) -> Path | None:
+    """Where (device, seq) pairs persist: ``--db``, else ``listen-<hash of group>.db`` beside the
+    backend identity (one file per shared-subscription group, since groups each see every
+    message; the group is a secret, so the file is named by its hash); None with ``--no-db``."""
     if args.no_db:
         return None
     if args.db is not None:
         return Path(args.db)
-    if not _GROUP_FILE_NAME.fullmatch(args.group):
-        raise ConfigError(
-            f"--group {args.group!r} cannot name the default de-duplication file "
-            "(use letters, digits, _ . -), or pass --db FILE"
-        )
-    return identity.parent / f"listen-{args.group}.db"
+    digest = hashlib.sha256(group.encode()).hexdigest()[:16]
+    return identity.parent / f"listen-{digest}.db"
 
 
 def _open_dedupe(path: Path | None) -> DedupeStore:
@@ -205,10 +252,12 @@ def _plain(value: Any, as_base64: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     paths = _paths(args)
+    group = _group(args)
+    claimed = _claim(args, paths)
     broker = parse_broker_url(str(paths["broker"]))
     identity = load_identity(Path(paths["identity"]))
     devices = load_peers(Path(paths["devices"]))
-    dedupe = _open_dedupe(dedupe_path(args, Path(paths["identity"])))
+    dedupe = _open_dedupe(dedupe_path(args, group, Path(paths["identity"])))
     opener = Opener(identity, devices, dedupe)
     done = threading.Event()
     lock = threading.Lock()
@@ -241,9 +290,9 @@ def run(args: argparse.Namespace) -> int:
         host=broker.host,
         port=broker.port,
         ca_file=Path(paths["ca"]),
-        cert_file=Path(paths["cert"]),
-        key_file=Path(paths["key"]),
-        group=args.group,
+        cert_file=claimed.cert,
+        key_file=claimed.key,
+        group=group,
         client_id=args.client_id,
         shared=not args.no_share,
     )

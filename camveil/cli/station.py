@@ -1,5 +1,7 @@
 """`camveil station init DIR`: create a provisioning station (CA, operator and backend keys,
-broker configuration, inventory); `camveil station list DIR`: the units in its inventory."""
+broker configuration, inventory); `camveil station add-backend DIR NAME`: one more backend
+certificate (one per backend process connected at the same time); `camveil station list DIR`:
+the units in its inventory."""
 
 from __future__ import annotations
 
@@ -7,7 +9,13 @@ import argparse
 from pathlib import Path
 
 from provisioning.inventory import Inventory
-from provisioning.station import DEFAULT_BROKER_URL, StationPaths, init_station
+from provisioning.station import (
+    DEFAULT_BROKER_URL,
+    StationConfig,
+    StationPaths,
+    add_backend,
+    init_station,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="extra DNS name or IP for the broker certificate (repeatable)",
     )
+    init.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="issue the backend certificate backend-NAME (repeatable; default: dashboard); one "
+        "per backend process connected at the same time",
+    )
+    add = sub.add_parser("add-backend", help="issue one more backend certificate")
+    add.add_argument("dir", type=Path, help="station directory")
+    add.add_argument("name", help="the certificate is backend-NAME")
     listing = sub.add_parser("list", help="list the units in the inventory")
     listing.add_argument("dir", type=Path, help="station directory")
 
@@ -38,13 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "init":
         paths = init_station(
-            args.dir, broker_url=args.broker_url, broker_names=tuple(args.broker_name)
+            args.dir,
+            broker_url=args.broker_url,
+            broker_names=tuple(args.broker_name),
+            backends=tuple(args.backend) or StationConfig.backends,
         )
         print(f"station ready in {paths.root}")
         print(f"  CA certificate:   {paths.ca_dir / 'ca.crt'}")
         print(f"  broker config:    {paths.broker_dir / 'mosquitto.conf'}")
         print(f"  trusted devices:  {paths.devices}")
+        print(f"  share group:      {paths.share_group} (secret; copy to the ingest hosts)")
         print(f"next: camveil provision --port /dev/ttyACM0 --station {paths.root}")
+        return 0
+    if args.action == "add-backend":
+        cert = add_backend(args.dir, args.name)
+        print(f"issued {cert} (key beside it); reload mosquitto (SIGHUP) to apply the new ACL")
         return 0
     with Inventory(StationPaths(args.dir).inventory) as inventory:
         for unit in inventory.units():

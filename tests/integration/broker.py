@@ -105,6 +105,13 @@ class TestPki:
         return self._clients[stem]
 
 
+#: backend and operator names the test brokers' ACL lists. The broker takes a client's id from its
+#: certificate CN (``use_username_as_clientid``), so clients connected at the same time need
+#: certificates of different names, or they disconnect each other.
+BACKENDS = ("dashboard", "ingest", "ingest-2", "watcher")
+OPERATORS = ("console", "console-2", "console-3")
+
+
 class BrokerStartError(AssertionError):
     """mosquitto did not come up; the message holds the end of its log."""
 
@@ -124,8 +131,8 @@ class Mosquitto:
         test_pki: TestPki,
         *,
         port: int | None = None,
-        backends: tuple[str, ...] = ("dashboard", "ingest"),
-        operators: tuple[str, ...] = ("console",),
+        backends: tuple[str, ...] = BACKENDS,
+        operators: tuple[str, ...] = OPERATORS,
         persistence: bool = True,
     ) -> None:
         self.state_dir = state_dir
@@ -245,6 +252,7 @@ class TestClient:
     __test__ = False
 
     def __init__(self, files: ClientFiles, port: int, client_id: str | None = None) -> None:
+        # the broker replaces ``client_id`` by the certificate CN (use_username_as_clientid)
         self.files = files
         self.port = port
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()

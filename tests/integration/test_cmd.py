@@ -38,7 +38,7 @@ def _pki_folder(h: Harness) -> Path:
     root = h.tmp / "pki"
     (root / "operator").mkdir(parents=True)
     (root / "backend").mkdir()
-    client = h.pki.operator("console")
+    client = h.pki.operator("console-3")  # the harness holds console(-2)
     assert client.cert is not None and client.key is not None
     shutil.copy(client.ca, root / "ca.crt")
     shutil.copy(client.cert, root / "operator" / client.cert.name)
@@ -79,7 +79,7 @@ def _cmd(h: Harness, root: Path, *argv: str) -> tuple[int, dict[str, object] | N
 def test_cmd_snapshot_accepted_and_bad_config_rejected(unit: Harness) -> None:
     root = _pki_folder(unit)
     # a backend also reads the ack topic (the ACL allows it): it must not be able to open acks
-    spy = TestClient(unit.pki.backend("dashboard"), unit.broker.port, client_id="it-ack-spy")
+    spy = TestClient(unit.pki.backend("watcher"), unit.broker.port, client_id="it-ack-spy")
     spy.connect()
     assert not spy.subscribe(f"camveil/v1/{DEVICE}/cmd/ack").is_failure
 

@@ -209,7 +209,7 @@ class Harness:
         )
 
     def publish(self, envelope: SealedEnvelope) -> None:
-        with TestClient(self.pki.operator("console"), self.broker.port) as client:
+        with TestClient(self.pki.operator("console-2"), self.broker.port) as client:
             rc = client.publish(envelope.topic, envelope.data)
             assert not rc.is_failure, rc
 

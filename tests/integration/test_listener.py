@@ -62,9 +62,14 @@ class Unit:
 
 
 def _listener(
-    pki: TestPki, port: int, opener: Opener, sink: list[Received], group: str = "g"
+    pki: TestPki,
+    port: int,
+    opener: Opener,
+    sink: list[Received],
+    group: str = "g",
+    name: str = "dashboard",
 ) -> Listener:
-    files = pki.backend("dashboard")
+    files = pki.backend(name)  # one certificate per connection: the broker's client id
     assert files.cert is not None and files.key is not None
     lock = threading.Lock()
 
@@ -90,7 +95,9 @@ def test_shared_subscription_splits_the_load(mosquitto: Mosquitto, mqtt_pki: Tes
     got_a: list[Received] = []
     got_b: list[Received] = []
     a = _listener(mqtt_pki, mosquitto.port, Opener(backend, peers, MemoryDedupe()), got_a, "s1")
-    b = _listener(mqtt_pki, mosquitto.port, Opener(backend, peers, MemoryDedupe()), got_b, "s1")
+    b = _listener(
+        mqtt_pki, mosquitto.port, Opener(backend, peers, MemoryDedupe()), got_b, "s1", "ingest"
+    )
     with a, b:
         assert a.subscribed.wait(10) and b.subscribed.wait(10)
         sent = []
@@ -259,7 +266,9 @@ def test_listen_restarted_with_defaults_refuses_a_replayed_envelope(tmp_path: Pa
         lines, summary = listen_once(first, fresh)
         assert [x["seq"] for x in lines] == [fresh.seq]
         assert summary["duplicates"] == 1
-        db = dev.backend.identity.parent / "listen-camveil.db"
+        (db,) = dev.backend.identity.parent.glob("listen-*.db")  # named by the group's hash
+        group = (dev.root / "backend" / "share-group").read_text().strip()
+        assert group not in db.name  # the group is a secret: not in a file name
         assert db.stat().st_mode & 0o077 == 0
         # the explicit opt-out: memory only, so a restarted listener takes the replay again
         lines, _ = listen_once(third, extra=("--no-db",))

@@ -47,7 +47,7 @@ from provisioning import pki
 from provisioning.broker import BrokerSettings
 from provisioning.devbroker import HOST, BrokerProcess, ProbeClient, free_port
 from provisioning.serial_proto import Channel
-from provisioning.station import Station, StationPaths, init_station
+from provisioning.station import Station, StationPaths, add_backend, init_station
 
 FRAMES = 12
 
@@ -122,6 +122,8 @@ def station(tmp_path: Path) -> tuple[StationPaths, int]:
     paths = init_station(
         tmp_path / "station", broker_url=f"mqtts://{HOST}:{port}", broker_settings=settings
     )
+    # a second backend process (the raw watcher below) needs a certificate of its own
+    add_backend(paths.root, "raw")
     return paths, port
 
 
@@ -196,8 +198,14 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
         Opener(backend_identity, trusted, MemoryDedupe()),
         inbox.add,
     )
+    raw_files = ClientFiles(
+        "backend-raw",
+        paths.ca_dir / "ca.crt",
+        paths.clients_dir / "backend-raw.crt",
+        paths.clients_dir / "backend-raw.key",
+    )
     with process:
-        raw = TestClient(backend, port)  # the raw payloads, to open them by hand as well
+        raw = TestClient(raw_files, port)  # the raw payloads, to open them by hand as well
         raw.connect()
         listener.start()
         try:
