@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-DEB_PACKAGES=(mosquitto mosquitto-clients socat systemd strace)
+DEB_PACKAGES=(mosquitto mosquitto-clients socat systemd strace chromium)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

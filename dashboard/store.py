@@ -1,0 +1,392 @@
+"""The dashboard's SQLite store (WAL): events, per-unit latest status, rejections, operators.
+
+One file, one connection guarded by a lock (paho's network thread writes, the web threads read).
+The schema is versioned: ``schema_version`` holds one row and :func:`migrate` brings an older
+file up step by step (:data:`MIGRATIONS`; v1 is the first). Events are unique on
+(device, boot, seq): a re-delivered message is counted as a duplicate, never stored twice.
+Rejected messages are never stored, only counted per claimed device and reason.
+
+The snapshot audit log lives in :mod:`dashboard.audit` on the same connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import cbor2
+
+from contract.errors import ConfigError
+
+SCHEMA_VERSION: Final = 1
+
+_V1: Final = """
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY,
+    device      TEXT NOT NULL,
+    boot        TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    ts          INTEGER,
+    type        TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    UNIQUE (device, boot, seq)
+);
+CREATE INDEX events_by_device ON events (device, id);
+CREATE TABLE units (
+    device       TEXT PRIMARY KEY,
+    site         TEXT NOT NULL DEFAULT '',
+    state        TEXT NOT NULL DEFAULT 'unknown',
+    state_at     REAL,
+    last_seen    REAL,
+    health       TEXT,
+    health_at    REAL
+);
+CREATE TABLE rejections (
+    device  TEXT NOT NULL,
+    reason  TEXT NOT NULL,
+    count   INTEGER NOT NULL,
+    last_at REAL NOT NULL,
+    PRIMARY KEY (device, reason)
+);
+CREATE TABLE operators (
+    name       TEXT PRIMARY KEY,
+    hash       TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE audit (
+    id        INTEGER PRIMARY KEY,
+    at        REAL NOT NULL,
+    operator  TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: Final[Mapping[int, str]] = {1: _V1}
+"""Version N -> the SQL that brings version N-1 to N (0 = an empty file)."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    device: str
+    boot: str
+    seq: int
+    ts: int | None
+    type: str
+    received_at: float
+    body: Any
+
+
+@dataclass(frozen=True)
+class UnitView:
+    """One unit's latest known state. ``health`` is the body of its last health event."""
+
+    device: str
+    site: str
+    state: str
+    state_at: float | None
+    last_seen: float | None
+    health: Mapping[str, Any] | None
+    health_at: float | None
+
+    @property
+    def fps(self) -> float | None:
+        return _num(self.health, "fps")
+
+    @property
+    def drops(self) -> int | None:
+        dropped = (self.health or {}).get("dropped")
+        if not isinstance(dropped, Mapping):
+            return None
+        return sum(int(v) for v in dropped.values() if isinstance(v, int | float))
+
+    @property
+    def outbox_depth(self) -> int | None:
+        outbox = (self.health or {}).get("outbox")
+        depth = outbox.get("depth") if isinstance(outbox, Mapping) else None
+        return depth if isinstance(depth, int) else None
+
+    @property
+    def temperature(self) -> float | None:
+        return _num(self.health, "cpu_temp_c")
+
+    @property
+    def versions(self) -> Mapping[str, str]:
+        value = (self.health or {}).get("versions")
+        return value if isinstance(value, Mapping) else {}
+
+    @property
+    def models(self) -> Mapping[str, str]:
+        value = (self.health or {}).get("models")
+        return value if isinstance(value, Mapping) else {}
+
+
+def _num(m: Mapping[str, Any] | None, key: str) -> float | None:
+    value = (m or {}).get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    found = int(row[0]) if row else 0
+    if found > SCHEMA_VERSION:
+        raise ConfigError(
+            f"dashboard database has schema v{found}, this camveil knows up to "
+            f"v{SCHEMA_VERSION}: upgrade camveil or point --db at another file"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+class Store:
+    """The dashboard database. ``open()`` (or ``with``) connects and migrates."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[], None]] = []
+
+    # --- lifetime ---
+
+    def open(self) -> Store:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        migrate(conn)
+        self._conn = conn
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Store:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, in one IMMEDIATE transaction."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("store is not open")
+        return self._conn
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._connection().execute(sql, args).fetchall()
+
+    def now(self) -> float:
+        return self._clock()
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Called (on the writer's thread) after every stored event or rejection."""
+        self._listeners.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    # --- ingest side ---
+
+    def add_event(self, device: str, seq: int, topic: str, message: Mapping[str, Any]) -> bool:
+        """Store one verified message; False if (device, boot, seq) is already stored."""
+        kind = str(message.get("type", "?"))
+        boot = str(message.get("boot", ""))
+        ts = message.get("ts")
+        body = message.get("body")
+        now = self._clock()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO events (device, boot, seq, ts, type, topic, body, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    device,
+                    boot,
+                    seq,
+                    ts if isinstance(ts, int) else None,
+                    kind,
+                    topic,
+                    cbor2.dumps(body),
+                    now,
+                ),
+            )
+            if cur.rowcount != 1:
+                return False
+            conn.execute(
+                "INSERT INTO units (device, last_seen) VALUES (?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
+                (device, now),
+            )
+            if kind == "status" and isinstance(body, Mapping):
+                state = str(body.get("state", "unknown"))
+                conn.execute(
+                    "UPDATE units SET state = ?, state_at = ? WHERE device = ?",
+                    (state, now, device),
+                )
+            elif kind == "health" and isinstance(body, Mapping):
+                conn.execute(
+                    "UPDATE units SET health = ?, health_at = ? WHERE device = ?",
+                    (json.dumps(_jsonable(body), sort_keys=True), now, device),
+                )
+        self._changed()
+        return True
+
+    def add_rejection(self, device: str, reason: str) -> None:
+        """Count one rejected message for its claimed device (from the topic)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO rejections (device, reason, count, last_at) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (device, reason) DO UPDATE SET count = count + 1, "
+                "last_at = excluded.last_at",
+                (device, reason, self._clock()),
+            )
+        self._changed()
+
+    def set_site(self, device: str, site: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO units (device, site) VALUES (?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET site = excluded.site",
+                (device, site),
+            )
+
+    # --- read side ---
+
+    def units(self) -> list[UnitView]:
+        rows = self._rows(
+            "SELECT device, site, state, state_at, last_seen, health, health_at FROM units "
+            "ORDER BY device"
+        )
+        return [_unit(r) for r in rows]
+
+    def unit(self, device: str) -> UnitView | None:
+        rows = self._rows(
+            "SELECT device, site, state, state_at, last_seen, health, health_at FROM units "
+            "WHERE device = ?",
+            (device,),
+        )
+        return _unit(rows[0]) if rows else None
+
+    def events(self, device: str, limit: int = 100) -> list[StoredEvent]:
+        rows = self._rows(
+            "SELECT id, device, boot, seq, ts, type, received_at, body FROM events "
+            "WHERE device = ? ORDER BY id DESC LIMIT ?",
+            (device, limit),
+        )
+        return [_event(r) for r in rows]
+
+    def event_count(self) -> int:
+        return int(self._rows("SELECT count(*) FROM events")[0][0])
+
+    def latest_snapshot(self, device: str) -> StoredEvent | None:
+        rows = self._rows(
+            "SELECT id, device, boot, seq, ts, type, received_at, body FROM events "
+            "WHERE device = ? AND type = 'snapshot' ORDER BY id DESC LIMIT 1",
+            (device,),
+        )
+        return _event(rows[0]) if rows else None
+
+    def event(self, event_id: int) -> StoredEvent | None:
+        rows = self._rows(
+            "SELECT id, device, boot, seq, ts, type, received_at, body FROM events WHERE id = ?",
+            (event_id,),
+        )
+        return _event(rows[0]) if rows else None
+
+    def rejections(self, device: str | None = None) -> dict[str, dict[str, int]]:
+        """device -> reason -> count (one device, or all)."""
+        sql = "SELECT device, reason, count FROM rejections"
+        rows = self._rows(sql + " WHERE device = ?", (device,)) if device else self._rows(sql)
+        out: dict[str, dict[str, int]] = {}
+        for dev, reason, count in rows:
+            out.setdefault(dev, {})[reason] = int(count)
+        return out
+
+    # --- operators ---
+
+    def set_operator(self, name: str, password_hash: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO operators (name, hash, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET hash = excluded.hash",
+                (name, password_hash, self._clock()),
+            )
+
+    def operator_hash(self, name: str) -> str | None:
+        rows = self._rows("SELECT hash FROM operators WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def operator_count(self) -> int:
+        return int(self._rows("SELECT count(*) FROM operators")[0][0])
+
+
+def _unit(row: tuple[Any, ...]) -> UnitView:
+    device, site, state, state_at, last_seen, health, health_at = row
+    return UnitView(
+        device=device,
+        site=site,
+        state=state,
+        state_at=state_at,
+        last_seen=last_seen,
+        health=json.loads(health) if health else None,
+        health_at=health_at,
+    )
+
+
+def _event(row: tuple[Any, ...]) -> StoredEvent:
+    event_id, device, boot, seq, ts, kind, received_at, body = row
+    return StoredEvent(event_id, device, boot, seq, ts, kind, received_at, cbor2.loads(body))
+
+
+def _jsonable(value: Any) -> Any:
+    """Health bodies as JSON: bytes (none expected) as their length."""
+    if isinstance(value, bytes):
+        return {"bytes": len(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
