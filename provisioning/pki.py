@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,8 @@ from cryptography import x509 as x509  # re-exported: pki.x509.Certificate in si
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec as ec  # re-exported, as x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from contract.files import write_atomic as write_atomic  # re-exported: pki.write_atomic
 
 BACKEND_PREFIX: Final = "backend-"
 OPERATOR_PREFIX: Final = "operator-"
@@ -362,41 +362,6 @@ def load_key_pem(data: bytes) -> PrivateKey:
 
 
 # --- files --------------------------------------------------------------------------------------
-
-
-def write_atomic(
-    path: Path, data: bytes, mode: int, *, owner: tuple[int, int] | None = None
-) -> None:
-    """Write ``data`` to ``path`` atomically with permission ``mode`` (and ``owner`` = (uid,
-    gid) if given, which needs root).
-
-    A temporary file in the same directory is created with ``mode`` from the start (O_EXCL, so
-    the bytes are never readable by others, not even briefly), written, fsynced, renamed over
-    ``path``, and the directory is fsynced so the rename survives a power cut.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, mode)  # the umask may have removed bits we asked for
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_private_key(path: Path, key: PrivateKey, *, owner: tuple[int, int] | None = None) -> None:
