@@ -100,7 +100,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from agent.commands import seal_command
-from contract.envelope.keys import load_identity, load_peers
+from contract.envelope.keys import ack_reader, load_identity, load_peers
+from dashboard.listener import MemoryDedupe, Opener
 
 root, port, events = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 deadline = time.monotonic() + 30
@@ -108,7 +109,15 @@ while '"state": "online"' not in events.read_text() and time.monotonic() < deadl
     time.sleep(0.1)
 time.sleep(1.0)  # a frame or two through the pipeline
 operator = load_identity(root / "operator" / "identity.cbor")
-device = next(iter(load_peers(root / "backend" / "devices.cbor").values()))
+peers = load_peers(root / "backend" / "devices.cbor")
+device = next(iter(peers.values()))
+# acks are sealed to the operator (the backend cannot open them): read the ack as `camveil cmd` does
+opener = Opener(ack_reader(operator), peers, MemoryDedupe())
+acks = []
+def on_message(client, userdata, message):
+    received = opener.open(message.topic, message.payload)
+    if received is not None:
+        acks.append(received.seq)
 cmd = seal_command("snapshot", command_id="demo-snap-1", device=device, operator=operator,
                    seq=int(time.time() * 1000), expires_at=int(time.time()) + 60)
 cert = next((root / "operator").glob("operator-*.crt"))
@@ -117,9 +126,16 @@ ctx.load_verify_locations(root / "ca.crt")
 ctx.load_cert_chain(cert, cert.with_suffix(".key"))
 client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
 client.tls_set_context(ctx)
+client.on_message = on_message
 client.connect("127.0.0.1", port)
 client.loop_start()
+client.subscribe(f"camveil/v1/{device.kid}/cmd/ack", qos=1)
+time.sleep(0.5)
 client.publish(cmd.topic, cmd.data, qos=1).wait_for_publish(10)
+deadline = time.monotonic() + 15
+while not acks and time.monotonic() < deadline:
+    time.sleep(0.1)
+(events.parent / "operator-acks.txt").write_text("".join(f"{s}\n" for s in acks))
 client.disconnect()
 client.loop_stop()
 print("demo: operator sent a signed snapshot command (id demo-snap-1)")
@@ -140,12 +156,16 @@ agent = json.loads(out.joinpath("agent-summary.json").read_text().strip().splitl
 listen = next(json.loads(l)["listen_summary"] for l in reversed(out.joinpath("listen.err").read_text().splitlines()) if l.startswith("{"))
 sent = {s for a, b in agent["enqueued_seqs"] for s in range(a, b + 1)}
 got = {s for a, b in listen["seqs"].get(agent["device"], []) for s in range(a, b + 1)}
+acks_file = out / "operator-acks.txt"  # acks go to the operator, not the backend
+acks = {int(x) for x in acks_file.read_text().split()} if acks_file.exists() else set()
+got |= acks
 lost = sorted(sent - got)
 print()
 print(f"demo summary ({agent['device']}):")
 print(f"  frames: {agent['frames_out']} of {agent['frames_in']} redacted; dropped {agent['dropped'] or 'none'}")
 print(f"  agent enqueued {agent['enqueued']} sealed envelopes {agent['events']}, acked by the broker {agent['acked']}, left in the outbox {agent['outbox_depth']}")
 print(f"  listener received {listen['received']} {listen['by_type']} (incl. the last will)")
+print(f"  operator received {len(acks)} sealed command ack(s)")
 print(f"  lost: {len(lost)}   duplicated: {listen['duplicates']}   bad: {listen['bad'] or 0}")
 snaps = sorted((out / "snapshots").glob("*.jpg")) if (out / "snapshots").exists() else []
 if snaps:
