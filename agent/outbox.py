@@ -653,10 +653,17 @@ class Outbox:
 
     def _evict_oldest_txn(self, conn: sqlite3.Connection, need: int) -> tuple[int, int]:
         """One transaction evicting the oldest rows (``need`` bytes), counted ``disk_full``."""
+        return self._evict_txn(conn, lambda: self._delete_oldest(conn, need), EVICTED_DISK_FULL)
+
+    def _evict_txn(
+        self, conn: sqlite3.Connection, delete: Callable[[], tuple[int, int]], reason: str
+    ) -> tuple[int, int]:
+        """Run ``delete`` (rows, bytes freed) in one transaction that also counts ``reason``,
+        then bring the in-memory depth and size along."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            n, freed = self._delete_oldest(conn, need)
-            self._write_counts(conn, {EVICTED_DISK_FULL: n})
+            n, freed = delete()
+            self._write_counts(conn, {reason: n})
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -790,17 +797,7 @@ class Outbox:
         if row[0] is None or row[0] >= cutoff:
             return 0
         self._set_sync(self._sync_ack)  # losing a prune to a power cut only delays it
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            n, freed = self._delete_older_than(conn, cutoff)
-            self._write_counts(conn, {EVICTED_AGE: n})
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
-        self._pending.clear()
-        self._depth -= n
-        self._bytes -= freed
+        n, _ = self._evict_txn(conn, lambda: self._delete_older_than(conn, cutoff), EVICTED_AGE)
         logger.warning("outbox evicted %d envelope(s): age", n, extra={"reason": "age"})
         return n
 

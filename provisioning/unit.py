@@ -40,6 +40,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from contract.envelope.keys import Identity, check_kid, load_identity, save_identity
 from contract.errors import CamveilError, KeyFileError, ProtocolViolationError
+from contract.files import fsync_dir
 from provisioning import pki
 from provisioning.serial_proto import (
     PROTOCOL_VERSION,
@@ -304,7 +305,7 @@ class UnitStore:
         doomed = self.state_dir / f"{_TMP_PREFIX}discard-{path.name}"
         shutil.rmtree(doomed, ignore_errors=True)
         path.rename(doomed)
-        _fsync_dir(self.state_dir)
+        fsync_dir(self.state_dir)
         shutil.rmtree(doomed)
 
     @staticmethod
@@ -324,24 +325,16 @@ class UnitStore:
         tmp.mkdir(mode=0o700)
         try:
             fill(tmp)  # each file is written atomically and fsynced by its writer
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             tmp.rename(final)  # fails if ``final`` exists: we never merge two states
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.state_dir)
+        fsync_dir(self.state_dir)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     pki.write_atomic(path, data, mode)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- the request handler -------------------------------------------------------------------------

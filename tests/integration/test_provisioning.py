@@ -225,7 +225,7 @@ def crash_point(
     ``before-rename``: everything written and fsynced, the directory not yet renamed;
     ``after-rename``: renamed, the state directory not yet fsynced.
     """
-    real_write, real_fsync = unit_module._write, unit_module._fsync_dir
+    real_write, real_fsync = unit_module._write, unit_module.fsync_dir
 
     def die() -> None:
         shutil.copytree(unit.state_dir, image, symlinks=True)
@@ -246,10 +246,10 @@ def crash_point(
             die()
 
     monkeypatch.setattr(unit_module, "_write", write)
-    monkeypatch.setattr(unit_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(unit_module, "fsync_dir", fsync_dir)
     yield
     monkeypatch.setattr(unit_module, "_write", real_write)
-    monkeypatch.setattr(unit_module, "_fsync_dir", real_fsync)
+    monkeypatch.setattr(unit_module, "fsync_dir", real_fsync)
 
 
 @dataclass
