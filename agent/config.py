@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from agent.pipeline import PrivacyConfig
+from agent.privacy.counts import DEFAULT_EPSILON_PER_DAY
 from agent.vision.factory import DetectorConfig
 from contract.errors import ConfigError
 from contract.files import write_atomic
@@ -335,7 +336,9 @@ class EventsConfig:
     snapshot_max_bytes: int = 256 * 1024
     """Size cap of a snapshot JPEG; quality, then size, are lowered to fit."""
     dp_epsilon: float | None = None
-    """Laplace noise of scale 1/epsilon on every presence count (unset: exact counts)."""
+    """ε each presence window spends on its counts (discrete Laplace noise; unset: exact)."""
+    dp_epsilon_per_day: float | None = None
+    """ε budget per person per UTC day (unset: 10); windows beyond it are withheld."""
     suppress_below: int = 0
     """Presence counts (after noise) below this are sent as null (0: never)."""
 
@@ -352,6 +355,16 @@ class EventsConfig:
             math.isfinite(self.dp_epsilon) and self.dp_epsilon > 0
         ):
             raise ConfigError("[events] dp_epsilon must be a positive number (or unset)")
+        day = self.dp_epsilon_per_day
+        if day is not None and not (math.isfinite(day) and day > 0):
+            raise ConfigError("[events] dp_epsilon_per_day must be a positive number (or unset)")
+        if day is not None and self.dp_epsilon is None:
+            raise ConfigError("[events] dp_epsilon_per_day needs dp_epsilon (the ε per window)")
+        if self.dp_epsilon is not None and self.dp_epsilon > (day or DEFAULT_EPSILON_PER_DAY):
+            raise ConfigError(
+                f"[events] dp_epsilon ({self.dp_epsilon}) exceeds dp_epsilon_per_day "
+                f"({day or DEFAULT_EPSILON_PER_DAY}): no window could ever be released"
+            )
         if self.suppress_below < 0:
             raise ConfigError("[events] suppress_below must be >= 0")
         names = [z.name for z in self.zones]

@@ -52,7 +52,6 @@ from agent.config import (
     write_config_atomic,
 )
 from agent.events import (
-    CountPrivacy,
     EventBuilder,
     LinkState,
     SnapshotPolicy,
@@ -61,6 +60,7 @@ from agent.events import (
 from agent.frame_sink import FrameSink, snapshot_event
 from agent.outbox import Outbox
 from agent.pipeline import CameraFactory, DetectorFactory, FramePath, Pipeline, open_frame_path
+from agent.privacy.counts import CountPrivacy, budget_path
 from agent.publisher import Emitter, Publisher
 from agent.sequence import SequenceStore
 from agent.stats import PipelineStats
@@ -223,7 +223,10 @@ class Daemon:
             self._boot,
             seqs,
             snapshot_policy=SnapshotPolicy(max_bytes=events.snapshot_max_bytes),
-            count_privacy=CountPrivacy(events.dp_epsilon, events.suppress_below),
+            count_privacy=CountPrivacy(
+                events.dp_epsilon, events.suppress_below, events.dp_epsilon_per_day
+            ),
+            budget_path=budget_path(config.mqtt.state_dir) if events.dp_epsilon else None,
         )
 
     def _build_parts(self, config: AgentConfig, emitter: Emitter) -> Parts:

@@ -17,7 +17,8 @@ Privacy rules enforced here (DESIGN §2):
   field: an ndarray, a numpy scalar, anything whose class (or a base) is named ``Embedding``, or
   any other non-plain value raises :class:`~contract.errors.UnredactedDataError`. So an embedding
   (or raw pixels) cannot be serialised by accident, whatever a caller puts into a field;
-- presence counts may carry Laplace noise and small-count suppression (:class:`CountPrivacy`).
+- presence counts may carry differentially private noise under a daily budget and small-count
+  suppression (:mod:`agent.privacy.counts`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import enum
 import functools
 import io
 import math
-import os
 import re
 import secrets
 import time
@@ -35,6 +35,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, TypeAlias
 
@@ -43,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from agent.outbox import OutboxStats
+from agent.privacy.counts import CountPrivacy, CountProtector, Release
 from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import encode_jpeg, require_redacted
 from agent.sequence import SequenceSource
@@ -88,31 +90,6 @@ class ZoneCount:
 
 
 @dataclass(frozen=True)
-class CountPrivacy:
-    """How presence counts are protected before they leave the unit.
-
-    ``epsilon``: each count gets independent Laplace noise of scale ``1/epsilon`` (one person
-    changes a count by at most 1), then is rounded and clamped at 0. Smaller epsilon = more
-    noise = more deniability; ``None`` = exact counts. ``suppress_below``: a count (after noise,
-    so suppression does not depend on the exact value) below this is sent as null; 0 = never.
-    See docs/PROTOCOL.md, "Presence counts and differential privacy".
-    """
-
-    epsilon: float | None = None
-    suppress_below: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"epsilon must be a positive number, got {self.epsilon}")
-        if self.suppress_below < 0:
-            raise ValueError(f"suppress_below must be >= 0, got {self.suppress_below}")
-
-    @property
-    def active(self) -> bool:
-        return self.epsilon is not None or self.suppress_below > 0
-
-
-@dataclass(frozen=True)
 class PresenceEvent:
     header: Header
     start: int
@@ -120,7 +97,8 @@ class PresenceEvent:
     end: int
     """Window end, Unix ms."""
     zones: tuple[ZoneCount, ...]
-    privacy: CountPrivacy
+    dp: Release | None = None
+    """The protection the counts got (None: exact counts)."""
     TYPE: ClassVar[str] = "presence"
 
 
@@ -201,7 +179,6 @@ EVENT_TYPES: Final[tuple[type, ...]] = (
 __all__ = [
     "EVENT_TYPES",
     "PROTOCOL_VERSION",
-    "CountPrivacy",
     "Event",
     "EventBuilder",
     "Header",
@@ -218,7 +195,6 @@ __all__ = [
     "ZoneCount",
     "fit_jpeg",
     "new_boot_id",
-    "protect_count",
     "seal_event",
     "to_cbor",
     "to_map",
@@ -268,7 +244,7 @@ class SnapshotPolicy:
 class EventBuilder:
     """Builds events for one device: stamps headers, validates, applies count privacy.
 
-    ``rng`` draws the Laplace noise; by default a numpy Generator seeded from ``os.urandom``.
+    ``budget_path``: where the daily privacy budget is kept (None: in memory, for tools/tests).
     """
 
     def __init__(
@@ -280,15 +256,14 @@ class EventBuilder:
         clock: Callable[[], float] = time.time,
         snapshot_policy: SnapshotPolicy | None = None,
         count_privacy: CountPrivacy | None = None,
-        rng: np.random.Generator | None = None,
+        budget_path: Path | None = None,
     ) -> None:
         self._device = check_kid(device)
         self._boot = boot
         self._seqs = seqs
         self._clock = clock
         self._snapshot_policy = snapshot_policy or SnapshotPolicy()
-        self._privacy = count_privacy or CountPrivacy()
-        self._rng = rng or np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
+        self._counts = CountProtector(count_privacy or CountPrivacy(), budget_path)
 
     def header(self) -> Header:
         return Header(
@@ -304,22 +279,23 @@ class EventBuilder:
         """``counts``: zone -> (people, faces), exact, over the window [start, end] (Unix s)."""
         if not end >= start:
             raise EventError(f"presence window ends ({end}) before it starts ({start})")
-        zones = []
+        flat: list[int] = []
         for zone, (people, faces) in counts.items():
             _check_label(zone, "zone")
             if min(people, faces) < 0:
                 raise EventError(f"zone {zone!r}: counts must be >= 0, got {people}, {faces}")
-            zones.append(ZoneCount(zone, self._protect(int(people)), self._protect(int(faces))))
+            flat += (int(people), int(faces))
+        values, dp = self._counts.protect(flat)
+        zones = tuple(
+            ZoneCount(zone, values[2 * i], values[2 * i + 1]) for i, zone in enumerate(counts)
+        )
         return PresenceEvent(
             header=self.header(),
             start=round(start * 1000),
             end=round(end * 1000),
-            zones=tuple(zones),
-            privacy=self._privacy,
+            zones=zones,
+            dp=dp,
         )
-
-    def _protect(self, count: int) -> int | None:
-        return protect_count(count, self._privacy, self._rng)
 
     def snapshot(
         self, frame: RedactedFrame, *, trigger: str | None = None, command: str | None = None
@@ -388,20 +364,6 @@ class EventBuilder:
         return StatusEvent(header=self.header(), state=LinkState(state))
 
 
-def protect_count(count: int, privacy: CountPrivacy, rng: np.random.Generator) -> int | None:
-    """Laplace noise of scale 1/epsilon, rounded and clamped at 0; then suppression below k.
-
-    Rounding and clamping are post-processing, so they keep the epsilon guarantee; suppression
-    looks at the noisy value only, so it does too.
-    """
-    value = count
-    if privacy.epsilon is not None:
-        value = max(0, round(count + float(rng.laplace(0.0, 1.0 / privacy.epsilon))))
-    if value < privacy.suppress_below:
-        return None
-    return value
-
-
 def fit_jpeg(frame: RedactedFrame, policy: SnapshotPolicy) -> tuple[bytes, int]:
     """The best JPEG of ``frame`` under ``policy.max_bytes``: lower quality first, then size."""
     frame = require_redacted(frame)
@@ -430,6 +392,20 @@ def fit_jpeg(frame: RedactedFrame, policy: SnapshotPolicy) -> tuple[bytes, int]:
 # --- encoder ---------------------------------------------------------------------------------
 
 
+def dp_map(release: Release) -> dict[str, Any]:
+    """The ``dp`` map of a presence body (docs/events.cddl, ``count-privacy``)."""
+    dp: dict[str, Any] = {"min": release.suppress_below}
+    if release.epsilon is not None:
+        dp["eps"] = release.epsilon
+    if release.day_budget is not None:
+        dp["day"] = release.day_budget
+    if release.spent_today is not None:
+        dp["spent"] = release.spent_today
+    if release.exhausted:
+        dp["exhausted"] = True
+    return dp
+
+
 def to_map(event: Event) -> dict[str, Any]:
     """The plaintext map of ``event`` (what :func:`contract.envelope.seal` encrypts).
 
@@ -449,11 +425,8 @@ def to_map(event: Event) -> dict[str, Any]:
             "end": event.end,
             "zones": [{"zone": z.zone, "people": z.people, "faces": z.faces} for z in event.zones],
         }
-        if event.privacy.active:
-            dp: dict[str, Any] = {"min": event.privacy.suppress_below}
-            if event.privacy.epsilon is not None:
-                dp["eps"] = event.privacy.epsilon
-            body["dp"] = dp
+        if event.dp is not None:
+            body["dp"] = dp_map(event.dp)
     elif isinstance(event, SnapshotEvent):
         body = {"jpeg": event.jpeg, "w": event.width, "h": event.height, "q": event.quality}
         if event.trigger is not None:

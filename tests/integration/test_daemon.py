@@ -7,6 +7,7 @@ The :class:`Harness` here is also used by test_wire.py.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -522,3 +523,23 @@ def test_systemd_ready_and_watchdog_only_while_frames_flow(harness: Harness) -> 
     assert all("READY=1" not in m for m in messages[first_ok + 1 :])
     assert any("WATCHDOG=1" in m for m in messages[first_ok + 1 :])
     assert messages[-1] == "STOPPING=1"
+
+
+def test_dp_counts_spend_the_daily_budget_on_disk_then_withhold(harness: Harness) -> None:
+    """[events] dp_epsilon reaches the unit's builder with the budget file in its state dir."""
+    harness.config_path.write_text(
+        config_text(
+            harness.tmp / "photos", harness.unit_dir, dp_epsilon=1.0, dp_epsilon_per_day=2.0
+        )
+    )
+    harness.start_agent()
+    noised = harness.wait_for(lambda r: r.type == "presence" and "eps" in r.message["body"]["dp"])
+    assert noised.message["body"]["dp"]["day"] == 2.0
+    withheld = harness.wait_for(
+        lambda r: r.type == "presence" and r.message["body"]["dp"].get("exhausted") is True
+    )
+    zones = withheld.message["body"]["zones"]
+    assert all(z["people"] is None and z["faces"] is None for z in zones)
+    record = harness.unit_dir / "dp-budget.json"
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert json.loads(record.read_bytes())["spent"] == pytest.approx(2.0)

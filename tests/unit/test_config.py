@@ -92,6 +92,9 @@ def test_mqtt_events_outbox_sections(tmp_path: Path) -> None:
         ("[mqtt]\nkeepalive_s = 1\n", r"keepalive_s must be between"),
         ("[events]\ntamper_every = -1\n", r"tamper_every must be >= 0"),
         ("[events]\ndp_epsilon = 0\n", r"dp_epsilon must be a positive"),
+        ("[events]\ndp_epsilon_per_day = 4\n", r"dp_epsilon_per_day needs dp_epsilon"),
+        ("[events]\ndp_epsilon = 20\n", r"exceeds dp_epsilon_per_day \(10"),
+        ("[events]\ndp_epsilon = 2\ndp_epsilon_per_day = 1\n", r"exceeds dp_epsilon_per_day"),
         ('[[events.zones]]\nname = "a"\nrect = [0.5, 0, 0.2, 1]\n', r"rect = .* must be"),
         ('[[events.zones]]\nname = "a"\nrect = [0, 0, 1]\n', r"expected 4 values"),
         (
