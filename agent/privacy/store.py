@@ -8,8 +8,9 @@ written.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -38,13 +39,48 @@ def encode_jpeg(frame: RedactedFrame, quality: int = 85, max_side: int | None = 
     return buf.getvalue()
 
 
-def write_png(frame: RedactedFrame, path: Path) -> None:
-    """Write a lossless PNG of a redacted frame (atomically: temp file, then rename)."""
+@dataclass(frozen=True)
+class ImageFormat:
+    """How a redacted still is written: always lossless.
+
+    ``png`` at zlib level ``png_level`` (1, the default, is about three times faster than
+    Pillow's 6 for files a few percent larger), or ``webp`` (lossless WebP, ``webp_method``
+    0-6; 0 is as fast as PNG level 1 and the files are about a quarter smaller).
+    """
+
+    kind: Literal["png", "webp"] = "png"
+    png_level: int = 1
+    webp_method: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("png", "webp"):
+            raise ValueError(f"image format must be png or webp, got {self.kind!r}")
+        if not 0 <= self.png_level <= 9:
+            raise ValueError(f"PNG compression level must be 0-9, got {self.png_level}")
+        if not 0 <= self.webp_method <= 6:
+            raise ValueError(f"WebP method must be 0-6, got {self.webp_method}")
+
+    @property
+    def suffix(self) -> str:
+        return f".{self.kind}"
+
+
+def write_image(frame: RedactedFrame, path: Path, fmt: ImageFormat | None = None) -> None:
+    """Write a lossless still of a redacted frame (atomically: temp file, then rename)."""
+    fmt = fmt or ImageFormat()
     img = Image.fromarray(np.asarray(require_redacted(frame).pixels), mode="RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    img.save(tmp, format="PNG")
+    if fmt.kind == "webp":
+        img.save(tmp, format="WEBP", lossless=True, quality=0, method=fmt.webp_method, exact=True)
+    else:
+        img.save(tmp, format="PNG", compress_level=fmt.png_level)
     tmp.replace(path)
+
+
+def write_png(frame: RedactedFrame, path: Path) -> None:
+    """Write a lossless PNG of a redacted frame (atomically: temp file, then rename)."""
+    write_image(frame, path, ImageFormat("png"))
 
 
 class VideoSink:

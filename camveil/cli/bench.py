@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -28,6 +29,7 @@ from tools.bench import (
     run_case,
     run_cases,
 )
+from tools.bench_anchor import anchor, format_anchor
 from tools.bench_envelope import bench_envelope
 from tools.bench_frames import check_source
 
@@ -50,7 +52,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
-        "--suite", choices=("pipeline", "envelope", "all"), default="all", help="default: all"
+        "--suite",
+        choices=("pipeline", "envelope", "anchor", "all"),
+        default="all",
+        help="default: all (pipeline and envelope; anchor runs only when named)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="anchor suite: a folder of images (e.g. ../shared/data/faces/detection/dev)",
+    )
+    parser.add_argument(
+        "--limit", type=int, metavar="N", help="anchor suite: only the first N images"
+    )
+    parser.add_argument(
+        "--no-process",
+        action="store_true",
+        help="anchor suite: skip the whole-process comparison (camveil redact vs deface CLI)",
     )
     parser.add_argument(
         "--seconds", type=float, default=5.0, help="measured seconds per configuration (default 5)"
@@ -137,6 +156,13 @@ def run(args: argparse.Namespace) -> int:
             args.seconds, latency_events=args.latency_events, latency_rate=args.latency_rate
         )
         report["envelope"] = envelope
+    if args.suite == "anchor":
+        report["anchor"] = _anchor(args)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(format_anchor(report["anchor"]))
+        return 0
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -149,6 +175,35 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_table(results, envelope))
     return 0
+
+
+def _anchor(args: argparse.Namespace) -> dict[str, Any]:
+    if args.images is None:
+        raise ConfigError(
+            "bench --suite anchor needs --images DIR, a folder of images "
+            "(for example ../shared/data/faces/detection/dev)"
+        )
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"bench: --limit must be >= 1, got {args.limit}")
+    config = detector_config(replace_threads(args))
+    passed = ["--model", config.model]
+    if config.threshold is not None:
+        passed += ["--threshold", str(config.threshold)]
+    if config.scale != 1.0:
+        passed += ["--scale", str(config.scale)]
+    if config.extra_scale:
+        passed += ["--extra-scale", str(config.extra_scale)]
+    print(
+        "bench: anchor (deface and camveil, one core each, then both whole processes) ...",
+        file=sys.stderr,
+    )
+    return anchor(
+        args.images,
+        config,
+        limit=args.limit,
+        processes=not args.no_process,
+        detector_args=passed,
+    )
 
 
 def _run_one(args: argparse.Namespace) -> int:

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from agent.batch import FileResult, InputFile, MediaKind, find_inputs, redact_files
+from agent.batch import (
+    FileResult,
+    InputFile,
+    MediaKind,
+    default_jobs,
+    find_inputs,
+    redact_files,
+)
 from agent.pipeline import PrivacyConfig
+from agent.privacy.store import ImageFormat
 from agent.vision.factory import build_detector
 from camveil.cli.common import add_detector_arguments, detector_config, redaction_config
 
 EPILOG = """\
-Images (anything Pillow can open) are written as lossless PNG, videos (.mp4 .avi .mov .mkv .webm
+Images (anything Pillow can open) are written losslessly: PNG (zlib level --png-level, default 1,
+fast) or, with --format webp, lossless WebP (smaller, about as fast). Several images are in flight
+at once (--jobs, default: the CPUs available), in the input order. Videos (.mp4 .avi .mov .mkv .webm
 .m4v, or anything else OpenCV can open) as mp4 (mp4v codec, the source's frame rate). AUDIO IS
 DROPPED: the output videos have no sound track. Metadata (EXIF, GPS, captions) is not copied; an
 image's EXIF orientation is applied to its pixels; of an animated or multi-page image only the first
@@ -41,6 +52,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, metavar="DIR", help="folder for the redacted outputs"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    output = parser.add_argument_group("image output (always lossless)")
+    output.add_argument(
+        "--format", choices=("png", "webp"), default="png", help="still image format (default png)"
+    )
+    output.add_argument(
+        "--png-level",
+        type=bounded_int(0, 9, "--png-level"),
+        default=1,
+        metavar="0-9",
+        help="PNG zlib level: 1 (default) is fast, 9 smallest; all are lossless",
+    )
+    output.add_argument(
+        "--jobs",
+        type=bounded_int(1, 64, "--jobs"),
+        default=None,
+        metavar="N",
+        help="images in flight at once (default: the CPUs available)",
+    )
     add_detector_arguments(parser)
 
 
@@ -84,6 +113,23 @@ class TqdmProgress:
         self._files.close()
 
 
+def bounded_int(low: int, high: int, name: str) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (a usage error, exit 2, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} needs a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be between {low} and {high}, got {value}"
+            )
+        return value
+
+    return parse
+
+
 def describe(result: FileResult) -> str | None:
     """The line to report for a file, or ``None`` for a plain success."""
     name = result.source.path
@@ -113,7 +159,15 @@ def run(args: argparse.Namespace) -> int:
     privacy = PrivacyConfig(redaction=redaction_config(args))
     progress = TqdmProgress(len(items), disable=args.no_progress)
     try:
-        results = redact_files(detector, items, args.out, privacy, progress)
+        results = redact_files(
+            detector,
+            items,
+            args.out,
+            privacy,
+            progress,
+            fmt=ImageFormat(args.format, png_level=args.png_level),
+            jobs=args.jobs or default_jobs(),
+        )
     finally:
         progress.close()
     written = [r for r in results if r.output is not None]

@@ -189,3 +189,38 @@ def test_child_command_line_carries_every_setting() -> None:
     bench_cli.add_arguments(parser)
     rebuilt = bench_cli.settings_from(parser.parse_args(argv[4:]))
     assert rebuilt == replace(settings, detector=replace(settings.detector, threads=1))
+
+
+def test_anchor_suite_runs_deface_and_camveil_on_the_same_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real deface (dev dependency) and camveil, one core each, then both whole processes."""
+    from skimage import data
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(data.astronaut()).save(images / "astronaut.jpg")  # type: ignore[no-untyped-call]
+    Image.fromarray(data.coffee()).save(images / "coffee.jpg")  # type: ignore[no-untyped-call]
+    status = main(["bench", "--suite", "anchor", "--images", str(images), "--json"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)["anchor"]
+    assert report["images"] == 2
+    det = report["detect"]
+    assert det["deface"]["faces"] >= 1 and det["camveil"]["faces"] >= 1  # the astronaut
+    assert det["deface"]["megapixels"] == det["camveil"]["megapixels"] > 0.5
+    assert det["deface"]["s_per_mp"] > 0 and det["camveil"]["s_per_mp"] > 0
+    assert det["speedup"] == pytest.approx(
+        det["deface"]["s_per_mp"] / det["camveil"]["s_per_mp"], rel=0.02
+    )
+    red = report["redact"]
+    assert red["deface"]["exit_status"] == 0 and red["camveil"]["exit_status"] == 0
+    assert red["deface"]["wall_s"] > 0 and red["camveil"]["wall_s"] > 0
+
+
+def test_anchor_suite_needs_a_folder_of_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--suite", "anchor"]) == 2
+    assert "needs --images DIR" in capsys.readouterr().err
+    assert main(["bench", "--suite", "anchor", "--images", str(tmp_path)]) == 2
+    assert "no images" in capsys.readouterr().err

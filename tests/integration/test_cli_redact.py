@@ -299,7 +299,7 @@ def test_two_inputs_with_the_same_output_path_do_not_overwrite(
     out = tmp_path / "out"
     results = redact_files(detector, find_inputs([root], out), out, PrivacyConfig())
     assert [r.ok for r in results] == [True, False]
-    assert "already written" in (results[1].error or "")
+    assert "already claimed" in (results[1].error or "")
 
 
 def test_exif_orientation_is_applied_before_detection(tmp_path: Path, model: str) -> None:
@@ -360,3 +360,60 @@ def test_unknown_extensions_are_recognised_by_content(
     assert "notes.txt: not an image or a video" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "picture.png"]
     assert len(_video_frames(out / "clip.mp4")) == VIDEO_FRAMES
+
+
+def test_images_in_flight_at_once_keep_the_order_and_fail_closed_each(
+    tmp_path: Path, detector: Detector
+) -> None:
+    """jobs=3: results in input order; the images whose detection fails are not written."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(8):
+        Image.fromarray(np.roll(_astronaut(), 8 * i, axis=1)).save(root / f"{i:02d}.jpg")
+    out = tmp_path / "out"
+    items = find_inputs([root], out)
+    failing = Failing(detector, fail={2, 5})  # call order: serialized, so calls 2 and 5 fail
+    results = redact_files(failing, items, out, PrivacyConfig(), jobs=3)
+    assert [r.source.path.name for r in results] == [f"{i:02d}.jpg" for i in range(8)]
+    assert sum(not r.ok for r in results) == 2
+    assert all("fail closed" in (r.error or "") for r in results if not r.ok)
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(r.output.name for r in results if r.output is not None)
+    for r in results:
+        if r.output is not None:
+            pixels = np.asarray(Image.open(r.output).convert("RGB"))
+            shift = 8 * int(r.source.path.stem)
+            x0, y0, x1, y1 = FACE_CORE
+            face = np.roll(pixels, -shift, axis=1)[y0:y1, x0:x1]
+            assert not np.array_equal(face, _astronaut()[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_stills_are_lossless_in_either_format(tmp_path: Path, fmt: str) -> None:
+    """The written file decodes to exactly the redacted pixels (compared across formats)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.fromarray(_astronaut()).save(root / "a.png")
+    outs = {}
+    for kind, level in ((fmt, "9"), ("png", "0")):
+        out = tmp_path / f"out-{kind}-{level}"
+        status = main(["redact", str(root), "--out", str(out), "--no-progress",
+                       "--format", kind, "--png-level", level])  # fmt: skip
+        assert status == 0
+        (written,) = list(out.iterdir())
+        assert written.suffix == f".{kind}"
+        outs[(kind, level)] = np.asarray(Image.open(written).convert("RGB"))
+    first, second = outs.values()
+    assert np.array_equal(first, second)
+    x0, y0, x1, y1 = FACE_CORE
+    assert not np.array_equal(first[y0:y1, x0:x1], _astronaut()[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("option", [["--png-level", "10"], ["--jobs", "0"], ["--format", "jpg"]])
+def test_bad_output_options_are_usage_errors(
+    tmp_path: Path, option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["redact", str(tmp_path), "--out", str(tmp_path / "o"), *option])
+    assert exit_info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
