@@ -6,7 +6,7 @@
   and writes a lossless PNG through :func:`agent.privacy.store.write_png`;
 - :func:`redact_video` decodes a video with OpenCV and runs the real
   :class:`~agent.pipeline.Pipeline` over it (detect, track with hold-over, redact) into a
-  :class:`~agent.privacy.store.VideoSink` (``mp4v``, the source's frame rate, no audio), written
+  :class:`~agent.privacy.store.VideoSink` (H.264, the source's frame rate, no audio), written
   under a temporary name and renamed at the end;
 - :func:`redact_files` does the above for every input and reports each file's outcome.
 
@@ -27,15 +27,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame, regions_to_redact
 from agent.privacy.redact import redact
-from agent.privacy.store import ImageFormat, VideoSink, write_image
+from agent.privacy.store import ImageFormat, VideoSink, write_animation, write_image
 from agent.stats import PipelineStats
 from agent.vision.detection import Detection, Detector
 from agent.vision.track import TrackedRegion
@@ -83,7 +83,9 @@ class FileResult:
     dropped: dict[str, int] = field(default_factory=dict)
     """Video frames not written, by reason (fail closed)."""
     regions: int = 0
-    """Regions overwritten (over all frames of a video)."""
+    """Regions overwritten (over all frames of a video), hold-over regions included."""
+    faces: int = 0
+    """Faces the detector found (summed over the frames written)."""
     declared_frames: int | None = None
     """A video's frame count as its container declares it (may be approximate)."""
 
@@ -217,17 +219,54 @@ class CheckedDetector:
 # --- images ---------------------------------------------------------------------------------
 
 
-def load_image(path: Path) -> npt.NDArray[np.uint8]:
-    """Decode an image file to RGB uint8 (EXIF orientation applied, alpha dropped, first frame of
-    an animation). Raises :class:`InputFileError` if Pillow cannot decode it."""
+MAX_IMAGE_FRAMES: Final = 10_000
+"""An animated or multi-page image with more frames is refused (convert it to a video)."""
+
+
+@dataclass(frozen=True)
+class Still:
+    """A decoded image file: one frame, or every frame of an animation / multi-page file."""
+
+    frames: tuple[npt.NDArray[np.uint8], ...]
+    durations_ms: tuple[int, ...] = ()
+    """Per-frame display time of an animation (empty for a single image)."""
+    loop: int = 0
+
+    @property
+    def animated(self) -> bool:
+        return len(self.frames) > 1
+
+
+def load_still(path: Path) -> Still:
+    """Decode an image file to RGB uint8 frames (EXIF orientation applied, alpha dropped). Every
+    frame of an animated GIF/PNG/WebP or multi-page TIFF is decoded: none is silently left out.
+    Raises :class:`InputFileError` if Pillow cannot decode it or it has too many frames."""
     try:
         with Image.open(path) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            rgb = upright.convert("RGB")
+            n = int(getattr(img, "n_frames", 1))
+            if n > MAX_IMAGE_FRAMES:
+                raise InputFileError(
+                    f"animated image of {n} frames (more than {MAX_IMAGE_FRAMES}): convert it to "
+                    "a video first (for example: ffmpeg -i INPUT out.mp4)"
+                )
+            frames, durations = [], []
+            for page in ImageSequence.Iterator(img):
+                page.load()
+                frames.append(np.asarray(ImageOps.exif_transpose(page).convert("RGB")).copy())
+                durations.append(int(page.info.get("duration", 100) or 100))
+            loop = int(img.info.get("loop", 0) or 0)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise InputFileError(f"cannot decode image ({_reason(exc)})") from exc
-    return np.asarray(rgb, dtype=np.uint8).copy()
+    if not frames:
+        raise InputFileError("cannot decode image (no frames)")
+    if len(frames) == 1:
+        return Still((frames[0],))
+    return Still(tuple(frames), tuple(durations), loop)
+
+
+def load_image(path: Path) -> npt.NDArray[np.uint8]:
+    """The first frame of an image file as RGB uint8 (see :func:`load_still` for all frames)."""
+    return load_still(path).frames[0]
 
 
 def redact_image(
@@ -237,34 +276,46 @@ def redact_image(
     config: PrivacyConfig,
     fmt: ImageFormat | None = None,
 ) -> FileResult:
-    """Detect and redact one image and write it losslessly (PNG by default). Never raises for a
-    bad file or a failing detector: the result says what went wrong, and nothing is written in
-    that case. Safe to call from several threads if ``detector`` is (see :class:`Serialized`)."""
+    """Detect and redact one image (every frame of an animated one) and write it losslessly
+    (PNG by default; an animation as an animated PNG / WebP with its timing). Never raises for
+    a bad file or a failing detector: the result says what went wrong, and nothing is written in
+    that case (one failed frame of an animation fails the whole file). Safe to call from several
+    threads if ``detector`` is (see :class:`Serialized`)."""
     result = FileResult(item, kind="image")
     try:
-        pixels = load_image(item.path)
+        still = load_still(item.path)
     except InputFileError as exc:
         result.error = str(exc)
         return result
-    result.frames_in = 1
-    frame = Frame(pixels, index=0, ts=_mtime(item.path), mono=0.0, source=str(item.path))
-    try:
-        detections = detect_checked(detector, frame.pixels)
-    except DetectorFailedError as exc:
-        result.error = f"not written, fail closed: {exc}"
-        result.dropped = {type(exc).__name__: 1}
-        return result
-    tracked = [TrackedRegion(0, d.kind, d.box, 0) for d in detections]
-    redacted = redact(frame, regions_to_redact(tracked, config), config.redaction)
+    result.frames_in = len(still.frames)
+    ts = _mtime(item.path)
+    redacted = []
+    faces = 0
+    for index, pixels in enumerate(still.frames):
+        frame = Frame(pixels, index=index, ts=ts, mono=0.0, source=str(item.path))
+        try:
+            detections = detect_checked(detector, frame.pixels)
+        except DetectorFailedError as exc:
+            where = f" on frame {index + 1} of {len(still.frames)}" if still.animated else ""
+            result.error = f"not written, fail closed{where}: {exc}"
+            result.dropped = {type(exc).__name__: 1}
+            return result
+        tracked = [TrackedRegion(0, d.kind, d.box, 0) for d in detections]
+        redacted.append(redact(frame, regions_to_redact(tracked, config), config.redaction))
+        faces += sum(d.kind == "face" for d in detections)
     dst = output_path(out_dir, item, "image", fmt)
     try:
-        write_image(redacted, dst, fmt)
+        if still.animated:
+            write_animation(redacted, dst, still.durations_ms, still.loop, fmt)
+        else:
+            write_image(redacted[0], dst, fmt)
     except OSError as exc:
         result.error = f"cannot write {dst} ({_reason(exc)})"
         return result
     result.output = dst
-    result.frames_out = 1
-    result.regions = len(redacted.regions)
+    result.frames_out = len(redacted)
+    result.regions = sum(len(r.regions) for r in redacted)
+    result.faces = faces
     return result
 
 
@@ -331,19 +382,21 @@ def redact_video(
             return frame
 
         stats = PipelineStats()
-        regions = 0
+        regions = faces = 0
         with VideoSink(tmp, fps) as sink:
 
             def write(processed: ProcessedFrame) -> None:
-                nonlocal regions
+                nonlocal regions, faces
                 sink.write(processed.redacted)
                 regions += len(processed.redacted.regions)
+                faces += sum(d.kind == "face" for d in processed.detections)
 
             Pipeline(read_frame, CheckedDetector(detector), write, config, stats).run()
         result.frames_in = stats.frames_in
         result.frames_out = sink.frames
         result.dropped = dict(stats.dropped)
         result.regions = regions
+        result.faces = faces
         if stats.frames_in == 0:
             result.error = "cannot decode video (no frame could be read)"
         elif sink.frames == 0:

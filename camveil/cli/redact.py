@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,12 +27,14 @@ from camveil.cli.common import add_detector_arguments, detector_config, redactio
 EPILOG = """\
 Images (anything Pillow can open) are written losslessly: PNG (zlib level --png-level, default 1,
 fast) or, with --format webp, lossless WebP (smaller, about as fast). Several images are in flight
-at once (--jobs, default: the CPUs available), in the input order. Videos (.mp4 .avi .mov .mkv .webm
-.m4v, or anything else OpenCV can open) as mp4 (mp4v codec, the source's frame rate). AUDIO IS
-DROPPED: the output videos have no sound track. Metadata (EXIF, GPS, captions) is not copied; an
-image's EXIF orientation is applied to its pixels; of an animated or multi-page image only the first
-frame is written. Outputs keep their path relative to the input folder (a single file: its name),
-e.g. photos/a/x.jpg -> OUT/a/x.png.
+at once (--jobs, default: the CPUs available), in the input order. Every frame of an animated or
+multi-page image (GIF, APNG, WebP, TIFF) is redacted and written as an animated PNG (or WebP) with
+its timing. Videos (.mp4 .avi .mov .mkv .webm .m4v, or anything else OpenCV can open) are written as
+H.264 mp4 that browsers play (the source's frame rate). AUDIO IS DROPPED: the output videos have no
+sound track. Metadata (EXIF, GPS, captions) is not copied; an image's EXIF orientation is applied
+to its pixels. Outputs keep their path relative to the input folder (a single file: its name),
+e.g. photos/a/x.jpg -> OUT/a/x.png. With --json, one JSON document on stdout lists every file
+(output, faces found, frames in/out, frames dropped by reason, error).
 
 Fail closed: if the detector fails on an image, nothing is written for it; if it fails on a video
 frame, that frame is dropped from the output (and counted). Files that cannot be decoded are
@@ -52,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, metavar="DIR", help="folder for the redacted outputs"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON report of every file on stdout"
+    )
     output = parser.add_argument_group("image output (always lossless)")
     output.add_argument(
         "--format", choices=("png", "webp"), default="png", help="still image format (default png)"
@@ -182,4 +188,36 @@ def run(args: argparse.Namespace) -> int:
     if ignored:
         summary += f"; {ignored} ignored"
     print(summary, file=sys.stderr)
+    if args.json:
+        print(json.dumps(report(results, args.out), indent=2))
     return 1 if failed or dropped else 0
+
+
+def report(results: list[FileResult], out: Path) -> dict[str, Any]:
+    """The ``--json`` document: per file what was written and what was found or dropped."""
+    files = [
+        {
+            "input": str(r.source.path),
+            "kind": r.kind,
+            "output": str(r.output) if r.output is not None else None,
+            "ok": r.ok and not r.ignored,
+            "ignored": r.ignored,
+            "error": r.error,
+            "faces": r.faces,
+            "regions": r.regions,
+            "frames_in": r.frames_in,
+            "frames_out": r.frames_out,
+            "frames_dropped": r.frames_dropped,
+            "dropped": dict(r.dropped),
+        }
+        for r in results
+    ]
+    return {
+        "out": str(out),
+        "files": files,
+        "written": sum(r.output is not None for r in results),
+        "failed": sum(r.error is not None for r in results),
+        "ignored": sum(r.ignored for r in results),
+        "faces": sum(r.faces for r in results),
+        "frames_dropped": sum(r.frames_dropped for r in results),
+    }

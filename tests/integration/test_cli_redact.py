@@ -417,3 +417,67 @@ def test_bad_output_options_are_usage_errors(
         main(["redact", str(tmp_path), "--out", str(tmp_path / "o"), *option])
     assert exit_info.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_every_frame_of_an_animated_image_is_redacted_with_its_timing(tmp_path: Path) -> None:
+    """An animated GIF is not cut to its first frame: all frames, redacted, timing kept."""
+    from PIL import ImageSequence
+
+    root = tmp_path / "in"
+    root.mkdir()
+    frames = [Image.fromarray(np.roll(_astronaut(), 6 * i, axis=1)) for i in range(3)]
+    frames[0].save(root / "wave.gif", save_all=True, append_images=frames[1:],
+                   duration=[80, 120, 200], loop=0)  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["redact", str(root), "--out", str(out), "--no-progress"]) == 0
+    with Image.open(out / "wave.png") as apng:
+        assert getattr(apng, "n_frames", 1) == 3
+        written = []
+        for page in ImageSequence.Iterator(apng):
+            written.append((np.asarray(page.convert("RGB")).copy(), page.info.get("duration")))
+    x0, y0, x1, y1 = FACE_CORE
+    for i, (pixels, duration) in enumerate(written):
+        face = np.roll(pixels, -6 * i, axis=1)[y0:y1, x0:x1]
+        assert np.all(face == 0), f"frame {i}: the face is not overwritten (solid black)"
+        assert duration == [80, 120, 200][i]
+
+
+def test_videos_are_h264_that_browsers_play_even_with_odd_sizes(tmp_path: Path) -> None:
+    import av
+
+    root = tmp_path / "in"
+    root.mkdir()
+    small = cv2.resize(_astronaut(), (255, 171), interpolation=cv2.INTER_AREA)
+    with av.open(str(root / "odd.mkv"), "w") as source:  # OpenCV's writer rounds odd sizes down
+        lossless = source.add_stream("ffv1", rate=8)
+        lossless.width, lossless.height, lossless.pix_fmt = 255, 171, "bgr0"
+        for _ in range(6):
+            source.mux(lossless.encode(av.VideoFrame.from_ndarray(small, format="rgb24")))
+        source.mux(lossless.encode())
+    out = tmp_path / "out"
+    assert main(["redact", str(root), "--out", str(out), "--no-progress"]) == 0
+    with av.open(str(out / "odd.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        assert (stream.codec_context.width, stream.codec_context.height) == (256, 172)
+        assert sum(1 for _ in container.decode(stream)) == 6
+
+
+def test_json_report_lists_every_file(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    out = tmp_path / "out"
+    status = main(["redact", str(tree), "--out", str(out), "--no-progress", "--json"])
+    assert status == 1  # broken.jpg
+    doc = json.loads(capsys.readouterr().out)
+    by_name = {Path(f["input"]).name: f for f in doc["files"]}
+    assert by_name["astronaut.jpg"]["ok"] and by_name["astronaut.jpg"]["faces"] >= 1
+    assert by_name["astronaut.jpg"]["output"].endswith("astronaut.png")
+    assert not by_name["broken.jpg"]["ok"] and "cannot decode" in by_name["broken.jpg"]["error"]
+    assert by_name["notes.txt"]["ignored"]
+    clip = by_name["clip.mp4"]
+    assert clip["frames_in"] == clip["frames_out"] == VIDEO_FRAMES and clip["faces"] >= 1
+    assert doc["failed"] == 1 and doc["written"] == 4
