@@ -78,6 +78,7 @@ from contract.errors import (
     ReplayMemoryFullError,
     UnknownKeyError,
 )
+from contract.topics import ack_topic, command_topic
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +101,6 @@ _REASONS: Final[tuple[tuple[type[EnvelopeError], str], ...]] = (
     (BindingMismatchError, "binding"),
     (MalformedEnvelopeError, "malformed"),
 )
-
-
-def cmd_topic(device: str) -> str:
-    return f"camveil/v1/{device}/cmd"
-
-
-def ack_topic(device: str) -> str:
-    return f"camveil/v1/{device}/cmd/ack"
 
 
 class CommandRejectedError(CamveilError):
@@ -162,7 +155,7 @@ def seal_command(
         message,
         sender=operator,
         recipient=device,
-        topic=cmd_topic(device.kid),
+        topic=command_topic(device.kid),
         seq=seq,
         device=device.kid,
         expires_at=expires_at,
@@ -344,7 +337,7 @@ class CommandProcessor:
 
     def _verdict(self, topic: str, payload: bytes) -> Ack:
         cmd_seq = _unauthenticated_seq(payload)
-        if topic != cmd_topic(self._device.kid):
+        if topic != command_topic(self._device.kid):
             return Ack(None, cmd_seq, False, "binding: not this unit's command topic")
         try:
             opened = open_envelope(

@@ -51,9 +51,9 @@ from agent.tamper import TamperKind
 from contract.envelope.keys import Identity, PublicIdentity, check_kid
 from contract.envelope.seal import SealedEnvelope, seal
 from contract.errors import EventError, SnapshotTooLargeError, UnredactedDataError
+from contract.topics import event_topic, status_topic
 
 PROTOCOL_VERSION: Final = 1
-TOPIC_PREFIX: Final = "camveil/v1/"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 
 
@@ -235,8 +235,8 @@ def topic_for(event: Event) -> str:
     """``camveil/v1/<device>/event/<type>``, or ``.../status`` for a status event."""
     device = event.header.device
     if isinstance(event, StatusEvent):
-        return f"{TOPIC_PREFIX}{device}/status"
-    return f"{TOPIC_PREFIX}{device}/event/{event.TYPE}"
+        return status_topic(device)
+    return event_topic(device, event.TYPE)
 
 
 # --- builders --------------------------------------------------------------------------------

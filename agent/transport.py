@@ -59,20 +59,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from contract.envelope import SealedEnvelope
 from contract.errors import UnredactedDataError
-from contract.mqtt import QOS, TOPIC_ROOT, tls_context
+from contract.mqtt import QOS, tls_context
+from contract.topics import command_topic, status_topic
 
 logger = logging.getLogger(__name__)
 
 _DISCONNECT_WITH_WILL: Final = 0x04
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
-
-
-def status_topic(device_id: str) -> str:
-    return f"{TOPIC_ROOT}/{device_id}/status"
-
-
-def command_topic(device_id: str) -> str:
-    return f"{TOPIC_ROOT}/{device_id}/cmd"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.commands import ACK_TYPE, REMOTE_SECTIONS, ack_topic, seal_command
+from agent.commands import ACK_TYPE, REMOTE_SECTIONS, seal_command
 from contract.certclaim import claim_client_cert, key_for
 from contract.envelope.keys import (
     Identity,
@@ -42,6 +42,7 @@ from contract.envelope.replay import ReplayGuard
 from contract.envelope.seal import SealedEnvelope, open_envelope
 from contract.errors import CamveilError, ConfigError, EnvelopeError
 from contract.mqtt import tls_context
+from contract.topics import ack_topic
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -26,24 +26,11 @@ from nacl.signing import SigningKey, VerifyKey
 
 from contract.errors import KeyFileError, UnknownKeyError
 
+# key ids are defined in contract.ids (topics carry them too); re-exported here
+from contract.ids import MAX_KID_BYTES as MAX_KID_BYTES
+from contract.ids import check_kid as check_kid
+
 KEY_FILE_VERSION: Final = 1
-MAX_KID_BYTES: Final = 64
-
-
-def check_kid(kid: str) -> str:
-    """Return ``kid`` if usable as a key id: 1..64 printable ASCII chars without '/', '+', '#'."""
-    if (
-        not isinstance(kid, str)
-        or not 0 < len(kid) <= MAX_KID_BYTES
-        or not kid.isascii()
-        or not kid.isprintable()
-        or any(c in kid for c in "/+#")
-        or kid.strip() != kid
-    ):
-        raise ValueError(
-            f"invalid key id {kid!r}: use 1..64 printable ASCII characters without '/', '+', '#'"
-        )
-    return kid
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.commands import Ack, AckBudget, Command, CommandProcessor, cmd_topic, seal_command
+from agent.commands import Ack, AckBudget, Command, CommandProcessor, seal_command
 from contract.envelope.keys import Identity, PeerKeys, PublicIdentity
+from contract.topics import command_topic
 
 DEVICE = "unit-ack"
 
@@ -75,11 +76,11 @@ def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
             seq=seq,
             expires_at=int(time.time()) + 60,
         )
-        return processor.handle(cmd_topic(DEVICE), envelope.data)
+        return processor.handle(command_topic(DEVICE), envelope.data)
 
     for seq in range(1, 101):
         assert not send("snapshot", f"f{seq}", forger, seq).accepted
-    processor.handle(cmd_topic(DEVICE), b"\xa0garbage")
+    processor.handle(command_topic(DEVICE), b"\xa0garbage")
     assert sum(processor.rejected.values()) == 101  # every rejection is counted
     assert len(sent) == 5 and processor.acks_suppressed == 96  # only the burst was acked
     assert all(not a.accepted and a.command_id is None for a in sent)
@@ -93,9 +94,9 @@ def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
     assert not ack.accepted and ack.reason.startswith("unknown_command") and sent[-1] == ack
 
     clock.now += 2.0  # two tokens later, forged commands are acked again
-    processor.handle(cmd_topic(DEVICE), b"junk")
-    processor.handle(cmd_topic(DEVICE), b"junk")
-    processor.handle(cmd_topic(DEVICE), b"junk")
+    processor.handle(command_topic(DEVICE), b"junk")
+    processor.handle(command_topic(DEVICE), b"junk")
+    processor.handle(command_topic(DEVICE), b"junk")
     assert len(sent) == 9 and processor.acks_suppressed == 97
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import cbor2
 import pytest
 
-from agent.commands import Ack, Command, CommandProcessor, cmd_topic, seal_command
+from agent.commands import Ack, Command, CommandProcessor, seal_command
 from contract.envelope.keys import Identity, PeerKeys, write_private_file
 from contract.envelope.replay import CommandReplayGuard
+from contract.topics import command_topic
 
 DEVICE = "unit-replay"
 NOW = 1_764_115_200.0
@@ -68,7 +69,7 @@ class Rig:
         ).data
 
     def send(self, data: bytes) -> Ack:
-        return self.processor.handle(cmd_topic(DEVICE), data)
+        return self.processor.handle(command_topic(DEVICE), data)
 
 
 def test_an_operator_5_s_behind_is_accepted_and_replays_are_not(tmp_path: Path) -> None:
@@ -130,7 +131,7 @@ def test_persisted_memory_holds_only_unexpired_commands(tmp_path: Path) -> None:
 
 def test_a_version_1_window_file_is_read_safely(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    window = {"v": 1, "window": 1024, "streams": [["operator", cmd_topic(DEVICE), 5, b"\x01"]]}
+    window = {"v": 1, "window": 1024, "streams": [["operator", command_topic(DEVICE), 5, b"\x01"]]}
     write_private_file(rig.path, cbor2.dumps(window, canonical=True))
     mtime = int(rig.path.stat().st_mtime)
     rig.clock.now = mtime + 1
