@@ -27,6 +27,7 @@ from agent.unitstate import UnitState
 from agent.vision.factory import DetectorConfig, build_detector
 from contract.envelope.keys import Identity, PeerKeys, ack_reader
 from contract.envelope.seal import SealedEnvelope
+from contract.topics import ack_topic, event_topic
 from dashboard.listener import (
     Listener,
     ListenerConfig,
@@ -119,7 +120,7 @@ class Harness:
             self.pki.operator("console"), self.broker.port, client_id=f"it-acks-{self.tmp.name}"
         )
         self.ack_client.connect()
-        assert not self.ack_client.subscribe(f"camveil/v1/{DEVICE}/cmd/ack").is_failure
+        assert not self.ack_client.subscribe(ack_topic(DEVICE)).is_failure
         self._acks_stop = threading.Event()
         self._ack_thread = threading.Thread(target=self._read_acks, name="acks")
         self._ack_thread.start()
@@ -451,7 +452,7 @@ def test_publish_path_refuses_anything_but_sealed_envelopes(harness: Harness) ->
     transport = daemon.transport
     assert transport is not None
     with pytest.raises(UnredactedDataError):
-        transport.publish(f"camveil/v1/{DEVICE}/event/presence", b"plain")  # type: ignore[arg-type]
+        transport.publish(event_topic(DEVICE, "presence"), b"plain")  # type: ignore[arg-type]
     with (
         Outbox(harness.tmp / "other.db", signer=harness.device.public()) as outbox,
         pytest.raises(UnredactedDataError),

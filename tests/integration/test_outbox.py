@@ -28,9 +28,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from agent.outbox import Outbox
 from contract.envelope import Identity, SealedEnvelope, seal
 from contract.errors import OutboxCorruptError, OutboxError, OutboxFullError, UnredactedDataError
+from contract.topics import event_topic, status_topic
 
 DEVICE = "cv-test-0001"
-TOPIC = f"camveil/v1/{DEVICE}/event/presence"
+TOPIC = event_topic(DEVICE, "presence")
 
 _device = Identity.generate(DEVICE)
 _backend = Identity.generate("backend-test").public()
@@ -175,7 +176,7 @@ def test_rows_of_other_keys_are_refused_in_and_evicted_out(tmp_path: Path) -> No
             {},
             sender=Identity.generate("cv-other"),
             recipient=_backend,
-            topic="camveil/v1/cv-other/status",
+            topic=status_topic("cv-other"),
             seq=1,
             device="cv-other",
         )
@@ -274,7 +275,7 @@ def test_topic_must_match_the_envelope(tmp_path: Path) -> None:
         Outbox(tmp_path / "o.db", signer=SIGNER) as box,
         pytest.raises(ValueError, match="differs"),
     ):
-        box.enqueue(sealed(1), f"camveil/v1/{DEVICE}/event/tamper")
+        box.enqueue(sealed(1), event_topic(DEVICE, "tamper"))
 
 
 def test_disk_full_evicts_oldest_counts_and_keeps_going(tmp_path: Path) -> None:
@@ -425,11 +426,12 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     from contract.envelope import Identity, seal
     from agent.outbox import Outbox
+    from contract.topics import event_topic
 
     path, out_fd, start = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     device = Identity.generate("cv-test-0001")
     backend = Identity.generate("backend-test").public()
-    topic = "camveil/v1/cv-test-0001/event/presence"
+    topic = event_topic("cv-test-0001", "presence")
     with Outbox(path, signer=device.public()) as box:
         os.write(out_fd, b"R\\n")
         seq = start
