@@ -99,7 +99,7 @@ import ssl, sys, time
 from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from agent.commands import seal_command
+from contract.commands import seal_command
 from contract.envelope.keys import ack_reader, load_identity, load_peers
 from contract.topics import ack_topic
 from dashboard.listener import MemoryDedupe, Opener

@@ -10,7 +10,7 @@ Targets, unchanged production code:
 
 Inputs are made from genuine originals: events built by :class:`~agent.events.EventBuilder`
 and sealed by the device key, commands sealed by the operator key
-(:func:`~agent.commands.seal_command`).
+(:func:`~contract.commands.seal_command`).
 Each round makes one original of each, feeds mutations of them, then the originals themselves
 (the controls, which must be accepted: a mutation that had burnt the original's seq would show
 here), then replays. Mutations (:data:`MUTATIONS`): truncations, bit flips, byte edits,
@@ -42,10 +42,11 @@ from typing import Any, Final
 
 import cbor2
 
-from agent.commands import Ack, Command, CommandProcessor, seal_command
+from agent.commands import Command, CommandProcessor
 from agent.events import EventBuilder, seal_event, to_map
 from agent.sequence import CountingSequence
 from agent.tamper import TamperKind
+from contract.commands import Ack, seal_command
 from contract.envelope import cose
 from contract.envelope.keys import Identity, PeerKeys
 from contract.envelope.seal import SealedEnvelope, _encrypt, seal

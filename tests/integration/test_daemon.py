@@ -20,11 +20,11 @@ import pytest
 from broker import Mosquitto, TestClient, TestPki
 from PIL import Image
 
-from agent.commands import seal_command
 from agent.config import load_with_remote
 from agent.daemon import Daemon, DaemonSummary
 from agent.unitstate import UnitState
 from agent.vision.factory import DetectorConfig, build_detector
+from contract.commands import seal_command
 from contract.envelope.keys import Identity, PeerKeys, ack_reader
 from contract.envelope.seal import SealedEnvelope
 from contract.topics import ack_topic, event_topic

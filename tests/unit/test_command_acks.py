@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.commands import Ack, AckBudget, Command, CommandProcessor, seal_command
+from agent.commands import AckBudget, Command, CommandProcessor
+from contract.commands import Ack, seal_command
 from contract.envelope.keys import Identity, PeerKeys, PublicIdentity
 from contract.topics import command_topic
 

@@ -11,7 +11,8 @@ from typing import Any
 import cbor2
 import pytest
 
-from agent.commands import Ack, Command, CommandProcessor, seal_command
+from agent.commands import Command, CommandProcessor
+from contract.commands import Ack, seal_command
 from contract.envelope.keys import Identity, PeerKeys, write_private_file
 from contract.envelope.replay import CommandReplayGuard
 from contract.topics import command_topic
