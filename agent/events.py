@@ -36,13 +36,12 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import Any, ClassVar, Final, Protocol, TypeAlias
 
 import cbor2
 import numpy as np
 from PIL import Image
 
-from agent.outbox import OutboxStats
 from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import encode_jpeg, require_redacted
 from agent.sequence import SequenceSource
@@ -165,6 +164,24 @@ class OutboxHealth:
     oldest_age_s: float | None
 
 
+class OutboxNumbers(Protocol):
+    """What a health event reads from the outbox (:class:`agent.outbox.OutboxStats` has it):
+    events know the numbers, not the storage."""
+
+    @property
+    def depth(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def oldest_age_s(self) -> float | None: ...
+    @property
+    def evicted_total(self) -> Mapping[str, int]: ...
+    @property
+    def rejected_total(self) -> Mapping[str, int]: ...
+    @property
+    def corrupt_recovered(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class HealthEvent:
     header: Header
@@ -208,6 +225,7 @@ __all__ = [
     "HealthEvent",
     "LinkState",
     "OutboxHealth",
+    "OutboxNumbers",
     "PresenceEvent",
     "SnapshotEvent",
     "SnapshotPolicy",
@@ -352,7 +370,7 @@ class EventBuilder:
         *,
         fps: float,
         pipeline: PipelineStats,
-        outbox: OutboxStats,
+        outbox: OutboxNumbers,
         cpu_temp_c: float | None,
         uptime_s: float,
         versions: Mapping[str, str],
