@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from broker import HOST, Mosquitto, TestClient, TestPki
-from test_daemon import DEVICE, Harness
+from harness import DEVICE, Harness
 
 from contract.envelope.keys import Identity, PeerKeys, ack_reader, save_identity, save_peers
 from contract.envelope.replay import ReplayGuard

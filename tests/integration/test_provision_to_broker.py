@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from broker import ClientFiles, TestClient, mosquitto_binary
-from test_provisioning import BAUD, FaultProxy, Pty, Unit, verify_provisioned
+from serial_rig import BAUD, FaultProxy, Pty, Unit, verify_provisioned
 
 from agent.unitstate import UnitState
 from contract.envelope.keys import load_identity, load_peers

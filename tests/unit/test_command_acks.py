@@ -11,16 +11,9 @@ from agent.commands import AckBudget, Command, CommandProcessor
 from contract.commands import Ack, seal_command
 from contract.envelope.keys import Identity, PeerKeys, PublicIdentity
 from contract.topics import command_topic
+from hw.clock import FakeClock
 
 DEVICE = "unit-ack"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _processor(
@@ -45,14 +38,14 @@ def _processor(
 
 
 def test_budget_bursts_then_refills() -> None:
-    clock = Clock()
-    budget = AckBudget(burst=3, rate=0.5, clock=clock)
+    clock = FakeClock(start=1000.0)
+    budget = AckBudget(burst=3, rate=0.5, clock=clock.monotonic)
     assert [budget.take() for _ in range(4)] == [True, True, True, False]
-    clock.now += 1.0  # half a token
+    clock.advance(1.0)  # half a token
     assert not budget.take()
-    clock.now += 1.0  # one token
+    clock.advance(1.0)  # one token
     assert budget.take() and not budget.take()
-    clock.now += 100.0  # refill is capped at the burst
+    clock.advance(100.0)  # refill is capped at the burst
     assert [budget.take() for _ in range(4)] == [True, True, True, False]
 
 
@@ -63,8 +56,8 @@ def test_budget_rejects_nonsense(burst: int, rate: float) -> None:
 
 
 def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
-    clock = Clock()
-    budget = AckBudget(burst=5, rate=1.0, clock=clock)
+    clock = FakeClock(start=1000.0)
+    budget = AckBudget(burst=5, rate=1.0, clock=clock.monotonic)
     processor, sent, operator, device = _processor(tmp_path, budget)
     forger = Identity.generate("operator")  # the right kid, the wrong key
 
@@ -94,7 +87,7 @@ def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
     ack = send("format_disk", "real-2", operator, 2)
     assert not ack.accepted and ack.reason.startswith("unknown_command") and sent[-1] == ack
 
-    clock.now += 2.0  # two tokens later, forged commands are acked again
+    clock.advance(2.0)  # two tokens later, forged commands are acked again
     processor.handle(command_topic(DEVICE), b"junk")
     processor.handle(command_topic(DEVICE), b"junk")
     processor.handle(command_topic(DEVICE), b"junk")
