@@ -9,7 +9,7 @@ specified in docs/events.cddl (and docs/PROTOCOL.md); it is a map with short tex
     {"v": 1, "device": "cv-0001", "boot": "9f2c...", "seq": 42, "ts": 1764000000123,
      "type": "tamper", "body": {"kind": "covered", "score": 0.97}}
 
-Privacy rules enforced here (DESIGN §2):
+Privacy rules enforced here (docs/ARCHITECTURE.md, "On the unit: frame to MQTT"):
 
 - the snapshot builder accepts only a :class:`~agent.privacy.redact.RedactedFrame` (checked at
   run time too) and encodes it with :func:`agent.privacy.store.encode_jpeg`;

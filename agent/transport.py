@@ -33,7 +33,8 @@ The last will is a pre-sealed "offline" status (retained, QoS 1) that the broker
 the connection dies without a DISCONNECT, and also on :meth:`stop` (MQTT v5 reason code 0x04
 "disconnect with will message"), so the retained status is "offline" whenever the unit is not
 connected. Pass ``will`` as a function to have it sealed afresh before every connection attempt
-(DESIGN §4: "pre-signed at connect"; each call may take a new seq), or as a fixed envelope.
+(docs/PROTOCOL.md, "Last will and status"; each call may take a new seq), or as a fixed
+envelope.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Mosquitto 2.x configuration and ACL for camveil (DESIGN §4; wire details in docs/PROTOCOL.md).
+"""Mosquitto 2.x configuration and ACL for camveil (docs/PROTOCOL.md, "MQTT"; topics from
+:mod:`contract.topics`).
 
 The templates are here, in Python, so the station, the tests and ``make demo`` render the same
 thing; ``deploy/mosquitto/`` holds copies rendered with example paths (``python -m
