@@ -1,17 +1,18 @@
 """Signed commands to the unit and the unit's sealed answers.
 
 A command is an envelope on ``camveil/v1/<device>/cmd``, signed by an operator key, encrypted
-to the device, with an expiry (docs/PROTOCOL.md, "Envelope"). Its plaintext carries, besides the
-envelope's own keys::
+to the device, with an expiry (docs/PROTOCOL.md, "Envelope"; the format both sides share, with
+:class:`~contract.commands.Ack` and :func:`~contract.commands.seal_command`, is in
+:mod:`contract.commands`). Its plaintext carries, besides the envelope's own keys::
 
     {"id": tstr,            ; the operator's command id (1-64 of A-Z a-z 0-9 _ . : / -)
      "cmd": tstr,           ; "snapshot" | "set_config" | "restart_pipeline"
      ? "args": {* tstr => any}}
 
 ``set_config`` takes ``args = {"config": {<section>: {<key>: value}}}`` (only the sections in
-:data:`REMOTE_SECTIONS`): validated with the typed config loader over the whole configuration,
-applied by building the new pipeline first, and kept in ``remote.toml`` in the state directory,
-which is merged over ``/etc/camveil/camveil.toml`` at every start
+:data:`~contract.commands.REMOTE_SECTIONS`): validated with the typed config loader over the
+whole configuration, applied by building the new pipeline first, and kept in ``remote.toml`` in
+the state directory, which is merged over ``/etc/camveil/camveil.toml`` at every start
 (:func:`agent.config.load_with_remote`; the ``/etc`` file is root-owned and read-only for the
 agent). Every command, also one that does not open, is answered on
 ``camveil/v1/<device>/cmd/ack`` with a sealed message of the device, encrypted to the operator
@@ -42,7 +43,6 @@ commands are never suppressed.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import Counter
@@ -54,6 +54,7 @@ from typing import Any, Final
 import cbor2
 
 from agent.events import Header
+from contract.commands import ACK_TYPE, COMMAND_ID, Ack
 from contract.envelope.keys import (
     Identity,
     PeerKeys,
@@ -78,17 +79,12 @@ from contract.errors import (
     ReplayMemoryFullError,
     UnknownKeyError,
 )
+from contract.topics import ack_topic, command_topic
 
 logger = logging.getLogger(__name__)
 
-COMMANDS: Final = ("snapshot", "set_config", "restart_pipeline")
-REMOTE_SECTIONS: Final = ("camera", "detector", "privacy", "events")
-"""Sections a ``set_config`` command may change. ``mqtt`` and ``outbox`` are left out on purpose:
-a wrong broker or state directory sent remotely would cut the unit off for good."""
-ACK_TYPE: Final = "cmd_ack"
 REPLAY_STATE_VERSION: Final = 2
 _WINDOW_STATE_VERSION: Final = 1  # the sliding window of earlier releases
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 
 _REASONS: Final[tuple[tuple[type[EnvelopeError], str], ...]] = (
     (BadSignatureError, "bad_signature"),
@@ -100,14 +96,6 @@ _REASONS: Final[tuple[tuple[type[EnvelopeError], str], ...]] = (
     (BindingMismatchError, "binding"),
     (MalformedEnvelopeError, "malformed"),
 )
-
-
-def cmd_topic(device: str) -> str:
-    return f"camveil/v1/{device}/cmd"
-
-
-def ack_topic(device: str) -> str:
-    return f"camveil/v1/{device}/cmd/ack"
 
 
 class CommandRejectedError(CamveilError):
@@ -123,50 +111,6 @@ class Command:
     args: Mapping[str, Any]
     seq: int
     signer: str
-
-
-@dataclass(frozen=True)
-class Ack:
-    command_id: str | None
-    command_seq: int | None
-    accepted: bool
-    reason: str
-    operator: str | None = None
-    """Kid of the operator the ack is sealed to: the command's signer, or for a command that
-    did not open the (unauthenticated) kid it names; None: the unit's first operator."""
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "id": self.command_id,
-            "cmd_seq": self.command_seq,
-            "status": "accepted" if self.accepted else "rejected",
-            "reason": self.reason[:200],
-        }
-
-
-def seal_command(
-    name: str,
-    *,
-    command_id: str,
-    device: PublicIdentity,
-    operator: Identity,
-    seq: int,
-    expires_at: int,
-    args: Mapping[str, Any] | None = None,
-) -> SealedEnvelope:
-    """The operator side: a command for ``device`` (tools, tests, the dashboard)."""
-    message: dict[str, Any] = {"id": command_id, "cmd": name}
-    if args is not None:
-        message["args"] = dict(args)
-    return seal(
-        message,
-        sender=operator,
-        recipient=device,
-        topic=cmd_topic(device.kid),
-        seq=seq,
-        device=device.kid,
-        expires_at=expires_at,
-    )
 
 
 def ack_recipient(ack: Ack, operators: PeerKeys) -> PublicIdentity:
@@ -344,7 +288,7 @@ class CommandProcessor:
 
     def _verdict(self, topic: str, payload: bytes) -> Ack:
         cmd_seq = _unauthenticated_seq(payload)
-        if topic != cmd_topic(self._device.kid):
+        if topic != command_topic(self._device.kid):
             return Ack(None, cmd_seq, False, "binding: not this unit's command topic")
         try:
             opened = open_envelope(
@@ -367,7 +311,7 @@ class CommandProcessor:
         name = message.get("cmd")
         args = message.get("args", {})
         signer = opened.sender_kid
-        if not isinstance(command_id, str) or not _ID.fullmatch(command_id):
+        if not isinstance(command_id, str) or not COMMAND_ID.fullmatch(command_id):
             return Ack(None, opened.seq, False, "malformed: id missing or not a label", signer)
         if not isinstance(name, str) or not isinstance(args, Mapping):
             return Ack(command_id, opened.seq, False, "malformed: cmd or args", signer)

@@ -25,6 +25,7 @@ from agent.privacy.counts import DEFAULT_EPSILON_PER_DAY
 from agent.vision.factory import DetectorConfig
 from contract.errors import ConfigError
 from contract.files import write_atomic
+from contract.statedir import DEFAULT_STATE_DIR
 from hw.camera.config import CameraConfig
 
 if sys.version_info >= (3, 11):
@@ -255,9 +256,6 @@ class OutputConfig:
     def __post_init__(self) -> None:
         if self.snapshot_every < 0:
             raise ConfigError("[output] snapshot_every must be >= 0 (0 turns snapshots off)")
-
-
-DEFAULT_STATE_DIR = Path("/var/lib/camveil")
 
 
 @dataclasses.dataclass(frozen=True)

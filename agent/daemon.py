@@ -35,13 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.commands import (
-    REMOTE_SECTIONS,
-    Ack,
-    Command,
-    CommandProcessor,
-    CommandRejectedError,
-)
+from agent.commands import Command, CommandProcessor, CommandRejectedError
 from agent.config import (
     AgentConfig,
     config_from_mapping,
@@ -67,6 +61,7 @@ from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState, Transport
 from agent.unitstate import UnitState
 from agent.vision.factory import DetectorConfig, build_detector
+from contract.commands import REMOTE_SECTIONS, Ack
 from contract.envelope.seal import SealedEnvelope
 from contract.errors import CamveilError, ConfigError
 from contract.ranges import seq_ranges

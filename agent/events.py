@@ -9,7 +9,7 @@ specified in docs/events.cddl (and docs/PROTOCOL.md); it is a map with short tex
     {"v": 1, "device": "cv-0001", "boot": "9f2c...", "seq": 42, "ts": 1764000000123,
      "type": "tamper", "body": {"kind": "covered", "score": 0.97}}
 
-Privacy rules enforced here (DESIGN §2):
+Privacy rules enforced here (docs/ARCHITECTURE.md, "On the unit: frame to MQTT"):
 
 - the snapshot builder accepts only a :class:`~agent.privacy.redact.RedactedFrame` (checked at
   run time too) and encodes it with :func:`agent.privacy.store.encode_jpeg`;
@@ -37,13 +37,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import Any, ClassVar, Final, Protocol, TypeAlias
 
 import cbor2
 import numpy as np
 from PIL import Image
 
-from agent.outbox import OutboxStats
 from agent.privacy.counts import CountPrivacy, CountProtector, Release
 from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import encode_jpeg, require_redacted
@@ -53,9 +52,9 @@ from agent.tamper import TamperKind
 from contract.envelope.keys import Identity, PublicIdentity, check_kid
 from contract.envelope.seal import SealedEnvelope, seal
 from contract.errors import EventError, SnapshotTooLargeError, UnredactedDataError
+from contract.topics import event_topic, status_topic
 
 PROTOCOL_VERSION: Final = 1
-TOPIC_PREFIX: Final = "camveil/v1/"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 
 
@@ -143,6 +142,24 @@ class OutboxHealth:
     oldest_age_s: float | None
 
 
+class OutboxNumbers(Protocol):
+    """What a health event reads from the outbox (:class:`agent.outbox.OutboxStats` has it):
+    events know the numbers, not the storage."""
+
+    @property
+    def depth(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def oldest_age_s(self) -> float | None: ...
+    @property
+    def evicted_total(self) -> Mapping[str, int]: ...
+    @property
+    def rejected_total(self) -> Mapping[str, int]: ...
+    @property
+    def corrupt_recovered(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class HealthEvent:
     header: Header
@@ -185,6 +202,7 @@ __all__ = [
     "HealthEvent",
     "LinkState",
     "OutboxHealth",
+    "OutboxNumbers",
     "PresenceEvent",
     "SnapshotEvent",
     "SnapshotPolicy",
@@ -211,8 +229,8 @@ def topic_for(event: Event) -> str:
     """``camveil/v1/<device>/event/<type>``, or ``.../status`` for a status event."""
     device = event.header.device
     if isinstance(event, StatusEvent):
-        return f"{TOPIC_PREFIX}{device}/status"
-    return f"{TOPIC_PREFIX}{device}/event/{event.TYPE}"
+        return status_topic(device)
+    return event_topic(device, event.TYPE)
 
 
 # --- builders --------------------------------------------------------------------------------
@@ -328,7 +346,7 @@ class EventBuilder:
         *,
         fps: float,
         pipeline: PipelineStats,
-        outbox: OutboxStats,
+        outbox: OutboxNumbers,
         cpu_temp_c: float | None,
         uptime_s: float,
         versions: Mapping[str, str],

@@ -27,12 +27,13 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from agent.commands import Ack, ack_recipient, seal_ack
+from agent.commands import ack_recipient, seal_ack
 from agent.events import Event, EventBuilder, seal_event
 from agent.outbox import Outbox
 from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState
 from agent.unitstate import UnitState
+from contract.commands import Ack
 from contract.envelope.seal import SealedEnvelope
 from contract.errors import EventError, OutboxError, OutboxFullError
 

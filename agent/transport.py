@@ -33,7 +33,8 @@ The last will is a pre-sealed "offline" status (retained, QoS 1) that the broker
 the connection dies without a DISCONNECT, and also on :meth:`stop` (MQTT v5 reason code 0x04
 "disconnect with will message"), so the retained status is "offline" whenever the unit is not
 connected. Pass ``will`` as a function to have it sealed afresh before every connection attempt
-(DESIGN §4: "pre-signed at connect"; each call may take a new seq), or as a fixed envelope.
+(docs/PROTOCOL.md, "Last will and status"; each call may take a new seq), or as a fixed
+envelope.
 """
 
 from __future__ import annotations
@@ -59,20 +60,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from contract.envelope import SealedEnvelope
 from contract.errors import UnredactedDataError
-from contract.mqtt import QOS, TOPIC_ROOT, tls_context
+from contract.mqtt import QOS, tls_context
+from contract.topics import command_topic, status_topic
 
 logger = logging.getLogger(__name__)
 
 _DISCONNECT_WITH_WILL: Final = 0x04
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
-
-
-def status_topic(device_id: str) -> str:
-    return f"{TOPIC_ROOT}/{device_id}/status"
-
-
-def command_topic(device_id: str) -> str:
-    return f"{TOPIC_ROOT}/{device_id}/cmd"
 
 
 @dataclass(frozen=True)

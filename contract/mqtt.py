@@ -1,5 +1,5 @@
-"""How every camveil client talks to the broker, unit and backend alike: the topic root, QoS and
-the TLS client context (TLS 1.2+, the pinned CA as the only trust anchor, host name checked, a
+"""How every camveil client talks to the broker, unit and backend alike: QoS and the TLS
+client context (TLS 1.2+, the pinned CA as the only trust anchor, host name checked, a
 client certificate). One place, so the unit's transport, the backend's ingest and the operator's
 command client cannot drift apart (wire details in docs/PROTOCOL.md).
 """
@@ -12,7 +12,6 @@ from typing import Final
 
 from contract.errors import ConfigError
 
-TOPIC_ROOT: Final = "camveil/v1"
 QOS: Final = 1
 
 

@@ -28,8 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.commands import ACK_TYPE, REMOTE_SECTIONS, ack_topic, seal_command
 from contract.certclaim import claim_client_cert, key_for
+from contract.commands import ACK_TYPE, REMOTE_SECTIONS, ack_answers, seal_command
 from contract.envelope.keys import (
     Identity,
     PeerKeys,
@@ -42,6 +42,7 @@ from contract.envelope.replay import ReplayGuard
 from contract.envelope.seal import SealedEnvelope, open_envelope
 from contract.errors import CamveilError, ConfigError, EnvelopeError
 from contract.mqtt import tls_context
+from contract.topics import ack_topic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -255,21 +256,12 @@ class AckWaiter:
         with self._lock:
             while True:
                 for ack in self._acks:
-                    if _matches(ack.get("body"), command_id, envelope.seq):
+                    if ack_answers(ack.get("body"), command_id, envelope.seq):
                         return ack
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no ack for command {command_id} in {timeout:g} s")
                 self._lock.wait(left)
-
-
-def _matches(body: Any, command_id: str, seq: int) -> bool:
-    if not isinstance(body, Mapping):
-        return False
-    if body.get("id") == command_id:
-        return True
-    # a command that did not open is acked with id null and its (unauthenticated) seq
-    return body.get("id") is None and body.get("cmd_seq") == seq
 
 
 def send_command(

@@ -25,7 +25,6 @@ Reasons counted in the store's ``rejections`` table:
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from contract.errors import (
     ReplayError,
     UnknownKeyError,
 )
+from contract.topics import topic_device
 from dashboard.listener import Listener, ListenerConfig, Opener, Received
 from dashboard.store import Store
 
@@ -55,14 +55,15 @@ REASONS: Final[dict[str, str]] = {
     ExpiredError.__name__: "expired",
     ReplayError.__name__: "replayed",
 }
-_TOPIC_DEVICE: Final = re.compile(r"camveil/v1/([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})/")
 UNPARSEABLE: Final = "(bad topic)"
 
 
 def claimed_device(topic: str) -> str:
     """The device a topic names, or :data:`UNPARSEABLE` (bounded: never an unbounded key)."""
-    match = _TOPIC_DEVICE.match(topic)
-    return match.group(1) if match else UNPARSEABLE
+    try:
+        return topic_device(topic)
+    except ValueError:
+        return UNPARSEABLE
 
 
 class StoreDedupe:

@@ -36,15 +36,16 @@ from contract.envelope.seal import open_envelope
 from contract.errors import EnvelopeError, ReplayError
 from contract.mqtt import tls_context
 from contract.ranges import seq_ranges
+from contract.topics import events_filter, shared, status_topic
 
 logger = logging.getLogger(__name__)
 
 # no cmd/ack: acks are sealed to the operator who sent the command, the backend cannot open them
-TOPICS: Final = ("camveil/v1/+/event/#", "camveil/v1/+/status")
+TOPICS: Final = (events_filter(), status_topic("+"))
 
 
 def shared_topics(group: str) -> list[str]:
-    return [f"$share/{group}/{t}" for t in TOPICS]
+    return [shared(group, t) for t in TOPICS]
 
 
 def subscribe_options(topic: str) -> SubscribeOptions:

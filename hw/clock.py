@@ -84,5 +84,9 @@ class FakeClock:
         """Let ``seconds`` pass without recording a sleep (time spent elsewhere)."""
         self._mono += seconds
 
+    def set_time(self, wall: float) -> None:
+        """Step the wall clock to ``wall``, forward or back, as NTP does; monotonic time stays."""
+        self._offset = wall - self._mono
+
 
 SYSTEM_CLOCK = SystemClock()

@@ -1,4 +1,5 @@
-"""Mosquitto 2.x configuration and ACL for camveil (DESIGN §4; wire details in docs/PROTOCOL.md).
+"""Mosquitto 2.x configuration and ACL for camveil (docs/PROTOCOL.md, "MQTT"; topics from
+:mod:`contract.topics`).
 
 The templates are here, in Python, so the station, the tests and ``make demo`` render the same
 thing; ``deploy/mosquitto/`` holds copies rendered with example paths (``python -m
@@ -31,9 +32,14 @@ from typing import Final
 
 from cryptography import x509
 
+from contract.topics import (
+    ack_topic,
+    command_topic,
+    device_filter,
+    events_filter,
+    status_topic,
+)
 from provisioning import pki
-
-TOPIC_ROOT: Final = "camveil/v1"
 
 #: TLS 1.2 suites the broker accepts: ECDHE key exchange and AEAD ciphers only. The broker
 #: certificate is ECDSA P-256 (provisioning.pki), so in practice the ECDSA ones are used.
@@ -103,10 +109,10 @@ DEVICE_ACL: Final = f"""\
 # Every device (%u = its device id): write its events, status and command acks,
 # read its commands. Pattern lines apply to all users; device ids can never start with
 # backend- or operator- nor contain / + #, so these lines never open another client's topics.
-pattern write {TOPIC_ROOT}/%u/event/#
-pattern write {TOPIC_ROOT}/%u/status
-pattern write {TOPIC_ROOT}/%u/cmd/ack
-pattern read {TOPIC_ROOT}/%u/cmd
+pattern write {events_filter("%u")}
+pattern write {status_topic("%u")}
+pattern write {ack_topic("%u")}
+pattern read {command_topic("%u")}
 """
 
 # A user block's deny lines are checked before every pattern (mosquitto 2.0.11, tested), so
@@ -114,19 +120,19 @@ pattern read {TOPIC_ROOT}/%u/cmd
 # publishing events, status or acks under its own CN as if it were a unit.
 BACKEND_ACL: Final = f"""
 user ${{user}}
-topic deny {TOPIC_ROOT}/${{user}}/#
-topic read {TOPIC_ROOT}/+/event/#
-topic read {TOPIC_ROOT}/+/status
-topic read {TOPIC_ROOT}/+/cmd/ack
-topic write {TOPIC_ROOT}/+/cmd
+topic deny {device_filter("${user}")}
+topic read {events_filter()}
+topic read {status_topic("+")}
+topic read {ack_topic("+")}
+topic write {command_topic("+")}
 """
 
 OPERATOR_ACL: Final = f"""
 user ${{user}}
-topic deny {TOPIC_ROOT}/${{user}}/#
-topic read {TOPIC_ROOT}/+/status
-topic read {TOPIC_ROOT}/+/cmd/ack
-topic write {TOPIC_ROOT}/+/cmd
+topic deny {device_filter("${user}")}
+topic read {status_topic("+")}
+topic read {ack_topic("+")}
+topic write {command_topic("+")}
 """
 
 

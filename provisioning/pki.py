@@ -33,10 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import ec as ec  # re-exported, a
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from contract.files import write_atomic as write_atomic  # re-exported: pki.write_atomic
-
-BACKEND_PREFIX: Final = "backend-"
-OPERATOR_PREFIX: Final = "operator-"
-RESERVED_PREFIXES: Final = (BACKEND_PREFIX, OPERATOR_PREFIX)
+from contract.ids import BACKEND_PREFIX as BACKEND_PREFIX  # device ids: contract.ids (re-exported)
+from contract.ids import OPERATOR_PREFIX as OPERATOR_PREFIX
+from contract.ids import RESERVED_PREFIXES as RESERVED_PREFIXES
+from contract.ids import check_device_id as check_device_id
 
 CA_DAYS: Final = 3650
 SERVER_DAYS: Final = 825
@@ -46,7 +46,6 @@ CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 #: names always in the broker certificate's subjectAltName
 DEFAULT_SERVER_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,54}")
 
 PrivateKey = ec.EllipticCurvePrivateKey
@@ -66,27 +65,6 @@ class Issued:
 
 
 # --- names --------------------------------------------------------------------------------------
-
-
-def check_device_id(device_id: str) -> str:
-    """Return ``device_id`` if it can be a device identity, else raise ValueError.
-
-    1..64 characters from ``A-Z a-z 0-9 . _ -``, starting with a letter or digit, and not
-    starting with a reserved prefix (``backend-``, ``operator-``). The id is the certificate CN,
-    the MQTT username and client id and a topic level, so it can never hold ``/ + # $``, which
-    would let the broker's ``%u`` ACL patterns match other devices' topics.
-    """
-    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
-        raise ValueError(
-            f"invalid device id {device_id!r}: use 1..64 characters from A-Z a-z 0-9 . _ - "
-            "starting with a letter or digit"
-        )
-    if device_id.startswith(RESERVED_PREFIXES):
-        raise ValueError(
-            f"invalid device id {device_id!r}: the prefixes {', '.join(RESERVED_PREFIXES)} "
-            "are reserved for backend and operator certificates"
-        )
-    return device_id
 
 
 def _check_name(name: str, what: str) -> str:

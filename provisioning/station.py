@@ -52,6 +52,7 @@ from contract.envelope.keys import (
     save_peers,
 )
 from contract.errors import ProtocolViolationError, ProvisioningError
+from contract.statedir import Bundle
 from provisioning import broker, pki
 from provisioning.inventory import Inventory, UnitRecord
 from provisioning.serial_proto import (
@@ -59,7 +60,7 @@ from provisioning.serial_proto import (
     Channel,
     Message,
 )
-from provisioning.unit import Bundle, bundle_digest, verify_proof
+from provisioning.unit import bundle_digest, verify_proof
 
 logger = logging.getLogger(__name__)
 

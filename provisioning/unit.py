@@ -1,14 +1,7 @@
 """The unit's end of provisioning: its key store, the bundle it accepts, and the request handler.
 
-State directory (default ``/var/lib/camveil``; everything 0700 directories / 0600 private files)::
-
-    pending/                 keys made on the unit before it has an identity (first HELLO)
-        identity.cbor        Ed25519 + X25519 (contract.envelope.keys format, kid "pending")
-        tls.key              ECDSA P-256 key of the TLS client certificate (PKCS#8 PEM)
-    provisioned/             present only when provisioning completed; the agent's identity
-        identity.cbor        the same keys under kid = device id
-        tls.key  tls.crt  ca.crt
-        bundle.cbor          the exact bundle bytes the station sent (signed in the proof)
+The state directory's layout and the bundle format are :mod:`contract.statedir` (the agent
+reads what is written here). This module writes ``pending/`` and ``provisioned/``.
 
 ``pending/`` and ``provisioned/`` are each built in a temporary sibling directory (every file
 and the directory fsynced) and renamed into place, then the state directory is fsynced: a power
@@ -28,7 +21,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -38,9 +31,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from nacl.signing import SigningKey, VerifyKey
 
-from contract.envelope.keys import Identity, check_kid, load_identity, save_identity
+from contract.envelope.keys import Identity, load_identity, save_identity
 from contract.errors import CamveilError, KeyFileError, ProtocolViolationError
 from contract.files import fsync_dir
+from contract.statedir import (
+    BUNDLE_FILE,
+    CA_FILE,
+    IDENTITY_FILE,
+    PENDING,
+    PROVISIONED,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    Bundle,
+)
 from provisioning import pki
 from provisioning.serial_proto import (
     PROTOCOL_VERSION,
@@ -54,90 +57,12 @@ from provisioning.serial_proto import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR: Final = Path("/var/lib/camveil")
-PENDING: Final = "pending"
-PROVISIONED: Final = "provisioned"
-BUNDLE_VERSION: Final = 1
 PROOF_CONTEXT: Final = b"camveil/provision/v1 bundle\x00"
 """Domain separation for the proof of possession: the unit signs PROOF_CONTEXT || sha256(bundle)."""
 _TMP_PREFIX: Final = ".tmp-"
 
 
 # --- the bundle ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """What the station gives a unit (docs/PROTOCOL.md, "Provisioning", "Bundle")."""
-
-    device: str
-    cert_pem: bytes
-    ca_pem: bytes
-    broker_url: str
-    backend_x25519: bytes
-    operator_ed25519: bytes
-    site: Mapping[str, Any]
-    issued_at: int
-    backend_kid: str = "backend"
-    operator_kid: str = "operator"
-
-    def encode(self) -> bytes:
-        return cbor2.dumps(
-            {
-                "v": BUNDLE_VERSION,
-                "device": self.device,
-                "cert": self.cert_pem,
-                "ca": self.ca_pem,
-                "broker": self.broker_url,
-                "backend_x25519": self.backend_x25519,
-                "backend_kid": self.backend_kid,
-                "operator_ed25519": self.operator_ed25519,
-                "operator_kid": self.operator_kid,
-                "site": dict(self.site),
-                "issued_at": self.issued_at,
-            },
-            canonical=True,
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> Bundle:
-        """Parse and check the shape; ProtocolViolationError names the first bad field."""
-        try:
-            m = cbor2.loads(data)
-        except Exception:  # cbor2 raises several types
-            raise ProtocolViolationError("bundle is not CBOR") from None
-        if not isinstance(m, dict) or m.get("v") != BUNDLE_VERSION:
-            raise ProtocolViolationError(f"bundle is not a version {BUNDLE_VERSION} map")
-
-        def field(name: str, kind: type, size: int | None = None) -> Any:
-            value = m.get(name)
-            if not isinstance(value, kind) or (size is not None and len(value) != size):  # type: ignore[arg-type]
-                raise ProtocolViolationError(f"bundle field {name!r} missing or malformed")
-            return value
-
-        try:
-            device = pki.check_device_id(field("device", str))
-        except ValueError as exc:
-            raise ProtocolViolationError(str(exc)) from None
-        return cls(
-            device=device,
-            cert_pem=field("cert", bytes),
-            ca_pem=field("ca", bytes),
-            broker_url=field("broker", str),
-            backend_x25519=field("backend_x25519", bytes, 32),
-            operator_ed25519=field("operator_ed25519", bytes, 32),
-            site=field("site", dict),
-            issued_at=field("issued_at", int),
-            backend_kid=_kid(m.get("backend_kid", "backend"), "backend_kid"),
-            operator_kid=_kid(m.get("operator_kid", "operator"), "operator_kid"),
-        )
-
-
-def _kid(value: object, name: str) -> str:
-    try:
-        return check_kid(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise ProtocolViolationError(f"bundle field {name!r} is not a key id") from None
 
 
 def bundle_digest(bundle_bytes: bytes) -> bytes:
@@ -267,7 +192,7 @@ class UnitStore:
         """The provisioned state; OSError, ValueError or KeyFileError if there is none or it is
         unreadable."""
         d = self.provisioned_dir
-        bundle_bytes = (d / "bundle.cbor").read_bytes()
+        bundle_bytes = (d / BUNDLE_FILE).read_bytes()
         return ProvisionedUnit(self._load_keys(d), Bundle.decode(bundle_bytes), bundle_bytes)
 
     def commit(self, bundle_bytes: bytes) -> ProvisionedUnit:
@@ -282,9 +207,9 @@ class UnitStore:
 
         def fill(d: Path) -> None:
             self._write_keys(d, keys)
-            _write(d / "tls.crt", bundle.cert_pem, 0o644)
-            _write(d / "ca.crt", bundle.ca_pem, 0o644)
-            _write(d / "bundle.cbor", bundle_bytes, 0o600)
+            _write(d / TLS_CERT_FILE, bundle.cert_pem, 0o644)
+            _write(d / CA_FILE, bundle.ca_pem, 0o644)
+            _write(d / BUNDLE_FILE, bundle_bytes, 0o600)
 
         self._commit_dir(self.provisioned_dir, fill)
         shutil.rmtree(self.pending_dir, ignore_errors=True)
@@ -310,13 +235,13 @@ class UnitStore:
 
     @staticmethod
     def _write_keys(d: Path, keys: UnitKeys) -> None:
-        save_identity(d / "identity.cbor", keys.identity)
-        pki.write_private_key(d / "tls.key", keys.tls_key)
+        save_identity(d / IDENTITY_FILE, keys.identity)
+        pki.write_private_key(d / TLS_KEY_FILE, keys.tls_key)
 
     @staticmethod
     def _load_keys(d: Path) -> UnitKeys:
-        identity = load_identity(d / "identity.cbor")  # refuses group/other-readable files
-        return UnitKeys(identity, pki.load_key_pem((d / "tls.key").read_bytes()))
+        identity = load_identity(d / IDENTITY_FILE)  # refuses group/other-readable files
+        return UnitKeys(identity, pki.load_key_pem((d / TLS_KEY_FILE).read_bytes()))
 
     def _commit_dir(self, final: Path, fill: Callable[[Path], None]) -> None:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

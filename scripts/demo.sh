@@ -99,8 +99,9 @@ import ssl, sys, time
 from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from agent.commands import seal_command
+from contract.commands import seal_command
 from contract.envelope.keys import ack_reader, load_identity, load_peers
+from contract.topics import ack_topic
 from dashboard.listener import MemoryDedupe, Opener
 
 root, port, events = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
@@ -129,7 +130,7 @@ client.tls_set_context(ctx)
 client.on_message = on_message
 client.connect("127.0.0.1", port)
 client.loop_start()
-client.subscribe(f"camveil/v1/{device.kid}/cmd/ack", qos=1)
+client.subscribe(ack_topic(device.kid), qos=1)
 time.sleep(0.5)
 client.publish(cmd.topic, cmd.data, qos=1).wait_for_publish(10)
 deadline = time.monotonic() + 15

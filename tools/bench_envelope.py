@@ -34,9 +34,10 @@ from agent.outbox import Outbox
 from contract.envelope.keys import Identity
 from contract.envelope.seal import SealedEnvelope, seal
 from contract.errors import CamveilError
+from contract.topics import event_topic
 
 DEVICE: Final = "cv-bench-0001"
-TOPIC: Final = f"camveil/v1/{DEVICE}/event/presence"
+TOPIC: Final = event_topic(DEVICE, "presence")
 
 
 def bench_envelope(

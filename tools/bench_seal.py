@@ -8,9 +8,10 @@ from typing import Any
 from contract.envelope.keys import Identity, PeerKeys
 from contract.envelope.replay import ReplayGuard
 from contract.envelope.seal import SealedEnvelope, open_envelope, seal
+from contract.topics import event_topic
 
 DEVICE = "cv-bench-0001"
-TOPIC = f"camveil/v1/{DEVICE}/event/presence"
+TOPIC = event_topic(DEVICE, "presence")
 
 
 def sample_event(seq: int) -> dict[str, Any]:

@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.unitstate import (
+from contract.envelope.keys import Identity, PublicIdentity, save_identity, save_peers
+from contract.statedir import (
     BUNDLE_FILE,
     CA_FILE,
     DEFAULT_BACKEND_KID,
@@ -39,9 +40,8 @@ from agent.unitstate import (
     PROVISIONED,
     TLS_CERT_FILE,
     TLS_KEY_FILE,
-    encode_bundle,
+    Bundle,
 )
-from contract.envelope.keys import Identity, PublicIdentity, save_identity, save_peers
 from provisioning import broker as broker_config
 from provisioning import pki
 
@@ -108,16 +108,18 @@ def write_unit_state(
     pki.write_private_key(d / TLS_KEY_FILE, tls_key)
     pki.write_cert(d / TLS_CERT_FILE, cert)
     pki.write_cert(d / CA_FILE, ca.cert)
-    bundle = encode_bundle(
+    bundle = Bundle(
         device=device_id,
         cert_pem=pki.cert_pem(cert),
         ca_pem=pki.cert_pem(ca.cert),
         broker_url=broker_url,
-        backend=backend,
-        operator=operator,
+        backend_x25519=bytes(backend.encryption_key),
+        operator_ed25519=bytes(operator.verify_key),
         site=site or {"name": "dev"},
         issued_at=int(time.time()),
-    )
+        backend_kid=backend.kid,
+        operator_kid=operator.kid,
+    ).encode()
     pki.write_atomic(d / BUNDLE_FILE, bundle, 0o600)
     return identity
 

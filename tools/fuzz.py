@@ -10,7 +10,7 @@ Targets, unchanged production code:
 
 Inputs are made from genuine originals: events built by :class:`~agent.events.EventBuilder`
 and sealed by the device key, commands sealed by the operator key
-(:func:`~agent.commands.seal_command`).
+(:func:`~contract.commands.seal_command`).
 Each round makes one original of each, feeds mutations of them, then the originals themselves
 (the controls, which must be accepted: a mutation that had burnt the original's seq would show
 here), then replays. Mutations (:data:`MUTATIONS`): truncations, bit flips, byte edits,
@@ -42,14 +42,16 @@ from typing import Any, Final
 
 import cbor2
 
-from agent.commands import Ack, Command, CommandProcessor, cmd_topic, seal_command
+from agent.commands import Command, CommandProcessor
 from agent.events import EventBuilder, seal_event, to_map
 from agent.sequence import CountingSequence
 from agent.tamper import TamperKind
+from contract.commands import Ack, seal_command
 from contract.envelope import cose
 from contract.envelope.keys import Identity, PeerKeys
 from contract.envelope.seal import SealedEnvelope, _encrypt, seal
 from contract.envelope.wire import HDR_EXP, HDR_SEQ, external_aad, parse_sign1
+from contract.topics import ack_topic, command_topic, event_topic, status_topic
 from dashboard.listener import MemoryDedupe, Opener
 
 logger = logging.getLogger(__name__)
@@ -59,11 +61,11 @@ OTHER_DEVICE: Final = "cv-fuzz-0002"
 COMMAND_NAMES: Final = ("snapshot", "restart_pipeline")
 MUTATIONS_PER_ROUND: Final = 24
 WRONG_EVENT_TOPICS: Final = (
-    f"camveil/v1/{DEVICE}/cmd",
-    f"camveil/v1/{DEVICE}/cmd/ack",
-    f"camveil/v1/{DEVICE}/status",
-    f"camveil/v1/{DEVICE}/event/Bad",
-    "camveil/v1/+/event/x",
+    command_topic(DEVICE),
+    ack_topic(DEVICE),
+    status_topic(DEVICE),
+    event_topic(DEVICE, "Bad"),
+    event_topic("+", "x"),
     "camveil/v2/x/event/y",
     "",
 )
@@ -484,7 +486,7 @@ def m_not_a_command(f: Fuzzer, o: Original) -> tuple[str, bytes]:
         {"id": "ok-5", "cmd": "snapshot", "args": "x"},
     ]
     body = rng.choice(bodies)
-    sealed = seal(body, sender=p.operator, recipient=p.device.public(), topic=cmd_topic(DEVICE),
+    sealed = seal(body, sender=p.operator, recipient=p.device.public(), topic=command_topic(DEVICE),
                   seq=p.next_operator_seq(), device=DEVICE,
                   expires_at=int(time.time()) + 600)  # fmt: skip
     return sealed.topic, sealed.data
@@ -495,13 +497,11 @@ def m_other_device_command(f: Fuzzer, o: Original) -> tuple[str, bytes]:
     original moved to another event type's topic."""
     p, rng = f.p, f.rng
     if o.target == "event":
-        return f"camveil/v1/{DEVICE}/event/{rng.choice(['presence', 'tamper', 'x'])}x", (
-            o.envelope.data
-        )
+        return event_topic(DEVICE, rng.choice(["presence", "tamper", "x"]) + "x"), o.envelope.data
     sealed = seal_command("snapshot", command_id="other", device=p.other_device.public(),
                           operator=p.operator, seq=p.next_operator_seq(),
                           expires_at=int(time.time()) + 600)  # fmt: skip
-    return rng.choice([sealed.topic, cmd_topic(DEVICE)]), sealed.data
+    return rng.choice([sealed.topic, command_topic(DEVICE)]), sealed.data
 
 
 MUTATIONS: Final[dict[str, Mutator]] = {
@@ -526,11 +526,7 @@ MUTATIONS: Final[dict[str, Mutator]] = {
 def _replays(f: Fuzzer, o: Original) -> list[Case]:
     """After the control: the original again, on another topic, and an older original."""
     env = o.envelope
-    other = (
-        f"camveil/v1/{DEVICE}/event/other"
-        if o.target == "event"
-        else f"camveil/v1/{DEVICE}/cmd/ack"
-    )
+    other = event_topic(DEVICE, "other") if o.target == "event" else ack_topic(DEVICE)
     cases = [
         Case(o.target, "replay", env.topic, env.data),
         Case(o.target, "replay", other, env.data),

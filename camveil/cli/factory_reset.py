@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from provisioning.unit import DEFAULT_STATE_DIR, UnitStore
+from contract.statedir import DEFAULT_STATE_DIR
+from provisioning.unit import UnitStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

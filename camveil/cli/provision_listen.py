@@ -12,8 +12,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from contract.statedir import DEFAULT_STATE_DIR
 from hw.serial_link import DEFAULT_BAUDRATE, PySerialLink
-from provisioning.unit import DEFAULT_STATE_DIR, UnitStore, listen
+from provisioning.unit import UnitStore, listen
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

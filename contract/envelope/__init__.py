@@ -22,7 +22,8 @@ from contract.envelope.seal import (
     restore_sealed,
     seal,
 )
-from contract.envelope.wire import Topic, external_aad, parse_topic
+from contract.envelope.wire import external_aad
+from contract.topics import Topic, parse_topic
 
 __all__ = [
     "Identity",

@@ -12,7 +12,6 @@ rename, fsync of the directory) and refused on load when group or others can rea
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
@@ -25,25 +24,13 @@ from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from contract.errors import KeyFileError, UnknownKeyError
+from contract.files import write_atomic
+
+# key ids are defined in contract.ids (topics carry them too); re-exported here
+from contract.ids import MAX_KID_BYTES as MAX_KID_BYTES
+from contract.ids import check_kid as check_kid
 
 KEY_FILE_VERSION: Final = 1
-MAX_KID_BYTES: Final = 64
-
-
-def check_kid(kid: str) -> str:
-    """Return ``kid`` if usable as a key id: 1..64 printable ASCII chars without '/', '+', '#'."""
-    if (
-        not isinstance(kid, str)
-        or not 0 < len(kid) <= MAX_KID_BYTES
-        or not kid.isascii()
-        or not kid.isprintable()
-        or any(c in kid for c in "/+#")
-        or kid.strip() != kid
-    ):
-        raise ValueError(
-            f"invalid key id {kid!r}: use 1..64 printable ASCII characters without '/', '+', '#'"
-        )
-    return kid
 
 
 @dataclass(frozen=True)
@@ -225,27 +212,9 @@ def load_peers(path: Path) -> PeerKeys:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``: temp file 0600 + fsync + rename + dir fsync."""
-    directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Atomically replace ``path`` with ``data``, mode 0600 (:func:`contract.files.write_atomic`:
+    temporary file + fsync + rename + directory fsync)."""
+    write_atomic(path, data, 0o600)
 
 
 def read_private_file(path: Path) -> bytes:

@@ -40,7 +40,6 @@ from contract.envelope.wire import (
     ENVELOPE_VERSION,
     HDR_EXP,
     HDR_SEQ,
-    KIND_CMD,
     MAX_CBOR_DEPTH,
     MAX_ENVELOPE_BYTES,
     MAX_PLAINTEXT_BYTES,
@@ -52,7 +51,6 @@ from contract.envelope.wire import (
     is_uint,
     parse_encrypt,
     parse_sign1,
-    parse_topic,
 )
 from contract.errors import (
     BadSignatureError,
@@ -62,6 +60,7 @@ from contract.errors import (
     MalformedEnvelopeError,
     UnknownKeyError,
 )
+from contract.topics import KIND_CMD, parse_topic
 
 MAX_COMMAND_LIFETIME_S: Final = 24 * 3600
 _MINT_KEY: Final = secrets.token_bytes(32)

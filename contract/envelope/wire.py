@@ -1,4 +1,4 @@
-"""What a camveil envelope looks like on the wire: topics, external AAD, and strict parsers.
+"""What a camveil envelope looks like on the wire: external AAD and strict parsers.
 
 The parsers only check shape (docs/PROTOCOL.md, "Envelope"); keys, signatures and decryption
 are :mod:`contract.envelope.seal`'s business. Every failure is a
@@ -8,7 +8,6 @@ are :mod:`contract.envelope.seal`'s business. Every failure is a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
@@ -16,12 +15,12 @@ from typing import Any, Final, TypeGuard
 import cbor2
 
 from contract.envelope import cose
-from contract.envelope.keys import check_kid
 from contract.errors import BindingMismatchError, MalformedEnvelopeError
+from contract.ids import check_kid
+from contract.topics import ROOT
 
 ENVELOPE_VERSION: Final = 1
-AAD_CONTEXT: Final = "camveil/v1"
-TOPIC_PREFIX: Final = "camveil/v1/"
+AAD_CONTEXT: Final = ROOT
 # Private-use COSE header labels (RFC 9052 §11.1: integers below -65536), in the Sign1 protected
 # header, so that seq and expiry are readable (and signed) before anything is decrypted.
 HDR_SEQ: Final = -65537
@@ -50,15 +49,9 @@ _SIGN1_HEAD: Final = b"\xd2\x84"  # tag 18, array of 4
 # Plaintext keys that seal() writes itself and open_envelope() checks against the headers.
 BOUND_KEYS: Final = frozenset({"v", "device", "topic", "seq", "exp"})
 
-KIND_EVENT: Final = "event"
-KIND_STATUS: Final = "status"
-KIND_CMD: Final = "cmd"
-KIND_CMD_ACK: Final = "cmd/ack"
-
 CONTENT_PROTECTED: Final = cose.dumps({cose.HDR_ALG: cose.ALG_CHACHA20_POLY1305})
 RECIPIENT_PROTECTED: Final = cose.dumps({cose.HDR_ALG: cose.ALG_ECDH_ES_HKDF_256})
 
-_EVENT_TYPE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _SIGN1_LABELS: Final = frozenset(
     {cose.HDR_ALG, cose.HDR_CONTENT_TYPE, cose.HDR_KID, HDR_SEQ, HDR_EXP}
 )
@@ -66,30 +59,7 @@ _SIGN1_TAGS: Final = frozenset({cose.TAG_COSE_SIGN1})
 _ENCRYPT_TAGS: Final = frozenset({cose.TAG_COSE_ENCRYPT})
 
 
-# --- topics and AAD ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Topic:
-    """A parsed camveil topic: ``camveil/v1/<device>/{event/<type>|status|cmd|cmd/ack}``."""
-
-    device: str
-    kind: str
-    event_type: str | None = None
-
-
-def parse_topic(topic: str) -> Topic:
-    """Parse a camveil MQTT topic (DESIGN §4); ValueError when it is not one."""
-    if not isinstance(topic, str) or not topic.startswith(TOPIC_PREFIX):
-        raise ValueError(f"topic {topic!r} does not start with {TOPIC_PREFIX!r}")
-    device, _, rest = topic[len(TOPIC_PREFIX) :].partition("/")
-    check_kid(device)
-    if rest in (KIND_STATUS, KIND_CMD, KIND_CMD_ACK):
-        return Topic(device=device, kind=rest)
-    kind, _, event_type = rest.partition("/")
-    if kind == KIND_EVENT and _EVENT_TYPE.fullmatch(event_type):
-        return Topic(device=device, kind=KIND_EVENT, event_type=event_type)
-    raise ValueError(f"topic {topic!r} is not event/<type>, status, cmd or cmd/ack")
+# --- AAD (the topic scheme and its parser live in contract.topics) ---------------------------
 
 
 def external_aad(device: str, topic: str, seq: int) -> bytes:

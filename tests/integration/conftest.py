@@ -6,6 +6,8 @@
   their own device ids / topics.
 - ``fresh_mosquitto``: a broker of the test's own (same CA), to stop, kill and restart at will.
 - ``mosquitto_factory``: more brokers, e.g. one with a server certificate from another CA.
+- ``harness``: a unit, a backend listener and an operator on a fresh broker (harness.py);
+  parametrize it indirectly with False for a plain (not ``$share``) subscription.
 
 Without mosquitto these fixtures fail with the install hint (``make setup``); they never skip.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto, TestPki, mosquitto_binary
+from harness import Harness
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +56,15 @@ def mosquitto_factory(tmp_path: Path, mqtt_pki: TestPki) -> Iterator[Callable[..
 @pytest.fixture
 def fresh_mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     return mosquitto_factory()
+
+
+@pytest.fixture
+def harness(
+    request: pytest.FixtureRequest, tmp_path: Path, fresh_mosquitto: Mosquitto, mqtt_pki: TestPki
+) -> Iterator[Harness]:
+    h = Harness(tmp_path, fresh_mosquitto, mqtt_pki)
+    h.setup(shared=getattr(request, "param", True))
+    try:
+        yield h
+    finally:
+        h.close()

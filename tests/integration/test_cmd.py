@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 from broker import HOST, Mosquitto, TestClient, TestPki
-from test_daemon import DEVICE, Harness
+from harness import DEVICE, Harness
 
 from contract.envelope.keys import Identity, PeerKeys, ack_reader, save_identity, save_peers
 from contract.envelope.replay import ReplayGuard
 from contract.envelope.seal import open_envelope
 from contract.errors import ConfigError, DecryptError, UnknownKeyError
+from contract.topics import ack_topic
 from dashboard.command_client import load_station, parse_config_pairs
 from provisioning.station import init_station
 
@@ -81,13 +82,13 @@ def test_cmd_snapshot_accepted_and_bad_config_rejected(unit: Harness) -> None:
     # a backend also reads the ack topic (the ACL allows it): it must not be able to open acks
     spy = TestClient(unit.pki.backend("watcher"), unit.broker.port, client_id="it-ack-spy")
     spy.connect()
-    assert not spy.subscribe(f"camveil/v1/{DEVICE}/cmd/ack").is_failure
+    assert not spy.subscribe(ack_topic(DEVICE)).is_failure
 
     rc, ack, err = _cmd(unit, root, "--id", "cli-snap-1", "snapshot")
     assert rc == 0, err
     raw = spy.expect(timeout=10)
     spy.close()
-    assert raw is not None and raw.topic == f"camveil/v1/{DEVICE}/cmd/ack"
+    assert raw is not None and raw.topic == ack_topic(DEVICE)
     trusted = PeerKeys([unit.device.public()])
     with pytest.raises(UnknownKeyError):  # sealed to the operator's key id
         open_envelope(bytes(raw.payload), topic=raw.topic, trusted_senders=trusted,

@@ -12,6 +12,7 @@ from test_listener import Unit
 
 from agent.events import seal_event
 from contract.envelope.keys import Identity, PeerKeys
+from contract.topics import event_topic
 from dashboard.ingest import Ingest
 from dashboard.listener import ListenerConfig
 from dashboard.store import Store
@@ -49,7 +50,7 @@ def test_ingest_stores_genuine_once_and_counts_rejections(
                 client.publish(good.topic, good.data)
                 client.publish(good.topic, good.data)  # replayed / redelivered
                 client.publish(forged.topic, forged.data)
-                client.publish("camveil/v1/cv-ing-01/event/presence", b"\x00junk")
+                client.publish(event_topic("cv-ing-01", "presence"), b"\x00junk")
                 status = unit.status()
                 client.publish(status.topic, status.data)
             with TestClient(stranger_files, fresh_mosquitto.port) as other:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from contract.topics import status_topic
 from dashboard import audit
 from dashboard.store import SCHEMA_VERSION, Store
 
@@ -24,9 +25,9 @@ def _msg(seq: int, boot: str = "b1") -> dict[str, object]:
 
 def test_migrates_and_deduplicates_on_device_boot_seq(tmp_path: Path) -> None:
     with Store(tmp_path / "d.db") as store:
-        assert store.add_event("cv-1", 1, "camveil/v1/cv-1/status", _msg(1))
-        assert not store.add_event("cv-1", 1, "camveil/v1/cv-1/status", _msg(1))
-        assert store.add_event("cv-1", 1, "camveil/v1/cv-1/status", _msg(1, boot="b2"))
+        assert store.add_event("cv-1", 1, status_topic("cv-1"), _msg(1))
+        assert not store.add_event("cv-1", 1, status_topic("cv-1"), _msg(1))
+        assert store.add_event("cv-1", 1, status_topic("cv-1"), _msg(1, boot="b2"))
         store.add_rejection("cv-1", "bad_signature")
         store.add_rejection("cv-1", "bad_signature")
         assert store.event_count() == 2

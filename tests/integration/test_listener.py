@@ -22,6 +22,7 @@ from camveil.cli.listen import to_json
 from contract.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity
 from contract.envelope.seal import SealedEnvelope
 from contract.ranges import seq_ranges
+from contract.topics import event_topic
 from dashboard.listener import (
     Listener,
     ListenerConfig,
@@ -133,7 +134,7 @@ def test_bad_and_duplicate_messages_are_counted_not_fatal(
             recipient=backend.public(),
         )
         with TestClient(unit.files, mosquitto.port) as client:
-            client.publish(f"camveil/v1/{DEVICE}/event/presence", b"\x00garbage")
+            client.publish(event_topic(DEVICE, "presence"), b"\x00garbage")
             client.publish(forged.topic, forged.data)
             client.publish(good.topic, good.data)
             client.publish(good.topic, good.data)  # a redelivery
@@ -155,7 +156,7 @@ def test_json_lines_summarise_bytes_and_write_snapshots(tmp_path: Path) -> None:
     r = Received(
         "cv-1",
         7,
-        "camveil/v1/cv-1/event/snapshot",
+        event_topic("cv-1", "snapshot"),
         "snapshot",
         {"ts": 1, "boot": "b", "body": {"jpeg": b"\xff\xd8\xffabc", "w": 2, "cmd": "c"}},
     )

@@ -28,9 +28,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from agent.outbox import Outbox
 from contract.envelope import Identity, SealedEnvelope, seal
 from contract.errors import OutboxCorruptError, OutboxError, OutboxFullError, UnredactedDataError
+from contract.topics import event_topic, status_topic
+from hw.clock import FakeClock
 
 DEVICE = "cv-test-0001"
-TOPIC = f"camveil/v1/{DEVICE}/event/presence"
+TOPIC = event_topic(DEVICE, "presence")
 
 _device = Identity.generate(DEVICE)
 _backend = Identity.generate("backend-test").public()
@@ -42,14 +44,6 @@ def sealed(seq: int, pad: int = 0, topic: str = TOPIC) -> SealedEnvelope:
     if pad:
         body["pad"] = b"\x00" * pad
     return seal(body, sender=_device, recipient=_backend, topic=topic, seq=seq, device=DEVICE)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_764_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_batches_are_oldest_first_and_skip_in_flight(tmp_path: Path) -> None:
@@ -175,7 +169,7 @@ def test_rows_of_other_keys_are_refused_in_and_evicted_out(tmp_path: Path) -> No
             {},
             sender=Identity.generate("cv-other"),
             recipient=_backend,
-            topic="camveil/v1/cv-other/status",
+            topic=status_topic("cv-other"),
             seq=1,
             device="cv-other",
         )
@@ -207,20 +201,20 @@ def test_an_envelope_larger_than_the_bound_is_refused_and_counted(tmp_path: Path
 
 
 def test_age_bound_evicts_and_counts(tmp_path: Path) -> None:
-    clock = FakeClock()
-    with Outbox(tmp_path / "o.db", max_age_s=60.0, clock=clock, signer=SIGNER) as box:
+    clock = FakeClock(epoch=1_764_000_000.0)
+    with Outbox(tmp_path / "o.db", max_age_s=60.0, clock=clock.time, signer=SIGNER) as box:
         old = [box.enqueue(sealed(seq)) for seq in range(3)]
-        clock.now += 30
+        clock.advance(30)
         young = box.enqueue(sealed(3))
         assert box.stats().oldest_age_s == pytest.approx(30.0)
-        clock.now += 40  # the first three are 70 s old now
+        clock.advance(40)  # the first three are 70 s old now
         assert [item.id for item in box.next_batch(10)] == [young]
         stats = box.stats()
         assert stats.evicted_total == {"age": 3}
         assert stats.depth == 1
         assert stats.oldest_age_s == pytest.approx(40.0)
         assert not set(old) & {item.id for item in box.next_batch(10)}
-        clock.now += 100
+        clock.advance(100)
         box.enqueue(sealed(4))  # enqueue prunes too
         assert box.stats().evicted_total == {"age": 4}
 
@@ -228,13 +222,13 @@ def test_age_bound_evicts_and_counts(tmp_path: Path) -> None:
 def test_counters_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     size = len(sealed(0).data)
-    clock = FakeClock()
-    with Outbox(path, max_bytes=size * 2, max_age_s=10, clock=clock, signer=SIGNER) as box:
+    clock = FakeClock(epoch=1_764_000_000.0)
+    with Outbox(path, max_bytes=size * 2, max_age_s=10, clock=clock.time, signer=SIGNER) as box:
         for seq in range(4):
             box.enqueue(sealed(seq))
-        clock.now += 11
+        clock.advance(11)
         assert box.prune() == 2
-    with Outbox(path, max_bytes=size * 2, clock=clock, signer=SIGNER) as box:
+    with Outbox(path, max_bytes=size * 2, clock=clock.time, signer=SIGNER) as box:
         stats = box.stats()
         assert stats.evicted_total == {"bytes": 2, "age": 2}
         assert stats.depth == 0
@@ -274,7 +268,7 @@ def test_topic_must_match_the_envelope(tmp_path: Path) -> None:
         Outbox(tmp_path / "o.db", signer=SIGNER) as box,
         pytest.raises(ValueError, match="differs"),
     ):
-        box.enqueue(sealed(1), f"camveil/v1/{DEVICE}/event/tamper")
+        box.enqueue(sealed(1), event_topic(DEVICE, "tamper"))
 
 
 def test_disk_full_evicts_oldest_counts_and_keeps_going(tmp_path: Path) -> None:
@@ -425,11 +419,12 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     from contract.envelope import Identity, seal
     from agent.outbox import Outbox
+    from contract.topics import event_topic
 
     path, out_fd, start = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     device = Identity.generate("cv-test-0001")
     backend = Identity.generate("backend-test").public()
-    topic = "camveil/v1/cv-test-0001/event/presence"
+    topic = event_topic("cv-test-0001", "presence")
     with Outbox(path, signer=device.public()) as box:
         os.write(out_fd, b"R\\n")
         seq = start
@@ -755,13 +750,13 @@ def test_a_publisher_that_keeps_failing_withholds_the_watchdog(tmp_path: Path) -
     from agent.watchdog import Notifier, Watchdog
 
     path = tmp_path / "o.db"
-    clock = FakeClock()
-    with Outbox(path, signer=SIGNER, busy_timeout_s=0.05, max_age_s=60, clock=clock) as box:
+    clock = FakeClock(epoch=1_764_000_000.0)
+    with Outbox(path, signer=SIGNER, busy_timeout_s=0.05, max_age_s=60, clock=clock.time) as box:
         box.enqueue(sealed(99))  # the one that ages out
-        clock.now += 30
+        clock.advance(30)
         for seq in range(5):
             box.enqueue(sealed(seq))
-        clock.now += 40
+        clock.advance(40)
         publisher = Publisher(box, idle_wait_s=0.05)
         sender = ConnectedSender()
         publisher.bind(sender)

@@ -35,12 +35,13 @@ from pathlib import Path
 
 import pytest
 from broker import ClientFiles, TestClient, mosquitto_binary
-from test_provisioning import BAUD, FaultProxy, Pty, Unit, verify_provisioned
+from serial_rig import BAUD, FaultProxy, Pty, Unit, verify_provisioned
 
 from agent.unitstate import UnitState
 from contract.envelope.keys import load_identity, load_peers
 from contract.envelope.replay import ReplayGuard
 from contract.envelope.seal import open_envelope
+from contract.topics import device_filter, topic_device
 from dashboard.listener import Listener, ListenerConfig, MemoryDedupe, Opener, Received
 from hw.serial_link import PySerialLink
 from provisioning import pki
@@ -209,7 +210,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
         raw.connect()
         listener.start()
         try:
-            assert raw.subscribe(f"camveil/v1/{device}/#") < 0x80
+            assert raw.subscribe(device_filter(device)) < 0x80
             assert listener.subscribed.wait(10), f"listener not subscribed:\n{process.log_tail()}"
 
             # --- negative control: same device id, certificate from another CA -------------------
@@ -254,7 +255,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
             got = inbox.wait_for(lambda rs: len(rs) >= summary["enqueued"], timeout=10)
             first = got[0]
             assert first.device == device
-            assert first.topic.startswith(f"camveil/v1/{device}/")
+            assert topic_device(first.topic) == device
             assert first.type in {"status", "presence", "health"}
             assert {r.type for r in got} >= {"status", "health"}
             status = [r for r in got if r.type == "status"]

@@ -101,7 +101,7 @@ def test_gadget_serial_unit_is_hardened(rendered: Path, capsys: pytest.CaptureFi
 
 
 def test_agent_unit_contract() -> None:
-    """The settings DESIGN §6 asks for, literally (verify would not notice them gone)."""
+    """The agent unit's settings (docs/INSTALL.md), literally: verify would not notice them gone."""
     text = (SYSTEMD / "camveil-agent.service").read_text()
     for line in [
         "Type=notify",

@@ -15,6 +15,7 @@ from broker import ClientFiles, Mosquitto, TestClient, TestPki
 from agent.transport import ConnectionEvent, ConnectionState, Transport, TransportConfig
 from contract.envelope import Identity, PeerKeys, ReplayGuard, SealedEnvelope, open_envelope, seal
 from contract.errors import ConfigError, UnredactedDataError
+from contract.topics import command_topic, event_topic, events_filter, status_topic
 
 BACKEND = Identity.generate("backend-dashboard")
 
@@ -97,10 +98,10 @@ def test_publish_fires_on_acked_with_the_mid_and_the_backend_gets_the_bytes(
     device = Identity.generate("cam-tx-ack")
     transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), mosquitto.port))
     with TestClient(mqtt_pki.backend("dashboard"), mosquitto.port) as backend:
-        assert not backend.subscribe(f"camveil/v1/{device.kid}/event/#").is_failure
+        assert not backend.subscribe(events_filter(device.kid)).is_failure
         assert transport.wait_connected(10)
         rec.wait_state(ConnectionState.CONNECTED)
-        envelopes = [sealed(device, f"camveil/v1/{device.kid}/event/person", s) for s in (1, 2, 3)]
+        envelopes = [sealed(device, event_topic(device.kid, "person"), s) for s in (1, 2, 3)]
         mids = [transport.publish(env.topic, env) for env in envelopes]
         assert None not in mids and len(set(mids)) == 3
         acked = {rec.acked.get(timeout=5) for _ in mids}
@@ -116,16 +117,16 @@ def test_publish_refuses_anything_but_a_sealed_envelope(mqtt_pki: TestPki) -> No
     files = mqtt_pki.device("cam-tx-type")
     transport = Transport(config_for(files, 1), on_acked=lambda mid: None)  # never started
     with pytest.raises(UnredactedDataError):
-        transport.publish("camveil/v1/cam-tx-type/event/person", b"raw bytes")  # type: ignore[arg-type]
+        transport.publish(event_topic("cam-tx-type", "person"), b"raw bytes")  # type: ignore[arg-type]
     other = Identity.generate("cam-tx-other")
-    env = sealed(other, "camveil/v1/cam-tx-other/event/person", 1)
+    env = sealed(other, event_topic("cam-tx-other", "person"), 1)
     with pytest.raises(ValueError, match="sealed for"):
-        transport.publish("camveil/v1/cam-tx-type/event/person", env)
+        transport.publish(event_topic("cam-tx-type", "person"), env)
     with pytest.raises(ValueError, match="device"):
         transport.publish(env.topic, env)
     with pytest.raises(ValueError, match="last will"):
         own = Identity.generate("cam-tx-type")
-        transport.set_will(sealed(own, "camveil/v1/cam-tx-type/event/person", 1))
+        transport.set_will(sealed(own, event_topic("cam-tx-type", "person"), 1))
 
 
 def test_publish_while_disconnected_returns_none(
@@ -136,7 +137,7 @@ def test_publish_while_disconnected_returns_none(
     transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), port))
     event = rec.wait_state(ConnectionState.CONNECT_FAILED)
     assert "refused" in event.reason.lower()
-    env = sealed(device, f"camveil/v1/{device.kid}/event/person", 1)
+    env = sealed(device, event_topic(device.kid, "person"), 1)
     assert transport.publish(env.topic, env) is None
     assert transport.outstanding == 0
 
@@ -159,7 +160,7 @@ def test_broker_restart_reconnects_by_itself_and_publishing_works_again(
     fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any]
 ) -> None:
     device = Identity.generate("cam-tx-restart")
-    topic = f"camveil/v1/{device.kid}/event/person"
+    topic = event_topic(device.kid, "person")
     transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), fresh_mosquitto.port))
     rec.wait_state(ConnectionState.CONNECTED)
     for seq in range(1, 4):
@@ -181,7 +182,7 @@ def test_message_in_flight_when_broker_is_killed_is_resent_and_acked_after_recon
 ) -> None:
     """A mid handed out stays valid across a reconnect: paho resends it and acks it later."""
     device = Identity.generate("cam-tx-inflight")
-    topic = f"camveil/v1/{device.kid}/event/person"
+    topic = event_topic(device.kid, "person")
     transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), fresh_mosquitto.port))
     rec.wait_state(ConnectionState.CONNECTED)
     import os
@@ -209,7 +210,7 @@ def test_max_outstanding_gives_backpressure(
     import signal
 
     device = Identity.generate("cam-tx-window")
-    topic = f"camveil/v1/{device.kid}/event/person"
+    topic = event_topic(device.kid, "person")
     config = config_for(mqtt_pki.device(device.kid), fresh_mosquitto.port, max_outstanding=2)
     transport, rec = make_transport(config)
     rec.wait_state(ConnectionState.CONNECTED)
@@ -233,7 +234,7 @@ def test_puback_failure_goes_to_on_rejected_not_on_acked(
     files = mqtt_pki.device("cam-tx-y")
     transport, rec = make_transport(config_for(files, mosquitto.port, device_id=device.kid))
     rec.wait_state(ConnectionState.CONNECTED)
-    env = sealed(device, f"camveil/v1/{device.kid}/event/person", 1)
+    env = sealed(device, event_topic(device.kid, "person"), 1)
     mid = transport.publish(env.topic, env)
     assert rec.rejected.get(timeout=5) == (mid, 0x87)
     assert rec.acked.empty()
@@ -253,13 +254,13 @@ def test_no_matching_subscribers_is_kept_when_a_subscriber_is_required(
     )
     transport, rec = make_transport(config)
     rec.wait_state(ConnectionState.CONNECTED)
-    env = sealed(device, f"camveil/v1/{device.kid}/event/person", 1)
+    env = sealed(device, event_topic(device.kid, "person"), 1)
     mid = transport.publish(env.topic, env)
     if require_subscriber:
         assert rec.rejected.get(timeout=5) == (mid, 0x10)
         assert rec.acked.empty()
         with TestClient(mqtt_pki.backend("dashboard"), mosquitto.port) as backend:
-            assert not backend.subscribe(f"camveil/v1/{device.kid}/event/#").is_failure
+            assert not backend.subscribe(events_filter(device.kid)).is_failure
             again = transport.publish(env.topic, env)
             assert rec.acked.get(timeout=5) == again
             assert backend.expect().payload == env.data
@@ -277,12 +278,12 @@ def test_commands_reach_on_command_after_every_reconnect(
     for round_ in range(2):
         assert transport.wait_subscribed(5)  # the SUBSCRIBE follows the CONNACK
         with TestClient(mqtt_pki.operator("console"), fresh_mosquitto.port) as operator:
-            assert not operator.publish(f"camveil/v1/{device}/cmd", b"cmd%d" % round_).is_failure
+            assert not operator.publish(command_topic(device), b"cmd%d" % round_).is_failure
         # QoS 1 is at least once: a command whose PUBACK the restart cut off comes again
         # (the unit's replay guard drops it); the new one must arrive
         seen = set()
         while (got := rec.commands.get(timeout=5)) != (
-            f"camveil/v1/{device}/cmd",
+            command_topic(device),
             b"cmd%d" % round_,
         ):
             seen.add(got[1])
@@ -293,7 +294,7 @@ def test_commands_reach_on_command_after_every_reconnect(
 
 def test_stop_publishes_the_last_will(mosquitto: Mosquitto, mqtt_pki: TestPki) -> None:
     device = Identity.generate("cam-tx-will")
-    will = sealed(device, f"camveil/v1/{device.kid}/status", 1, state="offline")
+    will = sealed(device, status_topic(device.kid), 1, state="offline")
     rec = Recorder()
     transport = Transport(
         config_for(mqtt_pki.device(device.kid), mosquitto.port), **rec.kwargs(), will=will
@@ -319,19 +320,19 @@ def test_commands_queued_while_offline_survive_a_broker_restart(
     with Transport(config, **first.kwargs()) as transport:
         assert transport.wait_subscribed(5)
     with TestClient(mqtt_pki.operator("console"), fresh_mosquitto.port) as operator:
-        assert not operator.publish(f"camveil/v1/{device}/cmd", b"while away").is_failure
+        assert not operator.publish(command_topic(device), b"while away").is_failure
     fresh_mosquitto.restart()
     second = Recorder()
     with Transport(config, **second.kwargs()) as transport:
         assert transport.wait_connected(10)
-        assert second.commands.get(timeout=5) == (f"camveil/v1/{device}/cmd", b"while away")
+        assert second.commands.get(timeout=5) == (command_topic(device), b"while away")
 
 
 def test_a_will_factory_seals_a_fresh_will_for_every_connection(
     fresh_mosquitto: Mosquitto, mqtt_pki: TestPki
 ) -> None:
     device = Identity.generate("cam-tx-willgen")
-    topic = f"camveil/v1/{device.kid}/status"
+    topic = status_topic(device.kid)
     seqs: list[int] = []
 
     def seal_will() -> SealedEnvelope:
@@ -383,7 +384,7 @@ def test_transport_comes_back_after_twenty_broker_restarts_and_crashes(
     """What the chaos tests build on: the fixture restarts (SIGTERM) and crashes (SIGKILL) the
     broker fast on the same port and state, and the transport comes back by itself each time."""
     device = Identity.generate("cam-tx-chaos")
-    topic = f"camveil/v1/{device.kid}/event/person"
+    topic = event_topic(device.kid, "person")
     transport, rec = make_transport(config_for(mqtt_pki.device(device.kid), fresh_mosquitto.port))
     rec.wait_state(ConnectionState.CONNECTED)
     started = time.monotonic()

@@ -17,7 +17,7 @@ from typing import Any
 import cbor2
 import pytest
 from broker import ClientFiles
-from test_daemon import DEVICE, HOST, Harness, harness  # noqa: F401 - the fixture
+from harness import DEVICE, HOST, Harness
 
 pytestmark = pytest.mark.usefixtures("harness")
 
@@ -56,7 +56,7 @@ def _sub(files: ClientFiles, port: int, topic: str, out: Path) -> subprocess.Pop
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def test_no_plaintext_on_the_wire(harness: Harness) -> None:  # noqa: F811
+def test_no_plaintext_on_the_wire(harness: Harness) -> None:
     port = harness.broker.port
     backend_out = harness.tmp / "wire-backend.txt"
     subs = [_sub(harness.pki.backend("ingest"), port, "#", backend_out)]

@@ -7,18 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.commands import Ack, AckBudget, Command, CommandProcessor, cmd_topic, seal_command
+from agent.commands import AckBudget, Command, CommandProcessor
+from contract.commands import Ack, seal_command
 from contract.envelope.keys import Identity, PeerKeys, PublicIdentity
+from contract.topics import command_topic
+from hw.clock import FakeClock
 
 DEVICE = "unit-ack"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _processor(
@@ -43,14 +38,14 @@ def _processor(
 
 
 def test_budget_bursts_then_refills() -> None:
-    clock = Clock()
-    budget = AckBudget(burst=3, rate=0.5, clock=clock)
+    clock = FakeClock(start=1000.0)
+    budget = AckBudget(burst=3, rate=0.5, clock=clock.monotonic)
     assert [budget.take() for _ in range(4)] == [True, True, True, False]
-    clock.now += 1.0  # half a token
+    clock.advance(1.0)  # half a token
     assert not budget.take()
-    clock.now += 1.0  # one token
+    clock.advance(1.0)  # one token
     assert budget.take() and not budget.take()
-    clock.now += 100.0  # refill is capped at the burst
+    clock.advance(100.0)  # refill is capped at the burst
     assert [budget.take() for _ in range(4)] == [True, True, True, False]
 
 
@@ -61,8 +56,8 @@ def test_budget_rejects_nonsense(burst: int, rate: float) -> None:
 
 
 def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
-    clock = Clock()
-    budget = AckBudget(burst=5, rate=1.0, clock=clock)
+    clock = FakeClock(start=1000.0)
+    budget = AckBudget(burst=5, rate=1.0, clock=clock.monotonic)
     processor, sent, operator, device = _processor(tmp_path, budget)
     forger = Identity.generate("operator")  # the right kid, the wrong key
 
@@ -75,11 +70,11 @@ def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
             seq=seq,
             expires_at=int(time.time()) + 60,
         )
-        return processor.handle(cmd_topic(DEVICE), envelope.data)
+        return processor.handle(command_topic(DEVICE), envelope.data)
 
     for seq in range(1, 101):
         assert not send("snapshot", f"f{seq}", forger, seq).accepted
-    processor.handle(cmd_topic(DEVICE), b"\xa0garbage")
+    processor.handle(command_topic(DEVICE), b"\xa0garbage")
     assert sum(processor.rejected.values()) == 101  # every rejection is counted
     assert len(sent) == 5 and processor.acks_suppressed == 96  # only the burst was acked
     assert all(not a.accepted and a.command_id is None for a in sent)
@@ -92,10 +87,10 @@ def test_forged_flood_is_counted_but_acks_are_capped(tmp_path: Path) -> None:
     ack = send("format_disk", "real-2", operator, 2)
     assert not ack.accepted and ack.reason.startswith("unknown_command") and sent[-1] == ack
 
-    clock.now += 2.0  # two tokens later, forged commands are acked again
-    processor.handle(cmd_topic(DEVICE), b"junk")
-    processor.handle(cmd_topic(DEVICE), b"junk")
-    processor.handle(cmd_topic(DEVICE), b"junk")
+    clock.advance(2.0)  # two tokens later, forged commands are acked again
+    processor.handle(command_topic(DEVICE), b"junk")
+    processor.handle(command_topic(DEVICE), b"junk")
+    processor.handle(command_topic(DEVICE), b"junk")
     assert len(sent) == 9 and processor.acks_suppressed == 97
 
 

@@ -11,27 +11,22 @@ from typing import Any
 import cbor2
 import pytest
 
-from agent.commands import Ack, Command, CommandProcessor, cmd_topic, seal_command
+from agent.commands import Command, CommandProcessor
+from contract.commands import Ack, seal_command
 from contract.envelope.keys import Identity, PeerKeys, write_private_file
 from contract.envelope.replay import CommandReplayGuard
+from contract.topics import command_topic
+from hw.clock import FakeClock
 
 DEVICE = "unit-replay"
 NOW = 1_764_115_200.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Rig:
     def __init__(self, tmp_path: Path, max_commands: int = 4096) -> None:
         self.device = Identity.generate(DEVICE)
         self.operator = Identity.generate("operator")
-        self.clock = Clock()
+        self.clock = FakeClock(epoch=NOW)
         self.path = tmp_path / "cmd-replay.cbor"
         self.max_commands = max_commands
         self.ran: list[str] = []
@@ -42,7 +37,7 @@ class Rig:
             self.ran.append(command.id)
             return "ok"
 
-        self.guard = CommandReplayGuard(self.max_commands, clock=self.clock)
+        self.guard = CommandReplayGuard(self.max_commands, clock=self.clock.time)
         processor = CommandProcessor(
             device=self.device,
             operators=PeerKeys([self.operator.public()]),
@@ -50,7 +45,7 @@ class Rig:
             handlers={"snapshot": handler},
             send_ack=lambda ack: None,
             replay_guard=self.guard,
-            clock=self.clock,
+            clock=self.clock.time,
         )
         processor.load()
         self.processor = processor
@@ -68,15 +63,15 @@ class Rig:
         ).data
 
     def send(self, data: bytes) -> Ack:
-        return self.processor.handle(cmd_topic(DEVICE), data)
+        return self.processor.handle(command_topic(DEVICE), data)
 
 
 def test_an_operator_5_s_behind_is_accepted_and_replays_are_not(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    first = rig.command("on-time", rig.clock.now)
+    first = rig.command("on-time", rig.clock.time())
     assert rig.send(first).accepted
-    rig.clock.now += 1.0
-    behind = rig.command("behind-5s", rig.clock.now - 5.0)  # 6 s below the last seq
+    rig.clock.advance(1.0)
+    behind = rig.command("behind-5s", rig.clock.time() - 5.0)  # 6 s below the last seq
     ack = rig.send(behind)
     assert ack.accepted, ack.reason
     for data in (first, behind):
@@ -86,20 +81,22 @@ def test_an_operator_5_s_behind_is_accepted_and_replays_are_not(tmp_path: Path) 
     rig.restart()
     for data in (first, behind):
         assert rig.send(data).reason == "replay"
-    rig.clock.now += 1.0
-    assert rig.send(rig.command("behind-again", rig.clock.now - 5.0)).accepted
+    rig.clock.advance(1.0)
+    assert rig.send(rig.command("behind-again", rig.clock.time() - 5.0)).accepted
     assert rig.ran == ["on-time", "behind-5s", "behind-again"]
 
 
 def test_forgotten_commands_stay_refused_when_the_clock_goes_back(tmp_path: Path) -> None:
     rig = Rig(tmp_path, max_commands=2)
-    old = rig.command("old", rig.clock.now, lifetime=60)
+    old = rig.command("old", rig.clock.time(), lifetime=60)
     assert rig.send(old).accepted
-    rig.clock.now += 120  # "old" has expired
-    assert rig.send(rig.command("a", rig.clock.now)).accepted
-    assert rig.send(rig.command("b", rig.clock.now + 0.001)).accepted  # full: "old" forgotten
+    rig.clock.advance(120)  # "old" has expired
+    assert rig.send(rig.command("a", rig.clock.time())).accepted
+    assert rig.send(rig.command("b", rig.clock.time() + 0.001)).accepted  # full: "old" forgotten
     assert len(rig.guard) == 2  # the bound held
-    rig.clock.now -= 120  # NTP steps the clock back: "old" looks unexpired again
+    rig.clock.set_time(
+        rig.clock.time() - 120
+    )  # NTP steps the clock back: "old" looks unexpired again
     ack = rig.send(old)
     assert not ack.accepted and ack.reason == "replay"
 
@@ -107,37 +104,37 @@ def test_forgotten_commands_stay_refused_when_the_clock_goes_back(tmp_path: Path
 def test_at_the_bound_new_commands_are_refused_until_some_expire(tmp_path: Path) -> None:
     rig = Rig(tmp_path, max_commands=3)
     for i in range(3):
-        assert rig.send(rig.command(f"c{i}", rig.clock.now + i / 1000, lifetime=60)).accepted
-    late = rig.command("late", rig.clock.now + 0.5, lifetime=600)
+        assert rig.send(rig.command(f"c{i}", rig.clock.time() + i / 1000, lifetime=60)).accepted
+    late = rig.command("late", rig.clock.time() + 0.5, lifetime=600)
     ack = rig.send(late)
     assert not ack.accepted and ack.reason == "replay_memory_full"
     assert rig.processor.rejected["replay_memory_full"] == 1
-    rig.clock.now += 61  # the three expire: room again, and the same command now opens
+    rig.clock.advance(61)  # the three expire: room again, and the same command now opens
     assert rig.send(late).accepted
     assert rig.ran == ["c0", "c1", "c2", "late"]
 
 
 def test_persisted_memory_holds_only_unexpired_commands(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    assert rig.send(rig.command("short", rig.clock.now, lifetime=10)).accepted
-    rig.clock.now += 20
-    assert rig.send(rig.command("long", rig.clock.now, lifetime=300)).accepted
+    assert rig.send(rig.command("short", rig.clock.time(), lifetime=10)).accepted
+    rig.clock.advance(20)
+    assert rig.send(rig.command("long", rig.clock.time(), lifetime=300)).accepted
     saved = cbor2.loads(rig.path.read_bytes())
-    assert saved["v"] == 2 and [e[3] for e in saved["seen"]] == [int(rig.clock.now) + 300]
+    assert saved["v"] == 2 and [e[3] for e in saved["seen"]] == [int(rig.clock.time()) + 300]
     assert saved["floor"] == int(NOW) + 10
     assert os.stat(rig.path).st_mode & 0o077 == 0
 
 
 def test_a_version_1_window_file_is_read_safely(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    window = {"v": 1, "window": 1024, "streams": [["operator", cmd_topic(DEVICE), 5, b"\x01"]]}
+    window = {"v": 1, "window": 1024, "streams": [["operator", command_topic(DEVICE), 5, b"\x01"]]}
     write_private_file(rig.path, cbor2.dumps(window, canonical=True))
     mtime = int(rig.path.stat().st_mtime)
-    rig.clock.now = mtime + 1
+    rig.clock.set_time(mtime + 1)
     rig.restart()
     # anything the old window accepted expired by mtime + 24 h at the latest: refused until then
-    assert rig.send(rig.command("short", rig.clock.now, lifetime=300)).reason == "replay"
-    assert rig.send(rig.command("long", rig.clock.now, lifetime=24 * 3600)).accepted
+    assert rig.send(rig.command("short", rig.clock.time(), lifetime=300)).reason == "replay"
+    assert rig.send(rig.command("long", rig.clock.time(), lifetime=24 * 3600)).accepted
 
 
 def test_a_damaged_memory_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:

@@ -29,9 +29,10 @@ from contract.errors import (
     ReplayError,
     UnknownKeyError,
 )
+from contract.topics import event_topic, status_topic
 
 DEVICE = "cv-0042"
-TOPIC = f"camveil/v1/{DEVICE}/event/person"
+TOPIC = event_topic(DEVICE, "person")
 NOW = 1_764_115_200
 DEV = Identity.generate(DEVICE)
 BACKEND = Identity.generate("backend-1")
@@ -233,13 +234,12 @@ def test_wrong_key_kid_topic_and_replay_are_rejected(
             BadSignatureError,
             lambda: attempt(
                 env.data,
-                topic=f"camveil/v1/{DEVICE}/"
-                + ("status" if other == "status" else f"event/{other}"),
+                topic=status_topic(DEVICE) if other == "status" else event_topic(DEVICE, other),
             ),
         ),
         (
             BindingMismatchError,
-            lambda: attempt(env.data, topic=f"camveil/v1/cv-0043/event/{other}"),
+            lambda: attempt(env.data, topic=event_topic("cv-0043", other)),
         ),
     ]
     for expected, call in checks:

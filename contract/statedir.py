@@ -1,0 +1,124 @@
+"""The unit's state directory and the provisioning bundle, defined once: provisioning writes
+them (:mod:`provisioning.unit`), the agent reads them (:mod:`agent.unitstate`), the dev PKI
+makes them (:mod:`tools.devpki`). Wire format of the bundle: docs/PROTOCOL.md, "Provisioning over
+USB serial", "Bundle" and "Unit state".
+
+::
+
+    <state_dir>/                    default /var/lib/camveil, 0700 (0600 private files)
+        pending/                    keys made on the unit before it has an identity (first HELLO)
+            identity.cbor           Ed25519 + X25519 (contract.envelope.keys format, kid "pending")
+            tls.key                 ECDSA P-256 key of the TLS client certificate (PKCS#8 PEM)
+        provisioned/                present only when provisioning completed
+            identity.cbor           the same keys under kid = device id (0600)
+            tls.key  tls.crt        TLS client key (0600) and certificate, CN = device id
+            ca.crt                  the CA pinned at provisioning (broker trust anchor)
+            bundle.cbor             the exact bundle bytes the station sent (signed in the proof):
+                                    device, broker URL, backend X25519 key, operator Ed25519 key,
+                                    site config
+        seq                         the agent's sequence counter (agent.sequence)
+        cmd-replay.cbor             replay memory of accepted commands (agent.commands)
+        outbox.db                   default outbox (agent.outbox)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import cbor2
+
+from contract.errors import ProtocolViolationError
+from contract.ids import check_device_id, check_kid
+
+DEFAULT_STATE_DIR: Final = Path("/var/lib/camveil")
+PENDING: Final = "pending"
+PROVISIONED: Final = "provisioned"
+IDENTITY_FILE: Final = "identity.cbor"
+TLS_KEY_FILE: Final = "tls.key"
+TLS_CERT_FILE: Final = "tls.crt"
+CA_FILE: Final = "ca.crt"
+BUNDLE_FILE: Final = "bundle.cbor"
+SEQ_FILE: Final = "seq"
+REPLAY_FILE: Final = "cmd-replay.cbor"
+OUTBOX_FILE: Final = "outbox.db"
+
+BUNDLE_VERSION: Final = 1
+DEFAULT_BACKEND_KID: Final = "backend"
+DEFAULT_OPERATOR_KID: Final = "operator"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What the station gives a unit (docs/PROTOCOL.md, "Provisioning", "Bundle")."""
+
+    device: str
+    cert_pem: bytes
+    ca_pem: bytes
+    broker_url: str
+    backend_x25519: bytes
+    operator_ed25519: bytes
+    site: Mapping[str, Any]
+    issued_at: int
+    backend_kid: str = DEFAULT_BACKEND_KID
+    operator_kid: str = DEFAULT_OPERATOR_KID
+
+    def encode(self) -> bytes:
+        return cbor2.dumps(
+            {
+                "v": BUNDLE_VERSION,
+                "device": self.device,
+                "cert": self.cert_pem,
+                "ca": self.ca_pem,
+                "broker": self.broker_url,
+                "backend_x25519": self.backend_x25519,
+                "backend_kid": self.backend_kid,
+                "operator_ed25519": self.operator_ed25519,
+                "operator_kid": self.operator_kid,
+                "site": dict(self.site),
+                "issued_at": self.issued_at,
+            },
+            canonical=True,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Bundle:
+        """Parse and check the shape; ProtocolViolationError names the first bad field."""
+        try:
+            m = cbor2.loads(data)
+        except Exception:  # cbor2 raises several types
+            raise ProtocolViolationError("bundle is not CBOR") from None
+        if not isinstance(m, dict) or m.get("v") != BUNDLE_VERSION:
+            raise ProtocolViolationError(f"bundle is not a version {BUNDLE_VERSION} map")
+
+        def field(name: str, kind: type, size: int | None = None) -> Any:
+            value = m.get(name)
+            if not isinstance(value, kind) or (size is not None and len(value) != size):  # type: ignore[arg-type]
+                raise ProtocolViolationError(f"bundle field {name!r} missing or malformed")
+            return value
+
+        try:
+            device = check_device_id(field("device", str))
+        except ValueError as exc:
+            raise ProtocolViolationError(str(exc)) from None
+        return cls(
+            device=device,
+            cert_pem=field("cert", bytes),
+            ca_pem=field("ca", bytes),
+            broker_url=field("broker", str),
+            backend_x25519=field("backend_x25519", bytes, 32),
+            operator_ed25519=field("operator_ed25519", bytes, 32),
+            site=field("site", dict),
+            issued_at=field("issued_at", int),
+            backend_kid=_kid(m.get("backend_kid", DEFAULT_BACKEND_KID), "backend_kid"),
+            operator_kid=_kid(m.get("operator_kid", DEFAULT_OPERATOR_KID), "operator_kid"),
+        )
+
+
+def _kid(value: object, name: str) -> str:
+    try:
+        return check_kid(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ProtocolViolationError(f"bundle field {name!r} is not a key id") from None
