@@ -151,6 +151,31 @@ class StationConfig:
             ) from None
 
 
+def open_station(root: Path) -> StationPaths:
+    """The paths of the existing station directory ``root``, after checking that it is one:
+    ProvisioningError (naming the folder and the fix) for a missing path, a file, or a folder
+    without the station's marker files (``station.json``, ``ca/ca.crt``, ``inventory.sqlite``).
+    Nothing is created, so a mistyped folder is never turned into an empty station."""
+    paths = StationPaths(Path(root))
+    if not paths.root.exists():
+        raise ProvisioningError(
+            f"{root}: no such folder; create a station with `camveil station init {root}`"
+        )
+    if not paths.root.is_dir():
+        raise ProvisioningError(f"{root} is a file, not a station directory")
+    missing = [
+        str(p.relative_to(paths.root))
+        for p in (paths.config, paths.ca_dir / "ca.crt", paths.inventory)
+        if not p.is_file()
+    ]
+    if missing:
+        raise ProvisioningError(
+            f"{root} is not a station directory (no {', '.join(missing)}); give the folder made "
+            f"by `camveil station init`"
+        )
+    return paths
+
+
 def _broker_owner(settings: broker.BrokerSettings) -> str | None:
     """Who must be able to read the broker's key: mosquitto drops root privileges to its user
     before loading it, so a station initialised as root hands the key to that user."""
@@ -240,7 +265,7 @@ def add_backend(root: Path, name: str) -> Path:
     """Issue the client certificate ``backend-<name>`` (into ``clients/``), record it in
     station.json and rewrite the broker ACL so it may ingest. Returns the certificate's path.
     mosquitto reads the ACL at start and on SIGHUP: reload it before the backend connects."""
-    paths = StationPaths(Path(root))
+    paths = open_station(root)
     config = StationConfig.load(paths.config)
     try:
         cn = pki.backend_identity(name)

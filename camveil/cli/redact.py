@@ -109,8 +109,9 @@ def describe(result: FileResult) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     items = find_inputs(args.inputs, args.out)
-    detector = build_detector(detector_config(args))
-    privacy = PrivacyConfig(redaction=redaction_config(args))
+    settings = detector_config(args)
+    privacy = PrivacyConfig(redaction=redaction_config(args))  # both checked before loading
+    detector = build_detector(settings)
     progress = TqdmProgress(len(items), disable=args.no_progress)
     try:
         results = redact_files(detector, items, args.out, privacy, progress)

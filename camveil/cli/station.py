@@ -12,9 +12,9 @@ from provisioning.inventory import Inventory
 from provisioning.station import (
     DEFAULT_BROKER_URL,
     StationConfig,
-    StationPaths,
     add_backend,
     init_station,
+    open_station,
 )
 
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"station ready in {paths.root}")
         print(f"  CA certificate:   {paths.ca_dir / 'ca.crt'}")
         print(f"  broker config:    {paths.broker_dir / 'mosquitto.conf'}")
-        print(f"  trusted devices:  {paths.devices}")
+        print(f"  trusted devices:  {paths.peers} (camveil listen --devices)")
         print(f"  share group:      {paths.share_group} (secret; copy to the ingest hosts)")
         print(f"next: camveil provision --port /dev/ttyACM0 --station {paths.root}")
         return 0
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         cert = add_backend(args.dir, args.name)
         print(f"issued {cert} (key beside it); reload mosquitto (SIGHUP) to apply the new ACL")
         return 0
-    with Inventory(StationPaths(args.dir).inventory) as inventory:
+    with Inventory(open_station(args.dir).inventory) as inventory:
         for unit in inventory.units():
             print(f"{unit.device}\t{unit.state}\t{unit.site}")
     return 0
