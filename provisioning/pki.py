@@ -272,6 +272,17 @@ def make_server_cert(
     return Issued(key=key, cert=cert)
 
 
+def server_names(cert: x509.Certificate) -> list[str]:
+    """The subjectAltName entries of a server certificate: DNS names, then IP addresses."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return [*dns, *ips]
+
+
 def sign_device_csr(
     ca: Issued,
     csr: x509.CertificateSigningRequest,

@@ -30,6 +30,7 @@ device lists are rewritten. Every step is safe to repeat after a cut cable or a 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -199,13 +200,23 @@ def init_station(
 ) -> StationPaths:
     """Create a station directory; refuses one that already has a CA. ``backends`` names the
     backend certificates to issue (``backend-<name>``, one per backend process connected at
-    the same time); more can be added later with :func:`add_backend`."""
+    the same time); more can be added later with :func:`add_backend`.
+
+    ``broker_url`` (``mqtts://host[:port]``) is where units will dial the broker: the broker
+    certificate names its host and every one of ``broker_names`` (DNS names, or IP addresses as
+    IP SANs), and the broker config listens on its port, on every address unless the host is
+    loopback. ``broker_settings`` gives the rest; its port and bind address are taken from the
+    URL."""
     paths = StationPaths(Path(root))
     if (paths.ca_dir / "ca.key").exists() or paths.config.exists():
         raise ProvisioningError(
             f"{root} is already a station directory; use it as it is, or choose an empty directory"
         )
     try:
+        url = broker.parse_broker_url(broker_url)
+        names = tuple(
+            dict.fromkeys([url.host, *(broker.check_broker_name(n) for n in broker_names)])
+        )
         backends = tuple(dict.fromkeys(backends))
         if not backends:
             raise ValueError("at least one backend certificate is needed")
@@ -213,7 +224,9 @@ def init_station(
             pki.backend_identity(name)
     except ValueError as exc:
         raise ProvisioningError(f"station init: {exc}") from None
-    config = StationConfig(broker_url=broker_url, backends=backends)
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ProvisioningError(f"station init: {root} is a file; choose a new folder")
+    config = StationConfig(broker_url=url.url, backends=backends)
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     # 0711: no listing, but the broker's user may reach broker/ (its key is 0600, its own);
     # every other folder inside (ca/, clients/) is 0700 and every other file 0600.
@@ -232,9 +245,11 @@ def init_station(
         pki.write_issued(
             paths.clients_dir, pki.operator_identity(name), pki.make_operator_cert(ca, name)
         )
-    host = _broker_host(broker_url)
-    names = tuple(dict.fromkeys([*broker_names, *([host] if host else [])]))
-    settings = broker_settings or broker.BrokerSettings()
+    settings = dataclasses.replace(
+        broker_settings or broker.BrokerSettings(),
+        port=url.port,
+        bind_address=url.bind_address,
+    )
     broker.write_broker_state(
         paths.broker_dir,
         settings,
@@ -291,10 +306,10 @@ def add_backend(root: Path, name: str) -> Path:
     return paths.backend_cert(name)
 
 
-def _broker_host(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).hostname
+def broker_cert_names(paths: StationPaths) -> list[str]:
+    """The DNS names and IP addresses in the station's broker certificate."""
+    cert = pki.load_cert_pem((paths.broker_dir / "server.crt").read_bytes())
+    return pki.server_names(cert)
 
 
 def derive_device_id(ed25519: bytes) -> str:
@@ -359,7 +374,7 @@ class Station:
     ) -> ProvisionResult:
         start = time.monotonic()
         config = StationConfig.load(self._paths.config)
-        url = broker_url or config.broker_url
+        url = config.broker_url if broker_url is None else self._check_url(broker_url)
         hello = self._request("hello", {"proto": PROTOCOL_VERSION})
         if hello.b.get("proto") != PROTOCOL_VERSION:
             raise ProvisioningError(
@@ -395,6 +410,22 @@ class Station:
         elapsed = time.monotonic() - start
         logger.info("unit %s %s in %.2f s", device, outcome, elapsed)
         return ProvisionResult(device, outcome, elapsed, self._channel.retries)
+
+    def _check_url(self, url: str) -> str:
+        """A per-unit broker URL, refused unless the broker certificate names its host (the
+        unit would fail every TLS handshake)."""
+        try:
+            parsed = broker.parse_broker_url(url)
+        except ValueError as exc:
+            raise ProvisioningError(str(exc)) from None
+        names = broker_cert_names(self._paths)
+        if parsed.host not in names:
+            raise ProvisioningError(
+                f"the broker certificate does not name {parsed.host} (it names "
+                f"{', '.join(names)}); use one of those, or re-create the station with "
+                f"--broker-name {parsed.host}"
+            )
+        return parsed.url
 
     def _known_bundle(self, hello: Message, record: UnitRecord | None) -> bytes:
         device = hello.b.get("device")

@@ -13,6 +13,7 @@ from provisioning.station import (
     DEFAULT_BROKER_URL,
     StationConfig,
     add_backend,
+    broker_cert_names,
     init_station,
     open_station,
 )
@@ -30,14 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument(
         "--broker-url",
         default=DEFAULT_BROKER_URL,
-        help=f"default broker (default {DEFAULT_BROKER_URL})",
+        help=f"where units dial the broker: mqtts://HOST[:PORT] (default {DEFAULT_BROKER_URL}; "
+        "port 8883 if none). The broker config listens on PORT, on every address unless HOST "
+        "is loopback",
     )
     init.add_argument(
         "--broker-name",
         action="append",
         default=[],
         metavar="NAME",
-        help="extra DNS name or IP for the broker certificate (repeatable)",
+        help="one more DNS name or IP address units may dial, put in the broker certificate "
+        "(repeatable; the URL's host is always in it)",
     )
     init.add_argument(
         "--backend",
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"station ready in {paths.root}")
         print(f"  CA certificate:   {paths.ca_dir / 'ca.crt'}")
         print(f"  broker config:    {paths.broker_dir / 'mosquitto.conf'}")
+        print(f"  broker names:     {', '.join(broker_cert_names(paths))}")
         print(f"  trusted devices:  {paths.peers} (camveil listen --devices)")
         print(f"  share group:      {paths.share_group} (secret; copy to the ingest hosts)")
         print(f"next: camveil provision --port /dev/ttyACM0 --station {paths.root}")
