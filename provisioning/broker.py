@@ -86,6 +86,7 @@ protocol mqtt
 cafile ${cafile}
 certfile ${certfile}
 keyfile ${keyfile}
+${crl_line}
 require_certificate true
 use_identity_as_username true
 # the client id is the certificate CN too: nobody can take over (kick) another client's session,
@@ -290,6 +291,7 @@ class BrokerFiles:
     server_cert: Path
     server_key: Path
     persistence_dir: Path
+    crl: Path | None = None
 
 
 def render_acl(
@@ -313,6 +315,13 @@ def _config_path(path: Path) -> str:
     return text
 
 
+CRL_COMMENT: Final = (
+    "# client certificates revoked by `camveil station revoke`. mosquitto 2.0 reads this\n"
+    "# file at start and on SIGHUP (systemctl reload mosquitto): a revoked unit's new TLS\n"
+    "# handshakes fail from then on; a connection already open stays until a restart\n"
+)
+
+
 def render_config(
     settings: BrokerSettings,
     *,
@@ -321,8 +330,10 @@ def render_config(
     certfile: Path,
     keyfile: Path,
     persistence_dir: Path,
+    crlfile: Path | None = None,
 ) -> str:
-    """The mosquitto.conf text for ``settings`` and these files."""
+    """The mosquitto.conf text for ``settings`` and these files (``crlfile``: a CRL of the CA
+    that client certificates are checked against)."""
     if not 0 < settings.port < 65536:
         raise ValueError(f"port {settings.port} is not a TCP port")
     if settings.max_packet_size < 64 * 1024:
@@ -351,6 +362,11 @@ def render_config(
         cafile=_config_path(cafile),
         certfile=_config_path(certfile),
         keyfile=_config_path(keyfile),
+        crl_line=(
+            "# no CRL: revoked client certificates are not refused"
+            if crlfile is None
+            else CRL_COMMENT + f"crlfile {_config_path(crlfile)}"
+        ),
     )
 
 
@@ -364,6 +380,7 @@ def write_broker_state(
     operators: Sequence[str] = (),
     devices: Sequence[str] = (),
     owner: str | None = None,
+    crl: x509.CertificateRevocationList | None = None,
 ) -> BrokerFiles:
     """Write config, ACL, CA and server certificate and key into ``state_dir`` (atomically, the
     key 0600) and create the persistence directory. Returns the paths; start the broker with
@@ -371,7 +388,10 @@ def write_broker_state(
 
     mosquitto started as root drops to ``settings.user`` (default "mosquitto") *before* it reads
     the key and writes persistence: pass that user as ``owner`` (needs root) to make the key and
-    the persistence directory its own. Without it they belong to the caller."""
+    the persistence directory its own. Without it they belong to the caller.
+
+    With ``crl`` the CRL is written as ``crl.pem`` and the listener checks client certificates
+    against it (``crlfile``)."""
     state_dir = Path(state_dir).absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(
@@ -381,6 +401,7 @@ def write_broker_state(
         server_cert=state_dir / "server.crt",
         server_key=state_dir / "server.key",
         persistence_dir=state_dir / "data",
+        crl=state_dir / "crl.pem" if crl is not None else None,
     )
     files.persistence_dir.mkdir(mode=0o700, exist_ok=True)
     ids = _user_ids(owner) if owner is not None else None
@@ -389,6 +410,8 @@ def write_broker_state(
     pki.write_cert(files.ca_cert, ca_cert)
     pki.write_cert(files.server_cert, server.cert)
     pki.write_private_key(files.server_key, server.key, owner=ids)
+    if crl is not None and files.crl is not None:
+        pki.write_atomic(files.crl, pki.crl_pem(crl), 0o644)
     acl = render_acl(backends, operators, devices)
     pki.write_atomic(files.acl, acl.encode(), 0o644)
     config = render_config(
@@ -398,6 +421,7 @@ def write_broker_state(
         certfile=files.server_cert,
         keyfile=files.server_key,
         persistence_dir=files.persistence_dir,
+        crlfile=files.crl,
     )
     pki.write_atomic(files.config, config.encode(), 0o644)
     return files
@@ -426,6 +450,7 @@ def render_examples() -> dict[str, str]:
         certfile=EXAMPLE_DIR / "server.crt",
         keyfile=EXAMPLE_DIR / "server.key",
         persistence_dir=EXAMPLE_DIR / "data",
+        crlfile=EXAMPLE_DIR / "crl.pem",
     )
     return {
         "mosquitto.conf.example": config,

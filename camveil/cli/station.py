@@ -1,22 +1,27 @@
 """`camveil station init DIR`: create a provisioning station (CA, operator and backend keys,
 broker configuration, inventory); `camveil station add-backend DIR NAME`: one more backend
 certificate (one per backend process connected at the same time); `camveil station list DIR`:
-the units in its inventory."""
+the units in its inventory; `camveil station revoke DIR UNIT`: take a unit out of the fleet."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from pathlib import Path
 
+from provisioning import pki
 from provisioning.inventory import Inventory
 from provisioning.station import (
     DEFAULT_BROKER_URL,
     StationConfig,
+    StationPaths,
     add_backend,
     broker_cert_names,
     init_station,
     open_station,
+    revoke_unit,
 )
+from provisioning.unit import Bundle
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = sub.add_parser("add-backend", help="issue one more backend certificate")
     add.add_argument("dir", type=Path, help="station directory")
     add.add_argument("name", help="the certificate is backend-NAME")
-    listing = sub.add_parser("list", help="list the units in the inventory")
+    listing = sub.add_parser(
+        "list",
+        help="list the units in the inventory: device, state, site, certificate expiry; then the "
+        "revoked ones",
+    )
     listing.add_argument("dir", type=Path, help="station directory")
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke a unit: its certificate joins the broker's CRL, it leaves the trusted devices",
+    )
+    revoke.add_argument("dir", type=Path, help="station directory")
+    revoke.add_argument("device", help="device id of the unit (see `camveil station list`)")
+    revoke.add_argument("--reason", default="unspecified", help="recorded with the revocation")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +94,27 @@ def run(args: argparse.Namespace) -> int:
         cert = add_backend(args.dir, args.name)
         print(f"issued {cert} (key beside it); reload mosquitto (SIGHUP) to apply the new ACL")
         return 0
+    if args.action == "revoke":
+        result = revoke_unit(args.dir, args.device, args.reason)
+        paths = StationPaths(args.dir)
+        print(f"revoked {args.device} (certificate serial {result.revocation.serial})")
+        print(f"  CRL:              {paths.crl}")
+        print(f"  trusted devices:  {paths.peers} (the unit is no longer in it)")
+        if result.config_patched:
+            print(f"  broker config:    {paths.broker_dir / 'mosquitto.conf'} now has crlfile")
+            print("next: restart mosquitto (it reads a new crlfile line only at start)")
+        else:
+            print(
+                "next: copy crl.pem to the broker host and reload mosquitto (SIGHUP: "
+                "`systemctl reload mosquitto`); restart it to end a connection already open"
+            )
+        return 0
     with Inventory(open_station(args.dir).inventory) as inventory:
         for unit in inventory.units():
-            print(f"{unit.device}\t{unit.state}\t{unit.site}")
+            issued = pki.load_cert_pem(Bundle.decode(unit.bundle).cert_pem)
+            expires = issued.not_valid_after_utc.date().isoformat()
+            print(f"{unit.device}\t{unit.state}\t{unit.site}\tcertificate until {expires}")
+        for revoked in inventory.revocations():
+            when = dt.datetime.fromtimestamp(revoked.revoked_at, dt.timezone.utc)
+            print(f"{revoked.device}\trevoked\t{when.isoformat(timespec='seconds')}")
     return 0
