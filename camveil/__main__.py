@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from agent import __version__
+from camveil.cli.logs import setup_logging
 from contract.errors import CamveilError
 
 # subcommand -> module in camveil.cli; each module has add_arguments(parser) and run(args) -> int
@@ -55,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args))

@@ -16,6 +16,7 @@ from camveil.cli.common import (
     non_negative_int,
     redaction_config,
 )
+from camveil.cli.logs import progress_on
 from contract.errors import ConfigError
 from tools.evaluate import check_floor, evaluate, format_report, read_annotations
 
@@ -37,7 +38,14 @@ def run(args: argparse.Namespace) -> int:
     detector = build_detector(detector_config(args))
 
     def progress(items):  # type: ignore[no-untyped-def]
-        return tqdm(items, total=len(annotations), desc="eval", unit="img", file=sys.stderr)
+        return tqdm(
+            items,
+            total=len(annotations),
+            desc="eval",
+            unit="img",
+            file=sys.stderr,
+            disable=not progress_on(),
+        )
 
     report = evaluate(detector, annotations, redaction_config(args), progress=progress)
     report["detector"] = {

@@ -13,6 +13,7 @@ from agent.batch import FileResult, InputFile, MediaKind, find_inputs, redact_fi
 from agent.pipeline import PrivacyConfig
 from agent.vision.factory import build_detector
 from camveil.cli.common import add_detector_arguments, detector_config, redaction_config
+from camveil.cli.logs import progress_on
 
 EPILOG = """\
 Images (anything Pillow can open) are written as lossless PNG, videos (.mp4 .avi .mov .mkv .webm
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     settings = detector_config(args)
     privacy = PrivacyConfig(redaction=redaction_config(args))  # both checked before loading
     detector = build_detector(settings)
-    progress = TqdmProgress(len(items), disable=args.no_progress)
+    progress = TqdmProgress(len(items), disable=args.no_progress or not progress_on())
     try:
         results = redact_files(detector, items, args.out, privacy, progress)
     finally:

@@ -37,6 +37,7 @@ from agent.pipeline import ProcessedFrame, open_frame_path
 from agent.privacy.store import VideoSink, write_png
 from agent.watchdog import DEFAULT_INTERVAL, Notifier, Watchdog, watchdog_interval
 from camveil.cli.common import non_negative_int
+from camveil.cli.logs import progress_on
 from hw.camera.config import CameraConfig
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,13 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         start = time.monotonic()
-        bar = tqdm(desc="frames", unit="f", file=sys.stderr, total=args.frames or None)
+        bar = tqdm(
+            desc="frames",
+            unit="f",
+            file=sys.stderr,
+            total=args.frames or None,
+            disable=not progress_on(),
+        )
         last = 0
         limit = args.frames or None
         try:
