@@ -10,6 +10,7 @@ import datetime as dt
 from pathlib import Path
 
 from provisioning import pki
+from provisioning.broker_bundle import DEFAULT_TARGET, write_broker_bundle
 from provisioning.inventory import Inventory
 from provisioning.station import (
     DEFAULT_BROKER_URL,
@@ -65,6 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "revoked ones",
     )
     listing.add_argument("dir", type=Path, help="station directory")
+    bundle = sub.add_parser(
+        "broker-bundle",
+        help="write the broker host's files (mosquitto conf.d drop-in, certificates, key, CRL, "
+        "ACL, install.sh) into a new folder, copied out of the station folder",
+    )
+    bundle.add_argument("dir", type=Path, help="station directory")
+    bundle.add_argument("out", type=Path, help="new (or empty) folder for the bundle")
+    bundle.add_argument(
+        "--target-dir",
+        type=Path,
+        default=DEFAULT_TARGET,
+        help=f"where install.sh puts the files on the broker host (default {DEFAULT_TARGET})",
+    )
     revoke = sub.add_parser(
         "revoke",
         help="revoke a unit: its certificate joins the broker's CRL, it leaves the trusted devices",
@@ -94,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
         cert = add_backend(args.dir, args.name)
         print(f"issued {cert} (key beside it); reload mosquitto (SIGHUP) to apply the new ACL")
         return 0
+    if args.action == "broker-bundle":
+        dropin = write_broker_bundle(args.dir, args.out, args.target_dir)
+        print(f"broker bundle in {args.out} (private: it holds the broker's key)")
+        print(f"  drop-in:  {dropin} -> /etc/mosquitto/conf.d/ (files in {args.target_dir})")
+        print(f"next: copy {args.out} to the broker host and run `sudo sh install.sh` in it")
+        return 0
     if args.action == "revoke":
         result = revoke_unit(args.dir, args.device, args.reason)
         paths = StationPaths(args.dir)
@@ -105,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
             print("next: restart mosquitto (it reads a new crlfile line only at start)")
         else:
             print(
-                "next: copy crl.pem to the broker host and reload mosquitto (SIGHUP: "
-                "`systemctl reload mosquitto`); restart it to end a connection already open"
+                "next: `camveil station broker-bundle` to a new folder, copy it to the broker "
+                'host and run `sudo RELOAD="systemctl reload mosquitto" sh install.sh` (SIGHUP: '
+                "new connections of the unit are refused); restart mosquitto to end one already "
+                "open"
             )
         return 0
     with Inventory(open_station(args.dir).inventory) as inventory:
