@@ -9,6 +9,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
+from contract.statedir import Bundle
 from provisioning import pki
 from provisioning.broker_bundle import DEFAULT_TARGET, write_broker_bundle
 from provisioning.inventory import Inventory
@@ -22,7 +23,6 @@ from provisioning.station import (
     open_station,
     revoke_unit,
 )
-from provisioning.unit import Bundle
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from broker import ClientFiles, TestClient, mosquitto_binary
-from test_provisioning import BAUD, FaultProxy, Pty, Unit
+from serial_rig import BAUD, FaultProxy, Pty, Unit
 
 from agent.unitstate import UnitState
 from contract.envelope.keys import load_peers
