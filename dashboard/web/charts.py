@@ -14,6 +14,7 @@ from markupsafe import Markup
 from dashboard.web.views import PresencePoint
 
 _LINE: Final = Markup('<polyline points="{}"/>')
+_DOT: Final = Markup('<circle cx="{}" cy="{}" r="2.5"/>')
 _EMPTY: Final = Markup('<p class="muted">no presence events yet</p>')
 _CHART: Final = Markup(
     '<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
@@ -21,6 +22,8 @@ _CHART: Final = Markup(
     '<rect x="0" y="0" width="{w}" height="{h}" fill="none" stroke="#ccc"/>'
     '<g fill="none" stroke="#1f6feb" stroke-width="2">{people}</g>'
     '<g fill="none" stroke="#d1242f" stroke-width="1.5" stroke-dasharray="4 3">{faces}</g>'
+    '<text x="{w}" y="12" dx="-4" font-size="11" fill="#555" text-anchor="end">'
+    "oldest left, newest right</text>"
     '<text x="4" y="12" font-size="11" fill="#555">{label}</text>'
     "</svg>"
 )
@@ -37,7 +40,10 @@ def _polyline(values: Sequence[int | None], width: float, height: float, top: fl
             continue
         y = height - (v / top) * (height - 4) - 2 if top > 0 else height - 2
         segments[-1].append(f"{i * step:.1f},{y:.1f}")
-    return Markup("").join(_LINE.format(" ".join(s)) for s in segments if s)
+    lines = Markup("").join(_LINE.format(" ".join(s)) for s in segments if len(s) > 1)
+    # a window between two suppressed ones (or the only one) is a dot
+    dots = Markup("").join(_DOT.format(*s[0].split(",")) for s in segments if len(s) == 1)
+    return lines + dots
 
 
 def presence_chart(points: Sequence[PresencePoint], width: int = 640, height: int = 140) -> Markup:
