@@ -140,7 +140,7 @@ def dashboard(fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, tmp_path: Path) -> 
         assert ingest.listener.subscribed.wait(10)
         _wait(lambda: server.started)
         snapshot, faces = _snapshot(units[DEVICES[0]])
-        for n, (device, unit) in enumerate(units.items()):
+        for n, unit in enumerate(units.values()):
             with TestClient(unit.files, fresh_mosquitto.port) as client:
                 for envelope in (unit.status(), _health(unit, 10.0 + n), unit.event()):
                     client.publish(envelope.topic, envelope.data)  # type: ignore[attr-defined]
