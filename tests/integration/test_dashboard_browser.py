@@ -20,8 +20,10 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +32,7 @@ from argon2 import PasswordHasher
 from broker import HOST, Mosquitto, TestClient, TestPki, free_port
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
+from test_daemon import DEVICE, Harness
 from test_listener import Unit
 
 from agent.events import LinkState, seal_event
@@ -37,13 +40,17 @@ from agent.outbox import OutboxStats
 from agent.privacy.redact import RedactionConfig, pixel_rect, redact
 from agent.stats import PipelineStats
 from agent.vision.factory import DetectorConfig, build_detector
+from camveil.cli.dashboard import _validate_config
 from contract.envelope.keys import Identity, PeerKeys
+from contract.envelope.seal import SealedEnvelope
 from dashboard import audit
+from dashboard.command_client import OperatorKeys
 from dashboard.ingest import Ingest
 from dashboard.listener import ListenerConfig
 from dashboard.store import Store
 from dashboard.web import WebConfig, create_app
 from dashboard.web.auth import Passwords
+from dashboard.web.commands import StationSender
 from hw.frame import Frame
 from tests.photos import photo
 
@@ -72,7 +79,7 @@ class Dashboard:
     faces: list[tuple[int, int, int, int]]
 
 
-def _health(unit: Unit, fps: float) -> object:
+def _health(unit: Unit, fps: float) -> SealedEnvelope:
     stats = PipelineStats(frames_in=100, frames_out=98)
     stats.drop("overload")
     stats.drop("overload")
@@ -100,7 +107,7 @@ def _health(unit: Unit, fps: float) -> object:
     )
 
 
-def _snapshot(unit: Unit) -> tuple[object, list[tuple[int, int, int, int]]]:
+def _snapshot(unit: Unit) -> tuple[SealedEnvelope, list[tuple[int, int, int, int]]]:
     """A snapshot of a real photo, redacted as on a unit; the overwritten rectangles."""
     pixels = photo("astronaut")
     detector = build_detector(DetectorConfig(model="centerface_int8"))
@@ -112,6 +119,23 @@ def _snapshot(unit: Unit) -> tuple[object, list[tuple[int, int, int, int]]]:
     rects = [r for r in (pixel_rect(b, config.margin, w, h) for b in boxes) if r is not None]
     event = unit.builder.snapshot(frame, trigger="tamper")
     return seal_event(event, sender=unit.identity, recipient=unit.backend), rects
+
+
+@contextmanager
+def _serve(app: Any) -> Iterator[str]:
+    """The app on uvicorn on a free loopback port (its lifespan too); yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=HOST, port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: server.started)
+        yield f"http://{HOST}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -129,37 +153,28 @@ def dashboard(fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, tmp_path: Path) -> 
         listener, backend, PeerKeys([u.identity.public() for u in units.values()]), store
     )
     app = create_app(store, config=WebConfig(tick_s=2.0), hasher=FAST)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=HOST, port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    ingest.start()
-    thread.start()
     try:
-        assert ingest.listener.subscribed.wait(10)
-        _wait(lambda: server.started)
-        snapshot, faces = _snapshot(units[DEVICES[0]])
-        for n, unit in enumerate(units.values()):
-            with TestClient(unit.files, fresh_mosquitto.port) as client:
-                for envelope in (unit.status(), _health(unit, 10.0 + n), unit.event()):
-                    client.publish(envelope.topic, envelope.data)  # type: ignore[attr-defined]
-                if n == 0:
-                    client.publish(snapshot.topic, snapshot.data)  # type: ignore[attr-defined]
-                    for people in PRESENCE:  # a chart worth looking at
-                        window = seal_event(
-                            unit.builder.presence(0.0, 60.0, {"all": (people, max(0, people - 1))}),
-                            sender=unit.identity,
-                            recipient=unit.backend,
-                        )
-                        client.publish(window.topic, window.data)  # type: ignore[attr-defined]
-        _wait(lambda: store.event_count() == 3 * len(DEVICES) + 1 + len(PRESENCE))
-        jpeg = next(e for e in store.events(DEVICES[0]) if e.type == "snapshot").body["jpeg"]
-        yield Dashboard(f"http://{HOST}:{port}", store, units, fresh_mosquitto.port, jpeg, faces)
+        with ingest, _serve(app) as url:
+            assert ingest.listener.subscribed.wait(10)
+            snapshot, faces = _snapshot(units[DEVICES[0]])
+            for n, unit in enumerate(units.values()):
+                with TestClient(unit.files, fresh_mosquitto.port) as client:
+                    for envelope in (unit.status(), _health(unit, 10.0 + n), unit.event()):
+                        client.publish(envelope.topic, envelope.data)
+                    if n == 0:
+                        client.publish(snapshot.topic, snapshot.data)
+                        for people in PRESENCE:  # a chart worth looking at
+                            counts = {"all": (people, max(0, people - 1))}
+                            window = seal_event(
+                                unit.builder.presence(0.0, 60.0, counts),
+                                sender=unit.identity,
+                                recipient=unit.backend,
+                            )
+                            client.publish(window.topic, window.data)
+            _wait(lambda: store.event_count() == 3 * len(DEVICES) + 1 + len(PRESENCE))
+            jpeg = next(e for e in store.events(DEVICES[0]) if e.type == "snapshot").body["jpeg"]
+            yield Dashboard(url, store, units, fresh_mosquitto.port, jpeg, faces)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        ingest.stop()
         store.close()
 
 
@@ -193,7 +208,7 @@ def test_operator_sees_units_offline_and_snapshot(dashboard: Dashboard, browser:
     for device in DEVICES:
         assert page.get_attribute(f'tr[data-device="{device}"]', "data-status") == "online"
     assert "10.0" in page.inner_text(f'tr[data-device="{DEVICES[0]}"]')
-    page.wait_for_function("document.body.dataset.live === '1'")  # the SSE stream is open
+    page.wait_for_function("() => document.body.dataset.live === '1'")  # the SSE stream is open
 
     # the third unit dies without a DISCONNECT: the broker publishes its pre-sealed last will
     dying = dashboard.units[DEVICES[2]]
@@ -217,7 +232,7 @@ def test_operator_sees_units_offline_and_snapshot(dashboard: Dashboard, browser:
     before = len(audit.entries(dashboard.store))
     page.goto(f"{dashboard.url}/unit/{DEVICES[0]}")
     page.wait_for_function(
-        "document.getElementById('latest-snapshot').complete && "
+        "() => document.getElementById('latest-snapshot').complete && "
         "document.getElementById('latest-snapshot').naturalWidth > 0"
     )
     src = page.get_attribute("#latest-snapshot", "src")
@@ -254,3 +269,75 @@ def test_refused_without_session_and_without_csrf(dashboard: Dashboard, browser:
     page.goto(dashboard.url + "/")
     assert page.locator("table#fleet").count() == 1  # still logged in
     context.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path, fresh_mosquitto: Mosquitto, mqtt_pki: TestPki) -> Iterator[Harness]:
+    h = Harness(tmp_path, fresh_mosquitto, mqtt_pki)
+    h.setup()
+    try:
+        h.start_agent()
+        yield h
+    finally:
+        h.close()
+
+
+def test_commands_from_the_page_reach_the_real_agent(agent: Harness, browser: Browser) -> None:
+    """The real agent (replay camera, real detector) on the broker; the dashboard's own ingest
+    (its own backend certificate and group) and the operator's keys: request a snapshot and see
+    it arrive; a config typo is refused before anything is sent; a good change is acked."""
+    ingest_files = agent.pki.backend("ingest")
+    operator_files = agent.pki.operator("console-3")  # the harness holds console(-2)
+    assert ingest_files.cert and ingest_files.key and operator_files.cert and operator_files.key
+    devices = PeerKeys([agent.device.public()])
+    keys = OperatorKeys(
+        operator=agent.operator,
+        devices=devices,
+        ca=operator_files.ca,
+        cert=operator_files.cert,
+        key=operator_files.key,
+        broker_url=None,
+    )
+    listener = ListenerConfig(
+        HOST, agent.broker.port, ingest_files.ca, ingest_files.cert, ingest_files.key, group="web"
+    )
+    store = Store(agent.tmp / "dash.sqlite").open()
+    Passwords(store, FAST).set("alice", PASSWORD)
+    app = create_app(
+        store,
+        config=WebConfig(tick_s=2.0),
+        sender=StationSender(keys, HOST, agent.broker.port, timeout_s=20),
+        validate_config=_validate_config,
+        hasher=FAST,
+    )
+    try:
+        with Ingest(listener, agent.backend, devices, store) as ingest, _serve(app) as url:
+            assert ingest.listener.subscribed.wait(10)
+            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            _login(page, url)
+            page.goto(f"{url}/unit/{DEVICE}")
+            page.wait_for_function("() => document.body.dataset.live === '1'")
+
+            page.fill("#cmd-config textarea", "detector.thread=2")
+            page.click("#cmd-config button")
+            assert "did you mean 'threads'" in page.inner_text("#command-error")
+            assert not store.read("SELECT 1 FROM commands WHERE name = 'set_config'")
+
+            page.click("#cmd-snapshot button")
+            page.wait_for_selector("#command-notice")
+            page.wait_for_selector('#commands tr[data-status="accepted"]', timeout=30_000)
+            command_id = store.read("SELECT id FROM commands WHERE name = 'snapshot'")[0][0]
+            caption = f'#latest-snapshot + p:has-text("requested by command {command_id}")'
+            page.wait_for_selector(caption, timeout=30_000)  # the live page shows it arrive
+            page.wait_for_function(
+                "() => document.getElementById('latest-snapshot').naturalWidth > 0"
+            )
+
+            page.fill("#cmd-config textarea", "detector.threads=2")
+            page.click("#cmd-config button")
+            accepted = '#commands tr[data-status="accepted"]'
+            page.wait_for_selector(f"{accepted} >> nth=1", timeout=30_000)  # the second one
+            actions = [e.action for e in audit.entries(store)]
+            assert actions.count("command") == 2  # the refused typo never left
+    finally:
+        store.close()
