@@ -20,6 +20,7 @@ import argparse
 import getpass
 import json
 import os
+import signal
 import socket
 import sys
 from collections.abc import Mapping
@@ -328,6 +329,13 @@ def _serve(app: Any, sock: socket.socket, args: argparse.Namespace) -> None:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])  # handles SIGTERM / SIGINT: a graceful stop
+    # uvicorn stops gracefully on SIGTERM / SIGINT, then raises the signal again for the handler
+    # that was there before: a no-op for SIGTERM, so that the ingest and the store close cleanly
+    # afterwards and the exit status is 0 (SIGINT keeps Python's KeyboardInterrupt: status 130)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not server.started:
         print("camveil dashboard: the web server did not start", file=sys.stderr)
