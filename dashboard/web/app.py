@@ -74,8 +74,9 @@ class WebConfig:
     limits: views.Thresholds = field(default_factory=views.Thresholds)
     offline_alert_after_s: float = 120.0
     """A unit offline (or silent) this long raises an alert."""
-    scan_interval_s: float = 2.0
-    """How often alerts are looked for."""
+    scan_interval_s: float | None = 2.0
+    """How often alerts are looked for; None: never in the background (a caller runs
+    :meth:`~dashboard.web.alerts.AlertScanner.scan` itself, as the tests do)."""
     tick_s: float = 5.0
     """Pages refresh at least this often (staleness moves on without new messages)."""
     metrics_token: str | None = None
@@ -553,7 +554,7 @@ def create_app(
 
     # --- lifetime ---
 
-    async def scan_loop() -> None:
+    async def scan_loop(interval: float) -> None:
         while not web.broadcaster.stopping.is_set():
             try:
                 if await anyio.to_thread.run_sync(web.scanner.scan):
@@ -561,20 +562,22 @@ def create_app(
             except Exception:  # a scan that fails must not stop the next ones
                 logger.exception("alert scan failed")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(web.broadcaster.stopping.wait(), cfg.scan_interval_s)
+                await asyncio.wait_for(web.broadcaster.stopping.wait(), interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         web.broadcaster.stopping = asyncio.Event()
         web.broadcaster.bind(asyncio.get_running_loop())
         web.desk.start()
-        task = asyncio.create_task(scan_loop())
+        interval = cfg.scan_interval_s
+        task = asyncio.create_task(scan_loop(interval)) if interval is not None else None
         try:
             yield
         finally:
             web.broadcaster.stopping.set()
             web.broadcaster.changed()
-            await task
+            if task is not None:
+                await task
             await run_in_threadpool(web.desk.stop)
 
     routes = [

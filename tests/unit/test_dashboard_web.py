@@ -95,7 +95,7 @@ def sender() -> FakeSender:
 
 
 def make_app(store: Store, clock: Clock, sender: FakeSender | None = None, **cfg: Any) -> Any:
-    config = WebConfig(scan_interval_s=3600, tick_s=3600, **cfg)
+    config = WebConfig(scan_interval_s=None, tick_s=3600, **cfg)
     return create_app(
         store,
         config=config,
