@@ -52,9 +52,9 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract.commands import REMOTE_SECTIONS
 from contract.errors import ConfigError
 from dashboard import audit
-from contract.commands import REMOTE_SECTIONS
 from dashboard.store import Store
 from dashboard.web import alerts, views
 from dashboard.web.auth import LoginLimiter, Passwords, Session, Sessions, csrf_ok

@@ -30,9 +30,9 @@ import pytest
 import uvicorn
 from argon2 import PasswordHasher
 from broker import HOST, Mosquitto, TestClient, TestPki, free_port
+from harness import DEVICE, Harness
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
-from test_daemon import DEVICE, Harness
 from test_listener import Unit
 
 from agent.events import LinkState, seal_event
@@ -271,21 +271,12 @@ def test_refused_without_session_and_without_csrf(dashboard: Dashboard, browser:
     context.close()
 
 
-@pytest.fixture
-def agent(tmp_path: Path, fresh_mosquitto: Mosquitto, mqtt_pki: TestPki) -> Iterator[Harness]:
-    h = Harness(tmp_path, fresh_mosquitto, mqtt_pki)
-    h.setup()
-    try:
-        h.start_agent()
-        yield h
-    finally:
-        h.close()
-
-
-def test_commands_from_the_page_reach_the_real_agent(agent: Harness, browser: Browser) -> None:
+def test_commands_from_the_page_reach_the_real_agent(harness: Harness, browser: Browser) -> None:
     """The real agent (replay camera, real detector) on the broker; the dashboard's own ingest
     (its own backend certificate and group) and the operator's keys: request a snapshot and see
     it arrive; a config typo is refused before anything is sent; a good change is acked."""
+    agent = harness
+    agent.start_agent()
     ingest_files = agent.pki.backend("ingest")
     operator_files = agent.pki.operator("console-3")  # the harness holds console(-2)
     assert ingest_files.cert and ingest_files.key and operator_files.cert and operator_files.key
