@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chaos": ("camveil.cli.chaos", "count lost/duplicated events under broker restarts and kills"),
     "fuzz": ("camveil.cli.fuzz", "feed mutated envelopes and commands to the real openers"),
     "cmd": ("camveil.cli.cmd", "send a signed command to a unit and wait for its ack (operator)"),
+    "simulate": ("camveil.cli.simulate", "run N simulated units against a broker (load, demo)"),
 }
 
 

@@ -11,7 +11,6 @@ again on the next poll.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +73,7 @@ class DevicesFile:
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            st = self.path.stat()
         except OSError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)

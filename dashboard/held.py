@@ -94,7 +94,9 @@ def hold(
         _drop(conn, "id IN (SELECT id FROM held ORDER BY id LIMIT ?)", (excess,), evicted)
 
 
-def _drop(conn: sqlite3.Connection, where: str, args: tuple[object, ...], into: Counter[str]) -> None:
+def _drop(
+    conn: sqlite3.Connection, where: str, args: tuple[object, ...], into: Counter[str]
+) -> None:
     for (device,) in conn.execute(f"DELETE FROM held WHERE {where} RETURNING device", args):  # noqa: S608 - fixed fragments
         into[device] += 1
 

@@ -42,6 +42,7 @@ each change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import re
@@ -150,10 +151,9 @@ class _DeferredReplay:
 
     def commit(self) -> None:
         for (stream, seq), exp in self._pending.items():
-            try:
+            # (a seq may fall out of the window behind a newer seq of the same batch)
+            with contextlib.suppress(ReplayError):
                 self._guard.accept(stream, seq, exp)
-            except ReplayError:  # fell out of the window behind a newer seq of this batch
-                pass
         self._pending.clear()
 
     def discard(self) -> None:
@@ -378,8 +378,7 @@ class Ingest:
             except Exception as exc:  # sqlite3.Error, OSError: disk full, locked, I/O
                 self.stats.store_failures += 1
                 logger.error(
-                    "ingest: storing %d messages failed (%s); not acknowledged, retrying in "
-                    "%.1f s",
+                    "ingest: storing %d messages failed (%s); not acknowledged, retrying in %.1f s",
                     len(batch.deliveries) or len(batch.released),
                     exc,
                     delay,

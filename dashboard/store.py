@@ -359,9 +359,7 @@ class Store:
         return int(self._rows("SELECT count(*) FROM operators")[0][0])
 
 
-def insert_events(
-    conn: sqlite3.Connection, events: Sequence[NewEvent], now: float
-) -> list[bool]:
+def insert_events(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> list[bool]:
     """Insert ``events`` inside the caller's transaction; per event, False if its
     (device, boot, seq) was stored already. Updates each unit's last seen, state and health."""
     out: list[bool] = []
