@@ -43,6 +43,7 @@ from agent.unitstate import BrokerAddress
 from contract.certclaim import key_for
 from contract.envelope.keys import load_identity, load_peers
 from contract.envelope.seal import SealedEnvelope
+from contract.errors import BrokerStartError
 from provisioning import broker as broker_config
 from provisioning import devbroker
 from provisioning.station import StationPaths, init_station
@@ -107,7 +108,9 @@ def bench_ingest(
             fleet.start()
             try:
                 if not fleet.wait_connected(120.0):
-                    raise RuntimeError(f"only {fleet.stats.connected} of {units} units connected")
+                    raise BrokerStartError(
+                        f"only {fleet.stats.connected} of {units} units connected"
+                    )
                 for k in processes:
                     log(f"run with {k} ingest process(es) ...")
                     run = _run(paths, port, fleet, events, k, root / f"run-{k}", log)
@@ -136,7 +139,10 @@ def _run(
     fleet.wait_acked(fleet.stats.published, timeout=60)  # the units' online status
     names = BACKENDS[:k]
     for name in names:  # a session that stays at the broker while the units publish
-        _worker(paths, port, name, db, workdir, prepare=True).wait(30)
+        prepare = _worker(paths, port, name, db, workdir, prepare=True)
+        prepare.communicate(timeout=60)
+        if prepare.returncode != 0:
+            raise BrokerStartError(f"ingest worker could not subscribe: {_tail(workdir)}")
     sealed: dict[str, list[SealedEnvelope]] = {}
     t0 = time.monotonic()
     for unit in fleet.units:
@@ -152,7 +158,7 @@ def _run(
     for device, items in sealed.items():
         fleet.publish(device, items)
     if not fleet.wait_acked(before + total, timeout=300):
-        raise RuntimeError(f"only {fleet.stats.acked - before} of {total} events acknowledged")
+        raise BrokerStartError(f"only {fleet.stats.acked - before} of {total} events acknowledged")
     publish_s = time.monotonic() - t0
     log(f"{total} events published and acknowledged ({total / publish_s:.0f}/s); draining ...")
     procs = [_worker(paths, port, name, db, workdir, prepare=False) for name in names]
@@ -160,7 +166,7 @@ def _run(
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
         if proc.returncode != 0:
-            raise RuntimeError(f"ingest worker failed ({proc.returncode}); see {workdir}")
+            raise BrokerStartError(f"ingest worker failed: {_tail(workdir)}")
         results.append(json.loads(out.decode().strip().splitlines()[-1]))
     published = {(d, s) for d, s in fleet.stats.acked_envelopes}
     stored, duplicated = _stored(db, published)
@@ -190,6 +196,14 @@ def _run(
             for r in results
         ],
     }
+
+
+def _tail(workdir: Path) -> str:
+    """The last lines the ingest workers logged (the run's folder is removed afterwards)."""
+    lines = []
+    for log in sorted(workdir.glob("*.log")):
+        lines += log.read_text(errors="replace").splitlines()[-3:]
+    return " | ".join(lines) or "(no log)"
 
 
 def _stored(db: Path, published: set[tuple[str, int]]) -> tuple[set[tuple[str, int]], int]:
@@ -225,11 +239,11 @@ def _worker(
     ]
     if prepare:
         argv.append("--prepare")
-    log = (workdir / f"{name}{'-prepare' if prepare else ''}.log").open("wb")
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env)  # noqa: S603
+    with (workdir / f"{name}{'-prepare' if prepare else ''}.log").open("wb") as log:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env)  # noqa: S603
 
 
 def format_ingest(report: dict[str, Any]) -> str:

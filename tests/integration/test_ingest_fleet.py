@@ -75,7 +75,9 @@ def test_unit_provisioned_while_ingest_runs_has_its_earlier_events_stored(tmp_pa
         assert _events(store, "cv-new-0001") == sorted(
             (kind, env.seq)
             for kind, env in zip(
-                ["status", "presence", "health", "presence", "presence"], [*early, late], strict=True
+                ["status", "presence", "health", "presence", "presence"],
+                [*early, late],
+                strict=True,
             )
         )
         assert held.summary(store) == {}
@@ -105,38 +107,41 @@ def test_live_poll_picks_up_a_new_unit_without_restart(tmp_path: Path) -> None:
 def test_held_forgery_is_counted_once_the_key_is_known_and_revoked_units_are_refused(
     tmp_path: Path,
 ) -> None:
-    with StationBroker(tmp_path) as sb, Store(tmp_path / "dash.db") as store:
-        with _ingest(sb, store) as ingest:
-            assert ingest.listener.subscribed.wait(10)
-            dirs = provision_fleet(sb.station.root, tmp_path / "units", 2, prefix="cv-rev-")
-            a, b = (SimUnit(d).open() for d in dirs)
-            genuine = b.presence()
-            forged = seal_event(
-                b.builder.presence(0.0, 1.0, {"all": (9, 9)}),
-                sender=Identity.generate(b.device),  # claims b's key id, signed by another key
-                recipient=b.state.backend,
-            )
-            with TestClient(client_files(b), sb.port) as client:
-                client.publish(genuine.topic, genuine.data)
-                client.publish(forged.topic, forged.data)
-                _wait(lambda: ingest.stats.held == 2)
-            assert ingest.reload_devices()
-            _wait(lambda: not held.summary(store))
-            assert _events(store, b.device) == [("presence", genuine.seq)]
-            assert store.rejections() == {b.device: {"bad_signature": 1}}
+    with (
+        StationBroker(tmp_path) as sb,
+        Store(tmp_path / "dash.db") as store,
+        _ingest(sb, store) as ingest,
+    ):
+        assert ingest.listener.subscribed.wait(10)
+        dirs = provision_fleet(sb.station.root, tmp_path / "units", 2, prefix="cv-rev-")
+        a, b = (SimUnit(d).open() for d in dirs)
+        genuine = b.presence()
+        forged = seal_event(
+            b.builder.presence(0.0, 1.0, {"all": (9, 9)}),
+            sender=Identity.generate(b.device),  # claims b's key id, signed by another key
+            recipient=b.state.backend,
+        )
+        with TestClient(client_files(b), sb.port) as client:
+            client.publish(genuine.topic, genuine.data)
+            client.publish(forged.topic, forged.data)
+            _wait(lambda: ingest.stats.held == 2)
+        assert ingest.reload_devices()
+        _wait(lambda: not held.summary(store))
+        assert _events(store, b.device) == [("presence", genuine.seq)]
+        assert store.rejections() == {b.device: {"bad_signature": 1}}
 
-            # the station drops unit a (revoked): its later messages are refused, not held
-            save_peers(sb.station.peers, [load_peers(sb.station.peers)[b.device]])
-            assert ingest.reload_devices()
-            assert a.device not in ingest.devices
-            with TestClient(client_files(a), sb.port) as client:
-                env = a.presence()
-                client.publish(env.topic, env.data)
-                _wait(lambda: store.rejections().get(a.device) == {"revoked": 1})
-            assert held.summary(store) == {}
-            assert store.events(a.device) == []
-            a.close()
-            b.close()
+        # the station drops unit a (revoked): its later messages are refused, not held
+        save_peers(sb.station.peers, [load_peers(sb.station.peers)[b.device]])
+        assert ingest.reload_devices()
+        assert a.device not in ingest.devices
+        with TestClient(client_files(a), sb.port) as client:
+            env = a.presence()
+            client.publish(env.topic, env.data)
+            _wait(lambda: store.rejections().get(a.device) == {"revoked": 1})
+        assert held.summary(store) == {}
+        assert store.events(a.device) == []
+        a.close()
+        b.close()
 
 
 _REFUSE = (
@@ -209,7 +214,9 @@ def test_simulated_fleet_goes_online_publishes_and_leaves_its_last_wills(tmp_pat
             )
             fleet.start()
             assert fleet.wait_connected(30)
-            _wait(lambda: {u.state for u in store.units()} == {"online"} and len(store.units()) == 6)
+            _wait(
+                lambda: {u.state for u in store.units()} == {"online"} and len(store.units()) == 6
+            )
             _wait(lambda: fleet.stats.acked >= 6 * 6)
             fleet.stop(publish_will=True)
             _wait(lambda: {u.state for u in store.units()} == {"offline"})
