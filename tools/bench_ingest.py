@@ -180,6 +180,7 @@ def _run(
         "seal_per_s": round(total / seal_s),
         "publish_per_s": round(total / publish_s),
         "events_per_s": round(events_stored / seconds),
+        "events_per_cpu_s": round(events_stored / max(sum(r["cpu_s"] for r in results), 1e-9)),
         "seconds": round(seconds, 2),
         "lost": len(published - stored),
         "duplicated": duplicated,
@@ -190,6 +191,7 @@ def _run(
                 "events_per_s": r["events_per_s"],
                 "batches": r["batches"],
                 "store_failures": r["store_failures"],
+                "cpu_s": r["cpu_s"],
                 "open_s": r["open_s"],
                 "write_s": r["write_s"],
             }
@@ -301,6 +303,7 @@ def worker(argv: list[str] | None = None) -> int:
                 return 1
             if args.prepare:
                 return 0
+            cpu_before = time.process_time()
             deadline = time.monotonic() + args.timeout
             last, quiet_since = -1, time.monotonic()
             while time.monotonic() < deadline:
@@ -310,6 +313,7 @@ def worker(argv: list[str] | None = None) -> int:
                     last, quiet_since = now_acked, time.monotonic()
                 elif now_acked and time.monotonic() - quiet_since >= args.idle:
                     break
+            cpu_s = time.process_time() - cpu_before  # idle waiting costs next to nothing
         s = ingest.stats
         stored_events = sum(n for kind, n in s.stored.items() if kind != "status")
         first, done = s.first_at, s.last_stored_at
@@ -322,6 +326,7 @@ def worker(argv: list[str] | None = None) -> int:
             "rejected": dict(s.rejected),
             "batches": s.batches,
             "store_failures": s.store_failures,
+            "cpu_s": round(cpu_s, 3),
             "open_s": round(s.open_s, 3),
             "write_s": round(s.write_s, 3),
             "first_at": None if first is None else first + offset,
