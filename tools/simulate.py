@@ -274,6 +274,9 @@ class _Loop(threading.Thread):
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
         self.inbox: deque[Callable[[], None]] = deque()
         self.stopping = False
+        self.generating = True
+        self.draining_until = 0.0
+        self.publish_will = True
         self.schedule: list[tuple[float, int, _Conn]] = []
 
     def call(self, fn: Callable[[], None]) -> None:
@@ -386,6 +389,11 @@ class _Loop(threading.Thread):
             self._step(last_misc)
             if time.monotonic() - last_misc >= 0.5:
                 last_misc = time.monotonic()
+            if self.draining_until and (
+                time.monotonic() > self.draining_until
+                or not any(c.inflight for c in self.conns if c.connected)
+            ):
+                self._disconnect_all()
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and any(
             c.client is not None and c.client.socket() is not None for c in self.conns
@@ -437,7 +445,7 @@ class _Loop(threading.Thread):
 
     def _generate(self, now: float) -> None:
         settings = self.fleet.settings
-        while self.schedule and self.schedule[0][0] <= now and not self.stopping:
+        while self.schedule and self.schedule[0][0] <= now and self.generating:
             _, order, conn = heapq.heappop(self.schedule)
             if conn.connected:
                 conn.events += 1
@@ -452,9 +460,17 @@ class _Loop(threading.Thread):
                 self.publish(conn, envelope)
             heapq.heappush(self.schedule, (now + 1.0 / settings.rate, order, conn))
 
-    def stop(self, publish_will: bool) -> None:
-        """(this thread) disconnect every client."""
+    def stop(self, publish_will: bool, drain_s: float = 5.0) -> None:
+        """(this thread) stop making events, wait up to ``drain_s`` for outstanding PUBACKs,
+        then disconnect every client."""
+        self.publish_will = publish_will
+        self.generating = False
+        self.draining_until = time.monotonic() + drain_s
+
+    def _disconnect_all(self) -> None:
+        self.draining_until = 0.0
         self.stopping = True
+        publish_will = self.publish_will
         for conn in self.conns:
             client = conn.client
             if client is None or not conn.connected:

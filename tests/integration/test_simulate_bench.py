@@ -18,7 +18,7 @@ def test_simulate_cli_provisions_connects_publishes_and_says_goodbye(
 ) -> None:
     with StationBroker(tmp_path) as sb:
         argv = ["simulate", "--units", "3", "--station", str(sb.station.root)]
-        argv += ["--duration", "1.5", "--rate", "4", "--snapshot-every", "3"]
+        argv += ["--duration", "3", "--rate", "4", "--snapshot-every", "3"]
         assert main(argv) == 0
         summary = json.loads(capsys.readouterr().out)["simulate_summary"]
         assert summary["units"] == 3 and summary["refused"] == {}
