@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from agent.vision.embedding import EmbedderConfig, FaceEmbedder
 from agent.vision.factory import DETECTOR_MODELS, DetectorConfig, build_detector
-from contract.errors import ModelMissingError
+from contract.errors import InputFileError, ModelMissingError
 from tools.evaluate_embed import aligned_crops, evaluate_model, format_report, read_pairs
 
 DEFAULT_FLOAT = Path(".modelwork/facenet/facenet_float.tflite")
@@ -47,15 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="central",
         help="which face of an image a pair is about (default: nearest the centre)",
     )
-    parser.add_argument("--limit", type=int, default=0, help="only the first N pairs")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="only N pairs: the first N/2 of each kind"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from models import MODELS_DIR, verified_path
 
     pairs = read_pairs(args.dataset)
-    if args.limit:
-        pairs = pairs[: args.limit]
+    if args.limit:  # half same-person, half different-person pairs, in file order
+        same = [p for p in pairs if p.same][: (args.limit + 1) // 2]
+        other = [p for p in pairs if not p.same][: args.limit // 2]
+        pairs = same + other
+        if not same or not other:
+            raise InputFileError("--limit must keep at least one pair of each kind (use >= 2)")
     root = args.dataset if args.dataset.is_dir() else args.dataset.parent
     images = sorted({p.a for p in pairs} | {p.b for p in pairs})
     float_path = args.float_model
