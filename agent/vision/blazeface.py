@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 INPUT_SIZE = 192
 GRID = 48  # 192 / stride 4
 NUM_ANCHORS = GRID * GRID
+KEYPOINTS = 6
+"""MediaPipe's order: right eye, left eye, nose tip, mouth centre, right ear tragion, left ear
+tragion (the subject's right and left: the right eye is on the image's left in a frontal face)."""
 RAW_SCORE_LIMIT = 80.0
 _NO_INFO = TensorInfo(-1, "", (), np.dtype(np.float32), 0.0, 0)
 
@@ -109,6 +112,13 @@ class Letterbox:
         out[:, [1, 3]] = (out[:, [1, 3]] - self.offset_y) / self.scale_y
         return out
 
+    def points_to_image(self, points: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Map (N, 2) x, y points from input pixels to image pixels."""
+        out = points.astype(np.float32, copy=True)
+        out[:, 0] = (out[:, 0] - self.offset_x) / self.scale_x
+        out[:, 1] = (out[:, 1] - self.offset_y) / self.scale_y
+        return out
+
 
 def letterbox(
     rgb: npt.NDArray[np.uint8], size: int = INPUT_SIZE, interpolation: str = "area"
@@ -130,11 +140,19 @@ def letterbox(
 
 
 def weighted_nms(
-    boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou: float
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """MediaPipe's weighted NMS: each kept box is the score-weighted mean of its cluster."""
+    boxes: npt.NDArray[np.float32],
+    scores: npt.NDArray[np.float32],
+    iou: float,
+    extra: npt.NDArray[np.float32] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """MediaPipe's weighted NMS: each kept box is the score-weighted mean of its cluster.
+
+    ``extra`` (N, K) columns (keypoints) are averaged with the same weights and returned third
+    ((M, 0) when not given)."""
+    cols = extra if extra is not None else np.zeros((len(boxes), 0), np.float32)
     order = np.argsort(-scores, kind="stable")
     out_boxes: list[npt.NDArray[np.float32]] = []
+    out_extra: list[npt.NDArray[np.float32]] = []
     out_scores: list[float] = []
     while order.size:
         best = order[0]
@@ -143,12 +161,18 @@ def weighted_nms(
         members = members if members.size else order[:1]
         w = scores[members].astype(np.float64)
         out_boxes.append((boxes[members] * w[:, None]).sum(axis=0) / w.sum())
+        out_extra.append((cols[members] * w[:, None]).sum(axis=0) / w.sum())
         out_scores.append(float(scores[best]))
         order = order[overlap <= iou]
         order = order[order != best]
     if not out_boxes:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-    return np.asarray(out_boxes, np.float32), np.asarray(out_scores, np.float32)
+        empty = np.zeros((0, cols.shape[1]), np.float32)
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), empty
+    return (
+        np.asarray(out_boxes, np.float32),
+        np.asarray(out_scores, np.float32),
+        np.asarray(out_extra, np.float32).reshape(len(out_boxes), cols.shape[1]),
+    )
 
 
 class BlazeFaceDetector:
@@ -250,23 +274,31 @@ class BlazeFaceDetector:
         cand: npt.NDArray[np.float32] = np.stack(
             [cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1
         )[valid].astype(np.float32)
+        # six keypoints (x, y), each relative to its anchor centre
+        points = (r[:, 4:16].reshape(-1, KEYPOINTS, 2) + a[:, None, :]).reshape(-1, 2 * KEYPOINTS)
+        cand_points: npt.NDArray[np.float32] = points[valid].astype(np.float32)
         cand_scores: npt.NDArray[np.float32] = scores[keep][valid].astype(np.float32)
         if cfg.weighted_nms:
-            merged, sc = weighted_nms(cand, cand_scores, cfg.iou_threshold)
+            merged, sc, kp = weighted_nms(cand, cand_scores, cfg.iou_threshold, cand_points)
         else:
             idx = nms(cand, cand_scores, cfg.iou_threshold)
-            merged, sc = cand[idx], cand_scores[idx]
+            merged, sc, kp = cand[idx], cand_scores[idx], cand_points[idx]
         if cfg.height_scale != 1.0:
             half = (merged[:, 3] - merged[:, 1]) * (cfg.height_scale - 1.0) / 2
             merged[:, 1] -= half
             merged[:, 3] += half
         boxes = lb.to_image(merged)
+        kp_img = lb.points_to_image(kp.reshape(-1, 2)).reshape(-1, KEYPOINTS, 2)
         h, w = rgb.shape[:2]
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
         order = np.argsort(-sc, kind="stable")[: cfg.max_detections]
         return [
-            Detection(Box(*(float(v) for v in boxes[i])), float(sc[i]))
+            Detection(
+                Box(*(float(v) for v in boxes[i])),
+                float(sc[i]),
+                landmarks=tuple((float(x), float(y)) for x, y in kp_img[i]),
+            )
             for i in order
             if boxes[i, 2] > boxes[i, 0] and boxes[i, 3] > boxes[i, 1]
         ]

@@ -54,6 +54,10 @@ class Detection:
     box: Box
     score: float
     kind: Kind = "face"
+    landmarks: tuple[tuple[float, float], ...] | None = None
+    """Face keypoints (x, y) in frame pixels when the detector gives them, else ``None``.
+    BlazeFace gives six: right eye, left eye, nose tip, mouth centre, right ear, left ear (the
+    subject's right and left). Used to align faces for the embedding model."""
 
 
 class Detector(Protocol):

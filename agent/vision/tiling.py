@@ -95,7 +95,8 @@ def _merge_one(detections: list[Detection], iou: float, contain: float) -> list[
         x0, y0 = boxes[members, 0].min(), boxes[members, 1].min()
         x1, y1 = boxes[members, 2].max(), boxes[members, 3].max()
         d = detections[i]
-        out.append(Detection(Box(float(x0), float(y0), float(x1), float(y1)), d.score, d.kind))
+        box = Box(float(x0), float(y0), float(x1), float(y1))
+        out.append(Detection(box, d.score, d.kind, d.landmarks))
     return out
 
 
@@ -162,7 +163,8 @@ class TiledDetector:
                 for d in self._inner.detect(crop):
                     b = d.box
                     moved = Box(b.x0 + t.x0, b.y0 + t.y0, b.x1 + t.x0, b.y1 + t.y0)
-                    found.append(Detection(moved, d.score, d.kind))
+                    points = d.landmarks and tuple((x + t.x0, y + t.y0) for x, y in d.landmarks)
+                    found.append(Detection(moved, d.score, d.kind, points or None))
         merged = merge(found, self._iou, self._contain)
         logger.debug(
             "tiled detect: %d tiles, %d raw, %d merged", len(tiles), len(found), len(merged)

@@ -22,9 +22,10 @@ class SquareFinder:
     Records the shape of every image it was given.
     """
 
-    def __init__(self, min_share: float = 0.0, kind: str = "face") -> None:
+    def __init__(self, min_share: float = 0.0, kind: str = "face", corner: bool = False) -> None:
         self.min_share = min_share
         self.kind = kind
+        self.corner = corner  # report the top-left corner as a landmark
         self.calls: list[tuple[int, ...]] = []
 
     def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
@@ -44,7 +45,8 @@ class SquareFinder:
             seen[y:y1, x:x1] = True
             if max(x1 - x, y1 - y) >= self.min_share * max(rgb.shape[:2]):
                 box = Box(float(x), float(y), float(x1), float(y1))
-                out.append(Detection(box, 0.9, self.kind))  # type: ignore[arg-type]
+                points = ((float(x), float(y)),) if self.corner else None
+                out.append(Detection(box, 0.9, self.kind, points))  # type: ignore[arg-type]
         return out
 
 
@@ -92,6 +94,12 @@ def test_small_face_found_only_by_tiles_and_mapped_back() -> None:
     assert inner.detect(img) == []
     found = TiledDetector(inner, tile=384, overlap=0.25).detect(img)
     assert [d.box for d in found] == [Box(1000.0, 500.0, 1020.0, 520.0)]
+
+
+def test_landmarks_are_mapped_back_from_tiles_and_kept_through_merging() -> None:
+    img = frame_with([(1000, 500, 20), (100, 100, 200)])
+    found = TiledDetector(SquareFinder(min_share=0.04, corner=True), tile=384).detect(img)
+    assert sorted(d.landmarks for d in found) == [((100.0, 100.0),), ((1000.0, 500.0),)]
 
 
 def test_duplicates_from_overlapping_tiles_and_full_frame_are_merged() -> None:

@@ -1,0 +1,106 @@
+"""`camveil eval-embed --dataset DIR [--json] [--float-model PATH]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from agent.vision.embedding import EmbedderConfig, FaceEmbedder
+from agent.vision.factory import DETECTOR_MODELS, DetectorConfig, build_detector
+from contract.errors import InputFileError, ModelMissingError
+from tools.evaluate_embed import aligned_crops, evaluate_model, format_report, read_pairs
+
+DEFAULT_FLOAT = Path(".modelwork/facenet/facenet_float.tflite")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, required=True, help="folder with pairs.tsv")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--float-model",
+        type=Path,
+        help="float FaceNet TFLite to compare with (default: "
+        f"{DEFAULT_FLOAT} if present; made by models/recipe/facenet.py, never shipped)",
+    )
+    parser.add_argument(
+        "--detector", default="centerface_int8", choices=DETECTOR_MODELS, help="face detector"
+    )
+    parser.add_argument(
+        "--landmarks",
+        action="store_true",
+        help="align from detector landmarks (BlazeFace) instead of cropping the box",
+    )
+    parser.add_argument(
+        "--margin", type=float, default=EmbedderConfig.margin, help="box growth for the crop"
+    )
+    parser.add_argument(
+        "--flip", action="store_true", help="also embed the mirrored face and average (2x cost)"
+    )
+    parser.add_argument(
+        "--pick",
+        choices=["central", "largest"],
+        default="central",
+        help="which face of an image a pair is about (default: nearest the centre)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, help="only N pairs: the first N/2 of each kind"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from models import MODELS_DIR, verified_path
+
+    pairs = read_pairs(args.dataset)
+    if args.limit:  # half same-person, half different-person pairs, in file order
+        same = [p for p in pairs if p.same][: (args.limit + 1) // 2]
+        other = [p for p in pairs if not p.same][: args.limit // 2]
+        pairs = same + other
+        if not same or not other:
+            raise InputFileError("--limit must keep at least one pair of each kind (use >= 2)")
+    root = args.dataset if args.dataset.is_dir() else args.dataset.parent
+    images = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    float_path = args.float_model
+    if float_path is None and DEFAULT_FLOAT.is_file():
+        float_path = DEFAULT_FLOAT
+    if float_path is not None and not float_path.is_file():
+        raise ModelMissingError(f"--float-model {float_path} does not exist")
+    config = EmbedderConfig(
+        num_threads=1, margin=args.margin, flip=args.flip, use_landmarks=args.landmarks
+    )
+    detector = build_detector(DetectorConfig(model=args.detector))
+    tty = sys.stderr.isatty()
+
+    def progress(desc: str) -> Any:
+        return lambda items: tqdm(items, desc=desc, unit="img", file=sys.stderr, disable=not tty)
+
+    crops = aligned_crops(
+        detector, root, images, args.margin, args.landmarks, args.pick, progress("detect")
+    )
+    report: dict[str, Any] = {}
+    models = {"int8": verified_path("facenet_int8", MODELS_DIR), "float": float_path}
+    for name, path in models.items():
+        if path is None:
+            report[name] = None
+            continue
+        embedder = FaceEmbedder(path, config).load()
+        report[name] = evaluate_model(embedder, pairs, crops, progress(f"embed {name}"))
+    missing = {n for n, c in crops.items() if c is None}
+    report["dataset"] = {
+        "pairs": len(pairs),
+        "positives": sum(p.same for p in pairs),
+        "negatives": sum(not p.same for p in pairs),
+        "images": len(images),
+        "no_face": len(missing),
+        "pairs_with_missing_face": sum(p.a in missing or p.b in missing for p in pairs),
+    }
+    report["detector"] = args.detector
+    report["alignment"] = "landmarks" if args.landmarks else f"box, margin {args.margin}"
+    report["flip"] = args.flip
+    report["pick"] = args.pick
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
