@@ -462,7 +462,8 @@ class Outbox:
             if self._delete_on == "receipt":
                 _, count = self._small_write(
                     conn,
-                    "UPDATE outbox SET mid = NULL, published = ? WHERE id = ?",
+                    "UPDATE outbox SET mid = NULL, published = ? "
+                    "WHERE id = ? AND published IS NULL",
                     (self._clock(), item_id),
                 )
                 return count == 1
@@ -510,38 +511,41 @@ class Outbox:
         return deleted_rows
 
     def _republish_overdue(self, conn: sqlite3.Connection) -> None:
-        """Published rows with no receipt within the timeout go back to the queue (at most
-        once a second; the backend de-duplicates what it had stored after all)."""
+        """Published rows with no receipt within the timeout go back to the queue (checked at
+        most once a second; the backend de-duplicates what it had stored after all). A write
+        that cannot be made now (a full disk, a locked file) waits for the next check."""
         now = self._clock()
-        if now < self._next_republish_check:
+        if self._delete_on != "receipt" or now < self._next_republish_check:
             return
         self._next_republish_check = now + 1.0
-        cutoff = now - self._receipt_timeout_s
+        window = (now - self._receipt_timeout_s, now + self._receipt_timeout_s)
+        (due,) = conn.execute(
+            "SELECT COUNT(*) FROM outbox "
+            "WHERE published IS NOT NULL AND (published < ? OR published > ?)",  # > : clock stepped
+            window,
+        ).fetchone()
+        if not due:
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             n = conn.execute(
                 "UPDATE outbox SET published = NULL "
                 "WHERE published IS NOT NULL AND (published < ? OR published > ?)",
-                (cutoff, now + self._receipt_timeout_s),  # a clock stepped back: do not wait
+                window,
             ).rowcount
-            if n:
-                self._write_counts(conn, {REPUBLISHED: n})
+            self._write_counts(conn, {REPUBLISHED: n})
             conn.execute("COMMIT")
-            if n:
-                self._pending.clear()
         except sqlite3.OperationalError as exc:
             _rollback(conn)
-            if not _is_full(exc):
-                raise
-            logger.warning("outbox: republishing postponed, the disk is full")
+            logger.warning("outbox: republishing postponed (%s)", exc)
             return
-        if n:
-            logger.info(
-                "outbox: %d envelope(s) published again, no receipt within %.0f s",
-                n,
-                self._receipt_timeout_s,
-                extra={"reason": "receipt_timeout"},
-            )
+        self._pending.clear()
+        logger.info(
+            "outbox: %d envelope(s) published again, no receipt within %.0f s",
+            n,
+            self._receipt_timeout_s,
+            extra={"reason": "receipt_timeout"},
+        )
 
     def requeue_in_flight(self) -> int:
         """Make every in-flight row eligible again (after reconnect or restart); how many."""
