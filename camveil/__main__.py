@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from agent import __version__
+from camveil.cli.logs import setup_logging
 from contract.errors import CamveilError
 
 # subcommand -> module in camveil.cli; each module has add_arguments(parser) and run(args) -> int
@@ -29,11 +30,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chaos": ("camveil.cli.chaos", "count lost/duplicated events under broker restarts and kills"),
     "fuzz": ("camveil.cli.fuzz", "feed mutated envelopes and commands to the real openers"),
     "cmd": ("camveil.cli.cmd", "send a signed command to a unit and wait for its ack (operator)"),
+    "dashboard": ("camveil.cli.dashboard", "ingest and the fleet web page (backend)"),
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2): the error and where to read more,
+    not the usage block (``--help`` prints that)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camveil", description=__doc__)
+    parser = _Parser(prog="camveil", description=__doc__)
     parser.add_argument("--version", action="version", version=f"camveil {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -46,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args))

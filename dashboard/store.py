@@ -25,7 +25,7 @@ import cbor2
 
 from contract.errors import ConfigError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _V1: Final = """
 CREATE TABLE events (
@@ -73,7 +73,47 @@ CREATE TABLE audit (
 );
 """
 
-MIGRATIONS: Final[Mapping[int, str]] = {1: _V1}
+# v2: the web page's own state (dashboard.web): alerts and what raised them, operator commands
+# and their acks; an index for the unit page (latest snapshot, presence series per device).
+_V2: Final = """
+CREATE TABLE alerts (
+    id       INTEGER PRIMARY KEY,
+    key      TEXT NOT NULL UNIQUE,
+    device   TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    detail   TEXT NOT NULL,
+    at       REAL NOT NULL,
+    acked_by TEXT,
+    acked_at REAL
+);
+CREATE INDEX alerts_by_ack ON alerts (acked_at, id);
+CREATE TABLE alert_watch (
+    device  TEXT PRIMARY KEY,
+    boot    TEXT,
+    models  TEXT,
+    evicted INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE alert_cursor (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE commands (
+    id       TEXT PRIMARY KEY,
+    device   TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    args     TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    sent_at  REAL NOT NULL,
+    status   TEXT NOT NULL,
+    reason   TEXT NOT NULL DEFAULT '',
+    done_at  REAL
+);
+CREATE INDEX commands_by_device ON commands (device, sent_at);
+CREATE INDEX events_by_device_type ON events (device, type, id)
+"""
+
+MIGRATIONS: Final[Mapping[int, str]] = {1: _V1, 2: _V2}
 """Version N -> the SQL that brings version N-1 to N (0 = an empty file)."""
 
 
@@ -120,7 +160,9 @@ class UnitView:
 
     @property
     def temperature(self) -> float | None:
-        return _num(self.health, "cpu_temp_c")
+        # "temp_c" on the wire (docs/events.cddl); "cpu_temp_c" is the agent's field name
+        found = _num(self.health, "temp_c")
+        return found if found is not None else _num(self.health, "cpu_temp_c")
 
     @property
     def versions(self) -> Mapping[str, str]:
@@ -218,12 +260,20 @@ class Store:
         with self._lock:
             return self._connection().execute(sql, args).fetchall()
 
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query (the web page's views, under the store's lock)."""
+        return self._rows(sql, args)
+
     def now(self) -> float:
         return self._clock()
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Called (on the writer's thread) after every stored event or rejection."""
         self._listeners.append(callback)
+
+    def notify(self) -> None:
+        """Tell the listeners something changed (the web page's own writes: commands, alerts)."""
+        self._changed()
 
     def _changed(self) -> None:
         for callback in self._listeners:

@@ -19,6 +19,7 @@ Access control, with the certificate CN as username (``use_identity_as_username`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import re
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Final
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -86,11 +88,12 @@ connection_messages true
 log_timestamp true
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 
-listener ${port} ${bind_address}
+${listener}
 protocol mqtt
 cafile ${cafile}
 certfile ${certfile}
 keyfile ${keyfile}
+${crl_line}
 require_certificate true
 use_identity_as_username true
 # the client id is the certificate CN too: nobody can take over (kick) another client's session,
@@ -166,6 +169,92 @@ def check_share_group(group: str) -> str:
     return group
 
 
+DEFAULT_PORT: Final = 8883
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """Where units dial the broker: ``mqtts://host[:port]`` (port 8883 by default)."""
+
+    host: str
+    port: int = DEFAULT_PORT
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtts://{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        """True when only this machine can dial the host (localhost, 127.0.0.0/8, ::1)."""
+        if self.host.lower() == "localhost" or self.host.lower().endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def bind_address(self) -> str | None:
+        """The address the listener binds for this URL: the loopback address for a loopback
+        host (nobody else can dial it anyway), else every address (None)."""
+        if not self.loopback:
+            return None
+        try:
+            return str(ipaddress.ip_address(self.host))
+        except ValueError:
+            return "127.0.0.1"  # localhost
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """Check the URL units will dial: ValueError saying what is wrong and what to write."""
+    example = "use mqtts://HOST:PORT, e.g. mqtts://broker.example.org:8883"
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"broker URL {url!r} has no scheme; {example}")
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts":
+        raise ValueError(
+            f"broker URL {url!r}: scheme {parts.scheme!r} is not mqtts (units only speak MQTT "
+            f"over TLS); {example}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"broker URL {url!r}: no user or password (units use certificates)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"broker URL {url!r}: no path, query or fragment; {example}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"broker URL {url!r}: the port is not a number 1-65535") from None
+    if port == 0:
+        raise ValueError(f"broker URL {url!r}: the port is not a number 1-65535")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"broker URL {url!r} has no host; {example}")
+    return BrokerUrl(check_broker_name(host), port or DEFAULT_PORT)
+
+
+def check_broker_name(name: str) -> str:
+    """``name`` if it can be in the broker certificate (an IP address or a DNS name), else
+    ValueError. Lower-cased: DNS names are case-insensitive, SANs are compared as written."""
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    labels = name.rstrip(".").split(".")
+    if (
+        not name
+        or len(name) > 253
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise ValueError(
+            f"broker name {name!r} is neither an IP address nor a DNS name (letters, digits, "
+            "hyphens and dots; no scheme, port or path)"
+        )
+    return name.rstrip(".").lower()
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """What varies between installations. Paths are written into the config as given (make them
@@ -173,8 +262,8 @@ class BrokerSettings:
 
     #: TCP port of the TLS listener (8883 is MQTT over TLS)
     port: int = 8883
-    #: address to bind; "0.0.0.0"/"::" for all interfaces, loopback for tests
-    bind_address: str = "127.0.0.1"
+    #: address to bind: None for every address (IPv4 and IPv6), loopback for tests
+    bind_address: str | None = "127.0.0.1"
     #: keep retained messages, sessions and queued QoS 1 messages across broker restarts
     persistence: bool = True
     #: seconds between persistence saves (also saved on a clean shutdown)
@@ -211,6 +300,7 @@ class BrokerFiles:
     server_cert: Path
     server_key: Path
     persistence_dir: Path
+    crl: Path | None = None
 
 
 def render_acl(
@@ -234,6 +324,13 @@ def _config_path(path: Path) -> str:
     return text
 
 
+CRL_COMMENT: Final = (
+    "# client certificates revoked by `camveil station revoke`. mosquitto 2.0 reads this\n"
+    "# file at start and on SIGHUP (systemctl reload mosquitto): a revoked unit's new TLS\n"
+    "# handshakes fail from then on; a connection already open stays until a restart\n"
+)
+
+
 def render_config(
     settings: BrokerSettings,
     *,
@@ -242,8 +339,10 @@ def render_config(
     certfile: Path,
     keyfile: Path,
     persistence_dir: Path,
+    crlfile: Path | None = None,
 ) -> str:
-    """The mosquitto.conf text for ``settings`` and these files."""
+    """The mosquitto.conf text for ``settings`` and these files (``crlfile``: a CRL of the CA
+    that client certificates are checked against)."""
     if not 0 < settings.port < 65536:
         raise ValueError(f"port {settings.port} is not a TCP port")
     if settings.max_packet_size < 64 * 1024:
@@ -264,11 +363,19 @@ def render_config(
         ciphers=TLS12_CIPHERS,
         ciphers_tls13=TLS13_CIPHERS,
         log_dest=settings.log_dest,
-        port=settings.port,
-        bind_address=settings.bind_address,
+        listener=(
+            f"listener {settings.port}"
+            if settings.bind_address is None
+            else f"listener {settings.port} {settings.bind_address}"
+        ),
         cafile=_config_path(cafile),
         certfile=_config_path(certfile),
         keyfile=_config_path(keyfile),
+        crl_line=(
+            "# no CRL: revoked client certificates are not refused"
+            if crlfile is None
+            else CRL_COMMENT + f"crlfile {_config_path(crlfile)}"
+        ),
     )
 
 
@@ -282,6 +389,7 @@ def write_broker_state(
     operators: Sequence[str] = (),
     devices: Sequence[str] = (),
     owner: str | None = None,
+    crl: x509.CertificateRevocationList | None = None,
 ) -> BrokerFiles:
     """Write config, ACL, CA and server certificate and key into ``state_dir`` (atomically, the
     key 0600) and create the persistence directory. Returns the paths; start the broker with
@@ -289,7 +397,10 @@ def write_broker_state(
 
     mosquitto started as root drops to ``settings.user`` (default "mosquitto") *before* it reads
     the key and writes persistence: pass that user as ``owner`` (needs root) to make the key and
-    the persistence directory its own. Without it they belong to the caller."""
+    the persistence directory its own. Without it they belong to the caller.
+
+    With ``crl`` the CRL is written as ``crl.pem`` and the listener checks client certificates
+    against it (``crlfile``)."""
     state_dir = Path(state_dir).absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(
@@ -299,6 +410,7 @@ def write_broker_state(
         server_cert=state_dir / "server.crt",
         server_key=state_dir / "server.key",
         persistence_dir=state_dir / "data",
+        crl=state_dir / "crl.pem" if crl is not None else None,
     )
     files.persistence_dir.mkdir(mode=0o700, exist_ok=True)
     ids = _user_ids(owner) if owner is not None else None
@@ -307,6 +419,8 @@ def write_broker_state(
     pki.write_cert(files.ca_cert, ca_cert)
     pki.write_cert(files.server_cert, server.cert)
     pki.write_private_key(files.server_key, server.key, owner=ids)
+    if crl is not None and files.crl is not None:
+        pki.write_atomic(files.crl, pki.crl_pem(crl), 0o644)
     acl = render_acl(backends, operators, devices)
     pki.write_atomic(files.acl, acl.encode(), 0o644)
     config = render_config(
@@ -316,6 +430,7 @@ def write_broker_state(
         certfile=files.server_cert,
         keyfile=files.server_key,
         persistence_dir=files.persistence_dir,
+        crlfile=files.crl,
     )
     pki.write_atomic(files.config, config.encode(), 0o644)
     return files
@@ -338,12 +453,13 @@ def render_examples() -> dict[str, str]:
     """The files of ``deploy/mosquitto/``: config and ACL rendered for a station install under
     /var/lib/camveil-broker listening on all interfaces."""
     config = render_config(
-        BrokerSettings(bind_address="0.0.0.0"),  # noqa: S104 - a broker listens for the fleet
+        BrokerSettings(bind_address=None),  # every address: a broker listens for the fleet
         acl_file=EXAMPLE_DIR / "acl",
         cafile=EXAMPLE_DIR / "ca.crt",
         certfile=EXAMPLE_DIR / "server.crt",
         keyfile=EXAMPLE_DIR / "server.key",
         persistence_dir=EXAMPLE_DIR / "data",
+        crlfile=EXAMPLE_DIR / "crl.pem",
     )
     return {
         "mosquitto.conf.example": config,

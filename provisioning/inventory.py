@@ -30,6 +30,15 @@ CREATE TABLE IF NOT EXISTS units (
     created_at      REAL NOT NULL,
     provisioned_at  REAL
 );
+-- units taken out of the fleet (`camveil station revoke`): their certificate serial goes into
+-- the CRL, their row leaves `units`, and their key may never be provisioned again
+CREATE TABLE IF NOT EXISTS revocations (
+    serial          TEXT PRIMARY KEY,  -- certificate serial number, hex (SQLite has no 160-bit int)
+    device          TEXT NOT NULL,
+    ed25519         BLOB NOT NULL,
+    revoked_at      REAL NOT NULL,
+    reason          TEXT NOT NULL
+);
 """
 
 
@@ -43,6 +52,17 @@ class UnitRecord:
     bundle: bytes
     created_at: float
     provisioned_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A unit's certificate revoked by the station."""
+
+    serial: str  # hex
+    device: str
+    ed25519: bytes
+    revoked_at: float
+    reason: str
 
 
 class Inventory:
@@ -120,6 +140,55 @@ class Inventory:
                 (time.time() if at is None else at, device),
             )
             publish(self.units("provisioned"))
+
+    def revoke(
+        self,
+        device: str,
+        serial: int,
+        reason: str,
+        publish: Callable[[list[UnitRecord], list[Revocation]], None],
+        at: float | None = None,
+    ) -> Revocation:
+        """Take ``device`` out of the inventory and record the revocation of its certificate
+        ``serial``; ``publish`` gets the remaining provisioned units and every revocation,
+        inside the same write transaction (as :meth:`mark_provisioned`)."""
+        with self._transaction():
+            record = self.by_device(device)
+            if record is None:
+                raise KeyError(device)
+            revocation = Revocation(
+                f"{serial:x}", device, record.ed25519, time.time() if at is None else at, reason
+            )
+            self.db.execute(
+                "INSERT OR IGNORE INTO revocations (serial, device, ed25519, revoked_at, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    revocation.serial,
+                    revocation.device,
+                    revocation.ed25519,
+                    revocation.revoked_at,
+                    revocation.reason,
+                ),
+            )
+            self.db.execute("DELETE FROM units WHERE device = ?", (device,))
+            publish(self.units("provisioned"), self.revocations())
+        return revocation
+
+    def revocations(self) -> list[Revocation]:
+        rows = self.db.execute(
+            "SELECT serial, device, ed25519, revoked_at, reason FROM revocations "
+            "ORDER BY revoked_at, serial"
+        ).fetchall()
+        return [Revocation(*row) for row in rows]
+
+    def revoked_key(self, ed25519: bytes) -> Revocation | None:
+        """The revocation of a unit with this Ed25519 key, if any."""
+        row = self.db.execute(
+            "SELECT serial, device, ed25519, revoked_at, reason FROM revocations "
+            "WHERE ed25519 = ? LIMIT 1",
+            (ed25519,),
+        ).fetchone()
+        return Revocation(*row) if row else None
 
     def units(self, state: ProvisioningStatus | None = None) -> list[UnitRecord]:
         if state is None:

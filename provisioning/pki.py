@@ -40,7 +40,16 @@ from contract.ids import check_device_id as check_device_id
 
 CA_DAYS: Final = 3650
 SERVER_DAYS: Final = 825
+#: backend and operator certificates: they live on the operator's own hosts
 CLIENT_DAYS: Final = 3650
+#: a unit's certificate: two years, so a lost unit that escaped revocation stops being let in
+#: by itself, and short enough that the CA's keys and algorithms can change within a fleet's life.
+#: There is no renewal over MQTT yet: a unit is re-provisioned over USB before its certificate
+#: expires (`camveil station list` shows the date).
+DEVICE_DAYS: Final = 730
+#: a CRL's nextUpdate: OpenSSL (mosquitto) refuses *every* client once the CRL it checks has
+#: expired, so the station's CRL lasts as long as the CA and is re-issued on every revocation
+CRL_DAYS: Final = CA_DAYS
 #: validity starts this much before "now", for units whose clock runs a little behind
 CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 #: names always in the broker certificate's subjectAltName
@@ -250,12 +259,23 @@ def make_server_cert(
     return Issued(key=key, cert=cert)
 
 
+def server_names(cert: x509.Certificate) -> list[str]:
+    """The subjectAltName entries of a server certificate: DNS names, then IP addresses."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return [*dns, *ips]
+
+
 def sign_device_csr(
     ca: Issued,
     csr: x509.CertificateSigningRequest,
     *,
     expected_device_id: str | None = None,
-    days: int = CLIENT_DAYS,
+    days: int = DEVICE_DAYS,
     now: dt.datetime | None = None,
 ) -> x509.Certificate:
     """Certify a unit's CSR as a TLS client certificate whose CN is its device id.
@@ -295,13 +315,67 @@ def make_operator_cert(
 
 
 def make_device_cert(
-    ca: Issued, device_id: str, *, days: int = CLIENT_DAYS, now: dt.datetime | None = None
+    ca: Issued, device_id: str, *, days: int = DEVICE_DAYS, now: dt.datetime | None = None
 ) -> Issued:
     """Key + certificate for a device in one go, for tests and the demo only: a real unit makes
     its key itself and sends a CSR (:func:`make_csr`, :func:`sign_device_csr`)."""
     key = make_device_key()
     cert = sign_device_csr(ca, make_csr(key, device_id), days=days, now=now)
     return Issued(key=key, cert=cert)
+
+
+# --- revocation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """One revoked certificate: its serial number and when it was revoked."""
+
+    serial: int
+    revoked_at: dt.datetime
+
+
+def make_crl(
+    ca: Issued,
+    revoked: Iterable[Revoked],
+    *,
+    number: int,
+    days: int = CRL_DAYS,
+    now: dt.datetime | None = None,
+) -> x509.CertificateRevocationList:
+    """A CRL signed by ``ca`` listing ``revoked`` (``number`` must grow with every issue).
+
+    nextUpdate is ``days`` ahead: a TLS server that checks the CRL (mosquitto ``crlfile``)
+    refuses every client once it has passed, so it is long and the CRL is re-issued on each
+    revocation, not on a schedule."""
+    start = _now(now) - CLOCK_SKEW
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(start)
+        .next_update(start + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(_ec_public(ca.key.public_key())),
+            critical=False,
+        )
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(entry.serial)
+            .revocation_date(entry.revoked_at)
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def load_crl_pem(data: bytes) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl(data)
 
 
 # --- PEM ----------------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ station's user alone (files 0600, folders 0700)::
     share-group                    the backends' secret shared-subscription group (0600): copy it
                                    to the ingest hosts (`camveil listen --group-file`)
     broker/                        mosquitto config, ACL, server certificate (provisioning.broker)
+                                   and crl.pem: the CRL of revoked units (`camveil station revoke`)
     station.json                   defaults: broker URL, backend and operator names
     inventory.sqlite               every unit (provisioning.inventory)
     devices.json                   trusted devices (dashboard, people): id -> public keys, site
     devices.cbor                   the same as a peers file (contract.envelope.keys.save_peers), for
                                    `camveil listen --devices DIR/devices.cbor`
+    revocations.json               revoked units: id -> certificate serial, date, reason
 
 A run (:meth:`Station.provision`): HELLO; for an unprovisioned unit CSR (CN = the device id the
 station assigns) and signing; the bundle is recorded as pending *before* it is sent; BUNDLE; the
@@ -30,6 +32,7 @@ device lists are rewritten. Every step is safe to repeat after a cut cable or a 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -54,7 +57,7 @@ from contract.envelope.keys import (
 from contract.errors import ProtocolViolationError, ProvisioningError
 from contract.statedir import Bundle
 from provisioning import broker, pki
-from provisioning.inventory import Inventory, UnitRecord
+from provisioning.inventory import Inventory, Revocation, UnitRecord
 from provisioning.serial_proto import (
     PROTOCOL_VERSION,
     Channel,
@@ -68,6 +71,7 @@ DEFAULT_BROKER_URL: Final = "mqtts://camveil-broker.local:8883"
 DEFAULT_SITE: Final = "default"
 DEVICE_ID_PREFIX: Final = "cv-"
 DEVICES_FILE_VERSION: Final = 1
+UTC: Final = dt.timezone.utc
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,14 @@ class StationPaths:
     def peers(self) -> Path:
         return self.root / "devices.cbor"
 
+    @property
+    def crl(self) -> Path:
+        return self.broker_dir / "crl.pem"
+
+    @property
+    def revocations(self) -> Path:
+        return self.root / "revocations.json"
+
 
 @dataclass(frozen=True)
 class StationConfig:
@@ -152,6 +164,31 @@ class StationConfig:
             ) from None
 
 
+def open_station(root: Path) -> StationPaths:
+    """The paths of the existing station directory ``root``, after checking that it is one:
+    ProvisioningError (naming the folder and the fix) for a missing path, a file, or a folder
+    without the station's marker files (``station.json``, ``ca/ca.crt``, ``inventory.sqlite``).
+    Nothing is created, so a mistyped folder is never turned into an empty station."""
+    paths = StationPaths(Path(root))
+    if not paths.root.exists():
+        raise ProvisioningError(
+            f"{root}: no such folder; create a station with `camveil station init {root}`"
+        )
+    if not paths.root.is_dir():
+        raise ProvisioningError(f"{root} is a file, not a station directory")
+    missing = [
+        str(p.relative_to(paths.root))
+        for p in (paths.config, paths.ca_dir / "ca.crt", paths.inventory)
+        if not p.is_file()
+    ]
+    if missing:
+        raise ProvisioningError(
+            f"{root} is not a station directory (no {', '.join(missing)}); give the folder made "
+            f"by `camveil station init`"
+        )
+    return paths
+
+
 def _broker_owner(settings: broker.BrokerSettings) -> str | None:
     """Who must be able to read the broker's key: mosquitto drops root privileges to its user
     before loading it, so a station initialised as root hands the key to that user."""
@@ -175,13 +212,23 @@ def init_station(
 ) -> StationPaths:
     """Create a station directory; refuses one that already has a CA. ``backends`` names the
     backend certificates to issue (``backend-<name>``, one per backend process connected at
-    the same time); more can be added later with :func:`add_backend`."""
+    the same time); more can be added later with :func:`add_backend`.
+
+    ``broker_url`` (``mqtts://host[:port]``) is where units will dial the broker: the broker
+    certificate names its host and every one of ``broker_names`` (DNS names, or IP addresses as
+    IP SANs), and the broker config listens on its port, on every address unless the host is
+    loopback. ``broker_settings`` gives the rest; its port and bind address are taken from the
+    URL."""
     paths = StationPaths(Path(root))
     if (paths.ca_dir / "ca.key").exists() or paths.config.exists():
         raise ProvisioningError(
             f"{root} is already a station directory; use it as it is, or choose an empty directory"
         )
     try:
+        url = broker.parse_broker_url(broker_url)
+        names = tuple(
+            dict.fromkeys([url.host, *(broker.check_broker_name(n) for n in broker_names)])
+        )
         backends = tuple(dict.fromkeys(backends))
         if not backends:
             raise ValueError("at least one backend certificate is needed")
@@ -189,7 +236,9 @@ def init_station(
             pki.backend_identity(name)
     except ValueError as exc:
         raise ProvisioningError(f"station init: {exc}") from None
-    config = StationConfig(broker_url=broker_url, backends=backends)
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ProvisioningError(f"station init: {root} is a file; choose a new folder")
+    config = StationConfig(broker_url=url.url, backends=backends)
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     # 0711: no listing, but the broker's user may reach broker/ (its key is 0600, its own);
     # every other folder inside (ca/, clients/) is 0700 and every other file 0600.
@@ -208,9 +257,11 @@ def init_station(
         pki.write_issued(
             paths.clients_dir, pki.operator_identity(name), pki.make_operator_cert(ca, name)
         )
-    host = _broker_host(broker_url)
-    names = tuple(dict.fromkeys([*broker_names, *([host] if host else [])]))
-    settings = broker_settings or broker.BrokerSettings()
+    settings = dataclasses.replace(
+        broker_settings or broker.BrokerSettings(),
+        port=url.port,
+        bind_address=url.bind_address,
+    )
     broker.write_broker_state(
         paths.broker_dir,
         settings,
@@ -219,6 +270,7 @@ def init_station(
         server=pki.make_server_cert(ca, names),
         backends=config.backends,
         operators=config.operators,
+        crl=pki.make_crl(ca, [], number=1),
     )
     _create_private(paths.inventory)
     pki.write_atomic(paths.share_group, broker.new_share_group().encode() + b"\n", 0o600)
@@ -226,6 +278,7 @@ def init_station(
         pass
     write_devices_file(paths.devices, [])
     save_peers(paths.peers, [])
+    write_revocations_file(paths.revocations, [])
     pki.write_atomic(paths.config, config.to_json(), 0o600)
     logger.info("station initialised in %s", paths.root)
     return paths
@@ -241,7 +294,7 @@ def add_backend(root: Path, name: str) -> Path:
     """Issue the client certificate ``backend-<name>`` (into ``clients/``), record it in
     station.json and rewrite the broker ACL so it may ingest. Returns the certificate's path.
     mosquitto reads the ACL at start and on SIGHUP: reload it before the backend connects."""
-    paths = StationPaths(Path(root))
+    paths = open_station(root)
     config = StationConfig.load(paths.config)
     try:
         cn = pki.backend_identity(name)
@@ -251,11 +304,7 @@ def add_backend(root: Path, name: str) -> Path:
         raise ProvisioningError(
             f"{cn} exists already ({paths.backend_cert(name)}); pick a new name"
         )
-    ca_files = paths.ca_dir
-    ca = pki.Issued(
-        pki.load_key_pem((ca_files / "ca.key").read_bytes()),
-        pki.load_cert_pem((ca_files / "ca.crt").read_bytes()),
-    )
+    ca = load_ca(paths)
     pki.write_issued(paths.clients_dir, cn, pki.make_backend_cert(ca, name))
     config = StationConfig(config.broker_url, (*config.backends, name), config.operators)
     with Inventory(paths.inventory) as inventory:
@@ -267,10 +316,107 @@ def add_backend(root: Path, name: str) -> Path:
     return paths.backend_cert(name)
 
 
-def _broker_host(url: str) -> str | None:
-    from urllib.parse import urlsplit
+def load_ca(paths: StationPaths) -> pki.Issued:
+    return pki.Issued(
+        pki.load_key_pem((paths.ca_dir / "ca.key").read_bytes()),
+        pki.load_cert_pem((paths.ca_dir / "ca.crt").read_bytes()),
+    )
 
-    return urlsplit(url).hostname
+
+@dataclass(frozen=True)
+class RevokeResult:
+    revocation: Revocation
+    #: the broker config had no ``crlfile`` (a station from before revocation) and now has one
+    config_patched: bool
+
+
+def revoke_unit(root: Path, device: str, reason: str = "unspecified") -> RevokeResult:
+    """Revoke ``device``: its certificate serial joins the CRL (``broker/crl.pem``, signed by
+    the station CA), it leaves the inventory and the trusted device lists (devices.cbor,
+    devices.json) and the revocation is recorded (inventory, revocations.json). A pending unit
+    (bundle built, not confirmed) is revoked as well: it may hold the certificate already.
+
+    The broker enforces the CRL once it re-reads it (SIGHUP or restart; see docs/INSTALL.md)."""
+    paths = open_station(root)
+    config = StationConfig.load(paths.config)
+    ca = load_ca(paths)
+    with Inventory(paths.inventory) as inventory:
+        record = inventory.by_device(device)
+        if record is None:
+            done = [r for r in inventory.revocations() if r.device == device]
+            if done:
+                when = _iso(done[-1].revoked_at)
+                raise ProvisioningError(f"{device} was revoked already ({when})")
+            known = ", ".join(u.device for u in inventory.units()) or "none"
+            raise ProvisioningError(f"no unit {device!r} in the inventory (units: {known})")
+        serial = pki.load_cert_pem(Bundle.decode(record.bundle).cert_pem).serial_number
+
+        def publish(units: list[UnitRecord], revocations: list[Revocation]) -> None:
+            crl = pki.make_crl(
+                ca,
+                [
+                    pki.Revoked(int(r.serial, 16), dt.datetime.fromtimestamp(r.revoked_at, UTC))
+                    for r in revocations
+                ],
+                number=len(revocations) + 1,
+            )
+            pki.write_atomic(paths.crl, pki.crl_pem(crl), 0o644)
+            write_revocations_file(paths.revocations, revocations)
+            publish_trusted(paths, config, units)
+
+        revocation = inventory.revoke(device, serial, reason, publish)
+    patched = _ensure_crlfile(paths)
+    logger.info("revoked %s (certificate serial %s)", device, revocation.serial)
+    return RevokeResult(revocation, patched)
+
+
+def _ensure_crlfile(paths: StationPaths) -> bool:
+    """Add ``crlfile`` to the listener of a broker config rendered before stations had a CRL."""
+    conf = paths.broker_dir / "mosquitto.conf"
+    text = conf.read_text()
+    if any(line.startswith("crlfile ") for line in text.splitlines()):
+        return False
+    lines = text.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("keyfile "))
+    lines.insert(at + 1, broker.CRL_COMMENT + f"crlfile {paths.crl}\n")
+    pki.write_atomic(conf, "".join(lines).encode(), 0o644)
+    return True
+
+
+def write_revocations_file(path: Path, revocations: list[Revocation]) -> None:
+    """revocations.json: ``{"version": 1, "revoked": {device: {"serial", "revoked_at",
+    "reason"}}}`` for the dashboard and people (the CRL is the broker's copy)."""
+    data = {
+        "version": DEVICES_FILE_VERSION,
+        "revoked": {
+            r.device: {"serial": r.serial, "revoked_at": _iso(r.revoked_at), "reason": r.reason}
+            for r in revocations
+        },
+    }
+    pki.write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", 0o600)
+
+
+def publish_trusted(paths: StationPaths, config: StationConfig, units: list[UnitRecord]) -> None:
+    """Rewrite what the backends and the broker trust from the provisioned ``units``: devices.json,
+    devices.cbor (the ingest's peers file, replaced atomically so a reader sees old or new) and
+    the ACL."""
+    write_devices_file(paths.devices, units)
+    save_peers(
+        paths.peers,
+        [PublicIdentity(u.device, VerifyKey(u.ed25519), PublicKey(u.x25519)) for u in units],
+    )
+    acl = broker.render_acl(config.backends, config.operators, [u.device for u in units])
+    pki.write_atomic(paths.broker_dir / "acl", acl.encode(), 0o644)
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def broker_cert_names(paths: StationPaths) -> list[str]:
+    """The DNS names and IP addresses in the station's broker certificate."""
+    cert = pki.load_cert_pem((paths.broker_dir / "server.crt").read_bytes())
+    return pki.server_names(cert)
 
 
 def derive_device_id(ed25519: bytes) -> str:
@@ -335,7 +481,7 @@ class Station:
     ) -> ProvisionResult:
         start = time.monotonic()
         config = StationConfig.load(self._paths.config)
-        url = broker_url or config.broker_url
+        url = config.broker_url if broker_url is None else self._check_url(broker_url)
         hello = self._request("hello", {"proto": PROTOCOL_VERSION})
         if hello.b.get("proto") != PROTOCOL_VERSION:
             raise ProvisioningError(
@@ -345,6 +491,13 @@ class Station:
         state = hello.b.get("state")
         ed25519, x25519 = _key32(hello, "ed25519"), _key32(hello, "x25519")
         with Inventory(self._paths.inventory) as inventory:
+            revoked = inventory.revoked_key(ed25519)
+            if revoked is not None:
+                raise ProvisioningError(
+                    f"this unit was revoked as {revoked.device} ({_iso(revoked.revoked_at)}): "
+                    "its keys are not trusted again; run `camveil factory-reset --yes` on it "
+                    "for new keys, then provision it"
+                )
             record = inventory.by_ed25519(ed25519)
             if state == "provisioned":
                 bundle_bytes = self._known_bundle(hello, record)
@@ -371,6 +524,22 @@ class Station:
         elapsed = time.monotonic() - start
         logger.info("unit %s %s in %.2f s", device, outcome, elapsed)
         return ProvisionResult(device, outcome, elapsed, self._channel.retries)
+
+    def _check_url(self, url: str) -> str:
+        """A per-unit broker URL, refused unless the broker certificate names its host (the
+        unit would fail every TLS handshake)."""
+        try:
+            parsed = broker.parse_broker_url(url)
+        except ValueError as exc:
+            raise ProvisioningError(str(exc)) from None
+        names = broker_cert_names(self._paths)
+        if parsed.host not in names:
+            raise ProvisioningError(
+                f"the broker certificate does not name {parsed.host} (it names "
+                f"{', '.join(names)}); use one of those, or re-create the station with "
+                f"--broker-name {parsed.host}"
+            )
+        return parsed.url
 
     def _known_bundle(self, hello: Message, record: UnitRecord | None) -> bytes:
         device = hello.b.get("device")
@@ -449,13 +618,7 @@ class Station:
         return bundle
 
     def _publish(self, units: list[UnitRecord], config: StationConfig) -> None:
-        write_devices_file(self._paths.devices, units)
-        save_peers(
-            self._paths.peers,
-            [PublicIdentity(u.device, VerifyKey(u.ed25519), PublicKey(u.x25519)) for u in units],
-        )
-        acl = broker.render_acl(config.backends, config.operators, [u.device for u in units])
-        pki.write_atomic(self._paths.broker_dir / "acl", acl.encode(), 0o644)
+        publish_trusted(self._paths, config, units)
 
 
 def _key32(message: Message, name: str) -> bytes:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from agent.pipeline import PrivacyConfig
 from camveil.cli.common import add_detector_arguments, detector_config, redaction_config
+from camveil.cli.logs import progress_on
 from contract.errors import ConfigError
 from models import MODELS_DIR, verified_path
 from tools.bench import (
@@ -136,7 +137,13 @@ def run(args: argparse.Namespace) -> int:
         case_list = cases(parse_sizes(args.sizes), parse_threads(args.thread_counts))
         check_source(settings.source)
         verified_path(settings.detector.model, settings.detector.models_dir or MODELS_DIR)
-        bar = tqdm(total=len(case_list), desc="bench", unit="case", file=sys.stderr)
+        bar = tqdm(
+            total=len(case_list),
+            desc="bench",
+            unit="case",
+            file=sys.stderr,
+            disable=not progress_on(),
+        )
 
         def done(case: BenchCase, result: CaseResult) -> None:
             bar.set_postfix_str(f"{case.label}: {result.fps:.1f} fps")

@@ -84,7 +84,15 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
     except TimeoutError as exc:
-        print(f"camveil cmd: {exc}", file=sys.stderr)
+        hint = (
+            "the unit may be offline or not subscribed yet"
+            if "no ack" in str(exc)
+            else "check that the broker runs and trusts this certificate"
+        )
+        print(
+            f"camveil cmd: error: {exc} (broker {broker.host}:{broker.port}; {hint})",
+            file=sys.stderr,
+        )
         return 2
     line = {k: ack.get(k) for k in ("device", "seq", "ts", "boot", "type", "body")}
     print(json.dumps(line, sort_keys=True), flush=True)

@@ -6,6 +6,7 @@ import argparse
 
 from agent.privacy.redact import FillMode, RedactionConfig
 from agent.vision.factory import DETECTOR_MODELS, DetectorConfig
+from contract.errors import ConfigError
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,16 +30,51 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def non_negative_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 0 (a bad value is a usage error, exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 or more")
+    return value
+
+
+#: DetectorConfig names its fields as in the TOML file; on the command line they are options
+_DETECTOR_OPTIONS = {
+    f"[detector] {field}{sep}": f"--{field.replace('_', '-')}{sep and ' '}"
+    for field in ("threshold", "threads", "scale", "extra_scale", "tile", "model")
+    for sep in (" = ", "")
+}
+
+
 def detector_config(args: argparse.Namespace) -> DetectorConfig:
-    return DetectorConfig(
-        model=args.model,
-        threshold=args.threshold,
-        threads=args.threads,
-        scale=args.scale,
-        extra_scale=args.extra_scale,
-        tile=args.tile,
-    )
+    """The detector settings of the command line; ConfigError naming the option if one is out of
+    range."""
+    try:
+        return DetectorConfig(
+            model=args.model,
+            threshold=args.threshold,
+            threads=args.threads,
+            scale=args.scale,
+            extra_scale=args.extra_scale,
+            tile=args.tile,
+        )
+    except ConfigError as exc:
+        message = str(exc)
+        for key, option in _DETECTOR_OPTIONS.items():
+            message = message.replace(key, option)
+        raise ConfigError(message) from None
 
 
 def redaction_config(args: argparse.Namespace) -> RedactionConfig:
-    return RedactionConfig(margin=args.margin, fill=FillMode(args.fill))
+    """The redaction settings of the command line; ConfigError naming the option if one is out
+    of range."""
+    try:
+        return RedactionConfig(margin=args.margin, fill=FillMode(args.fill))
+    except ValueError:
+        raise ConfigError(
+            f"--margin {args.margin}: must be between 0 and 4 (the fraction each face box grows "
+            "by; 0.25 is the default)"
+        ) from None

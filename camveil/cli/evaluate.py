@@ -10,7 +10,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agent.vision.factory import build_detector
-from camveil.cli.common import add_detector_arguments, detector_config, redaction_config
+from camveil.cli.common import (
+    add_detector_arguments,
+    detector_config,
+    non_negative_int,
+    redaction_config,
+)
+from camveil.cli.logs import progress_on
 from contract.errors import ConfigError
 from tools.evaluate import check_floor, evaluate, format_report, read_annotations
 
@@ -18,7 +24,7 @@ from tools.evaluate import check_floor, evaluate, format_report, read_annotation
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="folder with annotations.jsonl")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N images")
+    parser.add_argument("--limit", type=non_negative_int, default=0, help="only the first N images")
     parser.add_argument(
         "--floor", type=Path, help="JSON file of minimums; exit 1 if the report falls below"
     )
@@ -32,7 +38,14 @@ def run(args: argparse.Namespace) -> int:
     detector = build_detector(detector_config(args))
 
     def progress(items):  # type: ignore[no-untyped-def]
-        return tqdm(items, total=len(annotations), desc="eval", unit="img", file=sys.stderr)
+        return tqdm(
+            items,
+            total=len(annotations),
+            desc="eval",
+            unit="img",
+            file=sys.stderr,
+            disable=not progress_on(),
+        )
 
     report = evaluate(detector, annotations, redaction_config(args), progress=progress)
     report["detector"] = {

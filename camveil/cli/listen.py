@@ -39,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 from agent.unitstate import parse_broker_url
+from camveil.cli.common import non_negative_int
 from contract.certclaim import ClaimedCert, claim_client_cert, key_for
 from contract.envelope.keys import load_identity, load_peers
 from contract.errors import ConfigError
@@ -103,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--snapshots", type=Path, help="write snapshot JPEGs into this folder")
     parser.add_argument("--base64", action="store_true", help="print bytes as base64")
-    parser.add_argument("--count", type=int, default=0, help="exit after N messages")
+    parser.add_argument("--count", type=non_negative_int, default=0, help="exit after N messages")
     parser.add_argument("--duration", type=float, default=0, help="exit after S seconds")
     parser.add_argument(
         "--idle-exit", type=float, default=0, help="exit S seconds after the last message"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hw.serial_link import DEFAULT_BAUDRATE, PySerialLink
 from provisioning.serial_proto import Channel
-from provisioning.station import DEFAULT_SITE, Station, StationPaths
+from provisioning.station import DEFAULT_SITE, Station, open_station
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,16 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    paths = open_station(args.station)  # before the port: a wrong folder is not a cable problem
     with PySerialLink(args.port, args.baud) as link:
-        station = Station(
-            StationPaths(args.station), Channel(link), timeout=args.timeout, attempts=args.attempts
-        )
+        station = Station(paths, Channel(link), timeout=args.timeout, attempts=args.attempts)
         result = station.provision(
             site=args.site, broker_url=args.broker_url, device_id=args.device_id
         )
     verb = "provisioned" if result.outcome == "provisioned" else "was already provisioned as"
     print(
         f"unit {verb} {result.device} in {result.seconds:.2f} s "
-        f"({result.retries} retries); trusted devices: {StationPaths(args.station).devices}"
+        f"({result.retries} retries); trusted devices: {paths.peers} (camveil listen --devices)"
     )
     return 0

@@ -23,6 +23,7 @@ from agent.pipeline import PrivacyConfig
 from agent.privacy.store import ImageFormat
 from agent.vision.factory import build_detector
 from camveil.cli.common import add_detector_arguments, detector_config, redaction_config
+from camveil.cli.logs import progress_on
 
 EPILOG = """\
 Images (anything Pillow can open) are written losslessly: PNG (zlib level --png-level, default 1,
@@ -161,9 +162,10 @@ def describe(result: FileResult) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     items = find_inputs(args.inputs, args.out)
-    detector = build_detector(detector_config(args))
-    privacy = PrivacyConfig(redaction=redaction_config(args))
-    progress = TqdmProgress(len(items), disable=args.no_progress)
+    settings = detector_config(args)
+    privacy = PrivacyConfig(redaction=redaction_config(args))  # both checked before loading
+    detector = build_detector(settings)
+    progress = TqdmProgress(len(items), disable=args.no_progress or not progress_on())
     try:
         results = redact_files(
             detector,

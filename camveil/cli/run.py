@@ -36,6 +36,8 @@ from agent.config import (
 from agent.pipeline import ProcessedFrame, open_frame_path
 from agent.privacy.store import VideoSink, write_png
 from agent.watchdog import DEFAULT_INTERVAL, Notifier, Watchdog, watchdog_interval
+from camveil.cli.common import non_negative_int
+from camveil.cli.logs import progress_on
 from hw.camera.config import CameraConfig
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help=f"TOML config (default {DEFAULT_CONFIG_PATH})")
     parser.add_argument("--demo", action="store_true", help="run on the embedded demo default")
     parser.add_argument("--demo-source", type=Path, help="video or image folder for --demo")
-    parser.add_argument("--frames", type=int, default=0, help="stop after N frames (0: no limit)")
+    parser.add_argument(
+        "--frames", type=non_negative_int, default=0, help="stop after N frames (0: no limit)"
+    )
     parser.add_argument("--out", type=Path, help="override [output] dir")
     parser.add_argument("--model", help="override [detector] model")
 
@@ -144,7 +148,13 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         start = time.monotonic()
-        bar = tqdm(desc="frames", unit="f", file=sys.stderr, total=args.frames or None)
+        bar = tqdm(
+            desc="frames",
+            unit="f",
+            file=sys.stderr,
+            total=args.frames or None,
+            disable=not progress_on(),
+        )
         last = 0
         limit = args.frames or None
         try:

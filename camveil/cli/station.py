@@ -1,20 +1,27 @@
 """`camveil station init DIR`: create a provisioning station (CA, operator and backend keys,
 broker configuration, inventory); `camveil station add-backend DIR NAME`: one more backend
 certificate (one per backend process connected at the same time); `camveil station list DIR`:
-the units in its inventory."""
+the units in its inventory; `camveil station revoke DIR UNIT`: take a unit out of the fleet."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from pathlib import Path
 
+from contract.statedir import Bundle
+from provisioning import pki
+from provisioning.broker_bundle import DEFAULT_TARGET, write_broker_bundle
 from provisioning.inventory import Inventory
 from provisioning.station import (
     DEFAULT_BROKER_URL,
     StationConfig,
     StationPaths,
     add_backend,
+    broker_cert_names,
     init_station,
+    open_station,
+    revoke_unit,
 )
 
 
@@ -30,14 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument(
         "--broker-url",
         default=DEFAULT_BROKER_URL,
-        help=f"default broker (default {DEFAULT_BROKER_URL})",
+        help=f"where units dial the broker: mqtts://HOST[:PORT] (default {DEFAULT_BROKER_URL}; "
+        "port 8883 if none). The broker config listens on PORT, on every address unless HOST "
+        "is loopback",
     )
     init.add_argument(
         "--broker-name",
         action="append",
         default=[],
         metavar="NAME",
-        help="extra DNS name or IP for the broker certificate (repeatable)",
+        help="one more DNS name or IP address units may dial, put in the broker certificate "
+        "(repeatable; the URL's host is always in it)",
     )
     init.add_argument(
         "--backend",
@@ -50,8 +60,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = sub.add_parser("add-backend", help="issue one more backend certificate")
     add.add_argument("dir", type=Path, help="station directory")
     add.add_argument("name", help="the certificate is backend-NAME")
-    listing = sub.add_parser("list", help="list the units in the inventory")
+    listing = sub.add_parser(
+        "list",
+        help="list the units in the inventory: device, state, site, certificate expiry; then the "
+        "revoked ones",
+    )
     listing.add_argument("dir", type=Path, help="station directory")
+    bundle = sub.add_parser(
+        "broker-bundle",
+        help="write the broker host's files (mosquitto conf.d drop-in, certificates, key, CRL, "
+        "ACL, install.sh) into a new folder, copied out of the station folder",
+    )
+    bundle.add_argument("dir", type=Path, help="station directory")
+    bundle.add_argument("out", type=Path, help="new (or empty) folder for the bundle")
+    bundle.add_argument(
+        "--target-dir",
+        type=Path,
+        default=DEFAULT_TARGET,
+        help=f"where install.sh puts the files on the broker host (default {DEFAULT_TARGET})",
+    )
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke a unit: its certificate joins the broker's CRL, it leaves the trusted devices",
+    )
+    revoke.add_argument("dir", type=Path, help="station directory")
+    revoke.add_argument("device", help="device id of the unit (see `camveil station list`)")
+    revoke.add_argument("--reason", default="unspecified", help="recorded with the revocation")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"station ready in {paths.root}")
         print(f"  CA certificate:   {paths.ca_dir / 'ca.crt'}")
         print(f"  broker config:    {paths.broker_dir / 'mosquitto.conf'}")
-        print(f"  trusted devices:  {paths.devices}")
+        print(f"  broker names:     {', '.join(broker_cert_names(paths))}")
+        print(f"  trusted devices:  {paths.peers} (camveil listen --devices)")
         print(f"  share group:      {paths.share_group} (secret; copy to the ingest hosts)")
         print(f"next: camveil provision --port /dev/ttyACM0 --station {paths.root}")
         return 0
@@ -73,7 +108,35 @@ def run(args: argparse.Namespace) -> int:
         cert = add_backend(args.dir, args.name)
         print(f"issued {cert} (key beside it); reload mosquitto (SIGHUP) to apply the new ACL")
         return 0
-    with Inventory(StationPaths(args.dir).inventory) as inventory:
+    if args.action == "broker-bundle":
+        dropin = write_broker_bundle(args.dir, args.out, args.target_dir)
+        print(f"broker bundle in {args.out} (private: it holds the broker's key)")
+        print(f"  drop-in:  {dropin} -> /etc/mosquitto/conf.d/ (files in {args.target_dir})")
+        print(f"next: copy {args.out} to the broker host and run `sudo sh install.sh` in it")
+        return 0
+    if args.action == "revoke":
+        result = revoke_unit(args.dir, args.device, args.reason)
+        paths = StationPaths(args.dir)
+        print(f"revoked {args.device} (certificate serial {result.revocation.serial})")
+        print(f"  CRL:              {paths.crl}")
+        print(f"  trusted devices:  {paths.peers} (the unit is no longer in it)")
+        if result.config_patched:
+            print(f"  broker config:    {paths.broker_dir / 'mosquitto.conf'} now has crlfile")
+            print("next: restart mosquitto (it reads a new crlfile line only at start)")
+        else:
+            print(
+                "next: `camveil station broker-bundle` to a new folder, copy it to the broker "
+                'host and run `sudo RELOAD="systemctl reload mosquitto" sh install.sh` (SIGHUP: '
+                "new connections of the unit are refused); restart mosquitto to end one already "
+                "open"
+            )
+        return 0
+    with Inventory(open_station(args.dir).inventory) as inventory:
         for unit in inventory.units():
-            print(f"{unit.device}\t{unit.state}\t{unit.site}")
+            issued = pki.load_cert_pem(Bundle.decode(unit.bundle).cert_pem)
+            expires = issued.not_valid_after_utc.date().isoformat()
+            print(f"{unit.device}\t{unit.state}\t{unit.site}\tcertificate until {expires}")
+        for revoked in inventory.revocations():
+            when = dt.datetime.fromtimestamp(revoked.revoked_at, dt.timezone.utc)
+            print(f"{revoked.device}\trevoked\t{when.isoformat(timespec='seconds')}")
     return 0

@@ -207,7 +207,8 @@ def load_peers(path: Path) -> PeerKeys:
         return PeerKeys(PublicIdentity.from_cbor(cbor2.dumps(dict(i))) for i in items)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(
-            f"peer key file {path} is not a camveil peer list ({exc}); re-provision the unit"
+            f"peer key file {path} is not a camveil peer list ({exc}); give the station's "
+            "devices.cbor (devices.json is the same list for people, not for this option)"
         ) from None
 
 

@@ -251,10 +251,13 @@ class TestClient:
 
     __test__ = False
 
-    def __init__(self, files: ClientFiles, port: int, client_id: str | None = None) -> None:
+    def __init__(
+        self, files: ClientFiles, port: int, client_id: str | None = None, host: str = HOST
+    ) -> None:
         # the broker replaces ``client_id`` by the certificate CN (use_username_as_clientid)
         self.files = files
         self.port = port
+        self.host = host
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._acks: dict[int, queue.Queue[Any]] = {}
         self._connack: queue.Queue[Any] = queue.Queue()
@@ -283,7 +286,7 @@ class TestClient:
     def connect(self, timeout: float = 5.0) -> Any:
         """Connect; returns the CONNACK reason code (raises OSError if the connection is
         refused before or by the CONNACK)."""
-        self.client.connect(HOST, self.port, keepalive=10)
+        self.client.connect(self.host, self.port, keepalive=10)
         self.client.loop_start()
         try:
             result = self._connack.get(timeout=timeout)

@@ -485,7 +485,11 @@ def test_subcommands_plug_into_the_camveil_cli(
     assert cli.main(["station", "list", str(tmp_path / "st")]) == 0
     assert cli.main(["factory-reset", "--state", str(tmp_path / "u")]) == 2
     assert cli.main(["factory-reset", "--state", str(tmp_path / "u"), "--yes"]) == 0
+    capsys.readouterr()
     assert cli.main(["provision", "--port", str(tmp_path / "no-tty"), "--station", "x"]) == 2
+    assert "x: no such folder" in capsys.readouterr().err  # the station is checked first
+    st = str(tmp_path / "st")
+    assert cli.main(["provision", "--port", str(tmp_path / "no-tty"), "--station", st]) == 2
     assert "cannot open serial port" in capsys.readouterr().err
 
 

@@ -236,3 +236,52 @@ def test_broker_state_files_and_owner(ca: pki.Issued, tmp_path: Path) -> None:
             owner="no-such-user-xyz",
             **kwargs,
         )
+
+
+def test_crl_lists_the_revoked_serials_signed_by_the_ca(ca: pki.Issued) -> None:
+    import datetime as dt
+
+    device = pki.make_device_cert(ca, "cv-crl")
+    lifetime = device.cert.not_valid_after_utc - device.cert.not_valid_before_utc
+    assert lifetime == dt.timedelta(days=pki.DEVICE_DAYS) == dt.timedelta(days=730)
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    crl = pki.load_crl_pem(
+        pki.crl_pem(pki.make_crl(ca, [pki.Revoked(device.cert.serial_number, at)], number=7))
+    )
+    assert crl.is_signature_valid(ca.cert.public_key())
+    assert crl.issuer == ca.cert.subject
+    entry = crl.get_revoked_certificate_by_serial_number(device.cert.serial_number)
+    assert entry is not None and entry.revocation_date_utc == at
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 7
+    assert crl.next_update_utc is not None and crl.last_update_utc is not None
+    # an expired CRL locks every client out, so it lives as long as the CA
+    assert crl.next_update_utc - crl.last_update_utc == dt.timedelta(days=pki.CA_DAYS)
+    empty = pki.make_crl(ca, [], number=1)
+    assert empty.get_revoked_certificate_by_serial_number(device.cert.serial_number) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "bind"),
+    [
+        ("mqtts://broker.example.org", "broker.example.org", 8883, None),
+        ("mqtts://10.0.0.5:9883", "10.0.0.5", 9883, None),
+        ("mqtts://localhost:1884", "localhost", 1884, "127.0.0.1"),
+        ("mqtts://127.0.0.2:1884", "127.0.0.2", 1884, "127.0.0.2"),
+        ("mqtts://[::1]:1884", "::1", 1884, "::1"),
+        ("mqtts://Cams.Example.", "cams.example", 8883, None),
+    ],
+)
+def test_broker_url(url: str, host: str, port: int, bind: str | None) -> None:
+    parsed = broker.parse_broker_url(url)
+    assert (parsed.host, parsed.port, parsed.bind_address) == (host, port, bind)
+    assert broker.parse_broker_url(parsed.url) == parsed
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["broker.local", "http://foo", "ssl://foo", "mqtts://", "mqtts://h:0", "mqtts://h:65536",
+     "mqtts://h:x", "mqtts://u@h", "mqtts://h/path", "mqtts://h?q", "mqtts://a_b", "mqtts://1.2.3"],
+)  # fmt: skip
+def test_broker_url_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=r"broker (URL|name)"):
+        broker.parse_broker_url(url)
