@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent import __version__
 from agent.commands import Command, CommandProcessor, CommandRejectedError
@@ -177,6 +177,7 @@ class Daemon:
         self.processor: CommandProcessor | None = None
         self.transport: Transport | None = None
         self.receipts: ReceiptProcessor | None = None
+        self._warned_no_receipts = False
         self.ready = threading.Event()
         """Set once everything is started (the first connection may still be pending)."""
 
@@ -323,7 +324,7 @@ class Daemon:
         if publisher is not None:
             publisher.on_state(event)
         if event.state is ConnectionState.CONNECTED and emitter is not None:
-            delivery = self._config.outbox.delete_on
+            delivery = self._delivery(self._config)
             emitter.emit(lambda b: b.status(LinkState.ONLINE, delivery=delivery))
 
     def _on_command(self, topic: str, payload: bytes) -> None:
@@ -332,6 +333,22 @@ class Daemon:
         except queue.Full:
             self.stats.drop("cmd_dropped.overload")
             logger.warning("command queue full: command dropped")
+
+    def _delivery(self, config: AgentConfig) -> Literal["receipt", "puback"]:
+        """When envelopes are forgotten: ``[outbox] delete_on``, except that a unit whose bundle
+        predates receipts (no backend verify key) cannot check them and uses the PUBACK."""
+        if config.outbox.delete_on == "puback":
+            return "puback"
+        if not self._unit.receipts:
+            if not self._warned_no_receipts:
+                logger.warning(
+                    'delete_on = "receipt" but this unit\'s bundle has no backend verify key '
+                    "(provisioned before receipts): envelopes are forgotten on the PUBACK; "
+                    "re-provision the unit to get end-to-end receipts"
+                )
+                self._warned_no_receipts = True
+            return "puback"
+        return "receipt"
 
     def _receipt_rejected(self, reason: str) -> None:
         if reason != "ReplayError":  # a QoS 1 redelivery of a receipt already applied
@@ -421,7 +438,7 @@ class Daemon:
                     max_db_bytes=config.outbox.max_db_bytes,
                     recover_corrupt=config.outbox.recover_corrupt,
                     reserve_bytes=config.outbox.reserve_bytes,
-                    delete_on="puback" if config.outbox.delete_on == "puback" else "receipt",
+                    delete_on=self._delivery(config),
                     receipt_timeout_s=config.outbox.receipt_timeout_s,
                 )
             )
@@ -467,7 +484,7 @@ class Daemon:
                 on_rejected=publisher.on_rejected,
                 on_state=self._on_state,
                 on_command=self._on_command,
-                on_receipt=receipts.handle if config.outbox.delete_on == "receipt" else None,
+                on_receipt=receipts.handle if self._delivery(config) == "receipt" else None,
                 will=self._seal_will,
             )
             publisher.bind(transport)

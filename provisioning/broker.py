@@ -111,8 +111,9 @@ DEVICE_ACL: Final = f"""\
 # The username is the client certificate's CN. No anonymous access, no $SYS.
 
 # Every device (%u = its device id): write its events, status and command acks,
-# read its commands and the backend's receipts. Pattern lines apply to all users; device ids can never start with
-# backend- or operator- nor contain / + #, so these lines never open another client's topics.
+# read its commands and the backend's receipts. Pattern lines apply to all users; device ids
+# can never start with backend- or operator- nor contain / + #, so these lines never open
+# another client's topics.
 pattern write {events_filter("%u")}
 pattern write {status_topic("%u")}
 pattern write {ack_topic("%u")}
