@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fuzz": ("camveil.cli.fuzz", "feed mutated envelopes and commands to the real openers"),
     "cmd": ("camveil.cli.cmd", "send a signed command to a unit and wait for its ack (operator)"),
     "dashboard": ("camveil.cli.dashboard", "ingest and the fleet web page (backend)"),
+    "simulate": ("camveil.cli.simulate", "run N simulated units against a broker (load, demo)"),
 }
 
 

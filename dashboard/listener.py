@@ -9,6 +9,11 @@ X25519 identity as recipient), then de-duplicated on (device, seq): a QoS 1 rede
 either as a :class:`~contract.errors.ReplayError` (same process) or as a known (device, seq) in the
 :class:`DedupeStore` (persistent with SQLite, across restarts). Duplicates are counted and
 dropped; anything that does not open is counted by error class and logged, never raised.
+
+:class:`Subscriber` is the MQTT session alone (connect, subscribe, reconnect). :class:`Listener`
+adds the opener and acknowledges each message when its callback returns; the dashboard's ingest
+(:mod:`dashboard.ingest`) uses a :class:`Subscriber` with ``manual_ack`` and acknowledges a
+message only once it is stored.
 """
 
 from __future__ import annotations
@@ -215,6 +220,10 @@ class ListenerConfig:
     client_id: str | None = None
     """A fixed id keeps a persistent session (messages queue while away); None: a fresh one."""
     keepalive_s: int = 30
+    receive_maximum: int | None = None
+    """MQTT v5 Receive Maximum: how many QoS 1 messages the broker may send before we
+    acknowledge (None: the broker's default, 20 with mosquitto). With manual acknowledgement
+    after a batched store write it must cover a batch."""
     shared: bool = True
     """Subscribe through ``$share/<group>/`` (load split between the group's members). False:
     a plain subscription. mosquitto 2.0.11 does not restore shared subscriptions from its
@@ -224,32 +233,44 @@ class ListenerConfig:
     ``shared=False`` loses nothing across broker restarts."""
 
 
-class Listener:
-    """MQTT v5 shared-subscription ingest. ``on_received`` runs on paho's network thread, before
-    the PUBACK for that message is sent (so a crash in between means a redelivery, de-duplicated).
-    """
+@dataclass(frozen=True)
+class Delivery:
+    """One message as the broker delivered it (not yet opened)."""
+
+    topic: str
+    payload: bytes = field(repr=False)
+    mid: int
+    qos: int
+    dup: bool
+
+
+class Subscriber:
+    """MQTT v5 session subscribed to the units' topics (shared or plain, see
+    :class:`ListenerConfig`). ``on_delivery`` runs on paho's network thread for every message.
+    Without ``manual_ack``, paho acknowledges a message when ``on_delivery`` returns; with it,
+    nothing is acknowledged until :meth:`ack` (from any thread), so a message whose handling
+    fails is redelivered by the broker on the next connection of a persistent session."""
 
     def __init__(
         self,
         config: ListenerConfig,
-        opener: Opener,
-        on_received: Callable[[Received], None],
+        on_delivery: Callable[[Delivery], None],
         *,
-        receipter: Receipter | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self._config = config
-        self._opener = opener
-        self._on_received = on_received
-        self._receipter = receipter
-        if receipter is not None:
-            opener.on_duplicate = receipter.stored
+        self._on_delivery = on_delivery
+        self._manual_ack = manual_ack
         self._client: mqtt.Client | None = None
         self.subscribed = threading.Event()
         self.connected = threading.Event()
 
-    @property
-    def stats(self) -> ListenerStats:
-        return self._opener.stats
+    def ack(self, delivery: Delivery) -> None:
+        """Acknowledge ``delivery`` (manual_ack only; a no-op once disconnected: the broker
+        then redelivers it, and the store de-duplicates)."""
+        client = self._client
+        if client is not None and self._manual_ack:
+            client.ack(delivery.mid, delivery.qos)
 
     def publish_receipt(self, envelope: SealedEnvelope) -> bool:
         """Publish a sealed receipt at QoS 1 on its topic (the :class:`Receipter`'s sender)."""
@@ -264,7 +285,10 @@ class Listener:
         persistent = cfg.client_id is not None
         client_id = cfg.client_id or f"camveil-listen-{cfg.group}-{os.getpid()}-{id(self):x}"
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=self._manual_ack,
         )
         client.tls_set_context(tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file))
         client.reconnect_delay_set(1, 10)
@@ -274,6 +298,8 @@ class Listener:
         client.on_message = self._handle_message
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 24 * 3600 if persistent else 0
+        if cfg.receive_maximum is not None:
+            properties.ReceiveMaximum = cfg.receive_maximum
         self._client = client
         client.connect_async(
             cfg.host,
@@ -290,7 +316,7 @@ class Listener:
             client.disconnect()
             client.loop_stop()
 
-    def __enter__(self) -> Listener:
+    def __enter__(self) -> Subscriber:
         self.start()
         return self
 
@@ -338,6 +364,42 @@ class Listener:
             logger.error("listener: subscription refused: %s", refused[0].getName())
         else:
             self.subscribed.set()
+
+    def _handle_message(
+        self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        self._on_delivery(
+            Delivery(message.topic, bytes(message.payload), message.mid, message.qos, message.dup)
+        )
+
+
+class Listener(Subscriber):
+    """MQTT v5 shared-subscription ingest. ``on_received`` runs on paho's network thread, before
+    the PUBACK for that message is sent (so a crash in between means a redelivery, de-duplicated).
+    """
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        opener: Opener,
+        on_received: Callable[[Received], None],
+        *,
+        receipter: Receipter | None = None,
+    ) -> None:
+        super().__init__(config, lambda d: None)
+        self._opener = opener
+        self._on_received = on_received
+        self._receipter = receipter
+        if receipter is not None:
+            opener.on_duplicate = receipter.stored
+
+    @property
+    def stats(self) -> ListenerStats:
+        return self._opener.stats
+
+    def __enter__(self) -> Listener:
+        self.start()
+        return self
 
     def _handle_message(
         self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage

@@ -6,7 +6,8 @@ file up step by step (:data:`MIGRATIONS`; v1 is the first). Events are unique on
 (device, boot, seq): a re-delivered message is counted as a duplicate, never stored twice.
 Rejected messages are never stored, only counted per claimed device and reason.
 
-The snapshot audit log lives in :mod:`dashboard.audit` on the same connection.
+The snapshot audit log lives in :mod:`dashboard.audit` on the same connection; envelopes from
+devices the backend does not know yet wait, sealed, in ``held`` (:mod:`dashboard.held`, v2).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import cbor2
 
 from contract.errors import ConfigError
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _V1: Final = """
 CREATE TABLE events (
@@ -113,8 +114,34 @@ CREATE INDEX commands_by_device ON commands (device, sent_at);
 CREATE INDEX events_by_device_type ON events (device, type, id)
 """
 
-MIGRATIONS: Final[Mapping[int, str]] = {1: _V1, 2: _V2}
+# v3: envelopes signed by a key the backend does not trust yet, kept sealed (never opened, never
+# shown) until the inventory changes; bounded per claimed device and in total (dashboard.held).
+_V3_HELD: Final = """
+CREATE TABLE held (
+    id          INTEGER PRIMARY KEY,
+    device      TEXT NOT NULL,
+    kid         TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    size        INTEGER NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX held_by_device ON held (device, id);
+CREATE INDEX held_by_kid ON held (kid, id)
+"""
+
+MIGRATIONS: Final[Mapping[int, str]] = {1: _V1, 2: _V2, 3: _V3_HELD}
 """Version N -> the SQL that brings version N-1 to N (0 = an empty file)."""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A verified, decrypted message to store (``message`` is the whole plaintext map)."""
+
+    device: str
+    seq: int
+    topic: str
+    message: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -246,10 +273,11 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")  # a failed COMMIT (disk full) must not leave it open
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -279,60 +307,28 @@ class Store:
         for callback in self._listeners:
             callback()
 
+    def notify_changed(self) -> None:
+        """Run the :meth:`on_change` callbacks (after a batch written with :meth:`transaction`)."""
+        self._changed()
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read statement, under the lock (for readers built on the schema)."""
+        return self._rows(sql, args)
+
     # --- ingest side ---
 
     def add_event(self, device: str, seq: int, topic: str, message: Mapping[str, Any]) -> bool:
         """Store one verified message; False if (device, boot, seq) is already stored."""
-        kind = str(message.get("type", "?"))
-        boot = str(message.get("boot", ""))
-        ts = message.get("ts")
-        body = message.get("body")
-        now = self._clock()
         with self.transaction() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO events (device, boot, seq, ts, type, topic, body, "
-                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    device,
-                    boot,
-                    seq,
-                    ts if isinstance(ts, int) else None,
-                    kind,
-                    topic,
-                    cbor2.dumps(body),
-                    now,
-                ),
-            )
-            if cur.rowcount != 1:
-                return False
-            conn.execute(
-                "INSERT INTO units (device, last_seen) VALUES (?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
-                (device, now),
-            )
-            if kind == "status" and isinstance(body, Mapping):
-                state = str(body.get("state", "unknown"))
-                conn.execute(
-                    "UPDATE units SET state = ?, state_at = ? WHERE device = ?",
-                    (state, now, device),
-                )
-            elif kind == "health" and isinstance(body, Mapping):
-                conn.execute(
-                    "UPDATE units SET health = ?, health_at = ? WHERE device = ?",
-                    (json.dumps(_jsonable(body), sort_keys=True), now, device),
-                )
-        self._changed()
-        return True
+            (stored,) = insert_events(conn, [NewEvent(device, seq, topic, message)], self._clock())
+        if stored:
+            self._changed()
+        return stored
 
     def add_rejection(self, device: str, reason: str) -> None:
         """Count one rejected message for its claimed device (from the topic)."""
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO rejections (device, reason, count, last_at) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT (device, reason) DO UPDATE SET count = count + 1, "
-                "last_at = excluded.last_at",
-                (device, reason, self._clock()),
-            )
+            count_rejections(conn, {(device, reason): 1}, self._clock())
         self._changed()
 
     def set_site(self, device: str, site: str) -> None:
@@ -411,6 +407,74 @@ class Store:
 
     def operator_count(self) -> int:
         return int(self._rows("SELECT count(*) FROM operators")[0][0])
+
+
+def insert_events(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> list[bool]:
+    """Insert ``events`` inside the caller's transaction; per event, False if its
+    (device, boot, seq) was stored already. Updates each unit's last seen, state and health."""
+    out: list[bool] = []
+    seen: set[str] = set()
+    for event in events:
+        message = event.message
+        kind = str(message.get("type", "?"))
+        ts = message.get("ts")
+        body = message.get("body")
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO events (device, boot, seq, ts, type, topic, body, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.device,
+                str(message.get("boot", "")),
+                event.seq,
+                ts if isinstance(ts, int) else None,
+                kind,
+                event.topic,
+                cbor2.dumps(body),
+                now,
+            ),
+        )
+        stored = cur.rowcount == 1
+        out.append(stored)
+        if not stored:
+            continue
+        seen.add(event.device)
+        if kind == "status" and isinstance(body, Mapping):
+            _touch(conn, event.device, now)
+            conn.execute(
+                "UPDATE units SET state = ?, state_at = ? WHERE device = ?",
+                (str(body.get("state", "unknown")), now, event.device),
+            )
+        elif kind == "health" and isinstance(body, Mapping):
+            _touch(conn, event.device, now)
+            conn.execute(
+                "UPDATE units SET health = ?, health_at = ? WHERE device = ?",
+                (json.dumps(_jsonable(body), sort_keys=True), now, event.device),
+            )
+    for device in seen:
+        _touch(conn, device, now)
+    return out
+
+
+def _touch(conn: sqlite3.Connection, device: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO units (device, last_seen) VALUES (?, ?) "
+        "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
+        (device, now),
+    )
+
+
+def count_rejections(
+    conn: sqlite3.Connection, counts: Mapping[tuple[str, str], int], now: float
+) -> None:
+    """Add ``counts`` ((claimed device, reason) -> n) inside the caller's transaction."""
+    for (device, reason), n in counts.items():
+        if n > 0:
+            conn.execute(
+                "INSERT INTO rejections (device, reason, count, last_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device, reason) DO UPDATE SET count = count + excluded.count, "
+                "last_at = excluded.last_at",
+                (device, reason, n, now),
+            )
 
 
 def _unit(row: tuple[Any, ...]) -> UnitView:

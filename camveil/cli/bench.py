@@ -1,5 +1,5 @@
-"""`camveil bench [--json] [--suite pipeline|envelope|all] [--seconds S] [--sizes ...]
-[--threads ...] [--latency-events N] [--latency-rate R]`."""
+"""`camveil bench [--json] [--suite pipeline|envelope|ingest|all] [--seconds S] [--sizes ...]
+[--threads ...] [--latency-events N] [--latency-rate R] [--units N] [--events-per-unit N]`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from tools.bench import (
 from tools.bench_anchor import anchor, format_anchor
 from tools.bench_envelope import bench_envelope
 from tools.bench_frames import check_source
+from tools.bench_ingest import bench_ingest, format_ingest
 
 EPILOG = """\
 The pipeline suite runs the real pipeline (guarded detector, tracker, redaction, JPEG encoding of
@@ -45,6 +46,11 @@ The envelope suite measures seal and open per second, outbox enqueue + ack throu
 durability on (one fsync per enqueued event), and event latency capture -> PUBACK at
 --latency-rate events/s against a local mosquitto it starts with throw-away keys (needs the
 mosquitto package; reported as unavailable without it).
+
+The ingest suite (only when asked for: it provisions --units simulated units, about a minute for
+500) measures the dashboard's ingest in separate processes against a local mosquitto with a
+throw-away station: events_per_s verified, decrypted and stored by one process, lost and
+duplicated, then the same with two processes on the shared subscription (tools/bench_ingest.py).
 """
 
 
@@ -54,9 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
         "--suite",
-        choices=("pipeline", "envelope", "anchor", "all"),
+        choices=("pipeline", "envelope", "anchor", "ingest", "all"),
         default="all",
-        help="default: all (pipeline and envelope; anchor runs only when named)",
+        help="default: all (pipeline and envelope; anchor and ingest run only when named)",
     )
     parser.add_argument(
         "--images",
@@ -97,6 +103,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="events per second for the latency measurement (default 10)",
+    )
+    parser.add_argument(
+        "--units", type=int, default=500, help="ingest: simulated units (default 500)"
+    )
+    parser.add_argument(
+        "--events-per-unit", type=int, default=20, help="ingest: events per unit (default 20)"
+    )
+    parser.add_argument(
+        "--ingest-processes",
+        default="1,2",
+        help="ingest: a run per count of ingest processes (default 1,2)",
     )
     # internal: measure one WxH:threads case in this process and print it as one JSON line
     parser.add_argument("--_one", dest="one", help=argparse.SUPPRESS)
@@ -170,8 +187,20 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_anchor(report["anchor"]))
         return 0
+    if args.suite == "ingest":
+        if not 0 < args.units <= 5000 or not 0 < args.events_per_unit <= 10000:
+            raise ConfigError("bench: --units 1..5000 and --events-per-unit 1..10000")
+        try:
+            counts = tuple(int(n) for n in args.ingest_processes.split(","))
+        except ValueError:
+            counts = ()
+        if not counts or any(n not in (1, 2) for n in counts):
+            raise ConfigError("bench: --ingest-processes is a list of 1 and/or 2, e.g. 1,2")
+        report["ingest"] = bench_ingest(args.units, args.events_per_unit, processes=counts)
     if args.json:
         print(json.dumps(report, indent=2))
+    elif "ingest" in report:
+        print(format_ingest(report["ingest"]))
     else:
         info = report["machine"]
         print(
