@@ -389,8 +389,20 @@ class OutboxConfig:
     reserve_bytes: int = 1024 * 1024
     """Size of the reserve file kept beside the database and released when the disk is full,
     so the unit can still open, evict and keep running (capped at 1/8 of the filesystem)."""
+    delete_on: str = "receipt"
+    """When an envelope may be forgotten: ``receipt`` (the backend signed that it stored it;
+    nothing is lost when a broker crashes) or ``puback`` (the broker took it: for a subscriber
+    that sends no receipts, such as a third-party tool)."""
+    receipt_timeout_s: float = 60.0
+    """A published envelope with no receipt after this long is published again."""
 
     def __post_init__(self) -> None:
+        if self.delete_on not in ("receipt", "puback"):
+            raise ConfigError(
+                f'[outbox] delete_on must be "receipt" or "puback", got {self.delete_on!r}'
+            )
+        if not 5.0 <= self.receipt_timeout_s <= 86400:
+            raise ConfigError("[outbox] receipt_timeout_s must be between 5 and 86400 seconds")
         if self.max_bytes < 64 * 1024:
             raise ConfigError("[outbox] max_bytes must be at least 65536")
         if self.max_age_s < 60:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent import __version__
 from agent.commands import Command, CommandProcessor, CommandRejectedError
@@ -56,6 +56,7 @@ from agent.outbox import Outbox
 from agent.pipeline import CameraFactory, DetectorFactory, FramePath, Pipeline, open_frame_path
 from agent.privacy.counts import CountPrivacy, budget_path
 from agent.publisher import Emitter, Publisher
+from agent.receipts import ReceiptProcessor
 from agent.sequence import SequenceStore
 from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState, Transport
@@ -175,6 +176,8 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.processor: CommandProcessor | None = None
         self.transport: Transport | None = None
+        self.receipts: ReceiptProcessor | None = None
+        self._warned_no_receipts = False
         self.ready = threading.Event()
         """Set once everything is started (the first connection may still be pending)."""
 
@@ -321,7 +324,8 @@ class Daemon:
         if publisher is not None:
             publisher.on_state(event)
         if event.state is ConnectionState.CONNECTED and emitter is not None:
-            emitter.emit(lambda b: b.status(LinkState.ONLINE))
+            delivery = self._delivery(self._config)
+            emitter.emit(lambda b: b.status(LinkState.ONLINE, delivery=delivery))
 
     def _on_command(self, topic: str, payload: bytes) -> None:
         try:
@@ -329,6 +333,26 @@ class Daemon:
         except queue.Full:
             self.stats.drop("cmd_dropped.overload")
             logger.warning("command queue full: command dropped")
+
+    def _delivery(self, config: AgentConfig) -> Literal["receipt", "puback"]:
+        """When envelopes are forgotten: ``[outbox] delete_on``, except that a unit whose bundle
+        predates receipts (no backend verify key) cannot check them and uses the PUBACK."""
+        if config.outbox.delete_on == "puback":
+            return "puback"
+        if not self._unit.receipts:
+            if not self._warned_no_receipts:
+                logger.warning(
+                    'delete_on = "receipt" but this unit\'s bundle has no backend verify key '
+                    "(provisioned before receipts): envelopes are forgotten on the PUBACK; "
+                    "re-provision the unit to get end-to-end receipts"
+                )
+                self._warned_no_receipts = True
+            return "puback"
+        return "receipt"
+
+    def _receipt_rejected(self, reason: str) -> None:
+        if reason != "ReplayError":  # a QoS 1 redelivery of a receipt already applied
+            self.stats.drop(f"receipt_rejected.{reason}")
 
     def _seal_will(self) -> SealedEnvelope:
         emitter = self.emitter
@@ -414,6 +438,8 @@ class Daemon:
                     max_db_bytes=config.outbox.max_db_bytes,
                     recover_corrupt=config.outbox.recover_corrupt,
                     reserve_bytes=config.outbox.reserve_bytes,
+                    delete_on=self._delivery(config),
+                    receipt_timeout_s=config.outbox.receipt_timeout_s,
                 )
             )
             emitter = Emitter(
@@ -434,6 +460,14 @@ class Daemon:
                 send_ack=self._send_ack,
             )
             self.processor.load()
+            receipts = ReceiptProcessor(
+                unit.identity,
+                unit.backend,
+                self._outbox,
+                on_receipted=emitter.receipted,
+                on_rejected=self._receipt_rejected,
+            )
+            self.receipts = receipts
             self._parts = self._build_parts(config, emitter)
             stack.callback(lambda: self._parts.close() if self._parts is not None else None)
 
@@ -450,6 +484,7 @@ class Daemon:
                 on_rejected=publisher.on_rejected,
                 on_state=self._on_state,
                 on_command=self._on_command,
+                on_receipt=receipts.handle if self._delivery(config) == "receipt" else None,
                 will=self._seal_will,
             )
             publisher.bind(transport)

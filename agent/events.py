@@ -140,6 +140,11 @@ class OutboxHealth:
     """Refused at enqueue, by reason: full, too_large."""
     corrupt_recovered: int
     oldest_age_s: float | None
+    delete_on: str = "receipt"
+    """When the unit forgets an envelope: ``receipt`` (the backend's) or ``puback``."""
+    awaiting_receipt: int = 0
+    receipted: int = 0
+    republished: int = 0
 
 
 class OutboxNumbers(Protocol):
@@ -158,6 +163,14 @@ class OutboxNumbers(Protocol):
     def rejected_total(self) -> Mapping[str, int]: ...
     @property
     def corrupt_recovered(self) -> int: ...
+    @property
+    def delete_on(self) -> str: ...
+    @property
+    def awaiting_receipt(self) -> int: ...
+    @property
+    def receipted(self) -> int: ...
+    @property
+    def republished(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -180,6 +193,8 @@ class HealthEvent:
 class StatusEvent:
     header: Header
     state: LinkState
+    delivery: str | None = None
+    """``receipt`` or ``puback``: when this unit forgets an envelope (on ``online`` only)."""
     TYPE: ClassVar[str] = "status"
 
 
@@ -371,6 +386,10 @@ class EventBuilder:
                 rejected=MappingProxyType(dict(outbox.rejected_total)),
                 corrupt_recovered=outbox.corrupt_recovered,
                 oldest_age_s=_opt_float(outbox.oldest_age_s),
+                delete_on=str(outbox.delete_on),
+                awaiting_receipt=outbox.awaiting_receipt,
+                receipted=outbox.receipted,
+                republished=outbox.republished,
             ),
             cpu_temp_c=_opt_float(cpu_temp_c),
             uptime_s=round(float(uptime_s), 3),
@@ -378,8 +397,10 @@ class EventBuilder:
             models=MappingProxyType({str(k): str(v) for k, v in models.items()}),
         )
 
-    def status(self, state: LinkState) -> StatusEvent:
-        return StatusEvent(header=self.header(), state=LinkState(state))
+    def status(self, state: LinkState, delivery: str | None = None) -> StatusEvent:
+        if delivery not in (None, "receipt", "puback"):
+            raise EventError(f"delivery must be receipt or puback, got {delivery!r}")
+        return StatusEvent(header=self.header(), state=LinkState(state), delivery=delivery)
 
 
 def fit_jpeg(frame: RedactedFrame, policy: SnapshotPolicy) -> tuple[bytes, int]:
@@ -468,6 +489,10 @@ def to_map(event: Event) -> dict[str, Any]:
                 "rejected": dict(event.outbox.rejected),
                 "corrupt": event.outbox.corrupt_recovered,
                 "oldest_s": event.outbox.oldest_age_s,
+                "delivery": event.outbox.delete_on,
+                "awaiting": event.outbox.awaiting_receipt,
+                "receipted": event.outbox.receipted,
+                "republished": event.outbox.republished,
             },
             "temp_c": event.cpu_temp_c,
             "uptime_s": event.uptime_s,
@@ -476,6 +501,8 @@ def to_map(event: Event) -> dict[str, Any]:
         }
     else:
         body = {"state": event.state.value}
+        if event.delivery is not None:
+            body["delivery"] = event.delivery
     out = {
         "v": header.v,
         "device": header.device,

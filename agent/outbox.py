@@ -72,7 +72,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,7 +90,8 @@ from contract.errors import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+DEFAULT_RECEIPT_TIMEOUT_S: Final = 60.0
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
 DEFAULT_RESERVE_BYTES: Final = 1024 * 1024
@@ -102,11 +103,15 @@ EVICTED_BYTES: Final = "evicted.bytes"
 EVICTED_AGE: Final = "evicted.age"
 EVICTED_DISK_FULL: Final = "evicted.disk_full"
 EVICTED_INVALID: Final = "evicted.invalid"
+REPUBLISHED: Final = "republished"
+"""Envelopes published again because no receipt came within the receipt timeout."""
+RECEIPTED: Final = "receipted"
 REJECTED_FULL: Final = "rejected.full"
 REJECTED_TOO_LARGE: Final = "rejected.too_large"
 CORRUPT_RECOVERED: Final = "corrupt_recovered"
 
 Synchronous = Literal["FULL", "NORMAL"]
+DeleteOn = Literal["receipt", "puback"]
 
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_FULL: Final = 13
@@ -114,22 +119,33 @@ _SQLITE_NOTADB: Final = 26
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a late ack cannot hit a new row
-    topic    TEXT    NOT NULL,
-    seq      INTEGER NOT NULL,
-    size     INTEGER NOT NULL,
-    created  REAL    NOT NULL,                   -- Unix seconds at enqueue
-    attempts INTEGER NOT NULL DEFAULT 0,
-    mid      INTEGER,                            -- MQTT message id while in flight, else NULL
-    sent_at  REAL,
-    payload  BLOB    NOT NULL                    -- sealed envelope bytes (COSE_Sign1)
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a late ack cannot hit a new row
+    topic     TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    size      INTEGER NOT NULL,
+    created   REAL    NOT NULL,                   -- Unix seconds at enqueue
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    mid       INTEGER,                            -- MQTT message id while in flight, else NULL
+    sent_at   REAL,
+    payload   BLOB    NOT NULL,                   -- sealed envelope bytes (COSE_Sign1)
+    published REAL                                -- PUBACK time while awaiting a receipt
 );
 CREATE INDEX IF NOT EXISTS outbox_created ON outbox(created);
-CREATE INDEX IF NOT EXISTS outbox_queued ON outbox(id) WHERE mid IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE mid IS NULL AND published IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_published ON outbox(published) WHERE published IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_seq ON outbox(seq);
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+"""
+
+_MIGRATE_1_TO_2: Final = """
+ALTER TABLE outbox ADD COLUMN published REAL;
+DROP INDEX IF EXISTS outbox_queued;
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE mid IS NULL AND published IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_published ON outbox(published) WHERE published IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_seq ON outbox(seq);
 """
 
 
@@ -166,12 +182,19 @@ class OutboxStats:
     bytes: int
     in_flight: int
     oldest_age_s: float | None
+    awaiting_receipt: int
+    """Published (PUBACK seen), kept until the backend's receipt names them."""
     evicted_total: Mapping[str, int]
     """Evicted envelopes by reason: ``bytes``, ``age``, ``disk_full``, ``invalid``."""
     rejected_total: Mapping[str, int]
     """Envelopes refused at enqueue by reason: ``full``, ``too_large``."""
     corrupt_recovered: int
     """How many times a corrupt database file was moved aside and replaced."""
+    receipted: int = 0
+    """Envelopes deleted because a receipt named them."""
+    republished: int = 0
+    """Envelopes published again: no receipt within the receipt timeout."""
+    delete_on: DeleteOn = "receipt"
 
 
 class Outbox:
@@ -216,7 +239,13 @@ class Outbox:
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         busy_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        delete_on: DeleteOn = "receipt",
+        receipt_timeout_s: float = DEFAULT_RECEIPT_TIMEOUT_S,
     ) -> None:
+        if delete_on not in ("receipt", "puback"):
+            raise ValueError(f"delete_on must be receipt or puback, got {delete_on!r}")
+        if not receipt_timeout_s > 0:
+            raise ValueError("outbox receipt_timeout_s must be positive")
         if max_bytes <= 0 or max_age_s <= 0:
             raise ValueError("outbox max_bytes and max_age_s must be positive")
         if reserve_bytes < 0:
@@ -238,6 +267,9 @@ class Outbox:
         self._skip: set[int] = set()  # invalid rows whose eviction could not be written yet
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
+        self._delete_on: DeleteOn = delete_on
+        self._receipt_timeout_s = receipt_timeout_s
+        self._next_republish_check = 0.0
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._sync_now: str | None = None
@@ -365,9 +397,10 @@ class Outbox:
                 if not _is_full(exc):
                     raise
                 logger.warning("outbox: age pruning postponed, the disk is full")
+            self._republish_overdue(conn)
             rows = conn.execute(
                 "SELECT id, CAST(topic AS BLOB), CAST(payload AS BLOB), size, created, attempts "
-                "FROM outbox WHERE mid IS NULL ORDER BY id LIMIT ?",
+                "FROM outbox WHERE mid IS NULL AND published IS NULL ORDER BY id LIMIT ?",
                 (limit + len(self._skip),),
             ).fetchall()
             skip = set(self._skip)
@@ -418,12 +451,22 @@ class Outbox:
             return count == 1
 
     def ack(self, item_id: int) -> bool:
-        """Delete row ``item_id``: call only when the broker acknowledged it (PUBACK).
+        """The broker acknowledged row ``item_id`` (PUBACK): with ``delete_on="receipt"`` it is
+        kept as *published* until a receipt names it (or published again after the receipt
+        timeout); with ``delete_on="puback"`` it is deleted now.
 
-        Returns False when the row is already gone (acked before, or evicted meanwhile).
+        Returns False when the row is already gone (receipted or evicted meanwhile).
         """
         with self._locked() as conn:
             self._set_sync(self._sync_ack)
+            if self._delete_on == "receipt":
+                _, count = self._small_write(
+                    conn,
+                    "UPDATE outbox SET mid = NULL, published = ? "
+                    "WHERE id = ? AND published IS NULL",
+                    (self._clock(), item_id),
+                )
+                return count == 1
             deleted, _ = self._small_write(
                 conn, "DELETE FROM outbox WHERE id = ? RETURNING size", (item_id,)
             )
@@ -432,6 +475,77 @@ class Outbox:
             self._depth -= 1
             self._bytes -= int(deleted[0][0])
             return True
+
+    def receipt(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """The backend stored the envelopes with these (inclusive) seq ranges: delete them, in
+        whatever state they are. Returns how many rows were deleted (0 for a repeated receipt).
+        """
+        deleted_rows = 0
+        with self._locked() as conn:
+            self._set_sync(self._sync_ack)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                freed = 0
+                for lo, hi in ranges:
+                    rows = conn.execute(
+                        "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING size", (lo, hi)
+                    ).fetchall()
+                    deleted_rows += len(rows)
+                    freed += sum(int(r[0]) for r in rows)
+                if deleted_rows:
+                    self._write_counts(conn, {RECEIPTED: deleted_rows})
+                conn.execute("COMMIT")
+                if deleted_rows:
+                    self._pending.clear()
+            except sqlite3.OperationalError as exc:
+                _rollback(conn)
+                if not _is_full(exc):
+                    raise
+                self._on_full(conn)  # the next receipt (or the republish) tries again
+                return 0
+            except BaseException:
+                _rollback(conn)
+                raise
+            self._depth -= deleted_rows
+            self._bytes -= freed
+        return deleted_rows
+
+    def _republish_overdue(self, conn: sqlite3.Connection) -> None:
+        """Published rows with no receipt within the timeout go back to the queue (checked at
+        most once a second; the backend de-duplicates what it had stored after all). A write
+        that cannot be made now (a full disk, a locked file) waits for the next check."""
+        now = self._clock()
+        if self._delete_on != "receipt" or now < self._next_republish_check:
+            return
+        self._next_republish_check = now + 1.0
+        window = (now - self._receipt_timeout_s, now + self._receipt_timeout_s)
+        (due,) = conn.execute(
+            "SELECT COUNT(*) FROM outbox "
+            "WHERE published IS NOT NULL AND (published < ? OR published > ?)",  # > : clock stepped
+            window,
+        ).fetchone()
+        if not due:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            n = conn.execute(
+                "UPDATE outbox SET published = NULL "
+                "WHERE published IS NOT NULL AND (published < ? OR published > ?)",
+                window,
+            ).rowcount
+            self._write_counts(conn, {REPUBLISHED: n})
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            _rollback(conn)
+            logger.warning("outbox: republishing postponed (%s)", exc)
+            return
+        self._pending.clear()
+        logger.info(
+            "outbox: %d envelope(s) published again, no receipt within %.0f s",
+            n,
+            self._receipt_timeout_s,
+            extra={"reason": "receipt_timeout"},
+        )
 
     def requeue_in_flight(self) -> int:
         """Make every in-flight row eligible again (after reconnect or restart); how many."""
@@ -449,9 +563,10 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         with self._locked() as conn:
-            in_flight, oldest = conn.execute(
+            in_flight, oldest, awaiting = conn.execute(
                 "SELECT (SELECT COUNT(*) FROM outbox WHERE mid IS NOT NULL), "
-                "(SELECT MIN(created) FROM outbox)"
+                "(SELECT MIN(created) FROM outbox), "
+                "(SELECT COUNT(*) FROM outbox WHERE published IS NOT NULL)"
             ).fetchone()
             counts = dict(conn.execute("SELECT name, value FROM counters").fetchall())
             for name, n in self._pending.items():
@@ -466,6 +581,10 @@ class Outbox:
             evicted_total=MappingProxyType(_with_prefix(counts, "evicted.")),
             rejected_total=MappingProxyType(_with_prefix(counts, "rejected.")),
             corrupt_recovered=int(counts.get(CORRUPT_RECOVERED, 0)),
+            awaiting_receipt=int(awaiting),
+            receipted=int(counts.get(RECEIPTED, 0)),
+            republished=int(counts.get(REPUBLISHED, 0)),
+            delete_on=self._delete_on,
         )
 
     # --- internals -------------------------------------------------------------------------
@@ -508,7 +627,7 @@ class Outbox:
             if check != ["ok"]:
                 raise OutboxCorruptError(self._corrupt_message("; ".join(map(str, check[:3]))))
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise OutboxError(
                     f"{self._path} has outbox schema {version}, this camveil knows "
                     f"{SCHEMA_VERSION}: it was written by another version"
@@ -516,6 +635,10 @@ class Outbox:
             if version == 0:  # no write at all when reopening (the disk may be full)
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version == 1:  # rows of a v1 outbox are queued or in flight: none is published
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;{_MIGRATE_1_TO_2}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+                )
             elif int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
                 _enable_incremental_vacuum(conn, self._path)
             # deleted rows are sealed ciphertext: zero them only where it costs no extra write

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agent.commands import ack_recipient, seal_ack
@@ -236,6 +236,7 @@ class Emitter:
         self.enqueued: list[tuple[str, int]] = []
         """(topic, seq) of every enqueued envelope, in order (tests and the demo summary)."""
         self._captured: OrderedDict[int, float] = OrderedDict()
+        self._unreceipted: OrderedDict[int, float] = OrderedDict()
         self.store_failing = False
         """The last enqueue failed with a database error: the watchdog withholds pings. Not set
         when the outbox refused for space (counted in health; a restart would not help)."""
@@ -278,7 +279,22 @@ class Emitter:
             self._captured[envelope.seq] = captured_at
             while len(self._captured) > 4096:
                 self._captured.popitem(last=False)
+            self._unreceipted[envelope.seq] = captured_at
+            while len(self._unreceipted) > 4096:
+                self._unreceipted.popitem(last=False)
         self.wake()
+
+    def receipted(self, ranges: Sequence[tuple[int, int]], at: float) -> None:
+        """A receipt named ``ranges``: record capture -> receipt latency of frame-derived events."""
+        with self._lock:
+            done = [
+                (seq, t) for seq, t in self._unreceipted.items()
+                if any(lo <= seq <= hi for lo, hi in ranges)
+            ]  # fmt: skip
+            for seq, _ in done:
+                del self._unreceipted[seq]
+        for _, captured in done:
+            self._stats.time("capture_to_receipt", max(0.0, at - captured))
 
     def delivered(self, seq: int, acked_at: float) -> None:
         """PUBACK of ``seq``: record capture -> PUBACK latency for frame-derived events."""

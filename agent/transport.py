@@ -61,7 +61,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from contract.envelope import SealedEnvelope
 from contract.errors import UnredactedDataError
 from contract.mqtt import QOS, tls_context
-from contract.topics import command_topic, status_topic
+from contract.topics import KIND_RECEIPT, command_topic, receipt_topic, status_topic
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class ConnectionEvent:
 AckCallback = Callable[[int], None]
 RejectCallback = Callable[[int, int], None]
 StateCallback = Callable[[ConnectionEvent], None]
-CommandCallback = Callable[[str, bytes], None]
+CommandCallback = Callable[[str, bytes], object]
 #: a sealed "offline" status, or a function that seals one (called before each connection)
 WillSource = SealedEnvelope | Callable[[], SealedEnvelope]
 
@@ -179,6 +179,7 @@ class Transport:
         on_rejected: RejectCallback | None = None,
         on_state: StateCallback | None = None,
         on_command: CommandCallback | None = None,
+        on_receipt: CommandCallback | None = None,
         will: WillSource | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -187,6 +188,7 @@ class Transport:
         self._on_rejected = on_rejected
         self._on_state = on_state
         self._on_command = on_command
+        self._on_receipt = on_receipt
         self._will = will
         self._rng = rng or random.SystemRandom()
         self._client: _Client | None = None
@@ -398,8 +400,13 @@ class Transport:
             )
             return
         self._failures = 0
+        topics = []
         if self._on_command is not None:
-            client.subscribe(command_topic(self._config.device_id), qos=QOS)
+            topics.append((command_topic(self._config.device_id), QOS))
+        if self._on_receipt is not None:
+            topics.append((receipt_topic(self._config.device_id), QOS))
+        if topics:
+            client.subscribe(topics)
         self._connected.set()
         logger.info("mqtt: connected (session present: %s)", flags.session_present)
         self._emit(ConnectionEvent(ConnectionState.CONNECTED, "connected"))
@@ -472,18 +479,25 @@ class Transport:
     ) -> None:
         refused = [code for code in reason_codes if code.is_failure]
         if refused:
-            logger.error("mqtt: command subscription refused: %s", refused[0].getName())
+            logger.error(
+                "mqtt: command/receipt subscription refused: %s (the broker's ACL?)",
+                refused[0].getName(),
+            )
         else:
             self._subscribed.set()
 
     def _handle_message(
         self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
     ) -> None:
-        on_command = self._on_command
-        if on_command is None:
-            return
         topic, payload = message.topic, bytes(message.payload)
-        self._submit(lambda: on_command(topic, payload))
+        handler = self._on_receipt if topic.endswith("/" + KIND_RECEIPT) else self._on_command
+        if handler is None:
+            return
+
+        def deliver() -> None:
+            handler(topic, payload)
+
+        self._submit(deliver)
 
     # --- backoff and dispatch -------------------------------------------------------------------
 

@@ -80,6 +80,8 @@ class UnitState:
     operators: PeerKeys
     """Commands must be signed by one of these."""
     site: Mapping[str, Any] = field(default_factory=dict)
+    receipts: bool = False
+    """The bundle holds the backend's verify key, so its receipts can be checked."""
 
     @property
     def seq_path(self) -> Path:
@@ -130,7 +132,11 @@ class UnitState:
                 raise KeyFileError(f"{d / name} is missing; re-provision the unit")
         backend = PublicIdentity(
             kid=bundle.backend_kid,
-            verify_key=UNUSABLE_VERIFY_KEY,
+            verify_key=(
+                VerifyKey(bundle.backend_ed25519)
+                if bundle.backend_ed25519 is not None
+                else UNUSABLE_VERIFY_KEY
+            ),
             encryption_key=PublicKey(bundle.backend_x25519),
         )
         operator = PublicIdentity(
@@ -139,6 +145,7 @@ class UnitState:
             encryption_key=UNUSABLE_X25519_KEY,
         )
         return cls(
+            receipts=bundle.backend_ed25519 is not None,
             state_dir=state_dir,
             device_id=identity.kid,
             identity=identity,

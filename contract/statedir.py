@@ -64,10 +64,17 @@ class Bundle:
     issued_at: int
     backend_kid: str = DEFAULT_BACKEND_KID
     operator_kid: str = DEFAULT_OPERATOR_KID
+    backend_ed25519: bytes | None = None
+    """The backend's verify key, for its receipts (docs/PROTOCOL.md, "Receipts"); bundles
+    issued before receipts have none, and such a unit forgets envelopes on the PUBACK."""
 
     def encode(self) -> bytes:
+        extra: dict[str, Any] = {}
+        if self.backend_ed25519 is not None:
+            extra["backend_ed25519"] = self.backend_ed25519
         return cbor2.dumps(
             {
+                **extra,
                 "v": BUNDLE_VERSION,
                 "device": self.device,
                 "cert": self.cert_pem,
@@ -114,6 +121,7 @@ class Bundle:
             issued_at=field("issued_at", int),
             backend_kid=_kid(m.get("backend_kid", DEFAULT_BACKEND_KID), "backend_kid"),
             operator_kid=_kid(m.get("operator_kid", DEFAULT_OPERATOR_KID), "operator_kid"),
+            backend_ed25519=field("backend_ed25519", bytes, 32) if "backend_ed25519" in m else None,
         )
 
 

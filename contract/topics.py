@@ -8,6 +8,7 @@ to.
     camveil/v1/<device>/status          unit -> backend   sealed status, retained; the last will
     camveil/v1/<device>/cmd             operator -> unit  sealed command
     camveil/v1/<device>/cmd/ack         unit -> operator  sealed command acknowledgement
+    camveil/v1/<device>/receipt         backend -> unit   sealed receipt: seqs stored at the backend
 
 ``<device>`` is the unit's key id (:func:`contract.ids.check_kid`), ``<type>`` matches
 ``[a-z0-9][a-z0-9_.-]{0,63}``. The builders take any text for ``<device>``, so that they also
@@ -29,6 +30,10 @@ KIND_EVENT: Final = "event"
 KIND_STATUS: Final = "status"
 KIND_CMD: Final = "cmd"
 KIND_CMD_ACK: Final = "cmd/ack"
+KIND_RECEIPT: Final = "receipt"
+FOREIGN_SIGNED: Final = frozenset({KIND_CMD, KIND_RECEIPT})
+"""Kinds signed by someone other than the device the topic names (an operator, the backend);
+they must carry an expiry."""
 
 _EVENT_TYPE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
@@ -49,6 +54,10 @@ def ack_topic(device: str) -> str:
     return f"{PREFIX}{device}/{KIND_CMD_ACK}"
 
 
+def receipt_topic(device: str) -> str:
+    return f"{PREFIX}{device}/{KIND_RECEIPT}"
+
+
 def events_filter(device: str = "+") -> str:
     """Every event of ``device`` (default: of every device)."""
     return f"{PREFIX}{device}/{KIND_EVENT}/#"
@@ -66,7 +75,7 @@ def shared(group: str, topic_filter: str) -> str:
 
 @dataclass(frozen=True)
 class Topic:
-    """A parsed camveil topic: ``camveil/v1/<device>/{event/<type>|status|cmd|cmd/ack}``."""
+    """A parsed camveil topic: ``camveil/v1/<device>/{event/<type>|status|cmd|cmd/ack|receipt}``."""
 
     device: str
     kind: str
@@ -89,9 +98,9 @@ def parse_topic(topic: str) -> Topic:
     """Parse a camveil MQTT topic; ValueError when it is not one."""
     device = topic_device(topic)
     rest = topic[len(PREFIX) + len(device) + 1 :]
-    if rest in (KIND_STATUS, KIND_CMD, KIND_CMD_ACK):
+    if rest in (KIND_STATUS, KIND_CMD, KIND_CMD_ACK, KIND_RECEIPT):
         return Topic(device=device, kind=rest)
     kind, _, event_type = rest.partition("/")
     if kind == KIND_EVENT and _EVENT_TYPE.fullmatch(event_type):
         return Topic(device=device, kind=KIND_EVENT, event_type=event_type)
-    raise ValueError(f"topic {topic!r} is not event/<type>, status, cmd or cmd/ack")
+    raise ValueError(f"topic {topic!r} is not event/<type>, status, cmd, cmd/ack or receipt")

@@ -72,6 +72,7 @@ from contract.topics import topic_device
 from dashboard import held
 from dashboard.devices import DevicesFile, InventoryChange, diff
 from dashboard.listener import Delivery, ListenerConfig, Subscriber
+from dashboard.receipts import Receipter
 from dashboard.store import NewEvent, Store, count_rejections, insert_events
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ class IngestSettings:
     retry_min_s: float = 0.1
     retry_max_s: float = 5.0
     """Backoff between attempts of a failed store write."""
+    receipts: bool = True
+    """Send each unit signed receipts for what is stored (docs/PROTOCOL.md, "Receipts"); off
+    only for a read-only observer beside the real backend."""
 
 
 @dataclass
@@ -191,6 +195,8 @@ class _Batch:
     rejections: Counter[tuple[str, str]] = field(default_factory=Counter)
     hold: list[tuple[str, str, str, bytes]] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
+    replayed: list[tuple[str, int]] = field(default_factory=list)
+    """Authentic (verified) repeats of messages this process already stored: receipted again."""
 
 
 _RETRY_HELD: Final = object()
@@ -231,6 +237,11 @@ class Ingest:
             else None
         )
         self.listener = Subscriber(config, self._queue.put, manual_ack=True)
+        self.receipter = (
+            Receipter(identity, lambda: self._devices, self.listener.publish_receipt)
+            if self.settings.receipts
+            else None
+        )
         self.stats = IngestStats()
 
     # --- lifetime ---
@@ -245,6 +256,8 @@ class Ingest:
             self._watch.start()
         self._queue.put(_RETRY_HELD)  # what earlier runs held, if the list changed meanwhile
         self.listener.start()
+        if self.receipter is not None:
+            self.receipter.start()
 
     def stop(self) -> None:
         if self._watch is not None:
@@ -257,6 +270,8 @@ class Ingest:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown()
+        if self.receipter is not None:
+            self.receipter.stop()  # the last receipts go out while the client is connected
         self.listener.stop()
 
     def __enter__(self) -> Ingest:
@@ -352,6 +367,7 @@ class Ingest:
                 batch.events += part.events
                 batch.rejections.update(part.rejections)
                 batch.hold += part.hold
+                batch.replayed += part.replayed
         else:
             batch = self._open_all(deliveries)
         self.stats.open_s += time.monotonic() - started
@@ -402,6 +418,10 @@ class Ingest:
                 return  # still unknown: stays held
         except EnvelopeError as exc:
             batch.rejections[(claimed, reason_for(exc))] += 1
+            if isinstance(exc, ReplayError):  # raised after the signature verified
+                seq = _seq(payload)
+                if seq is not None and claimed != UNPARSEABLE:
+                    batch.replayed.append((claimed, seq))
         else:
             batch.events.append(NewEvent(opened.device, opened.seq, topic, opened.message))
         if held_id is not None:
@@ -444,6 +464,12 @@ class Ingest:
             count_rejections(conn, rejections, now)
         self._account(batch, stored, rejections)
         self._store.notify_changed()
+        receipter = self.receipter
+        if receipter is not None:  # committed: stored now, or stored before (a duplicate)
+            for event in batch.events:
+                receipter.stored(event.device, event.seq)
+            for device, seq in batch.replayed:
+                receipter.stored(device, seq)
 
     def _account(
         self, batch: _Batch, stored: Sequence[bool], rejections: Counter[tuple[str, str]]
@@ -482,6 +508,13 @@ class Ingest:
             if not self._commit(batch):
                 return
             after = rows[-1].id
+
+
+def _seq(payload: bytes) -> int | None:
+    try:
+        return parse_sign1(payload).seq
+    except EnvelopeError:
+        return None
 
 
 def _signer(payload: bytes) -> str | None:

@@ -37,11 +37,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from contract.envelope.keys import Identity, PeerKeys
 from contract.envelope.replay import ReplayGuard
-from contract.envelope.seal import open_envelope
+from contract.envelope.seal import SealedEnvelope, open_envelope
+from contract.envelope.wire import parse_sign1
 from contract.errors import EnvelopeError, ReplayError
 from contract.mqtt import tls_context
 from contract.ranges import seq_ranges
-from contract.topics import events_filter, shared, status_topic
+from contract.topics import events_filter, shared, status_topic, topic_device
+from dashboard.receipts import Receipter
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +163,9 @@ class Opener:
         self._guard = replay_guard or ReplayGuard()
         self._lock = threading.Lock()
         self.stats = ListenerStats()
+        self.on_duplicate: Callable[[str, int], None] | None = None
+        """Told (device, seq) of every authentic duplicate: the unit republished an envelope
+        the backend already has (its receipt was lost), so it is receipted again."""
 
     def open(self, topic: str, payload: bytes) -> Received | None:
         with self._lock:
@@ -172,8 +177,9 @@ class Opener:
                     recipient=self._identity,
                     replay_guard=self._guard,
                 )
-            except ReplayError:
+            except ReplayError:  # raised only after the signature verified: authentic
                 self.stats.duplicates += 1
+                self._duplicate(topic, payload)
                 return None
             except EnvelopeError as exc:
                 self.stats.bad[type(exc).__name__] += 1
@@ -181,12 +187,23 @@ class Opener:
                 return None
             if not self._dedupe.first_time(opened.device, opened.seq):
                 self.stats.duplicates += 1
+                if self.on_duplicate is not None:
+                    self.on_duplicate(opened.device, opened.seq)
                 return None
             kind = opened.message.get("type")
             kind = kind if isinstance(kind, str) else "?"
             self.stats.received[kind] += 1
             self.stats.seqs.setdefault(opened.device, []).append(opened.seq)
             return Received(opened.device, opened.seq, topic, kind, opened.message)
+
+    def _duplicate(self, topic: str, payload: bytes) -> None:
+        if self.on_duplicate is None:
+            return
+        try:
+            device, seq = topic_device(topic), parse_sign1(payload).seq
+        except (ValueError, EnvelopeError):
+            return
+        self.on_duplicate(device, seq)
 
 
 # --- the MQTT client -------------------------------------------------------------------------
@@ -254,6 +271,14 @@ class Subscriber:
         client = self._client
         if client is not None and self._manual_ack:
             client.ack(delivery.mid, delivery.qos)
+
+    def publish_receipt(self, envelope: SealedEnvelope) -> bool:
+        """Publish a sealed receipt at QoS 1 on its topic (the :class:`Receipter`'s sender)."""
+        client = self._client
+        if client is None:
+            return False
+        info = client.publish(envelope.topic, bytes(envelope.data), qos=1)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def start(self) -> None:
         cfg = self._config
@@ -358,10 +383,15 @@ class Listener(Subscriber):
         config: ListenerConfig,
         opener: Opener,
         on_received: Callable[[Received], None],
+        *,
+        receipter: Receipter | None = None,
     ) -> None:
         super().__init__(config, lambda d: None)
         self._opener = opener
         self._on_received = on_received
+        self._receipter = receipter
+        if receipter is not None:
+            opener.on_duplicate = receipter.stored
 
     @property
     def stats(self) -> ListenerStats:
@@ -378,6 +408,8 @@ class Listener(Subscriber):
             received = self._opener.open(message.topic, bytes(message.payload))
             if received is not None:
                 self._on_received(received)
+                if self._receipter is not None:  # on_received returned: it is stored
+                    self._receipter.stored(received.device, received.seq)
         except Exception:  # never let one message end ingest
             self._opener.stats.bad["internal"] += 1
             logger.exception("listener: handling a message on %s failed", message.topic)

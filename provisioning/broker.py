@@ -39,6 +39,7 @@ from contract.topics import (
     command_topic,
     device_filter,
     events_filter,
+    receipt_topic,
     status_topic,
 )
 from provisioning import pki
@@ -110,12 +111,14 @@ DEVICE_ACL: Final = f"""\
 # The username is the client certificate's CN. No anonymous access, no $SYS.
 
 # Every device (%u = its device id): write its events, status and command acks,
-# read its commands. Pattern lines apply to all users; device ids can never start with
-# backend- or operator- nor contain / + #, so these lines never open another client's topics.
+# read its commands and the backend's receipts. Pattern lines apply to all users; device ids
+# can never start with backend- or operator- nor contain / + #, so these lines never open
+# another client's topics.
 pattern write {events_filter("%u")}
 pattern write {status_topic("%u")}
 pattern write {ack_topic("%u")}
 pattern read {command_topic("%u")}
+pattern read {receipt_topic("%u")}
 """
 
 # A user block's deny lines are checked before every pattern (mosquitto 2.0.11, tested), so
@@ -128,6 +131,7 @@ topic read {events_filter()}
 topic read {status_topic("+")}
 topic read {ack_topic("+")}
 topic write {command_topic("+")}
+topic write {receipt_topic("+")}
 """
 
 OPERATOR_ACL: Final = f"""

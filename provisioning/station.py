@@ -606,6 +606,7 @@ class Station:
             ca_pem=pki.cert_pem(ca.cert),
             broker_url=url,
             backend_x25519=bytes(backend.encryption_key.public_key),
+            backend_ed25519=bytes(backend.signing_key.verify_key),
             backend_kid=backend.kid,
             operator_ed25519=bytes(operator.signing_key.verify_key),
             operator_kid=operator.kid,

@@ -82,7 +82,7 @@ def bench_outbox(seconds: float = 2.0, *, pool: int = 256) -> dict[str, Any]:
     half = max(seconds, 0.02) / 2
     with (
         tempfile.TemporaryDirectory(prefix="camveil-bench-outbox-") as tmp,
-        Outbox(Path(tmp) / "outbox.db", signer=device.public()) as outbox,
+        Outbox(Path(tmp) / "outbox.db", signer=device.public(), delete_on="puback") as outbox,
     ):
         enqueued = 0
         start = time.perf_counter()
@@ -99,14 +99,40 @@ def bench_outbox(seconds: float = 2.0, *, pool: int = 256) -> dict[str, Any]:
                 acked += 1
         t_drain = time.perf_counter() - start
         left = outbox.stats().depth
+    receipted = _bench_receipted_drain(device, envelopes, enqueued)
     return {
         "synchronous": "FULL enqueue, NORMAL ack",
         "enqueue_per_s": round(enqueued / t_enqueue, 1),
         "drain_per_s": round(acked / t_drain, 1) if t_drain > 0 else None,
         "enqueue_ack_per_s": round(enqueued / (t_enqueue + t_drain), 1),
+        "receipt_drain_per_s": receipted,
         "n": enqueued,
         "left": left,
     }
+
+
+def _bench_receipted_drain(device: Identity, envelopes: list[SealedEnvelope], n: int) -> float:
+    """Receipt mode: mark in flight + PUBACK (kept as published) per envelope, then one receipt
+    per 200 envelopes deletes them (what the backend sends every 200 ms); envelopes/s."""
+    with (
+        tempfile.TemporaryDirectory(prefix="camveil-bench-receipts-") as tmp,
+        Outbox(Path(tmp) / "outbox.db", signer=device.public(), synchronous="NORMAL") as outbox,
+    ):
+        pool = len(envelopes)
+        for i in range(min(n, pool)):  # seqs must be distinct: one pass over the pool
+            outbox.enqueue(envelopes[i])
+        start = time.perf_counter()
+        done = 0
+        while batch := outbox.next_batch(16):
+            for mid, item in enumerate(batch, start=1):
+                outbox.mark_in_flight(item.id, mid)
+                outbox.ack(item.id)
+                done += 1
+                if done % 200 == 0:
+                    outbox.receipt([(item.seq - 199, item.seq)])
+        outbox.receipt([(0, 2**62)])
+        elapsed = time.perf_counter() - start
+    return round(done / elapsed, 1) if elapsed > 0 else 0.0
 
 
 # --- capture -> PUBACK ---------------------------------------------------------------------------
@@ -144,10 +170,11 @@ def bench_latency(events: int = 100, rate: float = 10.0) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="camveil-bench-mqtt-") as tmp,
         local_broker(Path(tmp)) as dev,
     ):
-        stats = _publish_at_rate(dev.unit_dir, events, rate)
+        stats = _publish_at_rate(dev.unit_dir, events, rate, dev)
     latency: dict[str, dict[str, Any]] = stats["latency"]
     capture = latency.get("capture_to_puback", {})
     publish = latency.get("publish", {})
+    receipt = latency.get("capture_to_receipt", {})
     return {
         "available": True,
         "rate_per_s": rate,
@@ -156,13 +183,17 @@ def bench_latency(events: int = 100, rate: float = 10.0) -> dict[str, Any]:
         "p99_ms": capture.get("p99_ms"),
         "enqueue_to_puback_p50_ms": publish.get("p50_ms"),
         "enqueue_to_puback_p99_ms": publish.get("p99_ms"),
-        "broker": "local mosquitto, TLS, QoS 1",
+        "receipt_n": receipt.get("n", 0),
+        "capture_to_receipt_p50_ms": receipt.get("p50_ms"),
+        "capture_to_receipt_p99_ms": receipt.get("p99_ms"),
+        "broker": "local mosquitto, TLS, QoS 1; a listener receipting every 200 ms",
     }
 
 
-def _publish_at_rate(state_dir: Path, events: int, rate: float) -> dict[str, Any]:
+def _publish_at_rate(state_dir: Path, events: int, rate: float, dev: Any) -> dict[str, Any]:
     from agent.events import new_boot_id
     from agent.publisher import Emitter, Publisher
+    from agent.receipts import ReceiptProcessor
     from agent.sequence import SequenceStore
     from agent.stats import PipelineStats
     from agent.transport import Transport
@@ -179,12 +210,18 @@ def _publish_at_rate(state_dir: Path, events: int, rate: float) -> dict[str, Any
         )
         builder = EventBuilder(unit.device_id, new_boot_id(), seqs)
         emitter = Emitter(unit, builder, outbox, publisher.wake, stats)
+        receipts = ReceiptProcessor(
+            unit.identity, unit.backend, outbox, on_receipted=emitter.receipted
+        )
         transport = Transport(
             unit.transport_config(),
             on_acked=publisher.on_acked,
             on_rejected=publisher.on_rejected,
             on_state=publisher.on_state,
+            on_receipt=receipts.handle,
         )
+        backend = contextlib.ExitStack()
+        _start_backend(backend, dev, unit)
         publisher.bind(transport)
         stop = threading.Event()
         thread = threading.Thread(target=publisher.run, args=(stop,), name="bench-publisher")
@@ -208,12 +245,39 @@ def _publish_at_rate(state_dir: Path, events: int, rate: float) -> dict[str, Any
             stop.set()
             publisher.wake()
             thread.join(10.0)
+            backend.close()
     snapshot: dict[str, Any] = json.loads(json.dumps(stats.snapshot()))
     return snapshot
 
 
 def _presence(now: float) -> Callable[[EventBuilder], Event]:
     return lambda b: b.presence(now - 1.0, now, {"door": (1, 0)})
+
+
+def _start_backend(stack: contextlib.ExitStack, dev: Any, unit: Any) -> None:
+    """The backend: a listener that stores nothing but receipts every message, as it would."""
+    from agent.unitstate import parse_broker_url
+    from contract.envelope.keys import PeerKeys, load_identity
+    from dashboard.listener import Listener, ListenerConfig, MemoryDedupe, Opener
+    from dashboard.receipts import Receipter
+
+    backend = dev.backend
+    identity = load_identity(backend.identity)
+    peers = PeerKeys([unit.identity.public()])
+    address = parse_broker_url(dev.broker_url)
+    receipter = Receipter(identity, lambda: peers, lambda e: listener.publish_receipt(e))
+    listener = Listener(
+        ListenerConfig(address.host, address.port, backend.ca, backend.cert, backend.key),
+        Opener(identity, peers, MemoryDedupe()),
+        lambda _received: None,
+        receipter=receipter,
+    )
+    listener.start()
+    stack.callback(listener.stop)
+    receipter.start()
+    stack.callback(receipter.stop)
+    if not listener.subscribed.wait(15.0):
+        raise CamveilError("bench: the backend could not subscribe at the local mosquitto")
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -232,7 +296,8 @@ def format_envelope(report: dict[str, Any]) -> list[str]:
     if box:
         lines.append(
             f"outbox ({box['synchronous']}): enqueue {box['enqueue_per_s']}/s, drain "
-            f"{box['drain_per_s']}/s, enqueue+ack {box['enqueue_ack_per_s']}/s (n {box['n']})"
+            f"{box['drain_per_s']}/s, enqueue+ack {box['enqueue_ack_per_s']}/s (n {box['n']}); "
+            f"PUBACK + receipt drain {box['receipt_drain_per_s']}/s"
         )
     lat = report.get("latency")
     if lat:
@@ -243,6 +308,7 @@ def format_envelope(report: dict[str, Any]) -> list[str]:
                 f"latency capture->PUBACK at {lat['rate_per_s']:g} events/s ({lat['broker']}): "
                 f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (n {lat['n']}); "
                 f"enqueue->PUBACK p50 {lat['enqueue_to_puback_p50_ms']} ms, "
-                f"p99 {lat['enqueue_to_puback_p99_ms']} ms"
+                f"p99 {lat['enqueue_to_puback_p99_ms']} ms; capture->receipt p50 "
+                f"{lat['capture_to_receipt_p50_ms']} ms, p99 {lat['capture_to_receipt_p99_ms']} ms"
             )
     return lines

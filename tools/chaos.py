@@ -29,11 +29,14 @@ deliveries to the application after the listener's de-duplication (must be 0);
 ``raw_duplicates`` = redeliveries the listener saw and dropped. Last wills are counted apart:
 the broker publishes them only when a connection ends, so most sealed wills are never sent.
 
-Broker restarts are clean (SIGTERM: mosquitto saves its sessions and queues). ``broker_kills``
-(``--broker-kills``) SIGKILLs the broker instead, which is a different experiment: mosquitto
-persists only every ``autosave_interval`` seconds, so a broker crash can lose messages it had
-already acknowledged to the unit (the unit rightly deleted them), and sessions created since the
-last save; losses are then expected and are the broker's, not the unit's.
+Faults: broker restarts are clean (SIGTERM: mosquitto saves its sessions and queues).
+``broker_kills`` SIGKILL the broker: mosquitto persists only every ``autosave_interval`` seconds,
+so it loses messages it had already acknowledged. ``broker_wipes`` SIGKILL it and delete its
+persistence file (a broker host that lost its disk). ``backend_kills`` stop the listener and
+start a new one after a pause. With receipts (``delivery = "receipt"``, the default, as on a
+unit) the unit keeps every envelope until the listener's receipt names it and publishes again
+after ``receipt_timeout_s`` without one, so none of these faults may lose an event; with
+``delivery = "puback"`` the unit forgets on the broker's PUBACK and broker crashes lose events.
 """
 
 from __future__ import annotations
@@ -57,12 +60,14 @@ from typing import IO, Any, Final
 
 from agent.config import MqttConfig
 from agent.events import Event, EventBuilder
+from agent.outbox import DEFAULT_RECEIPT_TIMEOUT_S
 from agent.transport import TransportConfig
 from agent.unitstate import UnitState, parse_broker_url
 from contract.certclaim import claim_client_cert, key_for
 from contract.envelope.keys import load_identity, load_peers
 from contract.errors import CamveilError, ConfigError
 from dashboard.listener import Listener, ListenerConfig, Opener, Received, SqliteDedupe
+from dashboard.receipts import Receipter
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +114,20 @@ def unit_transport_config(unit: UnitState, broker_url: str | None) -> TransportC
 
 
 def run_unit(
-    state_dir: Path, log_path: Path, *, events: int, rate: float, broker_url: str | None
+    state_dir: Path,
+    log_path: Path,
+    *,
+    events: int,
+    rate: float,
+    broker_url: str | None,
+    delivery: str = "receipt",
+    receipt_timeout_s: float = DEFAULT_RECEIPT_TIMEOUT_S,
 ) -> int:
     """The unit side (see the module docstring). Returns 0 once everything is acknowledged."""
     from agent.events import LinkState, new_boot_id
     from agent.outbox import Outbox
     from agent.publisher import Emitter, Publisher
+    from agent.receipts import ReceiptProcessor
     from agent.sequence import SequenceStore
     from agent.stats import PipelineStats
     from agent.transport import ConnectionEvent, ConnectionState, Transport
@@ -126,7 +139,12 @@ def run_unit(
     stats = PipelineStats()
     with (
         SequenceStore(unit.seq_path) as seqs,
-        Outbox(unit.outbox_path, signer=unit.identity.public()) as outbox,
+        Outbox(
+            unit.outbox_path,
+            signer=unit.identity.public(),
+            delete_on="puback" if delivery == "puback" else "receipt",
+            receipt_timeout_s=receipt_timeout_s,
+        ) as outbox,
     ):
         publisher = Publisher(outbox, stats=stats)
         builder = EventBuilder(unit.device_id, new_boot_id(), seqs)
@@ -150,11 +168,13 @@ def run_unit(
             if event.state is ConnectionState.CONNECTED:
                 emit(lambda b: b.status(LinkState.ONLINE), "status")
 
+        receipts = ReceiptProcessor(unit.identity, unit.backend, outbox)
         transport = Transport(
             unit_transport_config(unit, broker_url),
             on_acked=publisher.on_acked,
             on_rejected=publisher.on_rejected,
             on_state=on_state,
+            on_receipt=receipts.handle if delivery == "receipt" else None,
             will=seal_will,
         )
         publisher.bind(transport)
@@ -201,10 +221,28 @@ class ChaosPlan:
     """After the unit is done: how long to wait for the last deliveries."""
     broker_kills: int = 0
     """SIGKILLs of our own broker (a crash: it loses what it took since its last autosave),
-    each followed by a start. Not part of the lossless target: see the module docstring."""
+    each followed by a start."""
+    broker_wipes: int = 0
+    """SIGKILLs of our own broker with its persistence file deleted, then a start."""
+    backend_kills: int = 0
+    """Stops of the listener (the backend), a new one started after ``backend_down_s``."""
+    backend_down_s: float = 2.0
+    delivery: str = "receipt"
+    """The unit's ``[outbox] delete_on``: ``receipt`` or ``puback``."""
+    receipt_timeout_s: float = 10.0
+    """The unit's ``[outbox] receipt_timeout_s`` (60 on a unit; shorter here, for short runs)."""
 
     def __post_init__(self) -> None:
-        if min(self.broker_restarts, self.agent_kills, self.broker_kills) < 0 or self.events < 1:
+        faults = (
+            self.broker_restarts,
+            self.agent_kills,
+            self.broker_kills,
+            self.broker_wipes,
+            self.backend_kills,
+        )
+        if self.delivery not in ("receipt", "puback"):
+            raise ConfigError(f"chaos --delivery {self.delivery!r}: use receipt or puback")
+        if min(faults) < 0 or self.events < 1:
             raise ConfigError("chaos: need --events >= 1, --broker-restarts/--agent-kills >= 0")
         if not 0 < self.rate <= 10_000:
             raise ConfigError(f"chaos --rate {self.rate}: use a value in (0, 10000]")
@@ -236,7 +274,13 @@ class ChaosReport:
     bad: dict[str, int] = field(default_factory=dict)
     broker_restarts: int = 0
     broker_kills: int = 0
+    broker_wipes: int = 0
+    backend_kills: int = 0
     agent_kills: int = 0
+    delivery: str = "receipt"
+    receipts_sent: int = 0
+    lost_by_fault: dict[str, int] = field(default_factory=dict)
+    """Lost seqs attributed to the last fault before them (by kind), to see which fault loses."""
     lost_seqs: list[int] = field(default_factory=list)
     broker_drop_notices: int | None = None
     """Our mosquitto's "Outgoing messages are being dropped" log lines: it dropped messages
@@ -376,31 +420,54 @@ def run_chaos(
         collector = _Collector()
         dedupe = SqliteDedupe(work / "dedupe.db")
         stack.callback(dedupe.close)
-        opener = Opener(load_identity(setup.identity), load_peers(setup.devices), dedupe)
-        listener = Listener(
-            ListenerConfig(
-                address.host,
-                address.port,
-                setup.ca,
-                setup.cert,
-                setup.key,
-                client_id=f"camveil-chaos-{os.getpid()}",
-                shared=False,
-            ),
-            opener,
-            collector,
-        )
-        listener.start()
-        stack.callback(listener.stop)
-        if not listener.subscribed.wait(15.0):
-            raise CamveilError(f"chaos: the listener could not subscribe at {setup.broker_url}")
+        identity, peers = load_identity(setup.identity), load_peers(setup.devices)
+        opener = Opener(identity, peers, dedupe)
+        receipts_sent = [0]
+
+        def start_backend() -> tuple[Listener, Receipter | None]:
+            receipter: Receipter | None = None
+            if plan.delivery == "receipt":
+                receipter = Receipter(
+                    identity, lambda: peers, lambda e: listener.publish_receipt(e)
+                )
+            listener = Listener(
+                ListenerConfig(
+                    address.host,
+                    address.port,
+                    setup.ca,
+                    setup.cert,
+                    setup.key,
+                    client_id=f"camveil-chaos-{os.getpid()}",
+                    shared=False,
+                ),
+                opener,
+                collector,
+                receipter=receipter,
+            )
+            listener.start()
+            if receipter is not None:
+                receipter.start()
+            if not listener.subscribed.wait(15.0):
+                raise CamveilError(f"chaos: the listener could not subscribe at {setup.broker_url}")
+            return listener, receipter
+
+        def stop_backend() -> None:
+            listener, receipter = backend
+            if receipter is not None:
+                receipter.stop()
+                receipts_sent[0] += receipter.stats.sent
+            listener.stop()
+
+        backend = start_backend()
+        stack.callback(lambda: stop_backend())
         t_ready = time.monotonic()
 
         log_path = work / "unit.log"
         unit_out = stack.enter_context((work / "unit.out").open("ab"))
         argv = [sys.executable, "-m", "tools.chaos", "unit", "--state", str(setup.unit_state),
                 "--log", str(log_path), "--events", str(plan.events), "--rate", repr(plan.rate),
-                "--broker", setup.broker_url]  # fmt: skip
+                "--broker", setup.broker_url, "--delivery", plan.delivery,
+                "--receipt-timeout", repr(plan.receipt_timeout_s)]  # fmt: skip
 
         unit = _UnitProcess(argv, unit_out)
         unit.start()
@@ -409,7 +476,10 @@ def run_chaos(
             [(n, "restart") for n in _thresholds(rng, plan.broker_restarts, plan.events)]
             + [(n, "kill") for n in _thresholds(rng, plan.agent_kills, plan.events)]
             + [(n, "crash") for n in _thresholds(rng, plan.broker_kills, plan.events)]
+            + [(n, "wipe") for n in _thresholds(rng, plan.broker_wipes, plan.events)]
+            + [(n, "backend") for n in _thresholds(rng, plan.backend_kills, plan.events)]
         )
+        fault_marks: list[tuple[int, str]] = []  # (events logged, fault) in order
         report = ChaosReport(seed=seed)
         restart_times: list[float] = []
         first_event: float | None = None
@@ -418,6 +488,7 @@ def run_chaos(
                 first_event = time.monotonic()
             while actions and logged >= actions[0][0]:
                 _, action = actions.pop(0)
+                fault_marks.append((logged, action))
                 if action == "kill":
                     unit.kill()
                     unit.start()
@@ -429,6 +500,19 @@ def run_chaos(
                     broker.start()
                     report.broker_kills += 1
                     say(f"killed (SIGKILL) and started the broker at {logged} events")
+                elif action == "wipe":
+                    assert broker is not None
+                    broker.kill()
+                    wiped = _wipe_store(broker.config)
+                    broker.start()
+                    report.broker_wipes += 1
+                    say(f"killed the broker, deleted its store ({wiped}) at {logged} events")
+                elif action == "backend":
+                    stop_backend()
+                    time.sleep(plan.backend_down_s)
+                    backend = start_backend()
+                    report.backend_kills += 1
+                    say(f"stopped the backend for {plan.backend_down_s:.0f} s at {logged} events")
                 else:
                     t = time.monotonic()
                     restart_broker()
@@ -470,8 +554,12 @@ def run_chaos(
         report.received = len(sent & got)
         report.lost = len(lost)
         report.lost_seqs = lost[:50]
+        report.delivery = plan.delivery
+        report.lost_by_fault = _attribute(lost, logged_seqs, fault_marks)
         report.duplicated = sum(n - 1 for n in collector.deliveries.values() if n > 1)
         report.raw_duplicates = opener.stats.duplicates
+        _, receipter = backend
+        report.receipts_sent = receipts_sent[0] + (receipter.stats.sent if receipter else 0)
         report.bad = dict(opener.stats.bad)
         report.wills_sealed = len(wills)
         report.wills_received = len(got & wills)
@@ -486,6 +574,42 @@ def run_chaos(
             "broker_restart_max_s": round(max(restart_times), 2) if restart_times else None,
         }
         return report
+
+
+def _wipe_store(config: Path) -> str:
+    """Delete the persistence file named by a mosquitto config (the broker is not running)."""
+    text = config.read_text()
+    location = next(
+        (line.split(None, 1)[1].strip() for line in text.splitlines()
+         if line.startswith("persistence_location ")),
+        str(config.parent) + "/",
+    )  # fmt: skip
+    store = Path(location) / "mosquitto.db"
+    existed = store.exists()
+    store.unlink(missing_ok=True)
+    return f"{store.name} {'deleted' if existed else 'not yet written'}"
+
+
+def _attribute(
+    lost: list[int], logged: list[tuple[int, str]], marks: list[tuple[int, str]]
+) -> dict[str, int]:
+    """Each lost seq, counted under the last fault before its event was logged ("none" if it
+    came before every fault)."""
+    events_before: dict[int, int] = {}
+    n = 0
+    for seq, kind in logged:
+        if kind == "event":
+            n += 1
+        events_before[seq] = n
+    out: dict[str, int] = {}
+    for seq in lost:
+        at = events_before.get(seq, 0)
+        fault = "none"
+        for mark, kind in marks:
+            if mark <= at:
+                fault = kind
+        out[fault] = out.get(fault, 0) + 1
+    return out
 
 
 class _UnitProcess:
@@ -543,10 +667,18 @@ def main(argv: list[str] | None = None) -> int:
     unit.add_argument("--events", type=int, required=True)
     unit.add_argument("--rate", type=float, required=True)
     unit.add_argument("--broker")
+    unit.add_argument("--delivery", choices=("receipt", "puback"), default="receipt")
+    unit.add_argument("--receipt-timeout", type=float, default=DEFAULT_RECEIPT_TIMEOUT_S)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return run_unit(
-        args.state, args.log, events=args.events, rate=args.rate, broker_url=args.broker
+        args.state,
+        args.log,
+        events=args.events,
+        rate=args.rate,
+        broker_url=args.broker,
+        delivery=args.delivery,
+        receipt_timeout_s=args.receipt_timeout,
     )
 
 

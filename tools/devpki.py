@@ -114,6 +114,7 @@ def write_unit_state(
         ca_pem=pki.cert_pem(ca.cert),
         broker_url=broker_url,
         backend_x25519=bytes(backend.encryption_key),
+        backend_ed25519=bytes(backend.verify_key),
         operator_ed25519=bytes(operator.verify_key),
         site=site or {"name": "dev"},
         issued_at=int(time.time()),

@@ -6,7 +6,10 @@ Targets, unchanged production code:
 - the unit's command path, :meth:`agent.commands.CommandProcessor.handle` (open with the
   operator keys, persisted replay window, command checks, handler dispatch);
 - the backend's event path, :meth:`dashboard.listener.Opener.open` (open with the device keys,
-  replay window, (device, seq) de-duplication).
+  replay window, (device, seq) de-duplication);
+- the unit's receipt path, :meth:`agent.receipts.ReceiptProcessor.handle` (open with the
+  backend's key, exact replay memory, range checks) in front of a real outbox whose published
+  envelopes a receipt would delete.
 
 Inputs are made from genuine originals: events built by :class:`~agent.events.EventBuilder`
 and sealed by the device key, commands sealed by the operator key
@@ -22,8 +25,9 @@ wrong or unknown signer kids, another device's command, replays on the same and 
 
 A **crash** is any exception escaping a target (both turn every
 :class:`~contract.errors.EnvelopeError` into a counted rejection, so anything else escaping is a
-bug); an **acceptance** is a mutated input reaching a command handler or coming out of the
-listener as a message. Both must stay at zero.
+bug); an **acceptance** is a mutated input reaching a command handler, coming out of the
+listener as a message, or being taken as a receipt (or deleting anything from the outbox).
+Both must stay at zero.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ import cbor2
 
 from agent.commands import Command, CommandProcessor
 from agent.events import EventBuilder, seal_event, to_map
+from agent.outbox import Outbox
+from agent.receipts import ReceiptProcessor
 from agent.sequence import CountingSequence
 from agent.tamper import TamperKind
 from contract.commands import Ack, seal_command
@@ -51,7 +57,8 @@ from contract.envelope import cose
 from contract.envelope.keys import Identity, PeerKeys
 from contract.envelope.seal import SealedEnvelope, _encrypt, seal
 from contract.envelope.wire import HDR_EXP, HDR_SEQ, external_aad, parse_sign1
-from contract.topics import ack_topic, command_topic, event_topic, status_topic
+from contract.receipts import RECEIPT_LIFETIME_S, ReceiptCounter, seal_receipt
+from contract.topics import ack_topic, command_topic, event_topic, receipt_topic, status_topic
 from dashboard.listener import MemoryDedupe, Opener
 
 logger = logging.getLogger(__name__)
@@ -75,7 +82,7 @@ WRONG_EVENT_TOPICS: Final = (
 class Case:
     """One input: which opener, on which topic, what bytes, made how."""
 
-    target: str  # "event" | "command"
+    target: str  # "event" | "command" | "receipt"
     kind: str
     topic: str
     data: bytes
@@ -135,6 +142,10 @@ class Parties:
             send_ack=self._ack,
         )
         self.opener = Opener(self.backend, PeerKeys([self.device.public()]), MemoryDedupe())
+        self.outbox = Outbox(state_dir / "outbox.db", signer=self.device.public())
+        self.outbox.open()
+        self.receipts = ReceiptProcessor(self.device, self.backend.public(), self.outbox)
+        self.receipt_counter = ReceiptCounter()
 
     def _handler(self, command: Command) -> str:
         self.handled.append(command)
@@ -149,6 +160,10 @@ class Parties:
 
     def feed(self, case: Case) -> bool:
         """True if ``case`` was accepted. Exceptions propagate: they are crashes."""
+        if case.target == "receipt":
+            before, depth = self.receipts.stats.accepted, self.outbox.stats().depth
+            self.receipts.handle(case.topic, case.data)
+            return self.receipts.stats.accepted != before or self.outbox.stats().depth != depth
         if case.target == "command":
             before = len(self.handled)
             ack = self.processor.handle(case.topic, case.data)
@@ -159,6 +174,7 @@ class Parties:
         # from the processor's counters: acks of forged commands are rate-limited
         out = {f"command.{k}": v for k, v in self.processor.rejected.items()}
         out.update({f"event.{k}": v for k, v in self.opener.stats.bad.items()})
+        out.update({f"receipt.{k}": v for k, v in self.receipts.stats.rejected.items()})
         out["event.duplicate"] = self.opener.stats.duplicates
         return out
 
@@ -194,6 +210,28 @@ def make_command(p: Parties, rng: random.Random) -> Original:
         expires_at=exp,
     )
     return Original("command", env, {"id": cid, "cmd": name}, exp)
+
+
+def make_receipt(p: Parties, rng: random.Random) -> Original:
+    """An event stored in the unit's outbox and published (PUBACK seen), and the backend's
+    genuine receipt for it: the control deletes it; no mutation may delete anything."""
+    now = time.time()
+    event = p.builder.presence(now - 10, now, {"door": (rng.randint(0, 9), 0)})
+    item = p.outbox.enqueue(seal_event(event, sender=p.device, recipient=p.backend.public()))
+    p.outbox.mark_in_flight(item, 1)
+    p.outbox.ack(item)
+    seq = event.header.seq
+    exp = int(now) + RECEIPT_LIFETIME_S
+    env = seal_receipt([(seq, seq)], backend=p.backend, device=p.device.public(),
+                       seq=p.receipt_counter.next(), expires_at=exp)  # fmt: skip
+    return Original("receipt", env, {"type": "receipt", "ranges": [[0, 2**62]]}, exp)
+
+
+def _sealed_receipt(p: Parties, signer: Identity, plaintext: dict[str, Any], device: str) -> Any:
+    return seal(plaintext, sender=signer, recipient=(p.device if device == DEVICE
+                else p.other_device).public(), topic=receipt_topic(device),
+                seq=p.receipt_counter.next(), device=device,
+                expires_at=int(time.time()) + 60)  # fmt: skip
 
 
 # --- building blocks of mutations -------------------------------------------------------------
@@ -273,6 +311,8 @@ class Fuzzer:
         self.pool: list[Original] = []
 
     def signer_of(self, o: Original) -> Identity:
+        if o.target == "receipt":
+            return self.p.backend
         return self.p.device if o.target == "event" else self.p.operator
 
     def recipient_of(self, o: Original) -> Identity:
@@ -427,6 +467,9 @@ def m_wrong_signer(f: Fuzzer, o: Original) -> tuple[str, bytes]:
     """Genuine-looking messages from a key that is not trusted for this topic."""
     p, rng, env = f.p, f.rng, o.envelope
     seq = env.seq
+    if o.target == "receipt":  # everyone but the backend, the backend's kid with another key
+        signer = rng.choice([p.operator, p.device, p.stranger, p.wrong_backend])
+        return env.topic, _sealed_receipt(p, signer, o.plaintext, DEVICE).data
     if o.target == "command":
         signer = rng.choice([p.impostor_operator, p.stranger, p.device])
         sealed = seal(o.plaintext, sender=signer, recipient=p.device.public(),
@@ -473,6 +516,17 @@ def m_not_a_command(f: Fuzzer, o: Original) -> tuple[str, bytes]:
     if o.target == "event":
         topic = rng.choice(WRONG_EVENT_TOPICS)
         return topic, o.envelope.data
+    if o.target == "receipt":  # the backend's key and a fresh seq, but not a valid receipt
+        bad: list[Any] = [[], [[2, 1]], [[-1, 5]], "x", [[1, 2], [2, 3]], [[5, 6], [1, 2]],
+                          [[0, 1]] * 4097, [[True, 3]], [[1, 2, 3]], None]  # fmt: skip
+        body = rng.choice(
+            [
+                {"type": "receipt", "ranges": rng.choice(bad)},
+                {"type": "cmd_ack", "ranges": [[0, 2**62]]},
+                {"ranges": [[0, 9]]},
+            ]
+        )
+        return receipt_topic(DEVICE), _sealed_receipt(p, p.backend, body, DEVICE).data
     bodies: list[dict[str, Any]] = [
         {"cmd": "snapshot"},
         {"id": "", "cmd": "snapshot"},
@@ -498,6 +552,9 @@ def m_other_device_command(f: Fuzzer, o: Original) -> tuple[str, bytes]:
     p, rng = f.p, f.rng
     if o.target == "event":
         return event_topic(DEVICE, rng.choice(["presence", "tamper", "x"]) + "x"), o.envelope.data
+    if o.target == "receipt":  # a genuine receipt for another unit, on its topic or ours
+        other = _sealed_receipt(p, p.backend, o.plaintext, OTHER_DEVICE)
+        return rng.choice([other.topic, receipt_topic(DEVICE)]), other.data
     sealed = seal_command("snapshot", command_id="other", device=p.other_device.public(),
                           operator=p.operator, seq=p.next_operator_seq(),
                           expires_at=int(time.time()) + 600)  # fmt: skip
@@ -526,7 +583,9 @@ MUTATIONS: Final[dict[str, Mutator]] = {
 def _replays(f: Fuzzer, o: Original) -> list[Case]:
     """After the control: the original again, on another topic, and an older original."""
     env = o.envelope
-    other = event_topic(DEVICE, "other") if o.target == "event" else ack_topic(DEVICE)
+    other = {"event": event_topic(DEVICE, "other"), "receipt": receipt_topic(OTHER_DEVICE)}.get(
+        o.target, ack_topic(DEVICE)
+    )
     cases = [
         Case(o.target, "replay", env.topic, env.data),
         Case(o.target, "replay", other, env.data),
@@ -541,7 +600,7 @@ def _replays(f: Fuzzer, o: Original) -> list[Case]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Rejections are expected by the thousand: keep the openers' warnings out of the log."""
-    names = ("agent.commands", "dashboard.listener")
+    names = ("agent.commands", "dashboard.listener", "agent.receipts")
     saved = [(n, logging.getLogger(n).level) for n in names]
     for n in names:
         logging.getLogger(n).setLevel(logging.CRITICAL)
@@ -583,7 +642,11 @@ def run_fuzz(
                 return False
 
         while report.cases < cases:
-            originals = [make_event(parties, rng), make_command(parties, rng)]
+            originals = [
+                make_event(parties, rng),
+                make_command(parties, rng),
+                make_receipt(parties, rng),
+            ]
             batch: list[Case] = []
             for _ in range(MUTATIONS_PER_ROUND):
                 o = rng.choice(originals)
@@ -616,6 +679,7 @@ def run_fuzz(
                     progress(report.cases)
             fuzzer.pool = (fuzzer.pool + originals)[-32:]
         report.rejections = parties.rejections()
+        parties.outbox.close()
     report.by_kind = dict(sorted(kinds.items()))
     report.seconds = round(time.perf_counter() - t0, 2)
     return report

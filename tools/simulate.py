@@ -185,6 +185,8 @@ class SimUnit:
             evicted_total={},
             rejected_total={},
             corrupt_recovered=0,
+            awaiting_receipt=0,
+            delete_on="puback",  # simulated units keep no outbox: nothing waits for a receipt
         )
         return self._seal(
             self.builder.health(

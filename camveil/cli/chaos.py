@@ -29,8 +29,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--broker-kills",
         type=int,
         default=0,
-        help="SIGKILLs of our own broker (a crash; mosquitto may lose what it acknowledged "
-        "since its last autosave, so losses are expected)",
+        help="SIGKILLs of our own broker (a crash; mosquitto loses what it acknowledged since "
+        "its last autosave: with receipts the unit still has it and publishes it again)",
+    )
+    parser.add_argument(
+        "--broker-wipes",
+        type=int,
+        default=0,
+        help="SIGKILLs of our own broker with its persistence file deleted (a lost disk)",
+    )
+    parser.add_argument(
+        "--backend-kills", type=int, default=0, help="stops of the backend (listener), restarted"
+    )
+    parser.add_argument(
+        "--delivery",
+        choices=("receipt", "puback"),
+        default="receipt",
+        help="when the unit forgets an envelope (default receipt, as on a unit)",
+    )
+    parser.add_argument(
+        "--receipt-timeout",
+        type=float,
+        default=10.0,
+        help="seconds before the unit publishes an unreceipted envelope again (default 10)",
     )
     parser.add_argument(
         "--rate", type=float, default=100.0, help="events per second while the unit runs"
@@ -56,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         broker_restarts=args.broker_restarts,
         agent_kills=args.agent_kills,
         broker_kills=args.broker_kills,
+        broker_wipes=args.broker_wipes,
+        backend_kills=args.backend_kills,
+        delivery=args.delivery,
+        receipt_timeout_s=args.receipt_timeout,
         rate=args.rate,
         seed=args.seed,
         settle_s=args.settle,
@@ -84,12 +109,17 @@ def format_report(r: ChaosReport) -> str:
         f"sent        {r.sent}  ({r.events} events, {r.statuses} online statuses"
         f"{f', {r.sent_unlogged} enqueued but unlogged' if r.sent_unlogged else ''})",
         f"received    {r.received}",
-        f"lost        {r.lost}" + (f"  e.g. seqs {r.lost_seqs[:10]}" if r.lost else ""),
+        f"lost        {r.lost}"
+        + (f"  e.g. seqs {r.lost_seqs[:10]}; after fault: {r.lost_by_fault}" if r.lost else ""),
         f"duplicated  {r.duplicated}  (raw duplicates dropped by the listener: {r.raw_duplicates})",
         f"wills       {r.wills_received} delivered of {r.wills_sealed} sealed",
         f"chaos       {r.broker_restarts} broker restarts, {r.agent_kills} unit kills"
         + (f", {r.broker_kills} broker kills" if r.broker_kills else "")
+        + (f", {r.broker_wipes} broker store wipes" if r.broker_wipes else "")
+        + (f", {r.backend_kills} backend stops" if r.backend_kills else "")
         + f" (seed {r.seed})",
+        f"delivery    {r.delivery}"
+        + (f" ({r.receipts_sent} receipts sent)" if r.delivery == "receipt" else ""),
         f"time        {t.get('total_s')} s total: setup {t.get('setup_s')} s, events flowing "
         f"{t.get('flow_s')} s, drain {t.get('drain_s')} s, settle {t.get('settle_s')} s; "
         f"slowest broker restart {t.get('broker_restart_max_s')} s",

@@ -52,6 +52,7 @@ from dashboard.listener import (
     Received,
     SqliteDedupe,
 )
+from dashboard.receipts import Receipter
 from provisioning.broker import check_share_group
 
 
@@ -94,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="throwaway use: de-duplicate in memory only (a restarted listener accepts "
         "replayed envelopes again)",
+    )
+    parser.add_argument(
+        "--no-receipts",
+        action="store_true",
+        help="send units no receipts (an observer beside the real backend; units in the default "
+        'delete_on = "receipt" mode then keep their envelopes until the backend receipts)',
     )
     parser.add_argument("--snapshots", type=Path, help="write snapshot JPEGs into this folder")
     parser.add_argument("--base64", action="store_true", help="print bytes as base64")
@@ -297,24 +304,35 @@ def run(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         shared=not args.no_share,
     )
-    listener = Listener(config, opener, on_received)
+    receipter: Receipter | None = None
+    if not args.no_receipts:  # a line printed is a message stored: the unit may forget it
+        receipter = Receipter(identity, lambda: devices, lambda e: listener.publish_receipt(e))
+    listener = Listener(config, opener, on_received, receipter=receipter)
     start = time.monotonic()
     try:
         with listener:
-            if not listener.subscribed.wait(15.0):
-                print("camveil listen: not subscribed after 15 s", file=sys.stderr)
-            print("camveil listen: subscribed", file=sys.stderr, flush=True)
-            while not done.wait(0.2):
-                now = time.monotonic()
-                if args.duration and now - start >= args.duration:
-                    break
-                with lock:
-                    idle = now - state["last"]
-                    seen = state["count"]
-                if args.idle_exit and seen and idle >= args.idle_exit:
-                    break
+            if receipter is not None:
+                receipter.start()
+            try:
+                if not listener.subscribed.wait(15.0):
+                    print("camveil listen: not subscribed after 15 s", file=sys.stderr)
+                print("camveil listen: subscribed", file=sys.stderr, flush=True)
+                while not done.wait(0.2):
+                    now = time.monotonic()
+                    if args.duration and now - start >= args.duration:
+                        break
+                    with lock:
+                        idle = now - state["last"]
+                        seen = state["count"]
+                    if args.idle_exit and seen and idle >= args.idle_exit:
+                        break
+            finally:
+                if receipter is not None:
+                    receipter.stop()  # the last receipts go out before the client closes
     finally:
         dedupe.close()
     summary = opener.stats.as_dict()
+    if receipter is not None:
+        summary["receipts"] = {"sent": receipter.stats.sent, "seqs": receipter.stats.seqs}
     print(json.dumps({"listen_summary": summary}, sort_keys=True), file=sys.stderr, flush=True)
     return 0

@@ -60,7 +60,7 @@ from contract.errors import (
     MalformedEnvelopeError,
     UnknownKeyError,
 )
-from contract.topics import KIND_CMD, parse_topic
+from contract.topics import FOREIGN_SIGNED, parse_topic
 
 MAX_COMMAND_LIFETIME_S: Final = 24 * 3600
 _MINT_KEY: Final = secrets.token_bytes(32)
@@ -135,10 +135,10 @@ def seal(
         raise ValueError(f"cannot seal: {exc}") from None
     if parsed.device != device:
         raise ValueError(f"topic {topic!r} is not about device {device!r}")
-    if parsed.kind != KIND_CMD and sender.kid != device:
+    if parsed.kind not in FOREIGN_SIGNED and sender.kid != device:
         raise ValueError(f"{parsed.kind} messages of {device!r} must be signed by that device")
-    if parsed.kind == KIND_CMD and expires_at is None:
-        raise ValueError("commands need expires_at")
+    if parsed.kind in FOREIGN_SIGNED and expires_at is None:
+        raise ValueError(f"{parsed.kind} messages need expires_at")
     if not is_uint(seq, MAX_SEQ):
         raise ValueError(f"seq must be an int in 0..2**63-1, got {seq!r}")
     if expires_at is not None and not is_uint(expires_at, MAX_SEQ):
@@ -252,12 +252,12 @@ def open_envelope(
         raise BindingMismatchError(f"not a camveil topic: {exc}") from None
     outer = parse_sign1(_as_bytes(data, max_size), max_size)
     signer = trusted_senders.require(outer.kid)
-    if parsed.kind != KIND_CMD and outer.kid != parsed.device:
+    if parsed.kind not in FOREIGN_SIGNED and outer.kid != parsed.device:
         raise BindingMismatchError(
             f"{parsed.kind} topic of device {parsed.device!r} signed by key {outer.kid!r}"
         )
-    if parsed.kind == KIND_CMD and outer.exp is None:
-        raise MalformedEnvelopeError("command without expiry")
+    if parsed.kind in FOREIGN_SIGNED and outer.exp is None:
+        raise MalformedEnvelopeError(f"{parsed.kind} message without expiry")
 
     aad = external_aad(parsed.device, topic, outer.seq)
     _verify(signer, outer, aad, topic)
@@ -266,9 +266,10 @@ def open_envelope(
         now = clock()
         if now > outer.exp:
             raise ExpiredError(f"message expired at {outer.exp}, now {int(now)}")
-        if parsed.kind == KIND_CMD and outer.exp > now + max_command_lifetime_s:
+        if parsed.kind in FOREIGN_SIGNED and outer.exp > now + max_command_lifetime_s:
             raise ExpiredError(
-                f"command expiry {outer.exp} is more than {max_command_lifetime_s:.0f} s ahead"
+                f"{parsed.kind} expiry {outer.exp} is more than {max_command_lifetime_s:.0f} s "
+                "ahead"
             )
 
     stream = (outer.kid, topic)  # one window per signer and topic (see docs/PROTOCOL.md)

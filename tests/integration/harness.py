@@ -31,6 +31,7 @@ from dashboard.listener import (
     Received,
     SqliteDedupe,
 )
+from dashboard.receipts import Receipter
 from tools.devpki import write_unit_state
 
 DEVICE = "cv-it-0001"
@@ -91,6 +92,12 @@ class Harness:
         self.opener = Opener(
             self.backend, PeerKeys([self.device.public()]), SqliteDedupe(self.tmp / "seen.db")
         )
+        # the backend receipts what it stored, as `camveil listen` and the dashboard do: the unit
+        # (delete_on = "receipt", the default) forgets an envelope only then
+        devices = PeerKeys([self.device.public()])
+        self.receipter = Receipter(
+            self.backend, lambda: devices, lambda e: self.listener.publish_receipt(e)
+        )
         self.listener = Listener(
             ListenerConfig(
                 host=HOST,
@@ -104,8 +111,10 @@ class Harness:
             ),
             self.opener,
             self._on_received,
+            receipter=self.receipter,
         )
         self.listener.start()
+        self.receipter.start()
         assert self.listener.subscribed.wait(10), "listener not subscribed"
         # acks are sealed to the operator, not the backend: read them as `camveil cmd` does
         self.ack_opener = Opener(
@@ -162,6 +171,7 @@ class Harness:
     def close(self) -> None:
         if self.daemon is not None:
             self.stop_agent()
+        self.receipter.stop()
         self.listener.stop()
         self._acks_stop.set()
         self._ack_thread.join(5)

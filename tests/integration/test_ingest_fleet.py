@@ -229,3 +229,62 @@ def test_simulated_fleet_goes_online_publishes_and_leaves_its_last_wills(tmp_pat
         assert snap is not None and snap.body["jpeg"][:2] == b"\xff\xd8"
         # every publish of every unit, and each last will, stored exactly once
         assert store.event_count() == fleet.stats.acked + 6
+
+
+def test_the_ingest_receipts_what_it_stored_held_events_and_replays_included(
+    tmp_path: Path,
+) -> None:
+    """Receipts (docs/PROTOCOL.md): sealed to the unit by the backend key, sent after the batch
+    commit, covering held events once they are stored and repeats of stored ones."""
+    from contract.envelope.keys import PeerKeys
+    from contract.envelope.replay import CommandReplayGuard
+    from contract.envelope.seal import open_envelope
+    from contract.receipts import parse_receipt
+    from contract.topics import receipt_topic
+
+    with StationBroker(tmp_path) as sb, Store(tmp_path / "dash.db") as store:
+        ingest = _ingest(sb, store)
+        backend = load_identity(sb.station.backend_key).public()
+        with ingest:
+            assert ingest.listener.subscribed.wait(10)
+            provision_unit(sb.station.root, tmp_path / "u1", "cv-rcpt-0001", "lab")
+            unit = SimUnit(tmp_path / "u1").open()
+            assert unit.state.receipts  # the station's bundle carries the backend's verify key
+            assert unit.state.backend.verify_key == backend.verify_key
+            guard = CommandReplayGuard()
+            covered: set[int] = set()
+
+            def read_receipts(client: TestClient) -> None:
+                while (message := client.expect(0.05)) is not None:
+                    opened = open_envelope(
+                        bytes(message.payload),
+                        topic=message.topic,
+                        trusted_senders=PeerKeys([backend]),
+                        recipient=unit.state.identity,
+                        replay_guard=guard,
+                    )
+                    for lo, hi in parse_receipt(opened.message):
+                        covered.update(range(lo, hi + 1))
+
+            with TestClient(client_files(unit), sb.port) as client:
+                assert not client.subscribe(receipt_topic(unit.device)).is_failure
+                early = [unit.presence(), unit.health()]
+                for env in early:
+                    assert not client.publish(env.topic, env.data).is_failure
+                _wait(lambda: ingest.stats.held == 2)
+                time.sleep(0.5)
+                read_receipts(client)
+                assert covered == set()  # held (sender unknown yet): not stored, no receipt
+                assert ingest.reload_devices()
+                late = unit.presence()
+                client.publish(late.topic, late.data)
+                client.publish(early[0].topic, early[0].data)  # a republish of a stored one
+                wanted = {env.seq for env in [*early, late]}
+
+                def all_covered() -> bool:
+                    read_receipts(client)
+                    return wanted <= covered
+
+                _wait(all_covered)
+            unit.close()
+        assert ingest.receipter is not None and ingest.receipter.stats.sent >= 1

@@ -47,7 +47,7 @@ def sealed(seq: int, pad: int = 0, topic: str = TOPIC) -> SealedEnvelope:
 
 
 def test_batches_are_oldest_first_and_skip_in_flight(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         ids = [box.enqueue(sealed(seq)) for seq in range(5)]
         assert ids == sorted(ids)
         batch = box.next_batch(3)
@@ -70,7 +70,7 @@ def sealed_payload(box: Outbox, item_id: int) -> bytes:
 
 def test_payload_is_exactly_the_sealed_bytes(tmp_path: Path) -> None:
     env = sealed(3)
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         box.enqueue(env, TOPIC)
         (item,) = box.next_batch(1)
     assert item.payload == env.data
@@ -79,7 +79,7 @@ def test_payload_is_exactly_the_sealed_bytes(tmp_path: Path) -> None:
 
 
 def test_ack_deletes_and_is_idempotent(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         a, b = box.enqueue(sealed(1)), box.enqueue(sealed(2))
         size_b = box.next_batch(2)[1].size
         box.mark_in_flight(a, mid=1)
@@ -88,15 +88,15 @@ def test_ack_deletes_and_is_idempotent(tmp_path: Path) -> None:
         assert [item.id for item in box.next_batch(10)] == [b]
         stats = box.stats()
         assert (stats.depth, stats.bytes, stats.in_flight) == (1, size_b, 0)
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         assert [item.id for item in box.next_batch(10)] == [b]
 
 
 def test_ids_are_never_reused_after_the_newest_row_is_acked(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         first = box.enqueue(sealed(1))
         box.ack(first)
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         second = box.enqueue(sealed(2))
         assert second > first
         assert box.ack(first) is False  # a stale PUBACK for the old id deletes nothing
@@ -105,7 +105,7 @@ def test_ids_are_never_reused_after_the_newest_row_is_acked(tmp_path: Path) -> N
 
 def test_in_flight_is_requeued_on_reconnect_and_on_restart(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         ids = [box.enqueue(sealed(seq)) for seq in range(3)]
         for mid, item in enumerate(box.next_batch(10), start=1):
             box.mark_in_flight(item.id, mid)
@@ -115,7 +115,9 @@ def test_in_flight_is_requeued_on_reconnect_and_on_restart(tmp_path: Path) -> No
         assert [item.id for item in again] == ids
         assert all(item.attempts == 1 for item in again)
         box.mark_in_flight(ids[1], mid=9)
-    with Outbox(path, signer=SIGNER) as box:  # restart: in-flight rows are queued again at open
+    with Outbox(
+        path, signer=SIGNER, delete_on="puback"
+    ) as box:  # restart: in-flight rows are queued again at open
         items = box.next_batch(10)
         assert [item.id for item in items] == ids
         assert items[1].attempts == 2
@@ -123,7 +125,7 @@ def test_in_flight_is_requeued_on_reconnect_and_on_restart(tmp_path: Path) -> No
 
 
 def test_release_makes_a_refused_row_eligible_again(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         a = box.enqueue(sealed(1))
         box.mark_in_flight(a, mid=5)
         assert box.next_batch(1) == []
@@ -135,9 +137,11 @@ def test_release_makes_a_refused_row_eligible_again(tmp_path: Path) -> None:
 def test_items_carry_verified_sealed_envelopes(tmp_path: Path) -> None:
     env = sealed(7)
     path = tmp_path / "o.db"
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         box.enqueue(env)
-    with Outbox(path, signer=SIGNER) as box:  # after a restart: rebuilt from the row
+    with Outbox(
+        path, signer=SIGNER, delete_on="puback"
+    ) as box:  # after a restart: rebuilt from the row
         (item,) = box.next_batch(1)
     assert isinstance(item.envelope, SealedEnvelope)
     assert (item.envelope.data, item.envelope.topic, item.envelope.seq) == (env.data, TOPIC, 7)
@@ -145,7 +149,7 @@ def test_items_carry_verified_sealed_envelopes(tmp_path: Path) -> None:
 
 def test_a_row_damaged_on_disk_is_evicted_as_invalid_not_published(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         bad, good = box.enqueue(sealed(1)), box.enqueue(sealed(2))
     conn = sqlite3.connect(path)
     with conn:
@@ -153,7 +157,7 @@ def test_a_row_damaged_on_disk_is_evicted_as_invalid_not_published(tmp_path: Pat
         flipped = bytes(payload[:-1]) + bytes([payload[-1] ^ 1])  # one bit of the signature
         conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (flipped, bad))
     conn.close()
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         assert [item.id for item in box.next_batch(10)] == [good]
         stats = box.stats()
         assert stats.evicted_total == {"invalid": 1}
@@ -163,7 +167,7 @@ def test_a_row_damaged_on_disk_is_evicted_as_invalid_not_published(tmp_path: Pat
 def test_rows_of_other_keys_are_refused_in_and_evicted_out(tmp_path: Path) -> None:
     other = Identity.generate(DEVICE)  # same id, re-provisioned keys
     path = tmp_path / "o.db"
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         box.enqueue(sealed(1))
         stranger = seal(
             {},
@@ -175,14 +179,16 @@ def test_rows_of_other_keys_are_refused_in_and_evicted_out(tmp_path: Path) -> No
         )
         with pytest.raises(ValueError, match="signed by"):
             box.enqueue(stranger)
-    with Outbox(path, signer=other.public()) as box:
+    with Outbox(path, signer=other.public(), delete_on="puback") as box:
         assert box.next_batch(10) == []
         assert box.stats().evicted_total == {"invalid": 1}
 
 
 def test_byte_bound_evicts_oldest_first_and_counts(tmp_path: Path) -> None:
     size = len(sealed(0).data)
-    with Outbox(tmp_path / "o.db", max_bytes=int(size * 3.5), signer=SIGNER) as box:
+    with Outbox(
+        tmp_path / "o.db", max_bytes=int(size * 3.5), signer=SIGNER, delete_on="puback"
+    ) as box:
         ids = [box.enqueue(sealed(seq)) for seq in range(6)]
         assert [item.id for item in box.next_batch(10)] == ids[3:]
         stats = box.stats()
@@ -192,7 +198,7 @@ def test_byte_bound_evicts_oldest_first_and_counts(tmp_path: Path) -> None:
 
 
 def test_an_envelope_larger_than_the_bound_is_refused_and_counted(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", max_bytes=1000, signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", max_bytes=1000, signer=SIGNER, delete_on="puback") as box:
         keep = box.enqueue(sealed(1))
         with pytest.raises(OutboxFullError, match="exceeds the whole outbox bound"):
             box.enqueue(sealed(2, pad=2000))
@@ -202,7 +208,9 @@ def test_an_envelope_larger_than_the_bound_is_refused_and_counted(tmp_path: Path
 
 def test_age_bound_evicts_and_counts(tmp_path: Path) -> None:
     clock = FakeClock(epoch=1_764_000_000.0)
-    with Outbox(tmp_path / "o.db", max_age_s=60.0, clock=clock.time, signer=SIGNER) as box:
+    with Outbox(
+        tmp_path / "o.db", max_age_s=60.0, clock=clock.time, signer=SIGNER, delete_on="puback"
+    ) as box:
         old = [box.enqueue(sealed(seq)) for seq in range(3)]
         clock.advance(30)
         young = box.enqueue(sealed(3))
@@ -223,12 +231,16 @@ def test_counters_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     size = len(sealed(0).data)
     clock = FakeClock(epoch=1_764_000_000.0)
-    with Outbox(path, max_bytes=size * 2, max_age_s=10, clock=clock.time, signer=SIGNER) as box:
+    with Outbox(
+        path, max_bytes=size * 2, max_age_s=10, clock=clock.time, signer=SIGNER, delete_on="puback"
+    ) as box:
         for seq in range(4):
             box.enqueue(sealed(seq))
         clock.advance(11)
         assert box.prune() == 2
-    with Outbox(path, max_bytes=size * 2, clock=clock.time, signer=SIGNER) as box:
+    with Outbox(
+        path, max_bytes=size * 2, clock=clock.time, signer=SIGNER, delete_on="puback"
+    ) as box:
         stats = box.stats()
         assert stats.evicted_total == {"bytes": 2, "age": 2}
         assert stats.depth == 0
@@ -245,7 +257,7 @@ def test_counters_survive_reopen(tmp_path: Path) -> None:
     ],
 )
 def test_refuses_anything_but_a_sealed_envelope(tmp_path: Path, bad: object) -> None:
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         with pytest.raises(UnredactedDataError, match="only SealedEnvelope"):
             box.enqueue(bad)  # type: ignore[arg-type]
         assert box.stats().depth == 0
@@ -259,13 +271,16 @@ def test_refuses_a_look_alike_and_a_forged_envelope(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError):  # only seal() / restore_sealed() can make one
         SealedEnvelope(data=b"x", topic=TOPIC, device=DEVICE, sender_kid=DEVICE, seq=1)
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box, pytest.raises(UnredactedDataError):
+    with (
+        Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box,
+        pytest.raises(UnredactedDataError),
+    ):
         box.enqueue(LookAlike())  # type: ignore[arg-type]
 
 
 def test_topic_must_match_the_envelope(tmp_path: Path) -> None:
     with (
-        Outbox(tmp_path / "o.db", signer=SIGNER) as box,
+        Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box,
         pytest.raises(ValueError, match="differs"),
     ):
         box.enqueue(sealed(1), event_topic(DEVICE, "tamper"))
@@ -275,7 +290,7 @@ def test_disk_full_evicts_oldest_counts_and_keeps_going(tmp_path: Path) -> None:
     """``max_db_bytes`` sets PRAGMA max_page_count: SQLite then reports 'database or disk is
     full' exactly as on a full filesystem."""
     path = tmp_path / "o.db"
-    with Outbox(path, max_db_bytes=96 * 1024, signer=SIGNER) as box:
+    with Outbox(path, max_db_bytes=96 * 1024, signer=SIGNER, delete_on="puback") as box:
         ids = [box.enqueue(sealed(seq, pad=6000)) for seq in range(40)]
         stats = box.stats()
         assert stats.evicted_total.get("disk_full", 0) > 0
@@ -289,7 +304,7 @@ def test_disk_full_evicts_oldest_counts_and_keeps_going(tmp_path: Path) -> None:
         with pytest.raises(OutboxFullError, match="full"):
             box.enqueue(sealed(99, pad=200_000))  # fits max_bytes, never fits the database
         assert box.stats().rejected_total == {"full": 1}
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         stats = box.stats()
         assert stats.rejected_total == {"full": 1}
         assert stats.evicted_total["disk_full"] >= 1
@@ -297,7 +312,7 @@ def test_disk_full_evicts_oldest_counts_and_keeps_going(tmp_path: Path) -> None:
 
 def test_a_real_sqlite_full_error_becomes_outbox_full_error(tmp_path: Path) -> None:
     # One page short of holding anything: even the first insert cannot be stored.
-    with Outbox(tmp_path / "o.db", max_db_bytes=8 * 4096, signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", max_db_bytes=8 * 4096, signer=SIGNER, delete_on="puback") as box:
         with pytest.raises(OutboxFullError):
             box.enqueue(sealed(1, pad=60_000))
         assert box.stats().depth == 0
@@ -307,11 +322,11 @@ def test_garbage_file_is_detected_at_open(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     path.write_bytes(os.urandom(8192))
     with pytest.raises(OutboxCorruptError, match=r"move .* aside"):
-        Outbox(path, signer=SIGNER).open()
+        Outbox(path, signer=SIGNER, delete_on="puback").open()
 
 
 def _corrupt_a_btree_page(path: Path) -> None:
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         for seq in range(50):
             box.enqueue(sealed(seq, pad=1500))
     raw = bytearray(path.read_bytes())
@@ -325,20 +340,20 @@ def test_damaged_pages_are_detected_at_open(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     _corrupt_a_btree_page(path)
     with pytest.raises(OutboxCorruptError, match="corrupt"):
-        Outbox(path, signer=SIGNER).open()
+        Outbox(path, signer=SIGNER, delete_on="puback").open()
 
 
 def test_corrupt_file_is_moved_aside_and_counted_when_recovery_is_on(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     _corrupt_a_btree_page(path)
-    with Outbox(path, recover_corrupt=True, signer=SIGNER) as box:
+    with Outbox(path, recover_corrupt=True, signer=SIGNER, delete_on="puback") as box:
         stats = box.stats()
         assert stats.corrupt_recovered == 1
         assert stats.depth == 0
         box.enqueue(sealed(1))
     aside = list(tmp_path.glob("o.db.corrupt-*"))
     assert len(aside) == 1
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         assert box.stats().corrupt_recovered == 1
         assert box.stats().depth == 1
 
@@ -346,7 +361,7 @@ def test_corrupt_file_is_moved_aside_and_counted_when_recovery_is_on(tmp_path: P
 def test_threads_enqueue_mark_and_ack_concurrently(tmp_path: Path) -> None:
     envs = [sealed(seq) for seq in range(200)]
     acked: list[int] = []
-    with Outbox(tmp_path / "o.db", synchronous="NORMAL", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", synchronous="NORMAL", signer=SIGNER, delete_on="puback") as box:
 
         def producer(part: list[SealedEnvelope]) -> None:
             for env in part:
@@ -372,7 +387,7 @@ def test_threads_enqueue_mark_and_ack_concurrently(tmp_path: Path) -> None:
 
 
 def test_use_outside_the_context_is_an_error(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", signer=SIGNER)
+    box = Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback")
     assert not (tmp_path / "o.db").exists()  # the constructor only stores
     with pytest.raises(OutboxError, match="not open"):
         box.enqueue(sealed(1))
@@ -384,7 +399,7 @@ def test_use_outside_the_context_is_an_error(tmp_path: Path) -> None:
 
 def test_a_database_held_by_another_process_is_an_outbox_error(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    with Outbox(path, signer=SIGNER, busy_timeout_s=0.05) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback", busy_timeout_s=0.05) as box:
         box.enqueue(sealed(1))
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN EXCLUSIVE")  # e.g. an operator's sqlite3 shell mid-transaction
@@ -402,7 +417,7 @@ def test_a_database_held_by_another_process_is_an_outbox_error(tmp_path: Path) -
 def test_throughput_with_durability_on(tmp_path: Path) -> None:
     """enqueue (fsynced) + mark_in_flight + ack per event, the default durability settings."""
     envs = [sealed(seq, pad=300) for seq in range(150)]
-    with Outbox(tmp_path / "o.db", signer=SIGNER) as box:
+    with Outbox(tmp_path / "o.db", signer=SIGNER, delete_on="puback") as box:
         start = time.perf_counter()
         for env in envs:
             item_id = box.enqueue(env)
@@ -425,7 +440,7 @@ _CHILD = textwrap.dedent(
     device = Identity.generate("cv-test-0001")
     backend = Identity.generate("backend-test").public()
     topic = event_topic("cv-test-0001", "presence")
-    with Outbox(path, signer=device.public()) as box:
+    with Outbox(path, signer=device.public(), delete_on="puback") as box:
         os.write(out_fd, b"R\\n")
         seq = start
         while True:
@@ -494,7 +509,7 @@ def test_kill_9_mid_write_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
                 continue
             else:
                 assert present.get(item_id) == item_seq, f"committed id {item_id} lost"
-        with Outbox(path, signer=SIGNER) as box:  # opens fine and agrees
+        with Outbox(path, signer=SIGNER, delete_on="puback") as box:  # opens fine and agrees
             assert box.stats().depth == len(present)
     assert len(committed) >= 12, "the child never got going"
 
@@ -505,7 +520,9 @@ class OutboxModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="outbox-model-"))
-        self.box = Outbox(self.dir / "o.db", signer=SIGNER, synchronous="NORMAL")
+        self.box = Outbox(
+            self.dir / "o.db", signer=SIGNER, delete_on="puback", synchronous="NORMAL"
+        )
         self.box.open()
         self.model: dict[int, tuple[int, bool]] = {}  # id -> (seq, in flight)
         self.sizes: dict[int, int] = {}
@@ -598,7 +615,7 @@ def test_a_row_with_invalid_utf8_topic_or_bad_payload_is_evicted_and_never_block
     that is not a number: the rows after them are delivered, the three are evicted and counted
     ``invalid``."""
     path = tmp_path / "o.db"
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         ids = [box.enqueue(sealed(seq)) for seq in range(31)]
     bad_topic, bad_payload, bad_size = ids[0], ids[5], ids[9]
     _raw_update(
@@ -608,7 +625,7 @@ def test_a_row_with_invalid_utf8_topic_or_bad_payload_is_evicted_and_never_block
     )
     _raw_update(path, "UPDATE outbox SET payload = ? WHERE id = ?", (b"\xff\x00junk", bad_payload))
     _raw_update(path, "UPDATE outbox SET size = 'garbage' WHERE id = ?", (bad_size,))
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         delivered: list[int] = []
         for _ in range(10):
             batch = box.next_batch(8)
@@ -629,7 +646,7 @@ def test_outbox_files_are_private_from_creation(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         path = tmp_path / "o.db"
-        with Outbox(path, signer=SIGNER) as box:
+        with Outbox(path, signer=SIGNER, delete_on="puback") as box:
             box.enqueue(sealed(1))
             modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.is_file()}
     finally:
@@ -682,7 +699,7 @@ def test_a_full_2mb_filesystem_keeps_storing_new_events_and_reopens(small_fs: Pa
     envelopes = [sealed(seq) for seq in range(total)]
     stored: list[int] = []
     refused = 0
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         for env in envelopes:
             try:
                 box.enqueue(env)
@@ -702,7 +719,7 @@ def test_a_full_2mb_filesystem_keeps_storing_new_events_and_reopens(small_fs: Pa
     assert stats.depth + evicted == total  # every envelope is stored, evicted or counted
     # the disk is full to the last byte (the outbox's own use plus a filler); reopen anyway
     _fill_the_rest(small_fs)
-    with Outbox(path, signer=SIGNER) as box:
+    with Outbox(path, signer=SIGNER, delete_on="puback") as box:
         before = box.stats()  # opening may evict the oldest to get its disk reserve back
         assert 0 < before.depth <= stats.depth
         assert before.depth + sum(before.evicted_total.values()) == total
@@ -724,7 +741,9 @@ def test_a_full_2mb_filesystem_keeps_storing_new_events_and_reopens(small_fs: Pa
                 drained += 1
         assert drained == after.depth
         assert box.stats().depth == 0
-    with Outbox(path, signer=SIGNER) as box:  # and a clean restart after the drain
+    with Outbox(
+        path, signer=SIGNER, delete_on="puback"
+    ) as box:  # and a clean restart after the drain
         assert box.stats().depth == 0
 
 
@@ -751,7 +770,9 @@ def test_a_publisher_that_keeps_failing_withholds_the_watchdog(tmp_path: Path) -
 
     path = tmp_path / "o.db"
     clock = FakeClock(epoch=1_764_000_000.0)
-    with Outbox(path, signer=SIGNER, busy_timeout_s=0.05, max_age_s=60, clock=clock.time) as box:
+    with Outbox(
+        path, signer=SIGNER, delete_on="puback", busy_timeout_s=0.05, max_age_s=60, clock=clock.time
+    ) as box:
         box.enqueue(sealed(99))  # the one that ages out
         clock.advance(30)
         for seq in range(5):

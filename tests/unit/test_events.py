@@ -81,6 +81,9 @@ def health_event(b: EventBuilder) -> Any:
         evicted_total=MappingProxyType({"bytes": 2, "age": 1}),
         rejected_total=MappingProxyType({"full": 1}),
         corrupt_recovered=0,
+        awaiting_receipt=2,
+        receipted=40,
+        republished=1,
     )
     return b.health(
         fps=14.9,
@@ -106,6 +109,7 @@ def all_events(b: EventBuilder) -> list[Any]:
         *(b.tamper(kind, 0.8) for kind in TamperKind),
         health_event(b),
         b.status(LinkState.ONLINE),
+        b.status(LinkState.ONLINE, delivery="receipt"),
         b.status(LinkState.OFFLINE),
     ]
 
