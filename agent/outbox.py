@@ -87,6 +87,7 @@ from contract.errors import (
     OutboxFullError,
     UnredactedDataError,
 )
+from contract.topics import KIND_CMD_ACK
 
 logger = logging.getLogger(__name__)
 
@@ -459,7 +460,7 @@ class Outbox:
         """
         with self._locked() as conn:
             self._set_sync(self._sync_ack)
-            if self._delete_on == "receipt":
+            if self._delete_on == "receipt" and not self._puback_only(conn, item_id):
                 _, count = self._small_write(
                     conn,
                     "UPDATE outbox SET mid = NULL, published = ? "
@@ -475,6 +476,14 @@ class Outbox:
             self._depth -= 1
             self._bytes -= int(deleted[0][0])
             return True
+
+    @staticmethod
+    def _puback_only(conn: sqlite3.Connection, item_id: int) -> bool:
+        """Command acks are sealed to the operator: the backend cannot open them, so no receipt
+        will ever name them; the operator's own timeout covers a lost one. They go on the
+        PUBACK in either mode."""
+        row = conn.execute("SELECT topic FROM outbox WHERE id = ?", (item_id,)).fetchone()
+        return row is not None and str(row[0]).endswith("/" + KIND_CMD_ACK)
 
     def receipt(self, ranges: Sequence[tuple[int, int]]) -> int:
         """The backend stored the envelopes with these (inclusive) seq ranges: delete them, in

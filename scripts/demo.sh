@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# make demo: the agent publishing sealed events over MQTT to a backend listener, end to end.
+# make demo: the whole system on one machine, end to end.
 #
 #   scripts/demo.sh [DEMO_SOURCE] [extra `camveil run` arguments]
 #
-# 1. throw-away keys (camveil dev-pki out/demo/pki): CA, broker, unit, backend, operator;
-# 2. a local mosquitto on a free port with the repo's config (TLS, client certificates, ACL);
-# 3. `camveil listen` (backend: verifies, decrypts, de-duplicates; JSON lines -> terminal);
-# 4. the agent (`camveil run --config out/demo/camveil.toml`) on a replay camera of DEMO_SOURCE
-#    (a video; without one, real photos from scikit-image), with a snapshot command sent by the
-#    operator midway;
-# 5. a summary: events received by type, lost and duplicated (both must be 0).
-# Everything stops by itself (a frame limit) or on Ctrl-C; all processes are cleaned up.
+# 1. a provisioning station (camveil station init out/demo/station): CA, broker, backend and
+#    operator keys, and the broker configuration (TLS, client certificates, ACL);
+# 2. mosquitto from that configuration, on a free local port;
+# 3. the unit provisioned like a real one: `camveil provision-listen` (unit side) and
+#    `camveil provision` (station side) over a pseudo-terminal pair (socat), USB serial style;
+# 4. the fleet dashboard (`camveil dashboard`: ingest + web page; it receipts what it stores,
+#    so the unit forgets an envelope only when the backend has it), a few simulated units
+#    (`camveil simulate`), and `camveil listen` as an observer (JSON lines, no receipts);
+# 5. the agent (`camveil run`) on a replay camera of DEMO_SOURCE (a video; without one, real
+#    photos from scikit-image), with a snapshot command sent by the operator midway;
+# 6. a summary: events received by type, lost and duplicated (both must be 0). On a terminal
+#    the broker, dashboard and simulated units then stay up until Ctrl-C (DEMO_HOLD=0: stop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +22,10 @@ VENV=${VENV:-.venv}
 BIN="$VENV/bin"
 OUT=${DEMO_OUT:-out/demo}
 FRAMES=${DEMO_FRAMES:-400}
+SIM_UNITS=${DEMO_SIM_UNITS:-3}
 SOURCE=${1:-}
 shift || true
+if [ -t 0 ] && [ -t 1 ]; then HOLD=${DEMO_HOLD:-1}; else HOLD=${DEMO_HOLD:-0}; fi
 
 pids=()
 cleanup() {
@@ -33,21 +39,56 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+free_port() {
+  "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-rm -rf "$OUT/pki" "$OUT/unit-state" "$OUT/events.jsonl" "$OUT/snapshots" "$OUT/listen.db"
+rm -rf "$OUT/station" "$OUT/station-sim" "$OUT/unit" "$OUT/events.jsonl" "$OUT/snapshots" \
+  "$OUT/listen.db" "$OUT/dashboard.db" "$OUT"/dashboard.db-* "$OUT/operator-acks.txt" "$OUT/pki"
+ST="$OUT/station"
 
-PORT=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$BIN/camveil" dev-pki "$OUT/pki" --port "$PORT" >/dev/null
-echo "demo: dev keys in $OUT/pki (throw-away), broker on 127.0.0.1:$PORT"
+PORT=$(free_port)
+DASH_PORT=${DEMO_DASHBOARD_PORT:-$(free_port)}
+"$BIN/camveil" station init "$ST" --broker-url "mqtts://127.0.0.1:$PORT" \
+  --backend dashboard --backend listen >"$OUT/station-init.log"
+echo "demo: station in $ST (throw-away keys), broker on 127.0.0.1:$PORT"
 
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-"$MOSQUITTO" -c "$OUT/pki/broker/mosquitto.conf" >"$OUT/mosquitto.log" 2>&1 &
+(cd "$ST/broker" && exec "$MOSQUITTO" -c "$ST/broker/mosquitto.conf") >"$OUT/mosquitto.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.1
 done
+
+# USB serial, as at an install: a pseudo-terminal pair stands for the cable
+socat pty,raw,echo=0,link="$OUT/tty-unit" pty,raw,echo=0,link="$OUT/tty-station" 2>"$OUT/socat.log" &
+pids+=($!)
+for _ in $(seq 50); do [ -e "$OUT/tty-unit" ] && [ -e "$OUT/tty-station" ] && break; sleep 0.1; done
+"$BIN/camveil" provision-listen --port "$OUT/tty-unit" --state "$OUT/unit" --linger 1 \
+  >"$OUT/provision-unit.log" 2>&1 &
+UNIT_SIDE=$!
+"$BIN/camveil" provision --port "$OUT/tty-station" --station "$ST" --site demo \
+  >"$OUT/provision.log" 2>&1 || { cat "$OUT/provision.log" "$OUT/provision-unit.log" >&2; exit 1; }
+wait "$UNIT_SIDE" || true
+DEVICE=$("$BIN/python" -c 'import sys; from agent.unitstate import UnitState; print(UnitState.load(sys.argv[1]).device_id)' "$OUT/unit")
+echo "demo: unit $DEVICE provisioned over a serial line (its keys were made on it, never sent)"
+
+# simulated units: provisioned with the station first, so every backend trusts them from the start
+"$BIN/camveil" simulate --units "$SIM_UNITS" --station "$ST" --duration 1 >"$OUT/simulate.log" 2>&1
+"$BIN/camveil" simulate --units "$SIM_UNITS" --station "$ST" --rate 0.5 --snapshot-every 5 \
+  >>"$OUT/simulate.log" 2>&1 &
+pids+=($!)
+echo "demo: $SIM_UNITS simulated units (camveil simulate) publishing sealed events"
+
+"$BIN/camveil" dashboard --station "$ST" --port "$DASH_PORT" --store "$OUT/dashboard.db" \
+  >"$OUT/dashboard.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 150); do grep -q "http://" "$OUT/dashboard.log" 2>/dev/null && break; sleep 0.1; done
+LOGIN=$(grep -o "operator admin, password [^ ]*" "$OUT/dashboard.log" | head -1 || true)
+echo "demo: dashboard on http://127.0.0.1:$DASH_PORT (${LOGIN:-see $OUT/dashboard.log})"
 
 if [ -n "$SOURCE" ] && [ -e "$SOURCE" ]; then
   SOURCE=$(cd "$(dirname "$SOURCE")" && pwd)/$(basename "$SOURCE")
@@ -69,22 +110,25 @@ $PACING
 
 [mqtt]
 enabled = true
-state_dir = "$OUT/pki/unit"
+state_dir = "$OUT/unit"
 
 [events]
 presence_window_s = 3.0
 health_interval_s = 5.0
 EOF
 
-echo "demo: backend listener (camveil listen) -> $OUT/events.jsonl"
+echo "demo: observer (camveil listen, no receipts) -> $OUT/events.jsonl"
 : >"$OUT/events.jsonl"
-"$BIN/camveil" listen --dev-pki "$OUT/pki" --db "$OUT/listen.db" --snapshots "$OUT/snapshots" \
-  --until-offline --duration 150 >"$OUT/events.jsonl" 2>"$OUT/listen.err" &
+"$BIN/camveil" listen --broker "mqtts://127.0.0.1:$PORT" --ca "$ST/ca/ca.crt" \
+  --cert "$ST/clients/backend-listen.crt" --key "$ST/clients/backend-listen.key" \
+  --identity "$ST/backend.key" --devices "$ST/devices.cbor" --no-share --no-receipts \
+  --db "$OUT/listen.db" --snapshots "$OUT/snapshots" --duration 150 \
+  >"$OUT/events.jsonl" 2>"$OUT/listen.err" &
 LISTEN=$!
 pids+=($LISTEN)
-# show each event as it arrives, shortened to one line (tail ends with the listener)
+# show the unit's events as they arrive, shortened to one line (tail ends with the listener)
 tail -n +1 -f --pid="$LISTEN" "$OUT/events.jsonl" 2>/dev/null |
-  awk '{ print "  event: " substr($0, 1, 150); fflush() }' &
+  awk -v dev="\"$DEVICE\"" 'index($0, dev) { print "  event: " substr($0, 1, 150); fflush() }' &
 VIEWER=$!
 for _ in $(seq 100); do grep -q subscribed "$OUT/listen.err" 2>/dev/null && break; sleep 0.1; done
 
@@ -94,7 +138,7 @@ AGENT=$!
 pids+=($AGENT)
 
 # the operator asks for a snapshot once the unit is online (signed, encrypted, expiring)
-"$BIN/python" - "$OUT/pki" "$PORT" "$OUT/events.jsonl" <<'EOF' || echo "demo: snapshot command not sent"
+"$BIN/python" - "$ST" "$PORT" "$OUT/events.jsonl" "$DEVICE" <<'EOF' || echo "demo: snapshot command not sent"
 import ssl, sys, time
 from pathlib import Path
 import paho.mqtt.client as mqtt
@@ -104,14 +148,15 @@ from contract.envelope.keys import ack_reader, load_identity, load_peers
 from contract.topics import ack_topic
 from dashboard.listener import MemoryDedupe, Opener
 
-root, port, events = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+root, port, events, device_id = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 deadline = time.monotonic() + 30
-while '"state": "online"' not in events.read_text() and time.monotonic() < deadline:
+while not any(device_id in line and '"state": "online"' in line
+              for line in events.read_text().splitlines()) and time.monotonic() < deadline:
     time.sleep(0.1)
 time.sleep(1.0)  # a frame or two through the pipeline
-operator = load_identity(root / "operator" / "identity.cbor")
-peers = load_peers(root / "backend" / "devices.cbor")
-device = next(iter(peers.values()))
+operator = load_identity(root / "operator.key")
+peers = load_peers(root / "devices.cbor")
+device = peers.require(device_id)
 # acks are sealed to the operator (the backend cannot open them): read the ack as `camveil cmd` does
 opener = Opener(ack_reader(operator), peers, MemoryDedupe())
 acks = []
@@ -121,9 +166,9 @@ def on_message(client, userdata, message):
         acks.append(received.seq)
 cmd = seal_command("snapshot", command_id="demo-snap-1", device=device, operator=operator,
                    seq=int(time.time() * 1000), expires_at=int(time.time()) + 60)
-cert = next((root / "operator").glob("operator-*.crt"))
+cert = next((root / "clients").glob("operator-*.crt"))
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.load_verify_locations(root / "ca.crt")
+ctx.load_verify_locations(root / "ca" / "ca.crt")
 ctx.load_cert_chain(cert, cert.with_suffix(".key"))
 client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
 client.tls_set_context(ctx)
@@ -143,13 +188,18 @@ print("demo: operator sent a signed snapshot command (id demo-snap-1)")
 EOF
 
 wait "$AGENT"
-# the listener ends when the unit's last will ("offline") arrives
-for _ in $(seq 200); do kill -0 "$LISTEN" 2>/dev/null || break; sleep 0.1; done
+# the unit's last will ("offline") is the last thing the observer needs
+for _ in $(seq 100); do
+  grep "\"$DEVICE\"" "$OUT/events.jsonl" | grep -q '"state": "offline"' && break
+  sleep 0.1
+done
+sleep 0.5
 kill "$LISTEN" 2>/dev/null || true
 wait "$LISTEN" 2>/dev/null || true
 wait "$VIEWER" 2>/dev/null || true
 
-"$BIN/python" - "$OUT" <<'EOF'
+STATUS=0
+"$BIN/python" - "$OUT" <<'EOF' || STATUS=$?
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
@@ -164,8 +214,9 @@ lost = sorted(sent - got)
 print()
 print(f"demo summary ({agent['device']}):")
 print(f"  frames: {agent['frames_out']} of {agent['frames_in']} redacted; dropped {agent['dropped'] or 'none'}")
-print(f"  agent enqueued {agent['enqueued']} sealed envelopes {agent['events']}, acked by the broker {agent['acked']}, left in the outbox {agent['outbox_depth']}")
-print(f"  listener received {listen['received']} {listen['by_type']} (incl. the last will)")
+print(f"  agent enqueued {agent['enqueued']} sealed envelopes {agent['events']}, acked by the broker {agent['acked']}, left in the outbox {agent['outbox_depth']} (forgotten only on the dashboard's receipts)")
+mine = {s for a, b in listen["seqs"].get(agent["device"], []) for s in range(a, b + 1)}
+print(f"  observer received {len(mine)} of the unit's envelopes (incl. the last will); all units: {listen['by_type']}")
 print(f"  operator received {len(acks)} sealed command ack(s)")
 print(f"  lost: {len(lost)}   duplicated: {listen['duplicates']}   bad: {listen['bad'] or 0}")
 snaps = sorted((out / "snapshots").glob("*.jpg")) if (out / "snapshots").exists() else []
@@ -174,3 +225,11 @@ if snaps:
 print(f"  events: {out / 'events.jsonl'}")
 sys.exit(1 if lost or listen["duplicates"] else 0)
 EOF
+
+if [ "$HOLD" = "1" ]; then
+  echo
+  echo "demo: the dashboard stays up: http://127.0.0.1:$DASH_PORT (${LOGIN:-see $OUT/dashboard.log})"
+  echo "demo: broker and simulated units keep running; Ctrl-C stops everything"
+  while true; do sleep 3600; done
+fi
+exit "${STATUS:-0}"

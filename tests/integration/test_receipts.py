@@ -275,3 +275,20 @@ def test_the_agents_outbox_empties_through_the_backends_receipts(harness: Harnes
     summary = harness.stop_agent()
     assert summary is not None
     assert DEVICE
+
+
+def test_command_acks_go_on_the_puback_since_no_backend_can_receipt_them(box: Outbox) -> None:
+    from contract.topics import ack_topic
+
+    ack = seal(
+        {"type": "cmd_ack", "n": 1},
+        sender=_unit,
+        recipient=_operator.public(),
+        topic=ack_topic(UNIT),
+        seq=50,
+        device=UNIT,
+    )
+    item = box.enqueue(ack)
+    box.mark_in_flight(item, 3)
+    assert box.ack(item)
+    assert box.stats().depth == 0
