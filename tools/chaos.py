@@ -242,6 +242,8 @@ class ChaosPlan:
         )
         if self.delivery not in ("receipt", "puback"):
             raise ConfigError(f"chaos --delivery {self.delivery!r}: use receipt or puback")
+        if not 0 <= self.backend_down_s <= 86400:
+            raise ConfigError("chaos --backend-down: seconds in [0, 86400]")
         if min(faults) < 0 or self.events < 1:
             raise ConfigError("chaos: need --events >= 1, --broker-restarts/--agent-kills >= 0")
         if not 0 < self.rate <= 10_000:

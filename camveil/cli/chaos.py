@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend-kills", type=int, default=0, help="stops of the backend (listener), restarted"
     )
     parser.add_argument(
+        "--backend-down",
+        type=float,
+        default=2.0,
+        help="seconds the backend stays down at each backend stop (default 2)",
+    )
+    parser.add_argument(
         "--delivery",
         choices=("receipt", "puback"),
         default="receipt",
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         broker_kills=args.broker_kills,
         broker_wipes=args.broker_wipes,
         backend_kills=args.backend_kills,
+        backend_down_s=args.backend_down,
         delivery=args.delivery,
         receipt_timeout_s=args.receipt_timeout,
         rate=args.rate,
