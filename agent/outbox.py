@@ -183,14 +183,14 @@ class OutboxStats:
     bytes: int
     in_flight: int
     oldest_age_s: float | None
-    awaiting_receipt: int
-    """Published (PUBACK seen), kept until the backend's receipt names them."""
     evicted_total: Mapping[str, int]
     """Evicted envelopes by reason: ``bytes``, ``age``, ``disk_full``, ``invalid``."""
     rejected_total: Mapping[str, int]
     """Envelopes refused at enqueue by reason: ``full``, ``too_large``."""
     corrupt_recovered: int
     """How many times a corrupt database file was moved aside and replaced."""
+    awaiting_receipt: int = 0
+    """Published (PUBACK seen), kept until the backend's receipt names them."""
     receipted: int = 0
     """Envelopes deleted because a receipt named them."""
     republished: int = 0

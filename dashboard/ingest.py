@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Final
 
 from contract.envelope.keys import Identity, PeerKeys
-from contract.envelope.replay import ReplayGuard, StreamKey
+from contract.envelope.replay import ReplayCheck, StoreDecides, StreamKey
 from contract.envelope.seal import open_envelope
 from contract.envelope.wire import parse_sign1
 from contract.errors import (
@@ -150,7 +150,7 @@ class _DeferredReplay:
     """A ReplayCheck that refuses what the guard refuses but records a seq only on
     :meth:`commit` (after the event is stored)."""
 
-    def __init__(self, guard: ReplayGuard) -> None:
+    def __init__(self, guard: ReplayCheck) -> None:
         self._guard = guard
         self._pending: dict[tuple[StreamKey, int], int | None] = {}
         self._lock = threading.Lock()  # the opener threads of one batch
@@ -195,8 +195,6 @@ class _Batch:
     rejections: Counter[tuple[str, str]] = field(default_factory=Counter)
     hold: list[tuple[str, str, str, bytes]] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
-    replayed: list[tuple[str, int]] = field(default_factory=list)
-    """Authentic (verified) repeats of messages this process already stored: receipted again."""
 
 
 _RETRY_HELD: Final = object()
@@ -224,7 +222,9 @@ class Ingest:
         self._devices = devices
         self._revoked: set[str] = set()
         self._store = store
-        self._guard = _DeferredReplay(ReplayGuard())
+        # the store's (device, boot, seq) uniqueness de-duplicates exactly; a window would drop
+        # a late republish that was never stored (docs/PROTOCOL.md, "Receipts")
+        self._guard = _DeferredReplay(StoreDecides())
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -367,7 +367,6 @@ class Ingest:
                 batch.events += part.events
                 batch.rejections.update(part.rejections)
                 batch.hold += part.hold
-                batch.replayed += part.replayed
         else:
             batch = self._open_all(deliveries)
         self.stats.open_s += time.monotonic() - started
@@ -418,10 +417,6 @@ class Ingest:
                 return  # still unknown: stays held
         except EnvelopeError as exc:
             batch.rejections[(claimed, reason_for(exc))] += 1
-            if isinstance(exc, ReplayError):  # raised after the signature verified
-                seq = _seq(payload)
-                if seq is not None and claimed != UNPARSEABLE:
-                    batch.replayed.append((claimed, seq))
         else:
             batch.events.append(NewEvent(opened.device, opened.seq, topic, opened.message))
         if held_id is not None:
@@ -468,8 +463,6 @@ class Ingest:
         if receipter is not None:  # committed: stored now, or stored before (a duplicate)
             for event in batch.events:
                 receipter.stored(event.device, event.seq)
-            for device, seq in batch.replayed:
-                receipter.stored(device, seq)
 
     def _account(
         self, batch: _Batch, stored: Sequence[bool], rejections: Counter[tuple[str, str]]
@@ -508,13 +501,6 @@ class Ingest:
             if not self._commit(batch):
                 return
             after = rows[-1].id
-
-
-def _seq(payload: bytes) -> int | None:
-    try:
-        return parse_sign1(payload).seq
-    except EnvelopeError:
-        return None
 
 
 def _signer(payload: bytes) -> str | None:

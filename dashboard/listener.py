@@ -36,13 +36,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from contract.envelope.keys import Identity, PeerKeys
-from contract.envelope.replay import ReplayGuard
+from contract.envelope.replay import ReplayCheck, StoreDecides
 from contract.envelope.seal import SealedEnvelope, open_envelope
-from contract.envelope.wire import parse_sign1
 from contract.errors import EnvelopeError, ReplayError
 from contract.mqtt import tls_context
 from contract.ranges import seq_ranges
-from contract.topics import events_filter, shared, status_topic, topic_device
+from contract.topics import events_filter, shared, status_topic
 from dashboard.receipts import Receipter
 
 logger = logging.getLogger(__name__)
@@ -155,17 +154,18 @@ class Opener:
         identity: Identity,
         devices: PeerKeys,
         dedupe: DedupeStore,
-        replay_guard: ReplayGuard | None = None,
+        replay_guard: ReplayCheck | None = None,
     ) -> None:
         self._identity = identity
         self._devices = devices
         self._dedupe = dedupe
-        self._guard = replay_guard or ReplayGuard()
+        # exact de-duplication is the dedupe store's: a window would drop late republishes
+        self._guard: ReplayCheck = replay_guard or StoreDecides()
         self._lock = threading.Lock()
         self.stats = ListenerStats()
         self.on_duplicate: Callable[[str, int], None] | None = None
-        """Told (device, seq) of every authentic duplicate: the unit republished an envelope
-        the backend already has (its receipt was lost), so it is receipted again."""
+        """Told (device, seq) of every duplicate the dedupe store has seen: the unit published
+        again an envelope the backend already has (its receipt was lost): receipt it again."""
 
     def open(self, topic: str, payload: bytes) -> Received | None:
         with self._lock:
@@ -177,9 +177,8 @@ class Opener:
                     recipient=self._identity,
                     replay_guard=self._guard,
                 )
-            except ReplayError:  # raised only after the signature verified: authentic
+            except ReplayError:  # only with an explicit window guard; not known to be stored
                 self.stats.duplicates += 1
-                self._duplicate(topic, payload)
                 return None
             except EnvelopeError as exc:
                 self.stats.bad[type(exc).__name__] += 1
@@ -195,15 +194,6 @@ class Opener:
             self.stats.received[kind] += 1
             self.stats.seqs.setdefault(opened.device, []).append(opened.seq)
             return Received(opened.device, opened.seq, topic, kind, opened.message)
-
-    def _duplicate(self, topic: str, payload: bytes) -> None:
-        if self.on_duplicate is None:
-            return
-        try:
-            device, seq = topic_device(topic), parse_sign1(payload).seq
-        except (ValueError, EnvelopeError):
-            return
-        self.on_duplicate(device, seq)
 
 
 # --- the MQTT client -------------------------------------------------------------------------

@@ -112,6 +112,20 @@ class ReplayGuard:
         return highest, bitmap
 
 
+class StoreDecides:
+    """A :class:`ReplayCheck` that refuses nothing: for a receiver whose own de-duplication is
+    exact and durable (the backend's (device, seq) store). A window would refuse an envelope
+    that arrives later than ``window`` newer ones, which with end-to-end receipts is a unit
+    publishing again what the backend never stored: it must be stored, not dropped as a
+    replay (a dropped one is never receipted, and with a window it could never get in)."""
+
+    def check(self, stream: StreamKey, seq: int, expires_at: int | None = None) -> None:
+        pass
+
+    def accept(self, stream: StreamKey, seq: int, expires_at: int | None = None) -> None:
+        pass
+
+
 CommandKey = tuple[str, str, int]  # (signer kid, topic, seq)
 
 

@@ -34,7 +34,7 @@ def _is(kind: str) -> Callable[[Received], bool]:
 def test_events_flow_and_snapshot_is_redacted(harness: Harness) -> None:
     harness.start_agent()
     online = harness.wait_for(_is("status"))
-    assert online.message["body"] == {"state": "online"}
+    assert online.message["body"] == {"state": "online", "delivery": "receipt"}
     presence = harness.wait_for(_is("presence"))
     zones = presence.message["body"]["zones"]
     assert zones[0]["zone"] == "all" and zones[0]["faces"] >= 1  # the astronaut

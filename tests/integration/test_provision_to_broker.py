@@ -43,6 +43,7 @@ from contract.envelope.replay import ReplayGuard
 from contract.envelope.seal import open_envelope
 from contract.topics import device_filter, topic_device
 from dashboard.listener import Listener, ListenerConfig, MemoryDedupe, Opener, Received
+from dashboard.receipts import Receipter
 from hw.serial_link import PySerialLink
 from provisioning import pki
 from provisioning.broker import BrokerSettings
@@ -187,6 +188,8 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
     trusted = load_peers(paths.peers)
     assert device in trusted
     inbox = Inbox()
+    # the backend receipts what it got: the unit (delete_on = "receipt") then forgets it
+    receipter = Receipter(backend_identity, lambda: trusted, lambda e: listener.publish_receipt(e))
     listener = Listener(
         ListenerConfig(
             host=HOST,
@@ -198,6 +201,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
         ),
         Opener(backend_identity, trusted, MemoryDedupe()),
         inbox.add,
+        receipter=receipter,
     )
     raw_files = ClientFiles(
         "backend-raw",
@@ -209,6 +213,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
         raw = TestClient(raw_files, port)  # the raw payloads, to open them by hand as well
         raw.connect()
         listener.start()
+        receipter.start()
         try:
             assert raw.subscribe(device_filter(device)) < 0x80
             assert listener.subscribed.wait(10), f"listener not subscribed:\n{process.log_tail()}"
@@ -259,7 +264,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
             assert first.type in {"status", "presence", "health"}
             assert {r.type for r in got} >= {"status", "health"}
             status = [r for r in got if r.type == "status"]
-            assert status[0].message["body"] == {"state": "online"}
+            assert status[0].message["body"] == {"state": "online", "delivery": "receipt"}
             # the daemon stopped with its sealed last will: the broker published it for the unit
             inbox.wait_for(
                 lambda rs: any(
@@ -291,6 +296,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
             genuine = ClientFiles(device, backend.ca, unit_state.tls_cert, unit_state.tls_key)
             assert mqtt_connect(genuine, port, device) == b"\x20\x02\x00\x00"
         finally:
+            receipter.stop()
             listener.stop()
             raw.close()
     elapsed = time.monotonic() - start

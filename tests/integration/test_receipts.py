@@ -16,6 +16,7 @@ from harness import DEVICE, Harness
 from agent.outbox import Outbox
 from agent.receipts import ReceiptProcessor
 from contract.envelope import Identity, SealedEnvelope, seal
+from contract.envelope.keys import PeerKeys
 from contract.errors import MalformedEnvelopeError
 from contract.receipts import (
     MAX_RANGES,
@@ -292,3 +293,19 @@ def test_command_acks_go_on_the_puback_since_no_backend_can_receipt_them(box: Ou
     box.mark_in_flight(item, 3)
     assert box.ack(item)
     assert box.stats().depth == 0
+
+
+def test_the_backend_stores_a_late_republish_instead_of_refusing_it_as_a_replay() -> None:
+    """Found by `camveil chaos --seed 15`: with a 1024-wide replay window the listener refused
+    an envelope published again after 1024 newer ones (never stored) as a "replay" and receipted
+    it; the unit forgot it: 54 of 2011 lost. Exact de-duplication decides instead."""
+    from dashboard.listener import MemoryDedupe, Opener
+
+    opener = Opener(_backend, PeerKeys([_unit.public()]), MemoryDedupe())
+    stored: list[int] = []
+    opener.on_duplicate = lambda device, seq: stored.append(-seq)
+    assert opener.open(event_topic(UNIT, "presence"), bytes(sealed(5000).data)) is not None
+    late = sealed(3)
+    assert opener.open(late.topic, bytes(late.data)) is not None  # 4997 behind: still stored
+    assert opener.open(late.topic, bytes(late.data)) is None  # a true duplicate
+    assert stored == [-3]  # ... which is receipted again, being stored
