@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from broker import ClientFiles, mosquitto_binary
-from test_station_broker import (
+from station_rig import (
     CONNACK_OK,
     backend_files,
     mqtt_connect,

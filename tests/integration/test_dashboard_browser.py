@@ -33,7 +33,7 @@ from broker import HOST, Mosquitto, TestClient, TestPki, free_port
 from harness import DEVICE, Harness
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
-from test_listener import Unit
+from sealing_unit import Unit
 
 from agent.events import LinkState, seal_event
 from agent.outbox import OutboxStats

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from broker import HOST, Mosquitto, TestClient, TestPki
-from test_listener import Unit
+from sealing_unit import Unit
 
 from agent.events import seal_event
 from contract.envelope.keys import Identity, PeerKeys

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from broker import HOST, ClientFiles, Mosquitto, TestClient, TestPki, free_port, mosquitto_binary
+from sealing_unit import Unit
 
-from agent.events import EventBuilder, LinkState, seal_event
-from agent.sequence import CountingSequence
+from agent.events import seal_event
 from camveil.cli.listen import to_json
-from contract.envelope.keys import Identity, PeerKeys, PublicIdentity, load_identity
+from contract.envelope.keys import Identity, PeerKeys, load_identity
 from contract.envelope.seal import SealedEnvelope
 from contract.ranges import seq_ranges
 from contract.topics import event_topic
@@ -34,32 +34,6 @@ from dashboard.listener import (
 from tools.devpki import make_dev_pki
 
 DEVICE = "cv-listen-01"
-
-
-class Unit:
-    """A device that seals events by hand (no camera) and publishes them with its certificate."""
-
-    def __init__(
-        self, files: ClientFiles, backend: PublicIdentity, identity: Identity | None = None
-    ) -> None:
-        self.identity = identity or Identity.generate(files.name)
-        self.builder = EventBuilder(files.name, "0123456789abcdef", CountingSequence())
-        self.backend = backend
-        self.files = files
-
-    def event(self) -> SealedEnvelope:
-        return seal_event(
-            self.builder.presence(0.0, 1.0, {"all": (1, 1)}),
-            sender=self.identity,
-            recipient=self.backend,
-        )
-
-    def status(self) -> SealedEnvelope:
-        return seal_event(
-            self.builder.status(LinkState.ONLINE),
-            sender=self.identity,
-            recipient=self.backend,
-        )
 
 
 def _listener(
