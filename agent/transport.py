@@ -394,7 +394,12 @@ class Transport:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            logger.warning("mqtt: broker refused the connection: %s", reason_code.getName())
+            logger.warning(
+                "mqtt: broker %s:%s refused the connection: %s",
+                self._config.host,
+                self._config.port,
+                reason_code.getName(),
+            )
             cast(_Client, client).last_error = ConnectionRefusedError(
                 f"CONNACK {reason_code.value:#04x} {reason_code.getName()}"
             )
@@ -408,13 +413,24 @@ class Transport:
         if topics:
             client.subscribe(topics)
         self._connected.set()
-        logger.info("mqtt: connected (session present: %s)", flags.session_present)
+        logger.info(
+            "mqtt: connected to %s:%s (session present: %s)",
+            self._config.host,
+            self._config.port,
+            flags.session_present,
+        )
         self._emit(ConnectionEvent(ConnectionState.CONNECTED, "connected"))
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         reason = _describe(cast(_Client, client).last_error)
         delay = self._schedule_retry(client)
-        logger.warning("mqtt: connect failed (%s); retry in %.1fs", reason, delay)
+        logger.warning(
+            "mqtt: connect to %s:%s failed (%s); retry in %.1fs",
+            self._config.host,
+            self._config.port,
+            reason,
+            delay,
+        )
         self._emit(ConnectionEvent(ConnectionState.CONNECT_FAILED, reason, delay))
 
     def _handle_disconnect(
@@ -439,7 +455,13 @@ class Transport:
             last = cast(_Client, client).last_error
             reason = _describe(last) if last is not None else reason_code.getName()
             cast(_Client, client).last_error = None
-            logger.warning("mqtt: connect failed (%s); retry in %.1fs", reason, delay)
+            logger.warning(
+                "mqtt: connect to %s:%s failed (%s); retry in %.1fs",
+                self._config.host,
+                self._config.port,
+                reason,
+                delay,
+            )
             self._emit(ConnectionEvent(ConnectionState.CONNECT_FAILED, reason, delay))
 
     def _handle_publish(
