@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "systemd"
+DASHBOARD_UNIT = REPO / "deploy" / "dashboard" / "camveil-dashboard.service"
 UNITS = [
     "camveil-agent.service",
     "camveil-agent.path",
@@ -49,6 +50,8 @@ def rendered(tmp_path: Path) -> Path:
             str(SYSTEMD / "camveil-gadget-serial.sh"),
         )
         (out / name).write_text(text)
+    text = DASHBOARD_UNIT.read_text().replace("/opt/camveil/venv/bin/camveil", str(camveil))
+    (out / DASHBOARD_UNIT.name).write_text(text)
     return out
 
 
@@ -58,7 +61,8 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 
 
 def test_units_pass_systemd_analyze_verify(rendered: Path) -> None:
-    result = _run(_tool("systemd-analyze"), "verify", "--man=no", *UNITS, cwd=rendered)
+    units = [*UNITS, DASHBOARD_UNIT.name]
+    result = _run(_tool("systemd-analyze"), "verify", "--man=no", *units, cwd=rendered)
     assert result.returncode == 0, result.stderr
     ours = [line for line in result.stderr.splitlines() if "camveil" in line]
     assert ours == [], "\n".join(ours)
@@ -76,6 +80,21 @@ def test_agent_exposure_is_at_most_2(rendered: Path, capsys: pytest.CaptureFixtu
     with capsys.disabled():
         print(f"\nsystemd-analyze security camveil-agent.service: exposure {score}")
     assert score <= MAX_AGENT_EXPOSURE
+
+
+def test_dashboard_unit_is_hardened_as_the_agents(
+    rendered: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    score = exposure(rendered, DASHBOARD_UNIT.name)
+    with capsys.disabled():
+        print(f"\nsystemd-analyze security {DASHBOARD_UNIT.name}: exposure {score}")
+    assert score <= MAX_AGENT_EXPOSURE
+    text = DASHBOARD_UNIT.read_text()
+    for line in ["User=camveil-dashboard", "CapabilityBoundingSet=", "ProtectSystem=strict",
+                 "ReadWritePaths=/var/lib/camveil-dashboard", "--bind 127.0.0.1"]:  # fmt: skip
+        assert line in text, line
+    sysusers = (DASHBOARD_UNIT.parent / "camveil-dashboard.sysusers.conf").read_text()
+    assert "u camveil-dashboard " in sysusers
 
 
 def test_provision_listener_has_no_network_and_low_exposure(rendered: Path) -> None:
