@@ -93,6 +93,9 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 2
 DEFAULT_RECEIPT_TIMEOUT_S: Final = 60.0
+MAX_RECEIPT_TIMEOUT_S: Final = 900.0
+"""While no receipt comes, each republish round doubles the wait before the next, up to this;
+the first receipt brings it back to ``receipt_timeout_s``."""
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
 DEFAULT_RESERVE_BYTES: Final = 1024 * 1024
@@ -270,6 +273,7 @@ class Outbox:
         self._clock = clock
         self._delete_on: DeleteOn = delete_on
         self._receipt_timeout_s = receipt_timeout_s
+        self._republish_after_s = receipt_timeout_s  # doubles per fruitless round (backoff)
         self._next_republish_check = 0.0
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -491,6 +495,7 @@ class Outbox:
         """
         deleted_rows = 0
         with self._locked() as conn:
+            self._republish_after_s = self._receipt_timeout_s  # the backend is back: no backoff
             self._set_sync(self._sync_ack)
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -521,13 +526,17 @@ class Outbox:
 
     def _republish_overdue(self, conn: sqlite3.Connection) -> None:
         """Published rows with no receipt within the timeout go back to the queue (checked at
-        most once a second; the backend de-duplicates what it had stored after all). A write
-        that cannot be made now (a full disk, a locked file) waits for the next check."""
+        most once a second; the backend de-duplicates what it had stored after all). While no
+        receipt comes (a backend down for hours), each round doubles the timeout, up to
+        :data:`MAX_RECEIPT_TIMEOUT_S`, so the broker is not flooded with the same envelopes;
+        any receipt resets it. A write that cannot be made now (a full disk, a locked file)
+        waits for the next check."""
         now = self._clock()
         if self._delete_on != "receipt" or now < self._next_republish_check:
             return
         self._next_republish_check = now + 1.0
-        window = (now - self._receipt_timeout_s, now + self._receipt_timeout_s)
+        after = self._republish_after_s
+        window = (now - after, now + after)
         (due,) = conn.execute(
             "SELECT COUNT(*) FROM outbox "
             "WHERE published IS NOT NULL AND (published < ? OR published > ?)",  # > : clock stepped
@@ -549,10 +558,13 @@ class Outbox:
             logger.warning("outbox: republishing postponed (%s)", exc)
             return
         self._pending.clear()
+        self._republish_after_s = min(2 * after, max(MAX_RECEIPT_TIMEOUT_S, after))
         logger.info(
-            "outbox: %d envelope(s) published again, no receipt within %.0f s",
+            "outbox: %d envelope(s) published again, no receipt within %.0f s (next round "
+            "after %.0f s unless a receipt comes)",
             n,
-            self._receipt_timeout_s,
+            after,
+            self._republish_after_s,
             extra={"reason": "receipt_timeout"},
         )
 

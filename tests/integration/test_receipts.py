@@ -309,3 +309,30 @@ def test_the_backend_stores_a_late_republish_instead_of_refusing_it_as_a_replay(
     assert opener.open(late.topic, bytes(late.data)) is not None  # 4997 behind: still stored
     assert opener.open(late.topic, bytes(late.data)) is None  # a true duplicate
     assert stored == [-3]  # ... which is receipted again, being stored
+
+
+def test_while_no_receipt_comes_republishing_backs_off_and_a_receipt_resets_it(
+    box: Outbox, clock: FakeClock
+) -> None:
+    """A backend down for hours: the unit keeps everything but does not flood the broker with
+    the same envelopes every minute (60, 120, 240 ... 900 s); the first receipt resets it."""
+
+    def republished() -> list[int]:
+        items = box.next_batch(10)
+        for mid, item in enumerate(items, start=1):
+            box.mark_in_flight(item.id, mid)
+            box.ack(item.id)
+        return [item.seq for item in items]
+
+    filled(box, 2)
+    clock.advance(61)
+    assert republished() == [1, 2]  # after 60 s
+    clock.advance(61)
+    assert republished() == []  # the next round waits 120 s
+    clock.advance(60)
+    assert republished() == [1, 2]
+    clock.advance(200)
+    assert republished() == []  # then 240 s
+    assert box.receipt([(2, 2)]) == 1  # the backend is back
+    clock.advance(61)
+    assert republished() == [1]  # 60 s again
