@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -36,6 +34,7 @@ from pathlib import Path
 import pytest
 from broker import ClientFiles, TestClient, mosquitto_binary
 from serial_rig import BAUD, FaultProxy, Pty, Unit, verify_provisioned
+from station_rig import CONNACK_OK, connections_as, mqtt_connect, wait_for_log
 
 from agent.unitstate import UnitState
 from contract.envelope.keys import load_identity, load_peers
@@ -72,43 +71,6 @@ class Inbox:
             ok = self.cond.wait_for(lambda: predicate(self.received), timeout)
             assert ok, f"not received in {timeout} s: {[(r.type, r.seq) for r in self.received]}"
             return list(self.received)
-
-
-def mqtt_connect(files: ClientFiles, port: int, client_id: str) -> bytes:
-    """A raw MQTT 3.1.1 CONNECT over TLS with ``files``; returns the bytes that came back
-    (a CONNACK is ``20 02 00 00``) or raises OSError/SSLError when the broker ends it first."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(files.ca)
-    assert files.cert is not None and files.key is not None
-    context.load_cert_chain(files.cert, files.key)
-    cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-    packet = bytes([0x10, len(body)]) + body
-    with (
-        socket.create_connection((HOST, port), timeout=5.0) as raw,
-        context.wrap_socket(raw, server_hostname=HOST) as tls,
-    ):
-        tls.sendall(packet)
-        data = b""
-        while len(data) < 4:
-            chunk = tls.recv(4 - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-
-def connections_as(log: str, username: str) -> int:
-    """Connections mosquitto accepted with this username (certificate CN)."""
-    return log.count(f"u'{username}')")
-
-
-def wait_for_log(process: BrokerProcess, text: str, timeout: float = 5.0) -> None:
-    """mosquitto writes its log asynchronously: wait until ``text`` shows up."""
-    deadline = time.monotonic() + timeout
-    while text not in process.log():
-        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{process.log_tail()}"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -228,7 +190,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
             rogue_files = pki.write_issued(tmp_path / "rogue", "device", rogue)
             rogue_client = ClientFiles(device, backend.ca, rogue_files.cert, rogue_files.key)
             try:
-                answer = mqtt_connect(rogue_client, port, device)
+                answer = mqtt_connect(rogue_client, port, HOST)  # client id: its name, the device
             except OSError:  # includes ssl.SSLError: the handshake or the first read failed
                 answer = b""
             assert answer == b"", f"a foreign-CA certificate got {answer.hex()}"
@@ -294,7 +256,7 @@ def test_provisioned_unit_publishes_to_the_stations_broker(
 
             # the raw CONNECT that the foreign certificate failed works with the real one
             genuine = ClientFiles(device, backend.ca, unit_state.tls_cert, unit_state.tls_key)
-            assert mqtt_connect(genuine, port, device) == b"\x20\x02\x00\x00"
+            assert mqtt_connect(genuine, port, HOST) == CONNACK_OK
         finally:
             receipter.stop()
             listener.stop()
