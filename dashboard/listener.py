@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ from contract.envelope.seal import SealedEnvelope, open_envelope
 from contract.errors import EnvelopeError, ReplayError
 from contract.mqtt import tls_context
 from contract.ranges import seq_ranges
+from contract.sqlitewal import connect_wal
 from contract.topics import events_filter, shared, status_topic
 from dashboard.receipts import Receipter
 
@@ -94,9 +94,7 @@ class SqliteDedupe:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = connect_wal(path, check_same_thread=False)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS seen (device TEXT NOT NULL, seq INTEGER NOT NULL, "
             "PRIMARY KEY (device, seq)) WITHOUT ROWID"

@@ -25,6 +25,7 @@ from typing import Any, Final
 import cbor2
 
 from contract.errors import ConfigError
+from contract.sqlitewal import connect_wal
 
 SCHEMA_VERSION: Final = 3
 
@@ -246,9 +247,7 @@ class Store:
 
     def open(self) -> Store:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn = connect_wal(self._path, check_same_thread=False)
         migrate(conn)
         self._conn = conn
         return self

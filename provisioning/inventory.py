@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal
 
+from contract.sqlitewal import connect_wal
+
 ProvisioningStatus = Literal["pending", "provisioned"]
 
 SCHEMA: Final = """
@@ -75,9 +77,7 @@ class Inventory:
     def __enter__(self) -> Inventory:
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect_wal(self.path, synchronous="FULL")
         self._db.executescript(SCHEMA)
         return self
 

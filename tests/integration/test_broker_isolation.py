@@ -505,7 +505,10 @@ def test_listen_processes_of_one_dev_pki_each_claim_their_own_certificate(
             deadline = time.monotonic() + 30
             while not all(b"subscribed" in (tmp_path / f"listen-{n}.err").read_bytes()
                           for n in range(2)):  # fmt: skip
-                assert time.monotonic() < deadline, "the listeners did not subscribe"
+                errs = [(tmp_path / f"listen-{n}.err").read_bytes()[-2000:] for n in (0, 1)]
+                exited = [(n, p.returncode) for n, p in enumerate(procs) if p.poll() is not None]
+                assert not exited, f"a listener exited early {exited}: {errs}"
+                assert time.monotonic() < deadline, f"the listeners did not subscribe: {errs}"
                 time.sleep(0.05)
             device = load_identity(dev.unit_dir / "provisioned" / "identity.cbor")
             backend = load_identity(dev.backend.identity).public()
