@@ -2,11 +2,22 @@
 
 XNNPACK is the default CPU delegate of both runtimes; ``num_threads`` sets its thread count.
 A Coral EdgeTPU delegate is loaded when asked for and ``libedgetpu`` exists.
+
+The runtimes' C++ side prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` to the
+process's stderr (file descriptor 2) when an interpreter is built, which lands in the journal on
+every start; Python has no switch for it. :func:`_native_stderr_filtered` captures descriptor 2
+while an interpreter is built and allocated, logs those known lines at DEBUG and writes every
+other line back to stderr, so errors still show.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +33,43 @@ _INSTALL_HINT = (
     "install a TFLite runtime: `pip install ai-edge-litert` (preferred) "
     "or `pip install tflite-runtime 'numpy<2'`"
 )
+
+
+#: lines the runtimes print on every start that say nothing an operator needs
+_NATIVE_NOISE = (
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    "INFO: Initialized TensorFlow Lite runtime.",
+)
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    """Capture file descriptor 2 for the block; afterwards log the runtimes' known INFO lines at
+    DEBUG and write everything else back to stderr. Does nothing when descriptor 2 is closed."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = []
+            for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if line.strip() in _NATIVE_NOISE:
+                    logger.debug("runtime: %s", line.strip())
+                else:
+                    kept.append(line)
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 @dataclass(frozen=True)
@@ -116,12 +164,13 @@ class TFLiteRuntime:
                     f"EdgeTPU delegate requested but libedgetpu cannot be loaded ({exc}); "
                     "install libedgetpu1-std or set edgetpu = false"
                 ) from exc
-        self._interp = cls(
-            model_path=str(self._path),
-            num_threads=self._threads,
-            experimental_delegates=delegates or None,
-        )
-        self._interp.allocate_tensors()
+        with _native_stderr_filtered():
+            self._interp = cls(
+                model_path=str(self._path),
+                num_threads=self._threads,
+                experimental_delegates=delegates or None,
+            )
+            self._interp.allocate_tensors()
         self.delegated = _has_delegate(self._interp)
         logger.debug("loaded %s with %s, %d threads", self._path.name, name, self._threads)
         if self.delegated is False:
