@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-DEB_PACKAGES=(mosquitto mosquitto-clients socat systemd strace chromium)
+# gst-rtsp-server (system python3-gi) serves the RTSP camera tests a real H.264 stream
+DEB_PACKAGES=(mosquitto mosquitto-clients socat systemd strace chromium python3-gi
+  gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

@@ -1,12 +1,12 @@
-"""Cameras: one :class:`Camera` protocol, five backends, a reconnecting wrapper, one factory.
+"""Cameras: one :class:`Camera` protocol, six backends, a reconnecting wrapper, one factory.
 
 ::
 
     with open_camera(CameraConfig(kind="v4l2", source="/dev/video0", width=640, height=480)) as cam:
         frame = cam.read()          # RGB Frame; see hw.camera.base for the errors it raises
 
-Importing this package imports no camera library: picamera2 and gi are imported when such a
-camera starts, with an install hint if they are missing.
+Importing this package imports no camera library: picamera2, gi and PyAV are imported when such
+a camera starts, with an install hint if they are missing.
 """
 
 from __future__ import annotations
@@ -51,9 +51,22 @@ def open_backend(config: CameraConfig, *, clock: Clock = SYSTEM_CLOCK) -> Camera
         from hw.camera.picamera2 import PiCamera2Camera
 
         return PiCamera2Camera(config, clock=clock)
+    if config.kind == "rtsp":
+        from hw.camera.rtsp import RtspCamera
+
+        return RtspCamera(config, clock=clock)
     from hw.camera.gstreamer import gstreamer_camera
 
     return gstreamer_camera(config, clock=clock)
+
+
+def _describe(config: CameraConfig) -> str:
+    """``kind:source`` for logs; an RTSP URL is shown without its password."""
+    if config.kind == "rtsp":
+        from hw.camera.rtsp import redact_url
+
+        return redact_url(config.source)
+    return f"{config.kind}:{config.source}" if config.source else config.kind
 
 
 def open_camera(config: CameraConfig, *, clock: Clock = SYSTEM_CLOCK) -> Camera:
@@ -69,5 +82,5 @@ def open_camera(config: CameraConfig, *, clock: Clock = SYSTEM_CLOCK) -> Camera:
         lambda: open_backend(config, clock=clock),
         backoff,
         clock=clock,
-        name=f"{config.kind}:{config.source}" if config.source else config.kind,
+        name=_describe(config),
     )

@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 from contract.errors import ConfigError
 
-CameraKind = Literal["synthetic", "replay", "v4l2", "picamera2", "gstreamer"]
+CameraKind = Literal["synthetic", "replay", "v4l2", "picamera2", "gstreamer", "rtsp"]
+RtspTransport = Literal["tcp", "udp"]
 KINDS: tuple[str, ...] = get_args(CameraKind)
 MAX_SIDE = 8192
 
@@ -24,13 +26,15 @@ class CameraConfig:
     kind: CameraKind = "synthetic"
     """Backend: ``synthetic`` (moving shapes, no hardware), ``replay`` (a video file or an image
     folder), ``v4l2`` (USB/UVC webcam), ``picamera2`` (Raspberry Pi CSI), ``gstreamer`` (Jetson
-    CSI through ``nvarguscamerasrc``)."""
+    CSI through ``nvarguscamerasrc``), ``rtsp`` (an IP camera's stream, decoded by FFmpeg)."""
 
     source: str = ""
     """What to open, per kind: ``replay``: path of a video file or of a folder of images (read in
     natural sort order); ``v4l2``: device path (``/dev/video0``) or index (``0``); ``picamera2``:
     camera number (``0``, default ``0``); ``gstreamer``: sensor id (``0``, default ``0``) or a
-    complete pipeline containing ``!`` and ending in ``appsink`` that yields BGR;
+    complete pipeline containing ``!`` and ending in ``appsink`` that yields BGR; ``rtsp``: the
+    stream URL, ``rtsp://[user:password@]host[:port]/path`` (``rtsps://`` for RTSP over TLS; the
+    password never appears in logs, keep the config file readable by root and camveil only);
     ``synthetic``: ignored."""
 
     width: int | None = None
@@ -60,6 +64,14 @@ class CameraConfig:
     reconnect: bool = True
     """Reopen a camera that disappears, with exponential backoff (frames missed meanwhile are
     counted as lost). ``False``: the first CameraUnavailableError reaches the caller."""
+
+    rtsp_transport: RtspTransport = "tcp"
+    """RTSP only: ``tcp`` (interleaved in the RTSP connection; passes firewalls and NAT, no
+    packet loss) or ``udp`` (lower latency on a clean LAN; lost packets become corrupt frames)."""
+
+    timeout_s: float = 5.0
+    """RTSP only: seconds to open the stream, and seconds without a frame before the camera counts
+    as gone (then it is reopened with backoff)."""
 
     backoff_initial_s: float = 0.5
     """First wait before reopening a lost camera, in seconds (doubles on every failed attempt)."""
@@ -101,6 +113,17 @@ class CameraConfig:
             )
         if self.fourcc is not None and self.kind != "v4l2":
             raise ConfigError(f'camera.fourcc: only applies to kind = "v4l2", not {self.kind!r}')
+        if self.rtsp_transport not in ("tcp", "udp"):
+            raise ConfigError(
+                f'camera.rtsp_transport: must be "tcp" or "udp", got {self.rtsp_transport!r}'
+            )
+        if not _is_positive(self.timeout_s, upper=600.0):
+            raise ConfigError(
+                f"camera.timeout_s: must be a number of seconds above 0 and at most 600, got "
+                f"{self.timeout_s!r}"
+            )
+        if self.kind == "rtsp":
+            _check_rtsp_url(self.source)
         if self.kind == "replay" and not self.source:
             raise ConfigError(
                 'camera.source: kind = "replay" needs the path of a video file or image folder'
@@ -118,6 +141,19 @@ class CameraConfig:
                 f"camera.backoff_max_s: must not be below camera.backoff_initial_s "
                 f"({self.backoff_initial_s}), got {self.backoff_max_s}"
             )
+
+
+def _check_rtsp_url(url: str) -> None:
+    hint = 'e.g. source = "rtsp://user:password@192.168.1.64:554/Streaming/Channels/101"'
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        raise ConfigError(f"camera.source: not a valid RTSP URL; {hint}") from None
+    if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+        raise ConfigError(
+            f'camera.source: kind = "rtsp" needs an rtsp:// or rtsps:// URL with a host; {hint}'
+        )
 
 
 def _is_int(value: object) -> bool:

@@ -36,6 +36,15 @@ from hw.camera.gstreamer import GStreamerAppSinkCamera
         ({"source": 3}, "camera.source"),
         ({"backoff_initial_s": 0}, "camera.backoff_initial_s"),
         ({"backoff_initial_s": 5.0, "backoff_max_s": 1.0}, "camera.backoff_max_s"),
+        ({"kind": "rtsp"}, "camera.source"),
+        ({"kind": "rtsp", "source": "http://cam/stream"}, "camera.source"),
+        ({"kind": "rtsp", "source": "rtsp:///stream"}, "camera.source"),
+        ({"kind": "rtsp", "source": "rtsp://cam:99999/x"}, "camera.source"),
+        (
+            {"kind": "rtsp", "source": "rtsp://cam/x", "rtsp_transport": "http"},
+            "camera.rtsp_transport",
+        ),
+        ({"kind": "rtsp", "source": "rtsp://cam/x", "timeout_s": 0}, "camera.timeout_s"),
     ],
 )
 def test_invalid_values_name_the_key(kwargs: dict[str, Any], key: str) -> None:
@@ -72,3 +81,15 @@ def test_open_camera_picks_the_backend() -> None:
         assert type(open_camera(cfg)).__name__ == cls
     gst = open_camera(CameraConfig(kind="gstreamer", reconnect=False))
     assert isinstance(gst, GStreamerAppSinkCamera)  # pip OpenCV has no GStreamer
+
+
+def test_an_rtsp_password_stays_out_of_the_camera_name() -> None:
+    from hw.camera.rtsp import redact_url
+
+    url = "rtsp://admin:s3cret@192.168.1.64:554/Streaming/Channels/101"
+    assert redact_url(url) == "rtsp://admin:***@192.168.1.64:554/Streaming/Channels/101"
+    assert redact_url("rtsp://[fe80::1]:554/x") == "rtsp://[fe80::1]:554/x"
+    assert redact_url("rtsps://u:p@[fe80::1]/x") == "rtsps://u:***@[fe80::1]/x"
+    config = CameraConfig(kind="rtsp", source=url)
+    for camera in (open_camera(config), open_camera(dataclasses.replace(config, reconnect=False))):
+        assert "s3cret" not in camera.name and "admin:***@192.168.1.64" in camera.name
