@@ -30,18 +30,20 @@ def test_5000_cases_no_crash_no_acceptance(capsys: pytest.CaptureFixture[str]) -
 
 def test_a_crash_or_an_acceptance_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     """The counters work: a target that raises, or a mutation that is the original."""
+    from dashboard.listener import Opener
     from tools import fuzz
+    from tools.fuzz import run as fuzz_run
 
     calls = {"n": 0}
-    real_open = fuzz.Opener.open
+    real_open = Opener.open
 
-    def flaky_open(self: fuzz.Opener, topic: str, payload: bytes) -> object:
+    def flaky_open(self: Opener, topic: str, payload: bytes) -> object:
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
         return real_open(self, topic, payload)
 
-    monkeypatch.setattr(fuzz.Opener, "open", flaky_open)
+    monkeypatch.setattr(Opener, "open", flaky_open)
     report = run_fuzz(200, seed=1)
     assert report.crashes == 1 and "RuntimeError: boom" in report.crash_samples[0]
     assert not report.ok
@@ -54,6 +56,6 @@ def test_a_crash_or_an_acceptance_is_counted(monkeypatch: pytest.MonkeyPatch) ->
         )
         return fresh.envelope.topic, fresh.envelope.data
 
-    monkeypatch.setattr(fuzz, "MUTATIONS", {"genuine": replay_on_other_kind})
+    monkeypatch.setattr(fuzz_run, "MUTATIONS", {"genuine": replay_on_other_kind})
     report = run_fuzz(100, seed=1)
     assert report.acceptances > 0 and not report.ok

@@ -39,16 +39,10 @@ envelope.
 
 from __future__ import annotations
 
-import enum
 import logging
-import queue
 import random
-import socket
-import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -58,6 +52,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.transport.client import Client, describe
+from agent.transport.dispatch import Dispatcher
+from agent.transport.interface import (
+    AckCallback,
+    CommandCallback,
+    ConnectionEvent,
+    ConnectionState,
+    RejectCallback,
+    StateCallback,
+    TransportConfig,
+    WillSource,
+)
 from contract.envelope import SealedEnvelope
 from contract.errors import UnredactedDataError
 from contract.mqtt import QOS, tls_context
@@ -67,104 +73,6 @@ logger = logging.getLogger(__name__)
 
 _DISCONNECT_WITH_WILL: Final = 0x04
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
-
-
-@dataclass(frozen=True)
-class TransportConfig:
-    """How the unit reaches the broker. Filled from the provisioning bundle and agent config."""
-
-    #: this unit's id: MQTT client id, certificate CN and topic level
-    device_id: str
-    #: broker host name or IP; must be in the broker certificate's subjectAltName
-    host: str
-    #: CA certificate pinned at provisioning; the only trust anchor (system CAs are not used)
-    ca_file: Path
-    #: this unit's client certificate (CN = device_id) and its private key
-    cert_file: Path
-    key_file: Path
-    #: broker port (MQTT over TLS)
-    port: int = 8883
-    #: MQTT keepalive in seconds; a dead link is noticed after about 1.5 times this
-    keepalive_s: int = 30
-    #: first reconnect delay and cap, in seconds (each attempt doubles, with jitter)
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    #: how long the broker keeps this unit's session (subscription, queued commands) offline
-    session_expiry_s: int = 24 * 3600
-    #: publishes waiting for PUBACK before publish() returns None (backpressure)
-    max_outstanding: int = 100
-    #: a publish acknowledged with 0x10 "no matching subscribers" reached nobody: report it
-    #: through on_rejected so the outbox keeps it and retries (mosquitto forgets shared
-    #: subscriptions when it restarts, so without this events published meanwhile are lost)
-    require_subscriber: bool = False
-
-
-class ConnectionState(enum.Enum):
-    CONNECTED = "connected"
-    #: an established session ended (broker gone, network lost, keepalive timeout)
-    DISCONNECTED = "disconnected"
-    #: an attempt failed: TCP refused, TLS verification failed, CONNACK refused
-    CONNECT_FAILED = "connect_failed"
-    #: stop() finished; no further events
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class ConnectionEvent:
-    state: ConnectionState
-    #: human-readable cause, e.g. "TLS: certificate verify failed: unable to get local issuer"
-    reason: str = ""
-    #: seconds until the next attempt, for DISCONNECTED / CONNECT_FAILED
-    retry_in_s: float | None = None
-
-
-AckCallback = Callable[[int], None]
-RejectCallback = Callable[[int, int], None]
-StateCallback = Callable[[ConnectionEvent], None]
-CommandCallback = Callable[[str, bytes], object]
-#: a sealed "offline" status, or a function that seals one (called before each connection)
-WillSource = SealedEnvelope | Callable[[], SealedEnvelope]
-
-
-class _Client(mqtt.Client):
-    """paho's client, remembering why the last connection attempt failed (paho's loop swallows
-    the exception and calls ``on_connect_fail`` without it), and closing the socket of a failed
-    TLS handshake (paho 2.2 leaves it to the garbage collector: a ResourceWarning and an open
-    descriptor per failed attempt)."""
-
-    last_error: BaseException | None = None
-
-    def reconnect(self) -> MQTTErrorCode:
-        try:
-            return super().reconnect()
-        except OSError as exc:
-            self.last_error = exc
-            raise
-
-    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
-        context = self._ssl_context
-        if context is None or not context.check_hostname:
-            raise RuntimeError("the transport always verifies the broker's host name")
-        ssl_sock = context.wrap_socket(
-            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
-        )
-        try:
-            ssl_sock.settimeout(self._connect_timeout)
-            ssl_sock.do_handshake()
-        except BaseException:
-            ssl_sock.close()
-            raise
-        return ssl_sock
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "connection failed"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: certificate verify failed: {exc.verify_message or exc}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Transport:
@@ -191,7 +99,7 @@ class Transport:
         self._on_receipt = on_receipt
         self._will = will
         self._rng = rng or random.SystemRandom()
-        self._client: _Client | None = None
+        self._client: Client | None = None
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._stopping = False
@@ -200,8 +108,7 @@ class Transport:
         self._outstanding: set[int] = set()
         self._early: set[int] = set()
         self._failures = 0
-        self._events: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._dispatcher: threading.Thread | None = None
+        self._dispatcher = Dispatcher()
         if isinstance(will, SealedEnvelope):
             self._check_will(will)
 
@@ -216,7 +123,7 @@ class Transport:
         cfg = self._config
         context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
 
-        client = _Client(
+        client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.device_id,
             protocol=MQTTProtocolVersion.MQTTv5,
@@ -238,10 +145,7 @@ class Transport:
         properties.SessionExpiryInterval = cfg.session_expiry_s
         self._stopping = False
         self._failures = 0
-        self._dispatcher = threading.Thread(
-            target=self._dispatch_loop, name=f"mqtt-dispatch-{cfg.device_id}", daemon=True
-        )
-        self._dispatcher.start()
+        self._dispatcher.start(f"mqtt-dispatch-{cfg.device_id}")
         self._client = client
         client.connect_async(
             cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=properties
@@ -269,10 +173,7 @@ class Transport:
             self._outstanding.clear()
             self._early.clear()
         self._emit(ConnectionEvent(ConnectionState.STOPPED, "stopped"))
-        self._events.put(None)
-        dispatcher, self._dispatcher = self._dispatcher, None
-        if dispatcher is not None and dispatcher is not threading.current_thread():
-            dispatcher.join(timeout)
+        self._dispatcher.stop(timeout)
         logger.info("mqtt: stopped")
 
     def __enter__(self) -> Transport:
@@ -400,7 +301,7 @@ class Transport:
                 self._config.port,
                 reason_code.getName(),
             )
-            cast(_Client, client).last_error = ConnectionRefusedError(
+            cast(Client, client).last_error = ConnectionRefusedError(
                 f"CONNACK {reason_code.value:#04x} {reason_code.getName()}"
             )
             return
@@ -422,7 +323,7 @@ class Transport:
         self._emit(ConnectionEvent(ConnectionState.CONNECTED, "connected"))
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        reason = _describe(cast(_Client, client).last_error)
+        reason = describe(cast(Client, client).last_error)
         delay = self._schedule_retry(client)
         logger.warning(
             "mqtt: connect to %s:%s failed (%s); retry in %.1fs",
@@ -452,9 +353,9 @@ class Transport:
             logger.warning("mqtt: %s; reconnect in %.1fs", reason, delay)
             self._emit(ConnectionEvent(ConnectionState.DISCONNECTED, reason, delay))
         else:  # TLS/CONNACK refusal: the socket opened, then closed before a session existed
-            last = cast(_Client, client).last_error
-            reason = _describe(last) if last is not None else reason_code.getName()
-            cast(_Client, client).last_error = None
+            last = cast(Client, client).last_error
+            reason = describe(last) if last is not None else reason_code.getName()
+            cast(Client, client).last_error = None
             logger.warning(
                 "mqtt: connect to %s:%s failed (%s); retry in %.1fs",
                 self._config.host,
@@ -547,14 +448,4 @@ class Transport:
             self._submit(lambda: on_state(event))
 
     def _submit(self, call: Callable[[], None]) -> None:
-        self._events.put(call)
-
-    def _dispatch_loop(self) -> None:
-        while True:
-            call = self._events.get()
-            if call is None:
-                return
-            try:
-                call()
-            except Exception:
-                logger.exception("mqtt: a transport callback raised")
+        self._dispatcher.submit(call)
