@@ -493,7 +493,7 @@ def read_provisioned(state_dir: Path) -> Provisioned:
         logger.warning(
             "%s: provisioned setting(s) %s unknown to this camveil version: ignored",
             path,
-            ", ".join(ignored),
+            ", ".join(sorted(ignored)),
         )
     return Provisioned(path, True, known)
 
@@ -529,21 +529,23 @@ def load_layers(path: Path, state_dir: Path | None = None) -> LoadedConfig:
     try:
         config = config_from_mapping(base)
     except ConfigError as exc:
-        if provisioned.settings and _valid(file):
+        own = _error_of(file) if provisioned.settings else exc
+        if own is None:  # the file alone is fine: the station's settings do not fit
             raise ConfigError(
                 f"{provisioned.path} (settings from provisioning): {exc}; set the key in {path} "
                 "to override it, or provision the unit again"
             ) from None
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {own}") from None
     return LoadedConfig(config, file, provisioned, base)
 
 
-def _valid(data: dict[str, Any]) -> bool:
+def _error_of(data: dict[str, Any]) -> ConfigError | None:
+    """What is wrong with ``data`` on its own (None: nothing)."""
     try:
         config_from_mapping(data)
-    except ConfigError:
-        return False
-    return True
+    except ConfigError as exc:
+        return exc
+    return None
 
 
 def load_config(path: Path, state_dir: Path | None = None) -> AgentConfig:

@@ -197,8 +197,7 @@ def test_a_provisioned_unit_publishes_from_the_template_config(tmp_path: Path) -
             assert {"status", "health", "presence"} <= {r.type for r in got}
             presence = [r for r in got if r.type == "presence"]  # faces: the video, not synthetic
             assert any(
-                any(zone["faces"] for zone in r.message["body"]["zones"])
-                for r in presence
+                any(zone["faces"] for zone in r.message["body"]["zones"]) for r in presence
             ), presence[0].message["body"]
             assert listener.stats.bad == {} and listener.stats.duplicates == 0
 
