@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import pytest
 from broker import ClientFiles, TestClient, mosquitto_binary
 from harness import astronaut
 from serial_rig import FaultProxy, Pty, Unit, verify_provisioned
@@ -216,3 +217,36 @@ def test_a_provisioned_unit_publishes_from_the_template_config(tmp_path: Path) -
             receipter.stop()
             listener.stop()
             raw.close()
+
+
+def test_station_cli_camera_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from camveil.__main__ import main
+
+    root = tmp_path / "st"
+    url = f"mqtts://{HOST}:{free_port()}"
+    assert main(["station", "init", str(root), "--broker-url", url, "--camera", "replay"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == 'camveil station: error: camera kind "replay" needs a source (video file or folder)\n'
+    )
+    assert not (root / "station.json").exists()
+    with pytest.raises(SystemExit) as usage:
+        main(["station", "init", str(root), "--camera", "webcam"])
+    assert usage.value.code == 2
+    assert "argument --camera: invalid choice: 'webcam'" in capsys.readouterr().err
+
+    assert main(["station", "init", str(root), "--broker-url", url, "--camera", "v4l2",
+                 "--camera-source", "/dev/video0"]) == 0  # fmt: skip
+    assert "units are given:  MQTT on, camera: v4l2 /dev/video0" in capsys.readouterr().out
+    assert json.loads((root / "station.json").read_text())["camera"] == {
+        "kind": "v4l2",
+        "source": "/dev/video0",
+    }
+    # a source without a kind is refused before the serial port is opened
+    code = main(["provision", "--port", str(tmp_path / "no-such-port"), "--station", str(root),
+                 "--camera-source", "/dev/video1"])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "camveil provision: error: --camera-source needs --camera KIND\n"
+    )
