@@ -41,6 +41,7 @@ import logging
 import os
 import pwd
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -497,6 +498,8 @@ class ProvisionResult:
     outcome: str
     seconds: float
     retries: int
+    #: the bundle's first-boot settings (empty: a bundle from before them)
+    settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 class Station:
@@ -561,7 +564,8 @@ class Station:
                 outcome = "provisioned"
             else:
                 raise ProtocolViolationError(f"hello: unknown unit state {state!r}")
-            device = Bundle.decode(bundle_bytes).device
+            sent = Bundle.decode(bundle_bytes)
+            device = sent.device
             reply = self._request("bundle", {"bundle": bundle_bytes})
             sig = reply.b.get("sig")
             if reply.b.get("device") != device or not isinstance(sig, bytes):
@@ -574,7 +578,7 @@ class Station:
             inventory.mark_provisioned(device, lambda units: self._publish(units, config))
         elapsed = time.monotonic() - start
         logger.info("unit %s %s in %.2f s", device, outcome, elapsed)
-        return ProvisionResult(device, outcome, elapsed, self._channel.retries)
+        return ProvisionResult(device, outcome, elapsed, self._channel.retries, sent.settings)
 
     def _check_url(self, url: str) -> str:
         """A per-unit broker URL, refused unless the broker certificate names its host (the

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from camveil.cli.station import add_camera_arguments, camera_choice
 from hw.serial_link import DEFAULT_BAUDRATE, PySerialLink
@@ -23,6 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attempts", type=int, default=5, help="attempts per request")
 
 
+def describe_settings(settings: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the unit's agent will take from the bundle, for people."""
+    if not settings:
+        return "no settings in this unit's bundle (an older station's): its camveil.toml decides"
+    camera = settings.get("camera")
+    parts = ["camera: " + (" ".join(map(str, camera.values())) if camera else "its own config")]
+    if settings.get("mqtt", {}).get("enabled"):
+        parts.append("MQTT on")
+    return ", ".join(parts) + " (unless its camveil.toml sets them)"
+
+
 def run(args: argparse.Namespace) -> int:
     camera = camera_choice(args)  # before the port: usage errors first
     paths = open_station(args.station)  # before the port: a wrong folder is not a cable problem
@@ -39,4 +52,5 @@ def run(args: argparse.Namespace) -> int:
         f"unit {verb} {result.device} in {result.seconds:.2f} s "
         f"({result.retries} retries); trusted devices: {paths.peers} (camveil listen --devices)"
     )
+    print(f"first boot: {describe_settings(result.settings)}")
     return 0

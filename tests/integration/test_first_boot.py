@@ -104,6 +104,8 @@ def provision_over_pty(paths: StationPaths, unit_dir: Path, video: Path) -> str:
         b.close()
     assert done.returncode == 0, done.stderr[-2000:]
     assert "provisioned" in done.stdout
+    first_boot = f"first boot: camera: replay {video}, MQTT on (unless its camveil.toml sets them)"
+    assert first_boot in done.stdout
     return verify_provisioned(unit_dir, paths)
 
 

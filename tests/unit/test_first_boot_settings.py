@@ -319,3 +319,13 @@ def test_link_report_says_it_once_then_rate_limited(caplog: pytest.LogCaptureFix
 )
 def test_hints(reason: str, words: str) -> None:
     assert words in hint(reason) if words else hint(reason) == ""
+
+
+def test_provision_says_what_the_unit_will_take() -> None:
+    from camveil.cli.provision import describe_settings
+
+    assert describe_settings(NEW) == (
+        "camera: v4l2 /dev/video2, MQTT on (unless its camveil.toml sets them)"
+    )
+    assert describe_settings({"mqtt": {"enabled": True}}).startswith("camera: its own config, MQTT")
+    assert "older station" in describe_settings({})
