@@ -146,6 +146,23 @@ class Bundle:
         )
 
 
+def camera_source_problem(kind: str, source: str) -> str:
+    """Why ``source`` may not come from a station for camera ``kind`` (empty: it may).
+
+    A station names a device, a sensor or a file, never a GStreamer pipeline: a pipeline can tee
+    unredacted frames anywhere (``udpsink``, ``filesink``), and OpenCV may parse a replay "file"
+    containing ``!`` as one. Pipelines belong in the unit's own camveil.toml."""
+    if not source or not source.isprintable():
+        return f"{source!r} is empty or not printable"
+    if "!" in source:
+        return f"{source!r}: a GStreamer pipeline can only be set in the unit's camveil.toml"
+    if kind in ("picamera2", "gstreamer") and not source.isdigit():
+        return f"{source!r}: kind {kind!r} takes a sensor number (0, 1, ...)"
+    if kind == "v4l2" and not (source.isdigit() or source.startswith("/dev/")):
+        return f"{source!r}: kind 'v4l2' takes a device path (/dev/video0) or number"
+    return ""
+
+
 def check_settings(value: object) -> dict[str, dict[str, Any]]:
     """A bundle's ``settings``: a map of section -> map of key -> text, bool or number, with the
     known keys (``PROVISIONED_SETTINGS``) of their type and a known camera kind. Unknown keys are
@@ -170,6 +187,10 @@ def check_settings(value: object) -> dict[str, dict[str, Any]]:
                 f"bundle setting camera.kind = {table['kind']!r}: this unit knows "
                 f"{', '.join(CAMERA_KINDS)}; update its software or provision another kind"
             )
+        if section == "camera" and "source" in table:
+            problem = camera_source_problem(table.get("kind", "synthetic"), table["source"])
+            if problem:
+                raise ProtocolViolationError(f"bundle setting camera.source: {problem}")
         out[section] = dict(table)
     return out
 

@@ -57,7 +57,7 @@ from contract.envelope.keys import (
     save_peers,
 )
 from contract.errors import ProtocolViolationError, ProvisioningError
-from contract.statedir import CAMERA_KINDS, Bundle
+from contract.statedir import CAMERA_KINDS, Bundle, camera_source_problem
 from provisioning import broker, pki
 from provisioning.inventory import Inventory, Revocation, UnitRecord
 from provisioning.serial_proto import (
@@ -148,8 +148,9 @@ class CameraChoice:
             )
         if self.kind == "replay" and not self.source:
             raise ProvisioningError('camera kind "replay" needs a source (video file or folder)')
-        if self.source is not None and (not self.source or not self.source.isprintable()):
-            raise ProvisioningError(f"camera source {self.source!r}: use printable, non-empty text")
+        problem = "" if self.source is None else camera_source_problem(self.kind, self.source)
+        if problem:
+            raise ProvisioningError(f"camera source {problem}")
 
     def as_settings(self) -> dict[str, str]:
         out = {"kind": self.kind}

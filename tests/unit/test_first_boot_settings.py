@@ -76,6 +76,11 @@ def test_settings_round_trip_and_an_old_bundle_is_unchanged() -> None:
         ({"mqtt": {"enabled": 1}}, r"mqtt.enabled = 1: expected bool"),
         ({"camera": {"kind": "rtsp9"}}, r"camera.kind = 'rtsp9': this unit knows synthetic"),
         ({"camera": {"fps": [1]}}, r"camera.fps: not text, true/false or a number"),
+        (
+            {"camera": {"kind": "gstreamer", "source": "videotestsrc ! appsink"}},
+            r"camera.source: 'videotestsrc ! appsink': a GStreamer pipeline can only be set",
+        ),
+        ({"camera": {"source": ""}}, r"camera.source: '' is empty"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_field(settings: object, message: str) -> None:
@@ -110,8 +115,12 @@ def test_station_settings_always_switch_mqtt_on() -> None:
     [
         ("webcam", None, "camera kind 'webcam' is not one of synthetic"),
         ("replay", None, 'camera kind "replay" needs a source'),
-        ("v4l2", "", "camera source '': use printable, non-empty text"),
-        ("v4l2", "/dev/\nvideo0", "use printable"),
+        ("v4l2", "", "camera source '' is empty or not printable"),
+        ("v4l2", "/dev/\nvideo0", "not printable"),
+        ("v4l2", "video0", "kind 'v4l2' takes a device path"),
+        ("picamera2", "/dev/video0", "kind 'picamera2' takes a sensor number"),
+        ("gstreamer", "nvarguscamerasrc ! tee ! udpsink", "pipeline can only be set in the unit"),
+        ("replay", "a.mp4 ! filesink", "pipeline can only be set in the unit"),
     ],
 )
 def test_station_refuses_a_bad_camera(kind: str, source: str | None, message: str) -> None:
