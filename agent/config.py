@@ -280,7 +280,9 @@ class MqttConfig:
     """The MQTT daemon: sealed events to the broker, signed commands from it."""
 
     enabled: bool = False
-    """Run the agent as the MQTT daemon (events, commands); false: only the ``[output]`` files."""
+    """Run the agent as the MQTT daemon (events, commands); false: only the ``[output]`` files.
+    Left unset in the file, a unit provisioned by a station takes the station's ``true`` (the
+    bundle's settings, see the module docstring)."""
     state_dir: Path = DEFAULT_STATE_DIR
     """The unit's state from provisioning (``provisioned/``: identity.cbor, tls.key, tls.crt,
     ca.crt, bundle.cbor); the agent adds its sequence file and command replay state here."""
