@@ -147,7 +147,7 @@ class CameraChoice:
                 f"camera kind {self.kind!r} is not one of {', '.join(CAMERA_KINDS)}"
             )
         if self.kind == "replay" and not self.source:
-            raise ProvisioningError('camera kind "replay" needs a source (video file or folder)')
+            raise ProvisioningError('camera kind "replay" needs a source (a video file)')
         problem = "" if self.source is None else camera_source_problem(self.kind, self.source)
         if problem:
             raise ProvisioningError(f"camera source {problem}")

@@ -228,10 +228,7 @@ def test_station_cli_camera_options(tmp_path: Path, capsys: pytest.CaptureFixtur
     url = f"mqtts://{HOST}:{free_port()}"
     assert main(["station", "init", str(root), "--broker-url", url, "--camera", "replay"]) == 2
     err = capsys.readouterr().err
-    assert (
-        err
-        == 'camveil station: error: camera kind "replay" needs a source (video file or folder)\n'
-    )
+    assert err == 'camveil station: error: camera kind "replay" needs a source (a video file)\n'
     assert not (root / "station.json").exists()
     with pytest.raises(SystemExit) as usage:
         main(["station", "init", str(root), "--camera", "webcam"])
