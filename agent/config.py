@@ -3,6 +3,17 @@
 Every section is a frozen dataclass whose fields are documented where they are declared;
 :func:`from_mapping` turns a TOML table into one, refusing unknown keys and wrong types with a
 :class:`~contract.errors.ConfigError` such as ``[detector] threads = "two": expected an integer``.
+
+Where a setting comes from, lowest first (each layer replaces single keys of the one below)::
+
+    defaults (the dataclasses below)
+    provisioned settings   the ``settings`` of the bundle in <state_dir>/provisioned/bundle.cbor:
+                           [camera] kind, source and [mqtt] enabled, chosen at the station
+    the config file        /etc/camveil/camveil.toml, the operator's: it always wins
+    remote.toml            changes made by signed ``set_config`` commands (not [mqtt]/[outbox])
+
+So a unit installed from the template (which leaves those keys unset) and provisioned publishes
+from its first boot, and an operator who writes a key in the file overrides the station.
 """
 
 from __future__ import annotations
@@ -23,9 +34,15 @@ from typing import Any, TypeVar, cast
 from agent.pipeline import PrivacyConfig
 from agent.privacy.counts import DEFAULT_EPSILON_PER_DAY
 from agent.vision.factory import DetectorConfig
-from contract.errors import ConfigError
+from contract.errors import ConfigError, ProtocolViolationError
 from contract.files import write_atomic
-from contract.statedir import DEFAULT_STATE_DIR
+from contract.statedir import (
+    BUNDLE_FILE,
+    DEFAULT_STATE_DIR,
+    PROVISIONED,
+    PROVISIONED_SETTINGS,
+    Bundle,
+)
 from hw.camera.config import CameraConfig
 
 if sys.version_info >= (3, 11):
@@ -263,7 +280,9 @@ class MqttConfig:
     """The MQTT daemon: sealed events to the broker, signed commands from it."""
 
     enabled: bool = False
-    """Run the agent as the MQTT daemon (events, commands); false: only the ``[output]`` files."""
+    """Run the agent as the MQTT daemon (events, commands); false: only the ``[output]`` files.
+    Left unset in the file, a unit provisioned by a station takes the station's ``true`` (the
+    bundle's settings, see the module docstring)."""
     state_dir: Path = DEFAULT_STATE_DIR
     """The unit's state from provisioning (``provisioned/``: identity.cbor, tls.key, tls.crt,
     ca.crt, bundle.cbor); the agent adds its sequence file and command replay state here."""
@@ -432,13 +451,109 @@ class AgentConfig:
         return self.outbox.path or self.mqtt.state_dir / "outbox.db"
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Read and validate the agent's TOML config; every error names the key and the fix."""
-    data = read_toml(path)
+@dataclasses.dataclass(frozen=True)
+class Provisioned:
+    """The settings the station put in this unit's bundle (see the module docstring)."""
+
+    path: Path
+    """``<state_dir>/provisioned/bundle.cbor``."""
+    present: bool
+    """The unit is provisioned (the bundle exists), whether or not it carries settings."""
+    settings: dict[str, dict[str, Any]]
+    """``{section: {key: value}}``; empty when not provisioned or for a bundle from before
+    first-boot settings."""
+
+
+def read_provisioned(state_dir: Path) -> Provisioned:
+    """The provisioned settings in ``state_dir`` (nothing if the unit is not provisioned).
+
+    Keys this version does not know (a newer station's) are ignored with a warning. A bundle
+    that cannot be read or decoded is a ConfigError that names the file and the fix."""
+    path = Path(state_dir) / PROVISIONED / BUNDLE_FILE
     try:
-        return config_from_mapping(data)
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return Provisioned(path, False, {})
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the provisioned settings in {path}: {exc.strerror or exc}; run as the "
+            "unit's user (sudo -u camveil), or give another state dir ([mqtt] state_dir)"
+        ) from None
+    try:
+        settings = Bundle.decode(data).settings
+    except ProtocolViolationError as exc:
+        raise ConfigError(f"{path}: {exc}; factory-reset the unit and provision it again") from None
+    known: dict[str, dict[str, Any]] = {}
+    ignored = []
+    for section, table in settings.items():
+        for key, value in table.items():
+            if key in PROVISIONED_SETTINGS.get(section, {}):
+                known.setdefault(section, {})[key] = value
+            else:
+                ignored.append(f"{section}.{key}")
+    if ignored:
+        logger.warning(
+            "%s: provisioned setting(s) %s unknown to this camveil version: ignored",
+            path,
+            ", ".join(sorted(ignored)),
+        )
+    return Provisioned(path, True, known)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and the layers it was built from."""
+
+    config: AgentConfig
+    file: dict[str, Any]
+    """The config file's mapping (with a ``state_dir`` override applied)."""
+    provisioned: Provisioned
+    base: dict[str, Any]
+    """The provisioned settings with the file merged on top: what remote changes apply to."""
+
+    def set_in_file(self, section: str, key: str) -> bool:
+        table = self.file.get(section)
+        return isinstance(table, dict) and key in table
+
+
+def load_layers(path: Path, state_dir: Path | None = None) -> LoadedConfig:
+    """The config file over the provisioned settings, validated. ``state_dir`` replaces the
+    file's ``[mqtt] state_dir`` (``camveil run --state-dir``). An error names the config file, or
+    the bundle when only its settings make the config invalid (e.g. a camera kind this version
+    does not have: setting the key in the file overrides it)."""
+    file = read_toml(path)
+    if state_dir is not None:
+        file = merge_mapping(file, {"mqtt": {"state_dir": str(state_dir)}})
+    mqtt = file.get("mqtt")
+    where = mqtt.get("state_dir") if isinstance(mqtt, dict) else None
+    provisioned = read_provisioned(Path(where) if isinstance(where, str) else DEFAULT_STATE_DIR)
+    base = merge_mapping(provisioned.settings, file)
+    try:
+        config = config_from_mapping(base)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        own = _error_of(file) if provisioned.settings else exc
+        if own is None:  # the file alone is fine: the station's settings do not fit
+            raise ConfigError(
+                f"{provisioned.path} (settings from provisioning): {exc}; set the key in {path} "
+                "to override it, or provision the unit again"
+            ) from None
+        raise ConfigError(f"{path}: {own}") from None
+    return LoadedConfig(config, file, provisioned, base)
+
+
+def _error_of(data: dict[str, Any]) -> ConfigError | None:
+    """What is wrong with ``data`` on its own (None: nothing)."""
+    try:
+        config_from_mapping(data)
+    except ConfigError as exc:
+        return exc
+    return None
+
+
+def load_config(path: Path, state_dir: Path | None = None) -> AgentConfig:
+    """Read and validate the agent's TOML config over the provisioned settings
+    (:func:`load_layers`); every error names the file, the key and the fix."""
+    return load_layers(path, state_dir).config
 
 
 REMOTE_CONFIG_FILE = "remote.toml"
@@ -454,18 +569,19 @@ def remote_config_path(config: AgentConfig) -> Path:
     return config.mqtt.state_dir / REMOTE_CONFIG_FILE
 
 
-def load_with_remote(path: Path) -> tuple[AgentConfig, dict[str, Any], dict[str, Any]]:
-    """The config file with the remote overlay merged on top (when ``[mqtt]`` is enabled).
+def load_with_remote(
+    path: Path, state_dir: Path | None = None
+) -> tuple[AgentConfig, dict[str, Any], dict[str, Any]]:
+    """The config file (over the provisioned settings) with the remote overlay merged on top
+    (when ``[mqtt]`` is enabled).
 
-    Returns the validated config, the file's mapping and the overlay's mapping. An overlay that
-    no longer validates (e.g. after a software update) is moved aside to ``remote.toml.rejected``
-    and logged, so the unit still starts (and stays reachable) with the file's own settings.
+    Returns the validated config, the base mapping (provisioned settings and file) and the
+    overlay's mapping. An overlay that no longer validates (e.g. after a software update) is moved
+    aside to ``remote.toml.rejected`` and logged, so the unit still starts (and stays reachable)
+    with the file's own settings.
     """
-    base = read_toml(path)
-    try:
-        config = config_from_mapping(base)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    loaded = load_layers(path, state_dir)
+    config, base = loaded.config, loaded.base
     overlay_path = remote_config_path(config)
     if not config.mqtt.enabled or not overlay_path.exists():
         return config, base, {}

@@ -52,6 +52,7 @@ from agent.events import (
     new_boot_id,
 )
 from agent.frame_sink import FrameSink, snapshot_event
+from agent.linkreport import LinkReport
 from agent.outbox import Outbox
 from agent.pipeline import CameraFactory, DetectorFactory, FramePath, Pipeline, open_frame_path
 from agent.privacy.counts import CountPrivacy, budget_path
@@ -178,6 +179,7 @@ class Daemon:
         self.transport: Transport | None = None
         self.receipts: ReceiptProcessor | None = None
         self._warned_no_receipts = False
+        self.link_report: LinkReport | None = None
         self.ready = threading.Event()
         """Set once everything is started (the first connection may still be pending)."""
 
@@ -280,7 +282,7 @@ class Daemon:
         path = self._config_path
         if path is None:
             raise CommandRejectedError("the agent runs without a config file")
-        _, base, overlay = load_with_remote(path)
+        _, base, overlay = load_with_remote(path, self._config.mqtt.state_dir)
         overlay = merge_mapping(overlay, _plain(patch))
         try:
             new_config = config_from_mapping(merge_mapping(base, overlay))
@@ -323,6 +325,8 @@ class Daemon:
         publisher, emitter = self.publisher, self.emitter
         if publisher is not None:
             publisher.on_state(event)
+        if self.link_report is not None:
+            self.link_report.on_event(event)
         if event.state is ConnectionState.CONNECTED and emitter is not None:
             delivery = self._delivery(self._config)
             emitter.emit(lambda b: b.status(LinkState.ONLINE, delivery=delivery))
@@ -471,15 +475,20 @@ class Daemon:
             self._parts = self._build_parts(config, emitter)
             stack.callback(lambda: self._parts.close() if self._parts is not None else None)
 
+            transport_config = unit.transport_config(
+                config.mqtt.broker,
+                keepalive_s=config.mqtt.keepalive_s,
+                reconnect_min_s=config.mqtt.reconnect_min_s,
+                reconnect_max_s=config.mqtt.reconnect_max_s,
+                max_outstanding=config.mqtt.max_outstanding,
+                require_subscriber=config.mqtt.require_subscriber,
+            )
+            outbox = self._outbox
+            self.link_report = LinkReport(
+                f"{transport_config.host}:{transport_config.port}", lambda: outbox.stats().depth
+            )
             transport = Transport(
-                unit.transport_config(
-                    config.mqtt.broker,
-                    keepalive_s=config.mqtt.keepalive_s,
-                    reconnect_min_s=config.mqtt.reconnect_min_s,
-                    reconnect_max_s=config.mqtt.reconnect_max_s,
-                    max_outstanding=config.mqtt.max_outstanding,
-                    require_subscriber=config.mqtt.require_subscriber,
-                ),
+                transport_config,
                 on_acked=publisher.on_acked,
                 on_rejected=publisher.on_rejected,
                 on_state=self._on_state,

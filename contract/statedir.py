@@ -15,7 +15,9 @@ USB serial", "Bundle" and "Unit state".
             ca.crt                  the CA pinned at provisioning (broker trust anchor)
             bundle.cbor             the exact bundle bytes the station sent (signed in the proof):
                                     device, broker URL, backend X25519 key, operator Ed25519 key,
-                                    site config
+                                    site config, and the provisioned settings (camera kind and
+                                    source, MQTT on) that the agent's config loader puts *under*
+                                    the operator's camveil.toml (agent.config)
         seq                         the agent's sequence counter (agent.sequence)
         cmd-replay.cbor             replay memory of accepted commands (agent.commands)
         outbox.db                   default outbox (agent.outbox)
@@ -23,6 +25,7 @@ USB serial", "Bundle" and "Unit state".
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,16 @@ REPLAY_FILE: Final = "cmd-replay.cbor"
 OUTBOX_FILE: Final = "outbox.db"
 
 BUNDLE_VERSION: Final = 1
+
+CAMERA_KINDS: Final = ("synthetic", "replay", "v4l2", "picamera2", "gstreamer")
+"""The camera kinds a station may put in a bundle (``hw.camera.config.KINDS``; a unit test keeps
+the two equal: provisioning cannot import ``hw``)."""
+PROVISIONED_SETTINGS: Final[Mapping[str, Mapping[str, type]]] = {
+    "camera": {"kind": str, "source": str},
+    "mqtt": {"enabled": bool},
+}
+"""The settings a bundle may carry (``settings``), by config section and key, with their type.
+The agent applies these and ignores (with a warning) any other key a newer station sent."""
 DEFAULT_BACKEND_KID: Final = "backend"
 DEFAULT_OPERATOR_KID: Final = "operator"
 
@@ -67,11 +80,18 @@ class Bundle:
     backend_ed25519: bytes | None = None
     """The backend's verify key, for its receipts (docs/PROTOCOL.md, "Receipts"); bundles
     issued before receipts have none, and such a unit forgets envelopes on the PUBACK."""
+    settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    """Config settings from the station, as ``{section: {key: value}}`` (``PROVISIONED_SETTINGS``):
+    e.g. ``{"camera": {"kind": "picamera2", "source": "0"}, "mqtt": {"enabled": True}}``. The
+    agent merges them under its config file (the file wins). Bundles issued before first-boot
+    settings have none (an empty map is not encoded): the config file alone decides."""
 
     def encode(self) -> bytes:
         extra: dict[str, Any] = {}
         if self.backend_ed25519 is not None:
             extra["backend_ed25519"] = self.backend_ed25519
+        if self.settings:
+            extra["settings"] = {k: dict(v) for k, v in self.settings.items()}
         return cbor2.dumps(
             {
                 **extra,
@@ -122,7 +142,57 @@ class Bundle:
             backend_kid=_kid(m.get("backend_kid", DEFAULT_BACKEND_KID), "backend_kid"),
             operator_kid=_kid(m.get("operator_kid", DEFAULT_OPERATOR_KID), "operator_kid"),
             backend_ed25519=field("backend_ed25519", bytes, 32) if "backend_ed25519" in m else None,
+            settings=check_settings(m["settings"]) if "settings" in m else {},
         )
+
+
+def camera_source_problem(kind: str, source: str) -> str:
+    """Why ``source`` may not come from a station for camera ``kind`` (empty: it may).
+
+    A station names a device, a sensor or a file, never a GStreamer pipeline: a pipeline can tee
+    unredacted frames anywhere (``udpsink``, ``filesink``), and OpenCV may parse a replay "file"
+    containing ``!`` as one. Pipelines belong in the unit's own camveil.toml."""
+    if not source or not source.isprintable():
+        return f"{source!r} is empty or not printable"
+    if "!" in source:
+        return f"{source!r}: a GStreamer pipeline can only be set in the unit's camveil.toml"
+    if kind in ("picamera2", "gstreamer") and not source.isdigit():
+        return f"{source!r}: kind {kind!r} takes a sensor number (0, 1, ...)"
+    if kind == "v4l2" and not (source.isdigit() or source.startswith("/dev/")):
+        return f"{source!r}: kind 'v4l2' takes a device path (/dev/video0) or number"
+    return ""
+
+
+def check_settings(value: object) -> dict[str, dict[str, Any]]:
+    """A bundle's ``settings``: a map of section -> map of key -> text, bool or number, with the
+    known keys (``PROVISIONED_SETTINGS``) of their type and a known camera kind. Unknown keys are
+    kept (a newer station may send more; the agent says it ignores them).
+    ProtocolViolationError names the first bad one."""
+    if not isinstance(value, dict):
+        raise ProtocolViolationError("bundle field 'settings' is not a map")
+    out: dict[str, dict[str, Any]] = {}
+    for section, table in value.items():
+        if not isinstance(section, str) or not isinstance(table, dict):
+            raise ProtocolViolationError(f"bundle settings {section!r}: not a map of settings")
+        known = PROVISIONED_SETTINGS.get(section, {})
+        for key, item in table.items():
+            where = f"bundle setting {section}.{key}"
+            if not isinstance(key, str) or not isinstance(item, str | bool | int | float):
+                raise ProtocolViolationError(f"{where}: not text, true/false or a number")
+            kind = known.get(key)
+            if kind is not None and (type(item) is not kind):
+                raise ProtocolViolationError(f"{where} = {item!r}: expected {kind.__name__}")
+        if section == "camera" and table.get("kind", "synthetic") not in CAMERA_KINDS:
+            raise ProtocolViolationError(
+                f"bundle setting camera.kind = {table['kind']!r}: this unit knows "
+                f"{', '.join(CAMERA_KINDS)}; update its software or provision another kind"
+            )
+        if section == "camera" and "source" in table:
+            problem = camera_source_problem(table.get("kind", "synthetic"), table["source"])
+            if problem:
+                raise ProtocolViolationError(f"bundle setting camera.source: {problem}")
+        out[section] = dict(table)
+    return out
 
 
 def _kid(value: object, name: str) -> str:

@@ -16,7 +16,8 @@ station's user alone (files 0600, folders 0700)::
                                    to the ingest hosts (`camveil listen --group-file`)
     broker/                        mosquitto config, ACL, server certificate (provisioning.broker)
                                    and crl.pem: the CRL of revoked units (`camveil station revoke`)
-    station.json                   defaults: broker URL, backend and operator names
+    station.json                   defaults: broker URL, backend and operator names, the
+                                   camera every unit is given (``camera``: kind, source)
     inventory.sqlite               every unit (provisioning.inventory)
     devices.json                   trusted devices (dashboard, people): id -> public keys, site
     devices.cbor                   the same as a peers file (contract.envelope.keys.save_peers), for
@@ -40,6 +41,7 @@ import logging
 import os
 import pwd
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -55,7 +57,7 @@ from contract.envelope.keys import (
     save_peers,
 )
 from contract.errors import ProtocolViolationError, ProvisioningError
-from contract.statedir import Bundle
+from contract.statedir import CAMERA_KINDS, Bundle, camera_source_problem
 from provisioning import broker, pki
 from provisioning.inventory import Inventory, Revocation, UnitRecord
 from provisioning.serial_proto import (
@@ -131,28 +133,73 @@ class StationPaths:
 
 
 @dataclass(frozen=True)
+class CameraChoice:
+    """The camera a unit is told to open at first boot (``[camera] kind`` and ``source`` of its
+    config, unless its camveil.toml sets them)."""
+
+    kind: str
+    source: str | None = None
+    """Device path, file or sensor number; ``None``: the kind's default (not sent)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CAMERA_KINDS:
+            raise ProvisioningError(
+                f"camera kind {self.kind!r} is not one of {', '.join(CAMERA_KINDS)}"
+            )
+        if self.kind == "replay" and not self.source:
+            raise ProvisioningError('camera kind "replay" needs a source (a video file)')
+        problem = "" if self.source is None else camera_source_problem(self.kind, self.source)
+        if problem:
+            raise ProvisioningError(f"camera source {problem}")
+
+    def as_settings(self) -> dict[str, str]:
+        out = {"kind": self.kind}
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+
+def unit_settings(camera: CameraChoice | None) -> dict[str, dict[str, Any]]:
+    """The ``settings`` of a new bundle: MQTT on (the unit has just been given a broker, a
+    certificate and the keys to seal to), and the camera when one was chosen."""
+    settings: dict[str, dict[str, Any]] = {"mqtt": {"enabled": True}}
+    if camera is not None:
+        settings["camera"] = camera.as_settings()
+    return settings
+
+
+@dataclass(frozen=True)
 class StationConfig:
     broker_url: str = DEFAULT_BROKER_URL
     backends: tuple[str, ...] = ("dashboard",)
     operators: tuple[str, ...] = ("console",)
+    camera: CameraChoice | None = None
+    """The camera every unit is given unless ``camveil provision --camera`` says otherwise;
+    ``None`` (stations from before first-boot settings too): none sent, the unit's file decides."""
 
     def to_json(self) -> bytes:
-        data = {
+        data: dict[str, Any] = {
             "broker_url": self.broker_url,
             "backends": list(self.backends),
             "operators": list(self.operators),
         }
+        if self.camera is not None:
+            data["camera"] = self.camera.as_settings()
         return json.dumps(data, indent=2).encode() + b"\n"
 
     @classmethod
     def load(cls, path: Path) -> StationConfig:
         try:
             data = json.loads(path.read_text())
+            camera = data.get("camera")
             return cls(
                 broker_url=str(data["broker_url"]),
                 backends=tuple(str(b) for b in data["backends"]),
                 operators=tuple(str(o) for o in data["operators"]),
+                camera=None if camera is None else CameraChoice(**camera),
             )
+        except ProvisioningError as exc:
+            raise ProvisioningError(f'{path}: {exc}; fix "camera" in it') from None
         except FileNotFoundError:
             raise ProvisioningError(
                 f"{path.parent} is not a station directory (no {path.name}); create one with "
@@ -209,6 +256,7 @@ def init_station(
     broker_names: tuple[str, ...] = (),
     broker_settings: broker.BrokerSettings | None = None,
     backends: tuple[str, ...] = StationConfig.backends,
+    camera: CameraChoice | None = None,
 ) -> StationPaths:
     """Create a station directory; refuses one that already has a CA. ``backends`` names the
     backend certificates to issue (``backend-<name>``, one per backend process connected at
@@ -238,7 +286,7 @@ def init_station(
         raise ProvisioningError(f"station init: {exc}") from None
     if paths.root.exists() and not paths.root.is_dir():
         raise ProvisioningError(f"station init: {root} is a file; choose a new folder")
-    config = StationConfig(broker_url=url.url, backends=backends)
+    config = StationConfig(broker_url=url.url, backends=backends, camera=camera)
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     # 0711: no listing, but the broker's user may reach broker/ (its key is 0600, its own);
     # every other folder inside (ca/, clients/) is 0700 and every other file 0600.
@@ -306,7 +354,7 @@ def add_backend(root: Path, name: str) -> Path:
         )
     ca = load_ca(paths)
     pki.write_issued(paths.clients_dir, cn, pki.make_backend_cert(ca, name))
-    config = StationConfig(config.broker_url, (*config.backends, name), config.operators)
+    config = dataclasses.replace(config, backends=(*config.backends, name))
     with Inventory(paths.inventory) as inventory:
         devices = [u.device for u in inventory.units("provisioned")]
     acl = broker.render_acl(config.backends, config.operators, devices)
@@ -451,6 +499,8 @@ class ProvisionResult:
     outcome: str
     seconds: float
     retries: int
+    #: the bundle's first-boot settings (empty: a bundle from before them)
+    settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 class Station:
@@ -478,10 +528,15 @@ class Station:
         site: str = DEFAULT_SITE,
         broker_url: str | None = None,
         device_id: str | None = None,
+        camera: CameraChoice | None = None,
     ) -> ProvisionResult:
+        """Provision the unit on the channel. ``camera`` (default: the station's, from
+        station.json) is put in the bundle's settings, with MQTT on: the unit's agent applies
+        them under its own config file (docs/PROTOCOL.md, "Bundle")."""
         start = time.monotonic()
         config = StationConfig.load(self._paths.config)
         url = config.broker_url if broker_url is None else self._check_url(broker_url)
+        settings = unit_settings(camera or config.camera)
         hello = self._request("hello", {"proto": PROTOCOL_VERSION})
         if hello.b.get("proto") != PROTOCOL_VERSION:
             raise ProvisioningError(
@@ -503,14 +558,15 @@ class Station:
                 bundle_bytes = self._known_bundle(hello, record)
                 outcome = "confirmed"
             elif state == "unprovisioned":
-                pending = self._pending_bundle(record, x25519, site, url, device_id)
+                pending = self._pending_bundle(record, x25519, site, url, device_id, settings)
                 bundle_bytes = pending or self._new_bundle(
-                    inventory, ed25519, x25519, site, url, device_id
+                    inventory, ed25519, x25519, site, url, device_id, settings
                 )
                 outcome = "provisioned"
             else:
                 raise ProtocolViolationError(f"hello: unknown unit state {state!r}")
-            device = Bundle.decode(bundle_bytes).device
+            sent = Bundle.decode(bundle_bytes)
+            device = sent.device
             reply = self._request("bundle", {"bundle": bundle_bytes})
             sig = reply.b.get("sig")
             if reply.b.get("device") != device or not isinstance(sig, bytes):
@@ -523,7 +579,7 @@ class Station:
             inventory.mark_provisioned(device, lambda units: self._publish(units, config))
         elapsed = time.monotonic() - start
         logger.info("unit %s %s in %.2f s", device, outcome, elapsed)
-        return ProvisionResult(device, outcome, elapsed, self._channel.retries)
+        return ProvisionResult(device, outcome, elapsed, self._channel.retries, sent.settings)
 
     def _check_url(self, url: str) -> str:
         """A per-unit broker URL, refused unless the broker certificate names its host (the
@@ -553,7 +609,12 @@ class Station:
 
     @staticmethod
     def _pending_bundle(
-        record: UnitRecord | None, x25519: bytes, site: str, url: str, device_id: str | None
+        record: UnitRecord | None,
+        x25519: bytes,
+        site: str,
+        url: str,
+        device_id: str | None,
+        settings: dict[str, dict[str, Any]],
     ) -> bytes | None:
         """The bundle built for this unit by an earlier, interrupted run, if it still fits."""
         if record is None:
@@ -565,7 +626,8 @@ class Station:
             )
         bundle = Bundle.decode(record.bundle)
         wanted = device_id in (None, bundle.device)
-        if wanted and bundle.site.get("name") == site and bundle.broker_url == url:
+        same = bundle.site.get("name") == site and bundle.broker_url == url
+        if wanted and same and bundle.settings == settings:
             logger.info("resending the pending bundle of %s", record.device)
             return record.bundle
         return None
@@ -578,6 +640,7 @@ class Station:
         site: str,
         url: str,
         device_id: str | None,
+        settings: dict[str, dict[str, Any]],
     ) -> bytes:
         device = pki.check_device_id(device_id or derive_device_id(ed25519))
         other = inventory.by_device(device)
@@ -612,6 +675,7 @@ class Station:
             operator_kid=operator.kid,
             site={"name": site},
             issued_at=int(time.time()),
+            settings=settings,
         ).encode()
         inventory.add_pending(
             UnitRecord(device, ed25519, x25519, "pending", site, bundle, time.time())

@@ -1,8 +1,10 @@
-"""`camveil run [--config FILE] [--demo]`: the agent's main loop.
+"""`camveil run [--config FILE] [--state-dir DIR] [--demo]`: the agent's main loop.
 
-With ``[mqtt] enabled = true`` in the config this is the MQTT daemon (agent.daemon: sealed
-events to the broker, signed commands back; it prints a JSON summary line at the end);
-otherwise redacted video and snapshots are written to ``[output] dir``.
+With ``[mqtt] enabled = true`` (in the config file, or from the settings the station put in the
+provisioning bundle: agent.config) this is the MQTT daemon (agent.daemon: sealed events to the
+broker, signed commands back; it prints a JSON summary line at the end); otherwise redacted video
+and snapshots are written to ``[output] dir``, and a provisioned unit says at WARNING why it
+publishes nothing.
 
 ``--demo`` runs on an embedded default instead of a config file: a replay camera of the sample
 video (``--demo-source``; the Makefile passes the one in ../shared/data when it exists) or, if there
@@ -29,8 +31,9 @@ from tqdm import tqdm
 from agent.config import (
     DEFAULT_CONFIG_PATH,
     AgentConfig,
+    LoadedConfig,
     OutputConfig,
-    load_config,
+    load_layers,
     load_with_remote,
 )
 from agent.pipeline import ProcessedFrame, open_frame_path
@@ -45,6 +48,12 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help=f"TOML config (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the unit's state directory (provisioned keys and settings); replaces [mqtt] "
+        "state_dir of the config",
+    )
     parser.add_argument("--demo", action="store_true", help="run on the embedded demo default")
     parser.add_argument("--demo-source", type=Path, help="video or image folder for --demo")
     parser.add_argument(
@@ -110,24 +119,25 @@ class OutputSink:
 
 
 def run(args: argparse.Namespace) -> int:
+    path = args.config or DEFAULT_CONFIG_PATH
     if args.demo:
         config = demo_config(args.demo_source, args.out or Path("out/demo"))
     else:
-        config = load_config(args.config or DEFAULT_CONFIG_PATH)
+        loaded = load_layers(path, args.state_dir)
+        config = loaded.config
+        if not config.mqtt.enabled:
+            say_why_silent(loaded, path)
         if args.out:
-            config = AgentConfig(
-                config.camera,
-                config.detector,
-                config.privacy,
-                OutputConfig(args.out, config.output.video, config.output.snapshot_every),
+            config = dataclasses.replace(
+                config, output=dataclasses.replace(config.output, dir=args.out)
             )
     if args.model:
         config = dataclasses.replace(
             config, detector=dataclasses.replace(config.detector, model=args.model)
         )
     if config.mqtt.enabled and not args.demo:
-        path = args.config or DEFAULT_CONFIG_PATH
-        config = load_with_remote(path)[0]  # with the changes made by set_config commands
+        # with the changes made by set_config commands
+        config = load_with_remote(path, args.state_dir)[0]
         if args.model:
             config = dataclasses.replace(
                 config, detector=dataclasses.replace(config.detector, model=args.model)
@@ -180,6 +190,29 @@ def run(args: argparse.Namespace) -> int:
     if sink.snapshots:
         print(f"snapshots ({len(sink.snapshots)}): {sink.snapshots[0].parent}/")
     return 0
+
+
+def say_why_silent(loaded: LoadedConfig, path: Path) -> None:
+    """A provisioned unit without ``[mqtt] enabled`` publishes nothing: say why, at WARNING
+    (once per start: a service restarted in a loop is rate-limited by the journal's filter)."""
+    provisioned = loaded.provisioned
+    if not provisioned.present:
+        return  # not a unit (a local run on a laptop): nothing was expected to be published
+    if loaded.set_in_file("mqtt", "enabled"):
+        logger.warning(
+            "this unit is provisioned but %s sets [mqtt] enabled = false: it publishes nothing "
+            "(only [output] files); delete that line or set it to true",
+            path,
+        )
+    else:
+        logger.warning(
+            "this unit is provisioned but publishes nothing: its bundle (%s) has no settings "
+            "(provisioned before first-boot settings) and %s does not set [mqtt] enabled; set "
+            "[mqtt] enabled = true and [camera] kind there, or factory-reset and provision it "
+            "again",
+            provisioned.path,
+            path,
+        )
 
 
 def run_daemon(config: AgentConfig, config_path: Path, max_frames: int | None) -> int:

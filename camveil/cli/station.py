@@ -9,12 +9,14 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from contract.statedir import Bundle
+from contract.errors import ProvisioningError
+from contract.statedir import CAMERA_KINDS, Bundle
 from provisioning import pki
 from provisioning.broker_bundle import DEFAULT_TARGET, write_broker_bundle
 from provisioning.inventory import Inventory
 from provisioning.station import (
     DEFAULT_BROKER_URL,
+    CameraChoice,
     StationConfig,
     StationPaths,
     add_backend,
@@ -57,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="issue the backend certificate backend-NAME (repeatable; default: dashboard); one "
         "per backend process connected at the same time",
     )
+    add_camera_arguments(init, "every unit (camveil provision --camera overrides it)")
     add = sub.add_parser("add-backend", help="issue one more backend certificate")
     add.add_argument("dir", type=Path, help="station directory")
     add.add_argument("name", help="the certificate is backend-NAME")
@@ -88,6 +91,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("--reason", default="unspecified", help="recorded with the revocation")
 
 
+def add_camera_arguments(parser: argparse.ArgumentParser, who: str) -> None:
+    """``--camera KIND`` and ``--camera-source SRC``: the camera a bundle tells ``who`` to open."""
+    parser.add_argument(
+        "--camera",
+        choices=CAMERA_KINDS,
+        metavar="KIND",
+        help=f"camera kind for {who}: {', '.join(CAMERA_KINDS)}; put in the bundle, applied by "
+        "the unit unless its /etc/camveil/camveil.toml sets [camera] kind",
+    )
+    parser.add_argument(
+        "--camera-source",
+        metavar="SRC",
+        help="the camera's device, file or sensor number (v4l2: /dev/video0; picamera2: 0; "
+        "replay: a video file); default: the kind's own",
+    )
+
+
+def camera_choice(args: argparse.Namespace) -> CameraChoice | None:
+    """The ``--camera`` / ``--camera-source`` options as a CameraChoice (ProvisioningError when
+    they do not fit together)."""
+    if args.camera is None:
+        if args.camera_source is not None:
+            raise ProvisioningError("--camera-source needs --camera KIND")
+        return None
+    return CameraChoice(args.camera, args.camera_source)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action == "init":
         paths = init_station(
@@ -95,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             broker_url=args.broker_url,
             broker_names=tuple(args.broker_name),
             backends=tuple(args.backend) or StationConfig.backends,
+            camera=camera_choice(args),
         )
         print(f"station ready in {paths.root}")
         print(f"  CA certificate:   {paths.ca_dir / 'ca.crt'}")
@@ -102,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  broker names:     {', '.join(broker_cert_names(paths))}")
         print(f"  trusted devices:  {paths.peers} (camveil listen --devices)")
         print(f"  share group:      {paths.share_group} (secret; copy to the ingest hosts)")
+        camera = StationConfig.load(paths.config).camera
+        given = "unit's own" if camera is None else " ".join(camera.as_settings().values())
+        print(f"  units are given:  MQTT on, camera: {given} (see docs/INSTALL.md, first boot)")
         print(f"next: camveil provision --port /dev/ttyACM0 --station {paths.root}")
         return 0
     if args.action == "add-backend":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from agent.config import AgentConfig, load_config
 from agent.privacy.redact import FillMode
 from contract.errors import ConfigError
+from contract.statedir import DEFAULT_STATE_DIR
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "camveil.toml.example"
 
@@ -19,8 +21,12 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_documented_example_is_valid_and_matches_defaults() -> None:
-    assert load_config(EXAMPLE) == AgentConfig()
+def test_documented_example_is_valid_and_matches_defaults(tmp_path: Path) -> None:
+    # on an unprovisioned state dir (not this machine's /var/lib/camveil): the example alone
+    config = load_config(EXAMPLE, state_dir=tmp_path)
+    assert config.mqtt.state_dir == tmp_path
+    mqtt = dataclasses.replace(config.mqtt, state_dir=DEFAULT_STATE_DIR)
+    assert dataclasses.replace(config, mqtt=mqtt) == AgentConfig()
 
 
 def test_nested_tables_are_typed(tmp_path: Path) -> None:

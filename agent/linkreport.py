@@ -1,0 +1,110 @@
+"""Why the unit cannot publish, said once in its journal at WARNING (not on every attempt).
+
+The transport logs each failed attempt (agent.transport); this is the line an operator looks for
+after a first boot that "does nothing": it names the broker, the reason, what that usually
+means, and how many sealed envelopes wait. It is logged at the first failure, again when the
+reason changes, and at most every ``interval`` seconds while the same failure lasts; when a
+connection succeeds after a failure, one INFO line says that publishing works again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from agent.transport import ConnectionEvent, ConnectionState
+
+logger = logging.getLogger(__name__)
+
+REPORT_INTERVAL: Final = 600.0
+"""Seconds between two reports of the same lasting failure."""
+
+_HINTS: Final = (
+    (
+        ("certificate verify failed",),
+        "the broker's certificate is not from this unit's CA or does not name the host it "
+        "dials: start the broker from the station's broker files, or provision again",
+    ),
+    (
+        ("tlsv1 alert", "certificate", "TLS"),
+        "the TLS handshake failed: is this unit's certificate revoked, or the broker not the "
+        "station's?",
+    ),
+    (
+        ("ConnectionRefusedError: [Errno", "Connection refused"),
+        "nothing listens there: is mosquitto running with the station's configuration?",
+    ),
+    (
+        ("Name or service not known", "Temporary failure in name resolution", "gaierror"),
+        "the broker's host name does not resolve on this unit",
+    ),
+    (
+        ("CONNACK",),
+        "the broker refused the session: is the unit revoked, or not in its ACL?",
+    ),
+)
+
+
+def hint(reason: str) -> str:
+    """What a transport failure reason usually means (empty when there is no known hint)."""
+    for needles, text in _HINTS:
+        if any(n in reason for n in needles):
+            return text
+    return ""
+
+
+class LinkReport:
+    """Feed it every connection event; it logs as described in the module docstring."""
+
+    def __init__(
+        self,
+        broker: str,
+        waiting: Callable[[], int],
+        *,
+        interval: float = REPORT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._broker = broker
+        self._waiting = waiting
+        self._interval = interval
+        self._clock = clock
+        self._failing_since: float | None = None
+        self._last: tuple[str, float] | None = None  # reason, when reported
+        self.reports = 0
+
+    def on_event(self, event: ConnectionEvent) -> None:
+        if event.state is ConnectionState.CONNECTED:
+            if self._failing_since is not None:
+                logger.info(
+                    "publishing to %s again after %.0f s",
+                    self._broker,
+                    self._clock() - self._failing_since,
+                )
+            self._failing_since, self._last = None, None
+            return
+        if event.state not in (ConnectionState.CONNECT_FAILED, ConnectionState.DISCONNECTED):
+            return
+        now = self._clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        reason = event.reason or event.state.value
+        if (
+            self._last is not None
+            and self._last[0] == reason
+            and now - self._last[1] < (self._interval)
+        ):
+            return
+        self._last = (reason, now)
+        self.reports += 1
+        meaning = hint(reason)
+        logger.warning(
+            "cannot publish to %s: %s%s; %d sealed envelope(s) wait in the outbox (retrying; "
+            "repeated every %.0f min while it lasts)",
+            self._broker,
+            reason,
+            f" ({meaning})" if meaning else "",
+            self._waiting(),
+            self._interval / 60,
+        )
