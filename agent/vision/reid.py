@@ -6,13 +6,14 @@ every frame's fresh face detections, with their tracker ids, to :class:`Reidenti
 to a worker thread that embeds it (:class:`~agent.vision.embedding.FaceEmbedder`); the pipeline
 never waits for it. Finished embeddings are picked up on a later frame and linked by
 :class:`VisitorRegistry`: a track whose face matches a visitor seen earlier in the window
-(cosine >= ``threshold`` against any of that visitor's kept samples) continues that visitor;
-otherwise it starts a new one. Tracks that are never embedded (faces smaller than
-``min_face_px``, or the embedder failing) are not visitors.
+(cosine >= ``threshold`` against any of that visitor's kept samples, and not in view at the same
+time as one of that visitor's tracks) continues that visitor; otherwise it starts a new one.
+Tracks that are never embedded (faces smaller than ``min_face_px``, or the embedder failing)
+are not visitors.
 
 A window lasts ``window_s`` of capture time (default 10 minutes, a whole number of presence
 windows, so both end on the same frame). Each window has its own 32-byte random key; a visitor's
-pseudonymous id is ``HMAC-SHA256(key, window start || visitor number)``, so ids of two windows
+pseudonymous id is ``HMAC-SHA256(key, window start / visitor number)``, so ids of two windows
 cannot be linked, even by someone who sees both. At the end of the window the registry keeps only
 a :class:`~agent.privacy.visitors.VisitorWindow` (a dwell-time histogram); the sample bank (every
 kept embedding) and the key are overwritten with zeros and dropped, and the interpreter's tensors
@@ -199,23 +200,34 @@ class VisitorRegistry:
             track.pending = False
             vector = embedding.vector
             sims = self.bank[: self._rows] @ vector if self._rows else np.zeros(0, np.float32)
-            threshold = self.config.threshold
             if track.visitor is None:
-                best = int(np.argmax(sims)) if sims.size else -1
-                if best >= 0 and float(sims[best]) >= threshold:
-                    track.visitor = int(self._owner[best])
-                else:
-                    track.visitor = self._new_visitor()
+                match = self._best_visitor(track, sims)
+                track.visitor = match if match is not None else self._new_visitor()
                 self._visitors[track.visitor].tracks.append(track_id)
                 self._keep(track.visitor, vector)
             else:
                 own = sims[self._owner[: self._rows] == track.visitor]
-                if own.size and float(own.max()) >= threshold:
+                if own.size and float(own.max()) >= self.config.threshold:
                     self._keep(track.visitor, vector)
                 # else: the tracker may have swapped people; keep no sample from it
             return self._visitors[track.visitor].id
         finally:
             embedding.wipe()
+
+    def _best_visitor(self, track: _Track, sims: npt.NDArray[np.float32]) -> int | None:
+        """The most similar visitor at or above the threshold that was not in view at the same
+        time as ``track`` (two faces seen at once are two people)."""
+        if not sims.size:
+            return None
+        best = np.full(len(self._visitors), -np.inf)
+        np.maximum.at(best, self._owner[: self._rows], sims)
+        for visitor in np.argsort(-best):
+            if best[visitor] < self.config.threshold:
+                return None
+            others = (self._tracks[t] for t in self._visitors[visitor].tracks)
+            if all(o.last < track.first or o.first > track.last for o in others):
+                return int(visitor)
+        return None
 
     def _new_visitor(self) -> int:
         index = len(self._visitors)
