@@ -7,7 +7,9 @@ JPEG-encoding every redacted frame as `camveil bench` does. Each mode runs for `
 after a warm-up: ``off`` (no re-identifier), ``on`` (the default ``[reid]`` settings: a new track
 is embedded once, then every 15 frames) and ``every-frame`` (``refresh_frames = 1``: every face up
 to ``max_faces_per_frame`` is embedded on every frame, the worst case). The embedder's own worker
-thread runs beside the pipeline; ``reid_overload`` counts crops it could not take in time.
+thread runs beside the pipeline; ``reid_overload`` counts crops it could not take in time. Besides
+frames per second, the process's CPU time per frame (all threads) is reported: on a shared
+machine it says more about the cost than the frame rate does.
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ def run_mode(
                 for _ in range(5):
                     pipe.step()
                 start_frames = stats.frames_out
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 while time.perf_counter() - t0 < seconds:
                     pipe.step()
                 elapsed = time.perf_counter() - t0
+                cpu = time.process_time() - cpu0
                 window = reid.flush() if reid is not None else None
             finally:
                 if reid is not None:
@@ -73,6 +76,7 @@ def run_mode(
         "threads": threads,
         "fps": round(frames / elapsed, 2),
         "frames": frames,
+        "cpu_ms_per_frame": round(cpu * 1000 / max(frames, 1), 1),
         "latency": snap["latency"],
         "dropped": snap["dropped"],
         "visitors": None if window is None else window.unique,
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             reid_ms = lat.get("reid", {}).get("p50_ms")
             print(
                 f"{r['mode']:<12} {r['size']} t{r['threads']}: {r['fps']:6.2f} fps  "
+                f"cpu {r['cpu_ms_per_frame']} ms/frame  "
                 f"detect p50 {lat['detect']['p50_ms']} ms  reid p50 {reid_ms} ms  "
                 f"visitors {r['visitors']}  dropped {r['dropped']}  load {r['load_1m']}"
             )
