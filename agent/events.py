@@ -18,7 +18,9 @@ Privacy rules enforced here (docs/ARCHITECTURE.md, "On the unit: frame to MQTT")
   any other non-plain value raises :class:`~contract.errors.UnredactedDataError`. So an embedding
   (or raw pixels) cannot be serialised by accident, whatever a caller puts into a field;
 - presence counts may carry differentially private noise under a daily budget and small-count
-  suppression (:mod:`agent.privacy.counts`).
+  suppression (:mod:`agent.privacy.counts`); so do the unique-visitor and dwell-time counts
+  (``visitors``), which arrive here only as a :class:`~agent.privacy.visitors.VisitorWindow`
+  histogram: no visitor id or embedding reaches the event builder.
 """
 
 from __future__ import annotations
