@@ -85,6 +85,10 @@ class ReidConfig:
     """A linked track is embedded again every this many frames (a new sample)."""
     min_face_px: int = 40
     """Faces smaller than this (box width or height, pixels) are not embedded: too unreliable."""
+    min_score: float = 0.5
+    """Detections below this detector score are redacted but not embedded: the detector's own
+    threshold is low on purpose (redact when in doubt), and its doubtful faces (backs of heads,
+    profiles, look-alikes) would link unrelated people."""
     max_faces_per_frame: int = 4
     """At most this many crops are queued per frame (bounds the cost of crowds)."""
     queue_size: int = 8
@@ -108,6 +112,8 @@ class ReidConfig:
             raise ConfigError("[reid] samples_per_visitor must be between 1 and 64")
         if self.refresh_frames < 1 or self.min_face_px < 8:
             raise ConfigError("[reid] refresh_frames must be >= 1 and min_face_px >= 8")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError("[reid] min_score must be between 0 and 1")
         if not 1 <= self.max_faces_per_frame <= 64 or not 1 <= self.queue_size <= 256:
             raise ConfigError("[reid] need 1 <= max_faces_per_frame <= 64, 1 <= queue_size <= 256")
         if not 1 <= self.threads <= 64:
@@ -403,6 +409,8 @@ class Reidentifier:
             if not registry.seen(track_id, ts, self._frame_no):
                 continue
             if min(det.box.width, det.box.height) < self.config.min_face_px:
+                continue
+            if det.score < self.config.min_score:
                 continue
             if queued >= self.config.max_faces_per_frame:
                 break

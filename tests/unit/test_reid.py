@@ -218,6 +218,19 @@ def test_reidentifier_counts_visitors_per_window_and_wipes_crops() -> None:
     assert emb.crops and all(not c.any() for c in emb.crops), "face crops are zeroed after use"
 
 
+def test_doubtful_and_small_faces_are_not_embedded() -> None:
+    emb = ColourEmbedder()
+    with Reidentifier(CFG, emb) as reid:
+        f, faces = frame(0.0, [64, 128])
+        (t1, d1), (t2, d2) = faces
+        doubtful = Detection(d1.box, CFG.min_score - 0.01)
+        small = Detection(Box(d2.box.x0, d2.box.y0, d2.box.x0 + 30, d2.box.y0 + 30), 0.9)
+        reid.observe(f, [(t1, doubtful), (t2, small)])
+        settle(reid, emb, 1)
+        window = reid.flush()
+    assert emb.calls == 0 and window is not None and window.unique == 0
+
+
 def test_embedder_failure_is_counted_and_costs_only_statistics() -> None:
     stats = PipelineStats()
     emb = ColourEmbedder(fail=True)
