@@ -3,7 +3,7 @@
 
 The embedder here is real code with a known answer: it maps a crop's mean colour to a fixed
 unit vector, so "the same person" is "the same colour". The real FaceNet runs in
-tests/integration/test_reid.py.
+tests/integration/test_reid_models.py.
 """
 
 from __future__ import annotations
