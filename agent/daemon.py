@@ -63,6 +63,7 @@ from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState, Transport
 from agent.unitstate import UnitState
 from agent.vision.factory import DetectorConfig, build_detector
+from agent.vision.reid import open_reid
 from contract.commands import REMOTE_SECTIONS, Ack
 from contract.envelope.seal import SealedEnvelope
 from contract.errors import CamveilError, ConfigError
@@ -231,7 +232,8 @@ class Daemon:
 
     def _build_parts(self, config: AgentConfig, emitter: Emitter) -> Parts:
         """Load the detector and open the camera; nothing is shared with the running parts."""
-        sink = FrameSink(config.events, emitter)
+        reid = open_reid(config.reid, self.stats)
+        sink = FrameSink(config.events, emitter, visitors=reid)
         path = open_frame_path(
             config.camera,
             config.detector,
@@ -240,6 +242,7 @@ class Daemon:
             stats=self.stats,
             camera_factory=self._camera_factory,
             detector_factory=self._detector_factory,
+            reid=reid,
         )
         return Parts(config, path, sink)
 

@@ -18,7 +18,9 @@ Privacy rules enforced here (docs/ARCHITECTURE.md, "On the unit: frame to MQTT")
   any other non-plain value raises :class:`~contract.errors.UnredactedDataError`. So an embedding
   (or raw pixels) cannot be serialised by accident, whatever a caller puts into a field;
 - presence counts may carry differentially private noise under a daily budget and small-count
-  suppression (:mod:`agent.privacy.counts`).
+  suppression (:mod:`agent.privacy.counts`); so do the unique-visitor and dwell-time counts
+  (``visitors``), which arrive here only as a :class:`~agent.privacy.visitors.VisitorWindow`
+  histogram: no visitor id or embedding reaches the event builder.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from PIL import Image
 from agent.privacy.counts import CountPrivacy, CountProtector, Release
 from agent.privacy.redact import RedactedFrame
 from agent.privacy.store import encode_jpeg, require_redacted
+from agent.privacy.visitors import VisitorWindow
 from agent.sequence import SequenceSource
 from agent.stats import PipelineStats
 from agent.tamper import TamperKind
@@ -89,6 +92,30 @@ class ZoneCount:
 
 
 @dataclass(frozen=True)
+class DwellCount:
+    """Visitors whose dwell time was in ``[min_s, max_s)`` (``max_s`` None: no upper bound);
+    ``visitors`` None = suppressed or withheld."""
+
+    min_s: int
+    max_s: int | None
+    visitors: int | None
+
+
+@dataclass(frozen=True)
+class VisitorCounts:
+    """Unique visitors of one re-identification window (``start``..``end``, Unix ms) and their
+    dwell-time histogram; aggregate only (docs/PROTOCOL.md, "Visitors")."""
+
+    start: int
+    end: int
+    unique: int | None
+    """The sum of the published buckets (after noise, before suppression); None = too small
+    or withheld."""
+    dwell: tuple[DwellCount, ...]
+    dp: Release | None = None
+
+
+@dataclass(frozen=True)
 class PresenceEvent:
     header: Header
     start: int
@@ -98,6 +125,8 @@ class PresenceEvent:
     zones: tuple[ZoneCount, ...]
     dp: Release | None = None
     """The protection the counts got (None: exact counts)."""
+    visitors: VisitorCounts | None = None
+    """Set on the presence event whose window ends where a re-identification window ends."""
     TYPE: ClassVar[str] = "presence"
 
 
@@ -307,9 +336,15 @@ class EventBuilder:
         )
 
     def presence(
-        self, start: float, end: float, counts: Mapping[str, tuple[int, int]]
+        self,
+        start: float,
+        end: float,
+        counts: Mapping[str, tuple[int, int]],
+        visitors: VisitorWindow | None = None,
     ) -> PresenceEvent:
-        """``counts``: zone -> (people, faces), exact, over the window [start, end] (Unix s)."""
+        """``counts``: zone -> (people, faces), exact, over the window [start, end] (Unix s).
+        ``visitors``: a closed re-identification window, released under the same privacy
+        settings and from the same daily budget as the counts (after them)."""
         if not end >= start:
             raise EventError(f"presence window ends ({end}) before it starts ({start})")
         flat: list[int] = []
@@ -327,6 +362,24 @@ class EventBuilder:
             start=round(start * 1000),
             end=round(end * 1000),
             zones=zones,
+            dp=dp,
+            visitors=None if visitors is None else self._visitor_counts(visitors),
+        )
+
+    def _visitor_counts(self, window: VisitorWindow) -> VisitorCounts:
+        if not isinstance(window, VisitorWindow):
+            raise EventError(f"visitors must be a VisitorWindow, got {type(window).__name__}")
+        values, unique, dp = self._counts.protect_histogram(list(window.counts))
+        bounds = (0, *window.edges)
+        dwell = tuple(
+            DwellCount(lo, window.edges[i] if i < len(window.edges) else None, values[i])
+            for i, lo in enumerate(bounds)
+        )
+        return VisitorCounts(
+            start=round(window.start * 1000),
+            end=round(window.end * 1000),
+            unique=unique,
+            dwell=dwell,
             dp=dp,
         )
 
@@ -445,6 +498,19 @@ def dp_map(release: Release) -> dict[str, Any]:
     return dp
 
 
+def visitors_map(visitors: VisitorCounts) -> dict[str, Any]:
+    """The ``visitors`` map of a presence body (docs/events.cddl, ``visitor-counts``)."""
+    out: dict[str, Any] = {
+        "start": visitors.start,
+        "end": visitors.end,
+        "unique": visitors.unique,
+        "dwell": [{"min": d.min_s, "max": d.max_s, "n": d.visitors} for d in visitors.dwell],
+    }
+    if visitors.dp is not None:
+        out["dp"] = dp_map(visitors.dp)
+    return out
+
+
 def to_map(event: Event) -> dict[str, Any]:
     """The plaintext map of ``event`` (what :func:`contract.envelope.seal` encrypts).
 
@@ -466,6 +532,8 @@ def to_map(event: Event) -> dict[str, Any]:
         }
         if event.dp is not None:
             body["dp"] = dp_map(event.dp)
+        if event.visitors is not None:
+            body["visitors"] = visitors_map(event.visitors)
     elif isinstance(event, SnapshotEvent):
         body = {"jpeg": event.jpeg, "w": event.width, "h": event.height, "q": event.quality}
         if event.trigger is not None:

@@ -9,6 +9,11 @@ those (a face-only detector still counts people). Over a window the highest coun
 frame is kept: that is what one person changes by at most 1 (see the differential-privacy note in
 docs/PROTOCOL.md, "Events"). Windows follow the frames' capture time; a window is closed by the
 first frame at or after its end, or by :meth:`PresenceWindows.flush`.
+
+With re-identification on (``visitors``, an :class:`agent.vision.reid.Reidentifier`), the
+presence event whose window ends where a re-identification window ends also carries that
+window's unique-visitor and dwell-time histogram (the windows are whole multiples of each other
+and start on the same frame, so they end on the same frame).
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.config import EventsConfig, ZoneConfig
 from agent.events import Event, EventBuilder
 from agent.pipeline import ProcessedFrame
 from agent.privacy.redact import RedactedFrame
+from agent.privacy.visitors import VisitorWindow
 from agent.publisher import Emitter
 from agent.tamper import TamperDetector, TamperFinding
 from agent.vision.detection import Detection
@@ -102,12 +109,23 @@ class PresenceWindows:
         return closed
 
 
+class VisitorSource(Protocol):
+    """Closed re-identification windows (:class:`agent.vision.reid.Reidentifier`)."""
+
+    def take_closed(self) -> VisitorWindow | None: ...
+
+    def flush(self) -> VisitorWindow | None: ...
+
+
 class FrameSink:
     """Receives every RedactedFrame: presence windows, tamper checks, the latest frame."""
 
-    def __init__(self, events: EventsConfig, emitter: Emitter) -> None:
+    def __init__(
+        self, events: EventsConfig, emitter: Emitter, visitors: VisitorSource | None = None
+    ) -> None:
         self._events = events
         self._emitter = emitter
+        self._visitors = visitors
         self._presence = PresenceWindows(events.presence_window_s, events.zones)
         self._tamper = TamperDetector()
         self._frames = 0
@@ -120,7 +138,8 @@ class FrameSink:
             self._latest = frame
         closed = self._presence.observe(frame.ts, processed.detections, frame.width, frame.height)
         if closed is not None:
-            self._emitter.emit(presence_event(closed), frame.ts)
+            visitors = self._visitors.take_closed() if self._visitors is not None else None
+            self._emitter.emit(presence_event(closed, visitors), frame.ts)
         self._frames += 1
         every = self._events.tamper_every
         if every and self._frames % every == 0:
@@ -138,12 +157,15 @@ class FrameSink:
     def flush(self) -> None:
         """Emit the current partial presence window (at stop or before a swap)."""
         closed = self._presence.flush()
+        visitors = self._visitors.flush() if self._visitors is not None else None
         if closed is not None:
-            self._emitter.emit(presence_event(closed))
+            self._emitter.emit(presence_event(closed, visitors))
 
 
-def presence_event(closed: ClosedWindow) -> Callable[[EventBuilder], Event]:
-    return lambda b: b.presence(closed.start, closed.end, closed.counts)
+def presence_event(
+    closed: ClosedWindow, visitors: VisitorWindow | None = None
+) -> Callable[[EventBuilder], Event]:
+    return lambda b: b.presence(closed.start, closed.end, closed.counts, visitors)
 
 
 def tamper_event(finding: TamperFinding) -> Callable[[EventBuilder], Event]:

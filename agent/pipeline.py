@@ -1,10 +1,15 @@
-"""The privacy pipeline: camera -> detect -> track -> redact -> sink, and the one place that wires
-it from configuration (:func:`open_frame_path`).
+"""The privacy pipeline: camera -> detect -> track -> redact -> (re-identify) -> sink, and the
+one place that wires it from configuration (:func:`open_frame_path`).
 
 Fail closed: when detection fails for any reason (exception, timeout, overload, bad model) the
 frame is dropped and counted, and nothing derived from its pixels reaches the sink. What reaches
 the sink is a :class:`ProcessedFrame`: the redacted pixels and the detections they were redacted
 for, flowing down together.
+
+Re-identification (optional, :mod:`agent.vision.reid`) sees the original frame's fresh face
+detections *after* redaction: redaction never waits for it and does not depend on it; the
+re-identifier only queues crops for its own worker thread. If it raises, the frame still goes
+to the sink and the loss is counted (``reid_failed``): only visitor statistics suffer.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from agent.stats import PipelineStats
 from agent.vision.detection import Box, Detection, Detector
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.guard import GuardedDetector
+from agent.vision.reid import Reidentifier
 from agent.vision.track import TrackedRegion, Tracker, TrackerConfig
 from contract.errors import CameraUnavailableError, EndOfStream, FrameError, PrivacyError
 from hw.camera import open_camera
@@ -83,8 +89,10 @@ class Pipeline:
         config: PrivacyConfig,
         stats: PipelineStats | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        reid: Reidentifier | None = None,
     ) -> None:
         self._read = read_frame
+        self._reid = reid
         self._detector = detector
         self._sink = sink
         self._config = config
@@ -129,6 +137,20 @@ class Pipeline:
         redacted = redact(frame, regions, self._config.redaction)
         t4 = clock()
         stats.time("redact", t4 - t3)
+        if self._reid is not None:
+            faces = [
+                (r.track_id, r.detection)
+                for r in tracked
+                if r.kind == "face" and r.detection is not None
+            ]
+            try:
+                self._reid.observe(frame, faces)
+            except Exception as exc:  # only visitor statistics are lost, never redaction
+                stats.drop("reid_failed")
+                logger.warning("re-identification skipped frame %d: %s", frame.index, exc)
+            t5 = clock()
+            stats.time("reid", t5 - t4)
+            t4 = t5
         out = ProcessedFrame(redacted, tuple(detections))
         self._sink(out)
         stats.time("sink", clock() - t4)
@@ -196,16 +218,21 @@ def open_frame_path(
     stats: PipelineStats | None = None,
     camera_factory: CameraFactory = open_camera,
     detector_factory: DetectorFactory = build_detector,
+    reid: Reidentifier | None = None,
 ) -> FramePath:
     """Load the detector (hash-checked), wrap it in the fail-closed guard, open the camera and
     build the pipeline: the one place where a camera-fed frame path is wired (the daemon and
-    `camveil run`). Everything opened so far is closed again when a later step fails."""
+    `camveil run`). Everything opened so far is closed again when a later step fails.
+    ``reid``: the re-identifier (:func:`agent.vision.reid.open_reid`); the frame path takes it
+    over (starts it here, stops and wipes it when closed)."""
     stack = contextlib.ExitStack()
     try:
+        if reid is not None:
+            stack.enter_context(reid)
         model = detector_factory(detector)
         guard = stack.enter_context(GuardedDetector(model, detector.timeout))
         cam = stack.enter_context(camera_factory(camera))
-        pipeline = Pipeline(cam.read, guard, sink, privacy, stats=stats)
+        pipeline = Pipeline(cam.read, guard, sink, privacy, stats=stats, reid=reid)
     except BaseException:
         stack.close()
         raise

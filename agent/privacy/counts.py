@@ -12,7 +12,12 @@ therefore keeps, on disk, the ε spent in the current UTC day and refuses a rele
 exceed ``epsilon_per_day``; the counts of such a window are withheld (sent as null, marked
 ``exhausted``) until the next UTC day. The spend is written (atomically, fsynced) *before* the
 noised counts exist, so a crash or a reboot can waste budget but never spend it twice, and a
-clock stepped backwards does not refund it. docs/PRIVACY.md states the guarantee.
+clock stepped backwards does not refund it. docs/PROTOCOL.md ("Presence counts and differential
+privacy") states the guarantee.
+
+Visitor histograms (:mod:`agent.privacy.visitors`: each visitor in exactly one dwell bucket, so
+L1 sensitivity 1) go through :meth:`CountProtector.protect_histogram` with the same ε per
+release, the same suppression and the same daily budget.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from agent.privacy.visitors import HISTOGRAM_SENSITIVITY
 from contract.errors import ConfigError, EventError
 from contract.files import write_atomic
 
@@ -106,10 +112,13 @@ class CountNoise:
     def __init__(self, epsilon: float) -> None:
         self._dp = _opendp()
         self.epsilon = epsilon
-        self._measurements: dict[int, Any] = {}
+        self._measurements: dict[tuple[int, int], Any] = {}
 
-    def _measurement(self, n: int) -> Any:
-        meas = self._measurements.get(n)
+    def _measurement(self, n: int, sensitivity: int | None = None) -> Any:
+        """The release of ``n`` counts whose L1 distance between neighbours is ``sensitivity``
+        (default ``n``: one person changes each count by at most 1)."""
+        d_in = n if sensitivity is None else sensitivity
+        meas = self._measurements.get((n, d_in))
         if meas is None:
             dp = self._dp
 
@@ -117,21 +126,23 @@ class CountNoise:
                 domain = dp.vector_domain(dp.atom_domain(T=int), size=n)
                 return dp.m.make_laplace(domain, dp.l1_distance(T=int), scale=scale)
 
-            meas = make(n / self.epsilon)
-            if meas.map(n) > self.epsilon:  # OpenDP rounds its map conservatively
-                meas = make(dp.binary_search_param(make, d_in=n, d_out=self.epsilon))
-            self._measurements[n] = meas
+            meas = make(d_in / self.epsilon)
+            if meas.map(d_in) > self.epsilon:  # OpenDP rounds its map conservatively
+                meas = make(dp.binary_search_param(make, d_in=d_in, d_out=self.epsilon))
+            self._measurements[(n, d_in)] = meas
         return meas
 
-    def cost(self, n: int) -> float:
-        """The ε OpenDP's privacy map charges for releasing ``n`` counts of sensitivity 1 each."""
-        return float(self._measurement(n).map(n)) if n else 0.0
+    def cost(self, n: int, sensitivity: int | None = None) -> float:
+        """The ε OpenDP's privacy map charges for releasing ``n`` counts at L1 ``sensitivity``
+        (default ``n``: sensitivity 1 each)."""
+        d_in = n if sensitivity is None else sensitivity
+        return float(self._measurement(n, sensitivity).map(d_in)) if n else 0.0
 
-    def release(self, counts: Sequence[int]) -> list[int]:
+    def release(self, counts: Sequence[int], sensitivity: int | None = None) -> list[int]:
         """Noised counts, clamped at 0 (post-processing: the guarantee holds)."""
         if not counts:
             return []
-        noised = self._measurement(len(counts))([int(c) for c in counts])
+        noised = self._measurement(len(counts), sensitivity)([int(c) for c in counts])
         return [max(0, int(v)) for v in noised]
 
 
@@ -225,29 +236,57 @@ class CountProtector:
             DailyBudget(privacy.day_budget, budget_path) if privacy.epsilon is not None else None
         )
 
-    def protect(self, counts: Sequence[int]) -> tuple[list[int | None], Release | None]:
-        """The counts to publish (None = suppressed or withheld) and the ``dp`` record."""
+    def protect(
+        self, counts: Sequence[int], sensitivity: int | None = None
+    ) -> tuple[list[int | None], Release | None]:
+        """The counts to publish (None = suppressed or withheld) and the ``dp`` record.
+
+        ``sensitivity``: the L1 distance one person can move the vector by; default
+        ``len(counts)`` (each count moves by at most 1)."""
+        values, _, release = self._release(counts, sensitivity)
+        return values, release
+
+    def protect_histogram(
+        self, counts: Sequence[int]
+    ) -> tuple[list[int | None], int | None, Release | None]:
+        """A histogram in which each person falls into exactly one bucket (L1 sensitivity 1):
+        the buckets to publish, their total (the sum of the noised buckets before suppression,
+        itself suppressed below ``suppress_below``) and the ``dp`` record."""
+        return self._release(counts, HISTOGRAM_SENSITIVITY)
+
+    def _release(
+        self, counts: Sequence[int], sensitivity: int | None
+    ) -> tuple[list[int | None], int | None, Release | None]:
         privacy = self.privacy
+        k = privacy.suppress_below
         if not privacy.active:
-            return list(counts), None
-        values: list[int | None]
-        release = Release(privacy.suppress_below)
+            return list(counts), sum(counts), None
+        release = Release(k)
+        values: list[int]
         if self._noise is not None and self._budget is not None:
-            cost = self._noise.cost(len(counts))
+            cost = self._noise.cost(len(counts), sensitivity)
             spent = self._budget.try_spend(cost)
             if spent is None:
-                return [None] * len(counts), Release(
-                    privacy.suppress_below,
-                    day_budget=self._budget.per_day,
-                    spent_today=self._budget.spent_today,
-                    exhausted=True,
+                return (
+                    [None] * len(counts),
+                    None,
+                    Release(
+                        k,
+                        day_budget=self._budget.per_day,
+                        spent_today=self._budget.spent_today,
+                        exhausted=True,
+                    ),
                 )
-            values = list(self._noise.release(counts))
-            release = Release(privacy.suppress_below, cost, self._budget.per_day, spent)
+            values = list(self._noise.release(counts, sensitivity))
+            release = Release(k, cost, self._budget.per_day, spent)
         else:
             values = list(counts)
-        k = privacy.suppress_below
-        return [None if v is not None and v < k else v for v in values], release
+        total = sum(values)
+        return (
+            [None if v < k else v for v in values],
+            None if total < k else total,
+            release,
+        )
 
 
 def budget_path(state_dir: Path) -> Path:

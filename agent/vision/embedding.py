@@ -89,6 +89,14 @@ class Embedding:
     def dim(self) -> int:
         return int(self._vector.size)
 
+    def wipe(self) -> None:
+        """Overwrite the vector with zeros (done when a re-identification window ends); the
+        object then holds no trace of the face, and no longer a unit vector."""
+        v = self._vector
+        v.flags.writeable = True  # the array owns its memory (made in __init__)
+        v.fill(0.0)
+        v.flags.writeable = False
+
     def cosine(self, other: Embedding) -> float:
         """Cosine similarity with ``other`` (both are unit vectors): 1 same, about 0 unrelated."""
         return float(np.dot(self._vector, other._vector))

@@ -45,6 +45,8 @@ class _Track:
     vy: float = 0.0
     missed: int = 0
     hits: int = 1
+    detection: Detection | None = None
+    """The detection that last continued (or started) the track."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class TrackedRegion:
     box: Box
     missed: int
     """0 when detected in this frame, else the number of frames since the last detection."""
+    detection: Detection | None = field(default=None, compare=False, repr=False)
+    """The detection of this frame that continued the track (None when held over); the
+    re-identifier embeds its face."""
 
 
 def iou_matrix(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -107,17 +112,24 @@ class Tracker:
                     continue
                 matched_tracks.add(int(ti))
                 matched_dets.add(int(di))
-                self._continue(self._tracks[ti], detections[di].box)
+                self._continue(self._tracks[ti], detections[di])
         for ti, track in enumerate(self._tracks):
             if ti not in matched_tracks:
                 track.missed += 1
         self._tracks = [t for t in self._tracks if t.missed <= cfg.hold_frames]
         for di, det in enumerate(detections):
             if di not in matched_dets:
-                self._tracks.append(_Track(self._next_id, det.kind, det.box))
+                self._tracks.append(_Track(self._next_id, det.kind, det.box, detection=det))
                 self._next_id += 1
         return [
-            TrackedRegion(t.track_id, t.kind, self._held_box(t), t.missed) for t in self._tracks
+            TrackedRegion(
+                t.track_id,
+                t.kind,
+                self._held_box(t),
+                t.missed,
+                t.detection if t.missed == 0 else None,
+            )
+            for t in self._tracks
         ]
 
     def _predict(self, track: _Track) -> Box:
@@ -138,7 +150,9 @@ class Tracker:
         b = Box(b.x0 - track.vx, b.y0 - track.vy, b.x1 - track.vx, b.y1 - track.vy)
         return b.expand(self.config.growth_per_missed * track.missed)
 
-    def _continue(self, track: _Track, box: Box) -> None:
+    def _continue(self, track: _Track, detection: Detection) -> None:
+        box = detection.box
+        track.detection = detection
         a = self.config.velocity_smoothing
         steps = track.missed + 1
         cx_old = (track.box.x0 + track.box.x1) / 2

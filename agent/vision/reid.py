@@ -1,0 +1,531 @@
+"""Anonymous re-identification: link sightings of one person inside a short window, then forget.
+
+Off by default (``[reid] enabled``, which also needs a ``purpose``). When on, the pipeline hands
+every frame's fresh face detections, with their tracker ids, to :class:`Reidentifier.observe`
+*after* the frame was redacted. Per track a face crop is cut from the original pixels and queued
+to a worker thread that embeds it (:class:`~agent.vision.embedding.FaceEmbedder`); the pipeline
+never waits for it. Finished embeddings are picked up on a later frame and linked by
+:class:`VisitorRegistry`: a track whose face matches a visitor seen earlier in the window
+(cosine >= ``threshold`` against any of that visitor's kept samples, and not in view at the same
+time as one of that visitor's tracks) continues that visitor; otherwise it starts a new one.
+Tracks that are never embedded (faces smaller than ``min_face_px``, or the embedder failing)
+are not visitors.
+
+A window lasts ``window_s`` of capture time (default 10 minutes, a whole number of presence
+windows, so both end on the same frame). Each window has its own 32-byte random key; a visitor's
+pseudonymous id is ``HMAC-SHA256(key, window start / visitor number)``, so ids of two windows
+cannot be linked, even by someone who sees both. At the end of the window the registry keeps only
+a :class:`~agent.privacy.visitors.VisitorWindow` (a dwell-time histogram); the sample bank (every
+kept embedding) and the key are overwritten with zeros and dropped, and the interpreter's tensors
+are overwritten by embedding a blank crop. Ids are not published at all: presence events carry
+only the histogram (agent.events, with differential privacy).
+
+Failure: an exception in :meth:`Reidentifier.observe` or in the embedder only loses the visitor
+statistics for that frame or face, counted in the pipeline's ``dropped`` under ``reid_*`` keys.
+Redaction has already happened and does not depend on any of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import queue
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.privacy.visitors import DEFAULT_DWELL_EDGES_S, VisitorWindow, check_edges
+from agent.stats import PipelineStats
+from agent.vision.detection import Detection
+from agent.vision.embedding import DIMENSIONS, INPUT_SIZE, Embedding, align
+from contract.errors import ConfigError
+from hw.frame import Frame
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD: Final = 0.57
+"""Cosine similarity at or above which two faces are linked. From `camveil eval-embed` on the
+dev verification pairs (docs/EMBEDDING.md): the int8 model's hardest of 705 negative pairs scores
+0.565 and the best-accuracy threshold is 0.386; 0.57 is the operating point with no false accept
+among the 705 (FAR <= 1e-3), TAR 88.7% on LFW photo pairs. A window compares each new track with
+every kept sample, so the low false-accept rate matters more than the recall: a missed link
+splits a person into two visitors (counted twice), a false link merges two people."""
+KEY_BYTES: Final = 32
+
+
+@dataclass(frozen=True)
+class ReidConfig:
+    """``[reid]``: anonymous re-identification for unique-visitor counts and dwell times."""
+
+    enabled: bool = False
+    """Off by default: linking faces, even for minutes and under a rotating key, is processing
+    of biometric data; switch it on only for a stated purpose (and legal basis)."""
+    purpose: str = ""
+    """Why visitors are counted (e.g. "footfall and dwell statistics for store layout, legal
+    basis: legitimate interest, DPIA 2026-04"); required when enabled, logged at start."""
+    window_s: float = 600.0
+    """Length of one linking window; the key rotates and every embedding is wiped at its end.
+    Must be a whole multiple of ``[events] presence_window_s``."""
+    threshold: float = DEFAULT_THRESHOLD
+    """Cosine similarity needed to link two faces (see DEFAULT_THRESHOLD for where 0.57 comes
+    from)."""
+    samples_per_visitor: int = 4
+    """Embeddings kept per visitor (a ring); more samples link more poses, at more cost."""
+    refresh_frames: int = 15
+    """A linked track is embedded again every this many frames (a new sample)."""
+    min_face_px: int = 40
+    """Faces smaller than this (box width or height, pixels) are not embedded: too unreliable."""
+    min_score: float = 0.5
+    """Detections below this detector score are redacted but not embedded: the detector's own
+    threshold is low on purpose (redact when in doubt), and its doubtful faces (backs of heads,
+    profiles, look-alikes) would link unrelated people."""
+    max_faces_per_frame: int = 4
+    """At most this many crops are queued per frame (bounds the cost of crowds)."""
+    queue_size: int = 8
+    """Crops waiting for the embedder; when full, further crops are dropped (``reid_overload``)."""
+    threads: int = 1
+    """Interpreter threads of the embedder."""
+    dwell_buckets_s: tuple[int, ...] = DEFAULT_DWELL_EDGES_S
+    """Edges (seconds) of the dwell-time histogram in presence events."""
+
+    def __post_init__(self) -> None:
+        if self.enabled and len(self.purpose.strip()) < 8:
+            raise ConfigError(
+                '[reid] enabled = true needs purpose = "...": say why visitors are counted '
+                "(and on which legal basis); it is logged when the agent starts"
+            )
+        if not 1.0 <= self.window_s <= 86400:
+            raise ConfigError("[reid] window_s must be between 1 and 86400 seconds")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError("[reid] threshold must be between 0 and 1 (cosine similarity)")
+        if not 1 <= self.samples_per_visitor <= 64:
+            raise ConfigError("[reid] samples_per_visitor must be between 1 and 64")
+        if self.refresh_frames < 1 or self.min_face_px < 8:
+            raise ConfigError("[reid] refresh_frames must be >= 1 and min_face_px >= 8")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError("[reid] min_score must be between 0 and 1")
+        if not 1 <= self.max_faces_per_frame <= 64 or not 1 <= self.queue_size <= 256:
+            raise ConfigError("[reid] need 1 <= max_faces_per_frame <= 64, 1 <= queue_size <= 256")
+        if not 1 <= self.threads <= 64:
+            raise ConfigError("[reid] threads must be between 1 and 64")
+        try:
+            check_edges(self.dwell_buckets_s)
+        except ValueError as exc:
+            raise ConfigError(f"[reid] dwell_buckets_s: {exc}") from None
+
+
+def check_windows(reid: ReidConfig, presence_window_s: float) -> None:
+    """ConfigError unless the re-identification window is a whole number of presence windows
+    (so that a visitor window always ends on the frame that ends a presence window)."""
+    if not reid.enabled:
+        return
+    ratio = reid.window_s / presence_window_s
+    if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
+        raise ConfigError(
+            f"[reid] window_s ({reid.window_s}) must be a whole multiple of [events] "
+            f"presence_window_s ({presence_window_s})"
+        )
+
+
+@dataclass
+class _Track:
+    first: float
+    last: float
+    visitor: int | None = None
+    pending: bool = False
+    """A crop of this track is with the embedder."""
+    last_embed_frame: int = -(10**9)
+
+
+@dataclass
+class _Visitor:
+    id: str
+    samples: int = 0
+    tracks: list[int] = field(default_factory=list)
+
+
+class VisitorRegistry:
+    """One window's linking state. Single-threaded (the pipeline thread); see module docstring."""
+
+    def __init__(self, config: ReidConfig, start: float, key: bytes | None = None) -> None:
+        self.config = config
+        self.start = start
+        self.key = bytearray(key if key is not None else secrets.token_bytes(KEY_BYTES))
+        self._tracks: dict[int, _Track] = {}
+        self._visitors: list[_Visitor] = []
+        self.bank: npt.NDArray[np.float32] = np.zeros((16, DIMENSIONS), np.float32)
+        """Kept samples, one per row; ``_owner[row]`` is the visitor's index."""
+        self._owner: npt.NDArray[np.int64] = np.full(16, -1, np.int64)
+        self._rows = 0
+        self.last_ts = start
+        self.closed = False
+
+    # --- sightings -------------------------------------------------------------------------
+
+    def seen(self, track_id: int, ts: float, frame_no: int) -> bool:
+        """A fresh detection of ``track_id`` at ``ts``; True if a crop should be embedded now."""
+        track = self._tracks.get(track_id)
+        if track is None:
+            track = self._tracks[track_id] = _Track(ts, ts)
+        track.last = max(track.last, ts)
+        self.last_ts = max(self.last_ts, ts)
+        if track.pending:
+            return False
+        if track.visitor is None:
+            return True
+        return frame_no - track.last_embed_frame >= self.config.refresh_frames
+
+    def requested(self, track_id: int, frame_no: int) -> None:
+        track = self._tracks.get(track_id)
+        if track is not None:
+            track.pending = True
+            track.last_embed_frame = frame_no
+
+    def failed(self, track_id: int) -> None:
+        track = self._tracks.get(track_id)
+        if track is not None:
+            track.pending = False
+
+    def link(self, track_id: int, embedding: Embedding) -> str | None:
+        """Link the track's new embedding; returns the visitor's pseudonymous id (None when the
+        track is unknown in this window). ``embedding`` is wiped after its vector is kept."""
+        try:
+            track = self._tracks.get(track_id)
+            if track is None or self.closed:
+                return None
+            track.pending = False
+            vector = embedding.vector
+            sims = self.bank[: self._rows] @ vector if self._rows else np.zeros(0, np.float32)
+            if track.visitor is None:
+                match = self._best_visitor(track, sims)
+                track.visitor = match if match is not None else self._new_visitor()
+                self._visitors[track.visitor].tracks.append(track_id)
+                self._keep(track.visitor, vector)
+            else:
+                own = sims[self._owner[: self._rows] == track.visitor]
+                if own.size and float(own.max()) >= self.config.threshold:
+                    self._keep(track.visitor, vector)
+                # else: the tracker may have swapped people; keep no sample from it
+            return self._visitors[track.visitor].id
+        finally:
+            embedding.wipe()
+
+    def _best_visitor(self, track: _Track, sims: npt.NDArray[np.float32]) -> int | None:
+        """The most similar visitor at or above the threshold that was not in view at the same
+        time as ``track`` (two faces seen at once are two people)."""
+        if not sims.size:
+            return None
+        best = np.full(len(self._visitors), -np.inf)
+        np.maximum.at(best, self._owner[: self._rows], sims)
+        for visitor in np.argsort(-best):
+            if best[visitor] < self.config.threshold:
+                return None
+            others = (self._tracks[t] for t in self._visitors[visitor].tracks)
+            if all(o.last < track.first or o.first > track.last for o in others):
+                return int(visitor)
+        return None
+
+    def _new_visitor(self) -> int:
+        index = len(self._visitors)
+        message = f"{self.start!r}/{index}".encode()
+        digest = hmac.new(self.key, message, hashlib.sha256).hexdigest()[:32]
+        self._visitors.append(_Visitor(digest))
+        return index
+
+    def _keep(self, visitor: int, vector: npt.NDArray[np.float32]) -> None:
+        """Store ``vector`` as a sample of ``visitor`` (a ring of ``samples_per_visitor``)."""
+        v = self._visitors[visitor]
+        k = self.config.samples_per_visitor
+        rows = np.flatnonzero(self._owner[: self._rows] == visitor)
+        if rows.size >= k:
+            row = int(rows[v.samples % k])
+        else:
+            if self._rows == len(self.bank):
+                self._grow()
+            row = self._rows
+            self._rows += 1
+            self._owner[row] = visitor
+        self.bank[row] = vector
+        v.samples += 1
+
+    def _grow(self) -> None:
+        old_bank, old_owner = self.bank, self._owner
+        self.bank = np.zeros((2 * len(old_bank), DIMENSIONS), np.float32)
+        self.bank[: len(old_bank)] = old_bank
+        self._owner = np.full(2 * len(old_owner), -1, np.int64)
+        self._owner[: len(old_owner)] = old_owner
+        old_bank.fill(0.0)
+
+    # --- the window's end ------------------------------------------------------------------
+
+    def visitor_ids(self) -> list[str]:
+        return [v.id for v in self._visitors]
+
+    def dwell_times(self) -> list[float]:
+        """Per visitor: last sighting minus first, over all its tracks, inside the window."""
+        out = []
+        for v in self._visitors:
+            tracks = [self._tracks[t] for t in v.tracks]
+            out.append(max(t.last for t in tracks) - min(t.first for t in tracks))
+        return out
+
+    def close(self, end: float) -> VisitorWindow:
+        """The window's histogram; then every embedding and the key are zeroed and dropped."""
+        window = VisitorWindow.of(
+            self.start, max(end, self.start), self.dwell_times(), self.config.dwell_buckets_s
+        )
+        self.wipe()
+        return window
+
+    def wipe(self) -> None:
+        self.bank.fill(0.0)
+        self.key[:] = bytes(len(self.key))
+        self.bank = np.zeros((0, DIMENSIONS), np.float32)
+        self._owner = np.zeros(0, np.int64)
+        self._rows = 0
+        self._tracks.clear()
+        self._visitors.clear()
+        self.closed = True
+
+
+class CropEmbedder(Protocol):
+    """What the worker needs of :class:`~agent.vision.embedding.FaceEmbedder`."""
+
+    def embed_crop(self, crop: npt.NDArray[np.uint8]) -> Embedding: ...
+
+
+@dataclass(frozen=True)
+class _Job:
+    epoch: int
+    track_id: int
+    crop: npt.NDArray[np.uint8]
+
+
+_SCRUB: Final = object()
+_STOP: Final = object()
+
+
+class Reidentifier:
+    """Owns the window's :class:`VisitorRegistry` and the embedder's worker thread.
+
+    :meth:`observe`, :meth:`take_closed` and :meth:`flush` are called by the pipeline thread
+    (the sink runs on it too). The constructor only stores; ``with`` starts the worker (and
+    ``load`` is called on the embedder first when it has one), exit stops it and wipes
+    everything.
+    """
+
+    def __init__(
+        self,
+        config: ReidConfig,
+        embedder: CropEmbedder,
+        stats: PipelineStats | None = None,
+        *,
+        margin: float = 0.2,
+        use_landmarks: bool = False,
+    ) -> None:
+        self.config = config
+        self._embedder = embedder
+        self.stats = stats if stats is not None else PipelineStats()
+        self._margin = margin
+        self._use_landmarks = use_landmarks
+        self._jobs: queue.Queue[object] = queue.Queue(config.queue_size)
+        self._results: queue.SimpleQueue[tuple[int, int, Embedding | None]] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self.registry: VisitorRegistry | None = None
+        self._epoch = 0
+        self._frame_no = 0
+        self._closed: VisitorWindow | None = None
+
+    # --- lifetime --------------------------------------------------------------------------
+
+    def __enter__(self) -> Reidentifier:
+        self._worker = threading.Thread(target=self._work, name="reid-embedder", daemon=True)
+        self._worker.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.registry is not None:
+            self.registry.wipe()
+            self.registry = None
+        self._epoch += 1
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            self._discard_jobs()
+            self._put(_SCRUB)
+            self._put(_STOP)
+            worker.join(timeout=5.0)
+        self._drain()
+
+    def _put(self, item: object) -> None:
+        try:
+            self._jobs.put(item, timeout=1.0)
+        except queue.Full:
+            logger.warning("re-identification worker did not take its stop message")
+
+    def _discard_jobs(self) -> None:
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Job):
+                item.crop.fill(0)
+
+    # --- the pipeline thread ---------------------------------------------------------------
+
+    def observe(self, frame: Frame, faces: Sequence[tuple[int, Detection]]) -> None:
+        """One redacted-for frame: its capture time and fresh face detections with track ids.
+        Never waits for the embedder."""
+        ts = frame.ts
+        self._frame_no += 1
+        registry = self.registry
+        if registry is None:
+            registry = self._open(ts)
+        elif ts >= registry.start + self.config.window_s:
+            skipped = math.floor((ts - registry.start) / self.config.window_s)
+            self._rotate(registry.start + self.config.window_s)
+            registry = self._open(registry.start + skipped * self.config.window_s)
+        self._drain()
+        queued = 0
+        for track_id, det in faces:
+            if not registry.seen(track_id, ts, self._frame_no):
+                continue
+            if min(det.box.width, det.box.height) < self.config.min_face_px:
+                continue
+            if det.score < self.config.min_score:
+                continue
+            if queued >= self.config.max_faces_per_frame:
+                break
+            try:
+                crop = align(frame.pixels, det, self._margin, self._use_landmarks)
+            except ValueError:
+                self.stats.drop("reid_bad_crop")
+                continue
+            try:
+                self._jobs.put_nowait(_Job(self._epoch, track_id, crop))
+            except queue.Full:
+                crop.fill(0)
+                self.stats.drop("reid_overload")
+                break
+            registry.requested(track_id, self._frame_no)
+            queued += 1
+
+    def take_closed(self) -> VisitorWindow | None:
+        """The last window that ended (once), for the presence event that ends with it."""
+        closed, self._closed = self._closed, None
+        return closed
+
+    def flush(self) -> VisitorWindow | None:
+        """End the current window at its last frame (at stop or before a swap)."""
+        registry = self.registry
+        if registry is not None:
+            self._drain()
+            self._rotate(registry.last_ts)
+        return self.take_closed()
+
+    def _open(self, start: float) -> VisitorRegistry:
+        self.registry = VisitorRegistry(self.config, start)
+        return self.registry
+
+    def _rotate(self, end: float) -> None:
+        registry = self.registry
+        assert registry is not None
+        if self._closed is not None:
+            self.stats.drop("reid_window_unreported")
+        self._closed = registry.close(end)
+        self.registry = None
+        self._epoch += 1
+        with contextlib.suppress(queue.Full):  # else the next rotation or close scrubs
+            self._jobs.put_nowait(_SCRUB)
+
+    def _drain(self) -> None:
+        registry = self.registry
+        while True:
+            try:
+                epoch, track_id, embedding = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if embedding is None:
+                if registry is not None and epoch == self._epoch:
+                    registry.failed(track_id)
+                continue
+            if registry is None or epoch != self._epoch:
+                embedding.wipe()  # computed for a window that has ended
+                continue
+            registry.link(track_id, embedding)
+
+    # --- the worker thread -----------------------------------------------------------------
+
+    def _work(self) -> None:
+        blank = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+        while True:
+            item = self._jobs.get()
+            if item is _STOP:
+                return
+            if item is _SCRUB:
+                # overwrite the interpreter's input and output tensors; a model that refuses a
+                # blank crop only leaves them as they were
+                with contextlib.suppress(Exception):
+                    self._embedder.embed_crop(blank).wipe()
+                continue
+            assert isinstance(item, _Job)
+            try:
+                embedding: Embedding | None = self._embedder.embed_crop(item.crop)
+            except Exception as exc:  # the embedder failing only costs visitor statistics
+                self.stats.drop("reid_embed_failed")
+                logger.warning("face embedding failed (%s); visitor statistics skip it", exc)
+                embedding = None
+            finally:
+                item.crop.fill(0)
+            self._results.put((item.epoch, item.track_id, embedding))
+
+
+def open_reid(
+    config: ReidConfig, stats: PipelineStats | None = None, models_dir: Path | None = None
+) -> Reidentifier | None:
+    """The configured :class:`Reidentifier` (None when ``[reid]`` is off): FaceNet int8,
+    hash-checked against the manifest, loaded here (enter it to start its worker)."""
+    if not config.enabled:
+        return None
+    from agent.vision.embedding import EmbedderConfig, FaceEmbedder
+    from models import MODELS_DIR, verified_path
+
+    folder = models_dir or MODELS_DIR
+    embedder = FaceEmbedder(
+        verified_path("facenet_int8", folder), EmbedderConfig(num_threads=config.threads)
+    ).load()
+    logger.info(
+        "anonymous re-identification on: window %.0f s, threshold %.2f, purpose: %s",
+        config.window_s,
+        config.threshold,
+        config.purpose,
+    )
+    return Reidentifier(config, embedder, stats)
+
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "ReidConfig",
+    "Reidentifier",
+    "VisitorRegistry",
+    "check_windows",
+    "open_reid",
+]
