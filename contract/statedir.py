@@ -50,7 +50,7 @@ OUTBOX_FILE: Final = "outbox.db"
 
 BUNDLE_VERSION: Final = 1
 
-CAMERA_KINDS: Final = ("synthetic", "replay", "v4l2", "picamera2", "gstreamer")
+CAMERA_KINDS: Final = ("synthetic", "replay", "v4l2", "picamera2", "gstreamer", "rtsp")
 """The camera kinds a station may put in a bundle (``hw.camera.config.KINDS``; a unit test keeps
 the two equal: provisioning cannot import ``hw``)."""
 PROVISIONED_SETTINGS: Final[Mapping[str, Mapping[str, type]]] = {
@@ -160,6 +160,16 @@ def camera_source_problem(kind: str, source: str) -> str:
         return f"{source!r}: kind {kind!r} takes a sensor number (0, 1, ...)"
     if kind == "v4l2" and not (source.isdigit() or source.startswith("/dev/")):
         return f"{source!r}: kind 'v4l2' takes a device path (/dev/video0) or number"
+    if kind == "rtsp":
+        scheme, _, rest = source.partition("://")
+        if scheme not in ("rtsp", "rtsps") or not rest or rest[0] in "/:":
+            return f"{source!r}: kind 'rtsp' takes an rtsp:// or rtsps:// URL with a host"
+        if "@" in rest.split("/", 1)[0]:
+            # the station keeps what it provisions; a camera password stays on the unit
+            return (
+                "the URL carries a user or password: give the URL without it here and put the "
+                "full URL in the unit's camveil.toml ([camera] source)"
+            )
     return ""
 
 

@@ -148,6 +148,8 @@ class CameraChoice:
             )
         if self.kind == "replay" and not self.source:
             raise ProvisioningError('camera kind "replay" needs a source (a video file)')
+        if self.kind == "rtsp" and not self.source:
+            raise ProvisioningError('camera kind "rtsp" needs a source (the stream URL)')
         problem = "" if self.source is None else camera_source_problem(self.kind, self.source)
         if problem:
             raise ProvisioningError(f"camera source {problem}")

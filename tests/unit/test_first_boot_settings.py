@@ -121,11 +121,20 @@ def test_station_settings_always_switch_mqtt_on() -> None:
         ("picamera2", "/dev/video0", "kind 'picamera2' takes a sensor number"),
         ("gstreamer", "nvarguscamerasrc ! tee ! udpsink", "pipeline can only be set in the unit"),
         ("replay", "a.mp4 ! filesink", "pipeline can only be set in the unit"),
+        ("rtsp", None, 'camera kind "rtsp" needs a source'),
+        ("rtsp", "http://cam/stream", "takes an rtsp:// or rtsps:// URL with a host"),
+        ("rtsp", "rtsp:///stream", "takes an rtsp:// or rtsps:// URL with a host"),
+        ("rtsp", "rtsp://admin:s3cret@cam/stream", "carries a user or password"),
     ],
 )
 def test_station_refuses_a_bad_camera(kind: str, source: str | None, message: str) -> None:
     with pytest.raises(ProvisioningError, match=message):
         CameraChoice(kind, source)
+
+
+def test_station_accepts_an_rtsp_camera_without_credentials() -> None:
+    choice = CameraChoice("rtsp", "rtsp://192.168.1.64:554/Streaming/Channels/101")
+    assert choice.source == "rtsp://192.168.1.64:554/Streaming/Channels/101"
 
 
 def test_station_json_with_and_without_a_camera(tmp_path: Path) -> None:
