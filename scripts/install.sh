@@ -127,8 +127,11 @@ put 0644 config/camveil.toml.example "$ETC/camveil.toml.example"
 if [ -e "$ETC/camveil.toml" ]; then
   say "${ETC#"$ROOT"}/camveil.toml exists: kept as it is (the new template is camveil.toml.example)"
 else
-  put 0644 config/camveil.toml.example "$ETC/camveil.toml"
-  say "edit ${ETC#"$ROOT"}/camveil.toml for this site (broker, camera); provisioning adds the keys"
+  # 0640 root:camveil: it may come to hold an IP camera's password (tmpfiles.d keeps it so)
+  put 0640 config/camveil.toml.example "$ETC/camveil.toml"
+  [ -n "$ROOT" ] || chgrp "$STATE_GROUP" "$ETC/camveil.toml"
+  say "${ETC#"$ROOT"}/camveil.toml: nothing to edit for a first boot (provisioning sets the camera" \
+    "and MQTT); write keys there to override the station's"
 fi
 
 # --- 3. the venv, from the bundled wheels only

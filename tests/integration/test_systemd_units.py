@@ -158,6 +158,10 @@ def test_sysusers_and_tmpfiles_apply_to_an_image(tmp_path: Path) -> None:
     groups = (root / "etc/group").read_text()
     assert re.search(r"^video:x:\d+:camveil$", groups, re.M)
     assert re.search(r"^dialout:x:\d+:camveil$", groups, re.M)
+    config = root / "etc/camveil/camveil.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[camera]\nsource = "rtsp://u:secret@cam/x"\n')
+    config.chmod(0o644)  # as an older install.sh left it
     tmpfiles = _run(
         _tool("systemd-tmpfiles"),
         f"--root={root}",
@@ -168,6 +172,9 @@ def test_sysusers_and_tmpfiles_apply_to_an_image(tmp_path: Path) -> None:
     state = (root / "var/lib/camveil").stat()
     assert (state.st_uid, state.st_mode & 0o777) == (uid, 0o700)
     assert ((root / "etc/camveil").stat().st_mode & 0o777) == 0o755
+    gid = int(entry.split(":")[3])
+    assert (config.stat().st_uid, config.stat().st_gid) == (0, gid)
+    assert config.stat().st_mode & 0o777 == 0o640  # readable by the camveil group only
 
 
 def test_gadget_script_builds_an_acm_gadget(tmp_path: Path) -> None:
