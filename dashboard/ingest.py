@@ -395,7 +395,6 @@ class Ingest:
         batch: _Batch,
         held_id: int | None,
     ) -> None:
-        claimed = claimed_device(topic)
         try:
             opened = open_envelope(
                 payload,
@@ -405,6 +404,7 @@ class Ingest:
                 replay_guard=guard,
             )
         except UnknownKeyError as exc:
+            claimed = claimed_device(topic)
             kid = _signer(payload)
             if kid is None or kid in devices:  # encrypted to a key id we do not hold
                 batch.rejections[(claimed, "decrypt" if kid else reason_for(exc))] += 1
@@ -416,7 +416,7 @@ class Ingest:
             else:
                 return  # still unknown: stays held
         except EnvelopeError as exc:
-            batch.rejections[(claimed, reason_for(exc))] += 1
+            batch.rejections[(claimed_device(topic), reason_for(exc))] += 1
         else:
             batch.events.append(NewEvent(opened.device, opened.seq, topic, opened.message))
         if held_id is not None:

@@ -494,8 +494,13 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
     return StoredEvent(event_id, device, boot, seq, ts, kind, received_at, cbor2.loads(body))
 
 
+_JSON_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def _jsonable(value: Any) -> Any:
     """Health bodies as JSON: bytes (none expected) as their length."""
+    if type(value) in _JSON_SCALARS:  # most of a body: no ABC checks for them
+        return value
     if isinstance(value, bytes):
         return {"bytes": len(value)}
     if isinstance(value, Mapping):

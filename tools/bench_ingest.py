@@ -62,8 +62,12 @@ def bench_ingest(
     processes: tuple[int, ...] = (1, 2),
     workdir: Path | None = None,
     log: Callable[[str], None] = _log,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    """Set up, run once per entry of ``processes`` (ingest processes per run), report."""
+    """Set up, run once per entry of ``processes`` (ingest processes per run), report.
+
+    ``profile``: a folder where each draining ingest process leaves a cProfile of all its
+    threads (``<run>-<backend>.prof``, read with :mod:`pstats`); it slows the run down."""
     from tools.simulate import Fleet, SimSettings, load_units, provision_fleet
 
     devbroker.mosquitto_binary()  # ConfigError with the install hint
@@ -113,7 +117,7 @@ def bench_ingest(
                     )
                 for k in processes:
                     log(f"run with {k} ingest process(es) ...")
-                    run = _run(paths, port, fleet, events, k, root / f"run-{k}", log)
+                    run = _run(paths, port, fleet, events, k, root / f"run-{k}", log, profile)
                     report["one_process" if k == 1 else f"{k}_processes"] = run
             finally:
                 fleet.stop(publish_will=False)
@@ -133,6 +137,7 @@ def _run(
     k: int,
     workdir: Path,
     log: Callable[[str], None],
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     workdir.mkdir()
     db = workdir / "dashboard.db"
@@ -161,7 +166,18 @@ def _run(
         raise BrokerStartError(f"only {fleet.stats.acked - before} of {total} events acknowledged")
     publish_s = time.monotonic() - t0
     log(f"{total} events published and acknowledged ({total / publish_s:.0f}/s); draining ...")
-    procs = [_worker(paths, port, name, db, workdir, prepare=False) for name in names]
+    procs = [
+        _worker(
+            paths,
+            port,
+            name,
+            db,
+            workdir,
+            prepare=False,
+            profile=None if profile is None else profile / f"run{k}-{name}.prof",
+        )
+        for name in names
+    ]
     results = []
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
@@ -194,6 +210,7 @@ def _run(
                 "cpu_s": r["cpu_s"],
                 "open_s": r["open_s"],
                 "write_s": r["write_s"],
+                "receipts": r["receipts"],
             }
             for r in results
         ],
@@ -224,7 +241,14 @@ def _stored(db: Path, published: set[tuple[str, int]]) -> tuple[set[tuple[str, i
 
 
 def _worker(
-    paths: StationPaths, port: int, name: str, db: Path, workdir: Path, *, prepare: bool
+    paths: StationPaths,
+    port: int,
+    name: str,
+    db: Path,
+    workdir: Path,
+    *,
+    prepare: bool,
+    profile: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
@@ -241,6 +265,8 @@ def _worker(
     ]
     if prepare:
         argv.append("--prepare")
+    if profile is not None:
+        argv += ["--profile", str(profile)]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
@@ -282,7 +308,9 @@ def worker(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare", action="store_true")
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--profile", type=Path, help="write a cProfile of every thread here")
     args = parser.parse_args(argv)
+    profiler = _ThreadProfiles() if args.profile is not None else None
     paths = StationPaths(args.station)
     cert = paths.backend_cert(args.backend)
     config = ListenerConfig(
@@ -329,12 +357,40 @@ def worker(argv: list[str] | None = None) -> int:
             "cpu_s": round(cpu_s, 3),
             "open_s": round(s.open_s, 3),
             "write_s": round(s.write_s, 3),
+            "receipts": ingest.receipter.stats.sent if ingest.receipter is not None else 0,
             "first_at": None if first is None else first + offset,
             "last_stored_at": None if done is None else done + offset,
             "events_per_s": round(stored_events / span) if span else None,
         }
+    if profiler is not None:  # every thread has ended
+        profiler.dump(args.profile)
     print(json.dumps(result), flush=True)
     return 0
+
+
+class _ThreadProfiles:
+    """cProfile of every thread started from now on (cProfile sees one thread only): each
+    thread's ``run`` is wrapped in its own profiler; :meth:`dump` merges them into one file."""
+
+    def __init__(self) -> None:
+        import cProfile
+        import threading
+
+        self._profiles: list[cProfile.Profile] = []
+        original = threading.Thread.run
+        profiles = self._profiles
+
+        def run(thread: threading.Thread) -> None:
+            profile = cProfile.Profile()
+            profiles.append(profile)
+            profile.runcall(original, thread)
+
+        threading.Thread.run = run  # type: ignore[method-assign,assignment]
+
+    def dump(self, path: Path) -> None:
+        import pstats
+
+        pstats.Stats(*self._profiles).dump_stats(path)
 
 
 if __name__ == "__main__":

@@ -216,10 +216,20 @@ def _encrypt(plaintext: bytes, aad: bytes, recipient: PublicIdentity) -> bytes:
     )
 
 
-def _derive_cek(shared: bytes, recipient_protected: bytes) -> bytes:
-    info = cose.kdf_context(
+def _kdf_context(recipient_protected: bytes) -> bytes:
+    return cose.kdf_context(
         cose.ALG_CHACHA20_POLY1305, cose.CHACHA20_POLY1305_KEY_BITS, recipient_protected
     )
+
+
+_KDF_CONTEXT: Final = _kdf_context(RECIPIENT_PROTECTED)  # the one every envelope of ours has
+
+
+def _derive_cek(shared: bytes, recipient_protected: bytes) -> bytes:
+    if recipient_protected == RECIPIENT_PROTECTED:
+        info = _KDF_CONTEXT
+    else:
+        info = _kdf_context(recipient_protected)
     return cose.hkdf_sha256(shared, info=info, length=cose.CHACHA20_POLY1305_KEY_BITS // 8)
 
 
