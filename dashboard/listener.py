@@ -337,7 +337,10 @@ class Subscriber:
     ) -> None:
         self.connected.clear()
         self.subscribed.clear()
-        logger.warning("listener: disconnected (%s)", reason_code.getName())
+        if self._client is None:  # stop() asked for it: not worth a warning in the journal
+            logger.info("listener: disconnected (%s)", reason_code.getName())
+        else:
+            logger.warning("listener: disconnected (%s)", reason_code.getName())
 
     def _handle_subscribe(
         self,

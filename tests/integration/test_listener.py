@@ -5,6 +5,7 @@ the `camveil listen` / `camveil dev-pki` commands work together with the repo's 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from broker import HOST, ClientFiles, Mosquitto, TestClient, TestPki, free_port, mosquitto_binary
 from sealing_unit import Unit
 
@@ -87,6 +89,18 @@ def test_shared_subscription_splits_the_load(mosquitto: Mosquitto, mqtt_pki: Tes
     assert seqs_a and seqs_b, "both members of the group got a share"
     assert not seqs_a & seqs_b
     assert seqs_a | seqs_b == set(sent)
+
+
+def test_a_stop_asked_for_is_logged_at_info_not_as_a_warning(
+    mosquitto: Mosquitto, mqtt_pki: TestPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = Identity.generate("backend")
+    opener = Opener(backend, PeerKeys([]), MemoryDedupe())
+    listener = _listener(mqtt_pki, mosquitto.port, opener, [], "quiet")
+    with caplog.at_level(logging.INFO, logger="dashboard.listener"), listener:
+        assert listener.subscribed.wait(10)
+    stops = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert [r.levelno for r in stops] == [logging.INFO], stops
 
 
 def test_bad_and_duplicate_messages_are_counted_not_fatal(
