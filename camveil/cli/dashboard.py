@@ -36,6 +36,7 @@ from contract.errors import ConfigError
 from dashboard.command_client import OperatorKeys, load_dev_pki, load_station
 from dashboard.ingest import Ingest
 from dashboard.listener import ListenerConfig
+from dashboard.revocations import RevocationFile
 from dashboard.store import Store
 from dashboard.web import WebConfig, create_app, first_operator_password
 from dashboard.web.auth import Passwords, check_operator_name
@@ -105,6 +106,8 @@ class Backend:
     group_file: Path
     broker_url: str | None
     sites: Mapping[str, str]
+    revocations: Path | None = None
+    """The station's revocations.json (None: a dev-pki, which revokes nothing)."""
 
 
 def _folder(args: argparse.Namespace) -> Path:
@@ -138,6 +141,7 @@ def _station(root: Path) -> Backend:
         group_file=root / "share-group",
         broker_url=url,
         sites=sites,
+        revocations=root / "revocations.json",
     )
 
 
@@ -283,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
             offline_alert_after_s=args.offline_alert_after,
             metrics_token=token,
             secure_cookies=True if args.tls_cert else None,
+            revocations=RevocationFile(backend.revocations),
         )
         sender = StationSender(operator, broker.host, broker.port) if operator else None
         app = create_app(store, config=config, sender=sender, validate_config=_validate_config)

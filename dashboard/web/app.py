@@ -55,6 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contract.commands import REMOTE_SECTIONS
 from contract.errors import ConfigError
 from dashboard import audit
+from dashboard.revocations import RevocationFile
 from dashboard.store import Store
 from dashboard.web import alerts, views
 from dashboard.web.auth import LoginLimiter, Passwords, Session, Sessions, csrf_ok
@@ -83,6 +84,8 @@ class WebConfig:
     """Bearer token that may read /metrics without a session (None: sessions only)."""
     secure_cookies: bool | None = None
     """Mark cookies Secure; None: when the request came over TLS."""
+    revocations: RevocationFile = field(default_factory=lambda: RevocationFile(None))
+    """The station's revoked units, shown as ``revoked`` (default: none)."""
     session_idle_s: float = 3600.0
     session_lifetime_s: float = 12 * 3600.0
 
@@ -388,7 +391,7 @@ def create_app(
         def build() -> dict[str, Any]:
             rows = views.fleet(
                 store, web.clock(), cfg.limits, q=q, status=status, site=site, sort=sort,
-                descending=desc,
+                descending=desc, revoked=cfg.revocations.current(),
             )  # fmt: skip
             total = int(store.read("SELECT COUNT(*) FROM units")[0][0])
             return {"rows": rows, "total": total, "sites": views.sites(store)}
@@ -406,7 +409,7 @@ def create_app(
         )  # fmt: skip
 
     def unit_context(device: str) -> dict[str, Any] | None:
-        row = views.fleet_row(store, device, web.clock(), cfg.limits)
+        row = views.fleet_row(store, device, web.clock(), cfg.limits, cfg.revocations.current())
         if row is None:
             return None
         history = views.commands(store, device)

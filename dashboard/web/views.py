@@ -4,7 +4,8 @@ sequence gaps per boot, rejections and commands. Pure data shaping; no HTTP here
 A unit's **status**: ``offline`` when its last status message said so (its own clean stop, or
 the last will the broker published for it), ``online`` when it said online and was heard from
 within ``offline_after_s``, ``silent`` when it said online but has not been heard from since
-(a dead link the broker has not noticed yet), ``unknown`` before any status. Its health values
+(a dead link the broker has not noticed yet), ``unknown`` before any status, and ``revoked``
+whatever it last said once the station has revoked it (dashboard.revocations). Its health values
 are **stale** once its last health message is older than ``stale_after_s``, or when it is not
 online: they are then shown greyed and marked, never as current.
 """
@@ -18,9 +19,10 @@ from typing import Any, Final
 
 import cbor2
 
+from dashboard.revocations import Revoked
 from dashboard.store import Store, StoredEvent, UnitView
 
-STATUSES: Final = ("online", "silent", "offline", "unknown")
+STATUSES: Final = ("online", "silent", "offline", "unknown", "revoked")
 SORT_KEYS: Final = (
     "device",
     "site",
@@ -60,6 +62,7 @@ class FleetRow:
     age_s: float | None
     rejected: int
     open_alerts: int
+    revoked: Revoked | None = None
 
     @property
     def device(self) -> str:
@@ -104,12 +107,13 @@ def fleet(
     site: str = "",
     sort: str = "device",
     descending: bool = False,
+    revoked: Mapping[str, Revoked] | None = None,
 ) -> list[FleetRow]:
     """Every unit (one query), filtered and sorted. ``q`` matches device or site."""
     rows: list[FleetRow] = []
     needle = q.strip().lower()
     for r in store.read(_FLEET_SQL):
-        row = _row(r, now, limits)
+        row = _row(r, now, limits, revoked or {})
         if status and row.status != status:
             continue
         if site and row.unit.site != site:
@@ -125,12 +129,20 @@ def fleet(
     return present + missing
 
 
-def fleet_row(store: Store, device: str, now: float, limits: Thresholds) -> FleetRow | None:
+def fleet_row(
+    store: Store,
+    device: str,
+    now: float,
+    limits: Thresholds,
+    revoked: Mapping[str, Revoked] | None = None,
+) -> FleetRow | None:
     found = store.read(_FLEET_SQL + " WHERE u.device = ?", (device,))
-    return _row(found[0], now, limits) if found else None
+    return _row(found[0], now, limits, revoked or {}) if found else None
 
 
-def _row(r: Sequence[Any], now: float, limits: Thresholds) -> FleetRow:
+def _row(
+    r: Sequence[Any], now: float, limits: Thresholds, revoked: Mapping[str, Revoked]
+) -> FleetRow:
     unit = UnitView(
         device=r[0],
         site=r[1],
@@ -140,12 +152,13 @@ def _row(r: Sequence[Any], now: float, limits: Thresholds) -> FleetRow:
         health=json.loads(r[5]) if r[5] else None,
         health_at=r[6],
     )
-    status = status_of(unit, now, limits)
+    revocation = revoked.get(unit.device)
+    status = "revoked" if revocation is not None else status_of(unit, now, limits)
     stale = (
         status != "online" or unit.health_at is None or now - unit.health_at > limits.stale_after_s
     )
     age = now - unit.last_seen if unit.last_seen is not None else None
-    return FleetRow(unit, status, stale, age, int(r[7]), int(r[8]))
+    return FleetRow(unit, status, stale, age, int(r[7]), int(r[8]), revocation)
 
 
 def sites(store: Store) -> list[str]:

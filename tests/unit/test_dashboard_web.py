@@ -17,11 +17,14 @@ from starlette.testclient import TestClient
 
 from camveil.cli.dashboard import _validate_config
 from dashboard import audit
+from dashboard.revocations import RevocationFile
 from dashboard.store import Store
 from dashboard.web import WebConfig, create_app, first_operator_password
 from dashboard.web.alerts import AlertScanner
 from dashboard.web.auth import Passwords
 from dashboard.web.views import Thresholds
+from provisioning.inventory import Revocation
+from provisioning.station import write_revocations_file
 
 FAST = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
 PASSWORD = "correct horse battery"
@@ -263,6 +266,39 @@ def test_fleet_marks_offline_and_stale(client: TestClient, store: Store, clock: 
     assert re.findall(r'data-device="([^"]+)"', filtered) == ["cv-3", "cv-1"]
     assert re.findall(r'data-device="([^"]+)"', client.get("/?status=offline").text) == ["cv-2"]
     assert re.findall(r'data-device="([^"]+)"', client.get("/?q=cv-3").text) == ["cv-3"]
+
+
+def test_a_unit_the_station_revoked_is_shown_revoked_with_when_and_why(
+    store: Store, clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "revocations.json"
+    for n in (1, 2):
+        add(store, f"cv-{n}", 1, "status", {"state": "online"})
+    app = make_app(store, clock, revocations=RevocationFile(path))
+    Passwords(store, FAST).set("alice", PASSWORD)
+    with TestClient(app, follow_redirects=False) as c:
+        login(c)
+
+        def statuses() -> dict[str, str]:
+            page = c.get("/").text
+            return dict(re.findall(r'data-device="([^"]+)" data-status="([^"]+)"', page))
+
+        assert statuses() == {"cv-1": "online", "cv-2": "online"}  # no file yet: none revoked
+        # written by the station's own code, in its own format
+        stolen = Revocation("0a1b", "cv-2", b"k" * 32, 1_790_000_000.0, "stolen from site")
+        write_revocations_file(path, [stolen])
+        assert statuses() == {"cv-1": "online", "cv-2": "revoked"}
+        assert re.findall(r'data-device="([^"]+)"', c.get("/?status=revoked").text) == ["cv-2"]
+        unit = c.get("/unit/cv-2").text
+        assert 'id="revoked"' in unit and "stolen from site" in unit and "0a1b" in unit
+        assert 'id="revoked"' not in c.get("/unit/cv-1").text
+        path.write_text("{ not json")  # a half-copied file: the last good list stays
+        with caplog.at_level("WARNING", logger="dashboard.revocations"):
+            assert statuses() == {"cv-1": "online", "cv-2": "revoked"}
+            assert statuses() == {"cv-1": "online", "cv-2": "revoked"}
+        assert len([r for r in caplog.records if "unreadable" in r.getMessage()]) == 1
+        write_revocations_file(path, [])
+        assert statuses() == {"cv-1": "online", "cv-2": "online"}
 
 
 def test_fleet_page_reads_a_fixed_number_of_queries(
