@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Provisioned:
-    """The settings the station put in this unit's bundle (see the module docstring)."""
+    """The settings the station put in this unit's bundle (the layers: :mod:`agent.config`)."""
 
     path: Path
     """``<state_dir>/provisioned/bundle.cbor``."""

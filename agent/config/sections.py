@@ -47,7 +47,7 @@ class MqttConfig:
     enabled: bool = False
     """Run the agent as the MQTT daemon (events, commands); false: only the ``[output]`` files.
     Left unset in the file, a unit provisioned by a station takes the station's ``true`` (the
-    bundle's settings, see the module docstring)."""
+    bundle's settings, see :mod:`agent.config`)."""
     state_dir: Path = DEFAULT_STATE_DIR
     """The unit's state from provisioning (``provisioned/``: identity.cbor, tls.key, tls.crt,
     ca.crt, bundle.cbor); the agent adds its sequence file and command replay state here."""
