@@ -1,5 +1,5 @@
 """The unit's state directory as the agent reads it: the layout and the bundle format are
-:mod:`contract.statedir`, written by provisioning (:mod:`provisioning.unit`).
+:mod:`contract.statedir`, written by provisioning (:mod:`provisioning.unit_store`).
 
 The bundle carries only the halves of the backend and operator keys the unit needs: the
 backend's X25519 key (events are encrypted to it) and the operator's Ed25519 key (commands are

@@ -60,12 +60,12 @@ from contract.errors import ProtocolViolationError, ProvisioningError
 from contract.statedir import CAMERA_KINDS, Bundle, camera_source_problem
 from provisioning import broker, pki
 from provisioning.inventory import Inventory, Revocation, UnitRecord
+from provisioning.proof import bundle_digest, verify_proof
 from provisioning.serial_proto import (
     PROTOCOL_VERSION,
     Channel,
     Message,
 )
-from provisioning.unit import bundle_digest, verify_proof
 
 logger = logging.getLogger(__name__)
 

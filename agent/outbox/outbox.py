@@ -63,7 +63,7 @@ from agent.outbox.counters import (
     OutboxStats,
     with_prefix,
 )
-from agent.outbox.database import checkpoint, connect, is_full, make_private, move_aside, rollback
+from agent.outbox.database import checkpoint, connect, is_full, make_private, move_aside
 from agent.outbox.storage import DEFAULT_RESERVE_BYTES, OutboxStorage, Synchronous
 from contract.envelope.keys import PublicIdentity
 from contract.envelope.seal import SealedEnvelope, restore_sealed
@@ -394,29 +394,22 @@ class Outbox(OutboxStorage):
         with self._locked() as conn:
             self._republish_after_s = self._receipt_timeout_s  # the backend is back: no backoff
             self._set_sync(self._sync_ack)
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                freed = 0
-                for lo, hi in ranges:
-                    rows = conn.execute(
-                        "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING size", (lo, hi)
-                    ).fetchall()
-                    deleted_rows += len(rows)
-                    freed += sum(int(r[0]) for r in rows)
-                if deleted_rows:
-                    self._write_counts(conn, {RECEIPTED: deleted_rows})
-                conn.execute("COMMIT")
-                if deleted_rows:
-                    self._pending.clear()
+                with self._transaction(conn) as count:
+                    freed = 0
+                    for lo, hi in ranges:
+                        rows = conn.execute(
+                            "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING size", (lo, hi)
+                        ).fetchall()
+                        deleted_rows += len(rows)
+                        freed += sum(int(r[0]) for r in rows)
+                    if deleted_rows:
+                        count({RECEIPTED: deleted_rows})
             except sqlite3.OperationalError as exc:
-                rollback(conn)
                 if not is_full(exc):
                     raise
                 self._on_full(conn)  # the next receipt (or the republish) tries again
                 return 0
-            except BaseException:
-                rollback(conn)
-                raise
             self._depth -= deleted_rows
             self._bytes -= freed
         return deleted_rows
@@ -442,19 +435,16 @@ class Outbox(OutboxStorage):
         if not due:
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            n = conn.execute(
-                "UPDATE outbox SET published = NULL "
-                "WHERE published IS NOT NULL AND (published < ? OR published > ?)",
-                window,
-            ).rowcount
-            self._write_counts(conn, {REPUBLISHED: n})
-            conn.execute("COMMIT")
+            with self._transaction(conn) as count:
+                n = conn.execute(
+                    "UPDATE outbox SET published = NULL "
+                    "WHERE published IS NOT NULL AND (published < ? OR published > ?)",
+                    window,
+                ).rowcount
+                count({REPUBLISHED: n})
         except sqlite3.OperationalError as exc:
-            rollback(conn)
             logger.warning("outbox: republishing postponed (%s)", exc)
             return
-        self._pending.clear()
         self._republish_after_s = min(2 * after, max(MAX_RECEIPT_TIMEOUT_S, after))
         logger.info(
             "outbox: %d envelope(s) published again, no receipt within %.0f s (next round "
@@ -519,8 +509,7 @@ class Outbox(OutboxStorage):
         self, conn: sqlite3.Connection, envelope: SealedEnvelope, payload: bytes, now: float
     ) -> int:
         size = len(payload)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(conn) as count:
             counts: dict[str, int] = {}
             aged = self._delete_older_than(conn, now - self._max_age_s)
             if aged[0]:
@@ -533,12 +522,7 @@ class Outbox(OutboxStorage):
                 "INSERT INTO outbox (topic, seq, size, created, payload) VALUES (?, ?, ?, ?, ?)",
                 (envelope.topic, envelope.seq, size, now, payload),
             )
-            self._write_counts(conn, counts)
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
-        self._pending.clear()
+            count(counts)
         self._depth += 1 - aged[0] - by_bytes[0]
         self._bytes += size - aged[1] - by_bytes[1]
         for reason, n in counts.items():

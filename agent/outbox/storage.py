@@ -20,6 +20,11 @@ The outbox then evicts the oldest envelopes (counted as ``disk_full``), enough f
 and the reserve, and retries; if nothing is left to evict it raises
 :class:`~contract.errors.OutboxFullError` (counted as rejected ``full``).
 
+Transactions: every write of several statements (an enqueue with its evictions, an eviction, a
+receipt, a republish round, pending counts) is one :meth:`OutboxStorage._transaction`
+(``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception); single statements (ack, mark,
+release, requeue) autocommit.
+
 Counts: every eviction is counted (:mod:`agent.outbox.counters`) in the transaction that makes
 it. A count whose own transaction fails (a full disk) stays pending in memory and is written
 with the next successful commit.
@@ -100,6 +105,37 @@ class OutboxStorage:
             raise OutboxError("outbox is not open (use it as a context manager)")
         return self._conn
 
+    @contextlib.contextmanager
+    def _transaction(
+        self, conn: sqlite3.Connection
+    ) -> Iterator[Callable[[Mapping[str, int]], None]]:
+        """One write transaction (every multi-statement write of rows and counts goes through
+        here; the schema migration is :mod:`agent.outbox.database`'s): ``BEGIN IMMEDIATE`` (the
+        write lock at once), ``COMMIT`` when the block ends; any exception rolls it back
+        (:func:`~agent.outbox.database.rollback`, SQLite may already have on a full disk) and is
+        raised again unchanged, so the caller decides what a full disk means
+        (:func:`~agent.outbox.database.is_full`). A failing ``BEGIN`` is raised as it is.
+
+        Yields ``count``: counts given to it are written in this transaction together with the
+        pending ones (:meth:`_write_counts`); once it committed, the pending counts are
+        forgotten. A transaction that counts nothing leaves them pending."""
+        conn.execute("BEGIN IMMEDIATE")
+        counted = False
+
+        def count(counts: Mapping[str, int]) -> None:
+            nonlocal counted
+            self._write_counts(conn, counts)
+            counted = True
+
+        try:
+            yield count
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
+        if counted:
+            self._pending.clear()
+
     def _set_sync(self, mode: str) -> None:
         if self._sync_now != mode:
             self._require().execute(f"PRAGMA synchronous={mode}")
@@ -177,15 +213,9 @@ class OutboxStorage:
     ) -> tuple[int, int]:
         """Run ``delete`` (rows, bytes freed) in one transaction that also counts ``reason``,
         then bring the in-memory depth and size along."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(conn) as count:
             n, freed = delete()
-            self._write_counts(conn, {reason: n})
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
-        self._pending.clear()
+            count({reason: n})
         self._depth -= n
         self._bytes -= freed
         return n, freed
@@ -319,8 +349,7 @@ class OutboxStorage:
                 return
 
     def _delete_ids(self, conn: sqlite3.Connection, ids: list[int], reason: str) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(conn) as count:
             sizes = [
                 int(row[0])
                 for item_id in ids
@@ -330,12 +359,7 @@ class OutboxStorage:
                     (item_id,),
                 ).fetchall()
             ]
-            self._write_counts(conn, {reason: len(sizes)})
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
-        self._pending.clear()
+            count({reason: len(sizes)})
         self._depth -= len(sizes)
         self._bytes -= sum(sizes)
 
@@ -380,15 +404,9 @@ class OutboxStorage:
             return
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._write_counts(conn, {})
-                conn.execute("COMMIT")
-            except BaseException:
-                rollback(conn)
-                raise
+            with self._transaction(conn) as count:
+                count({})
         except sqlite3.OperationalError as exc:
             if not is_full(exc):
                 raise
-            return  # stays pending; flushed with the next successful commit
-        self._pending.clear()
+            # stays pending; flushed with the next successful commit

@@ -30,15 +30,15 @@ import pytest
 from agent.unitstate import UnitState
 from contract.envelope.keys import load_identity, load_peers
 from hw.serial_link import PySerialLink
-from provisioning import pki
-from provisioning import unit as unit_module
+from provisioning import pki, unit_store
 from provisioning.inventory import Inventory
+from provisioning.proof import proof_message, verify_proof
 from provisioning.serial_proto import (
     Channel,
     FrameReader,
 )
 from provisioning.station import ProvisionResult, Station, StationPaths
-from provisioning.unit import UnitStore, listen, verify_proof
+from provisioning.unit import UnitStore, listen
 
 BAUD = 115200
 S2U, U2S = "station->unit", "unit->station"
@@ -218,7 +218,7 @@ def crash_point(
     ``before-rename``: everything written and fsynced, the directory not yet renamed;
     ``after-rename``: renamed, the state directory not yet fsynced.
     """
-    real_write, real_fsync = unit_module._write, unit_module.fsync_dir
+    real_write, real_fsync = unit_store._write, unit_store.fsync_dir
 
     def die() -> None:
         shutil.copytree(unit.state_dir, image, symlinks=True)
@@ -238,11 +238,11 @@ def crash_point(
         if where == "after-rename" and path == unit.state_dir and (path / "provisioned").exists():
             die()
 
-    monkeypatch.setattr(unit_module, "_write", write)
-    monkeypatch.setattr(unit_module, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(unit_store, "_write", write)
+    monkeypatch.setattr(unit_store, "fsync_dir", fsync_dir)
     yield
-    monkeypatch.setattr(unit_module, "_write", real_write)
-    monkeypatch.setattr(unit_module, "fsync_dir", real_fsync)
+    monkeypatch.setattr(unit_store, "_write", real_write)
+    monkeypatch.setattr(unit_store, "fsync_dir", real_fsync)
 
 
 @dataclass
@@ -282,7 +282,7 @@ def verify_provisioned(state_dir: Path, station: StationPaths) -> str:
     for path in (state_dir / "provisioned").iterdir():
         if path.suffix in {".key", ".cbor"}:
             assert path.stat().st_mode & 0o077 == 0, path
-    sig = unit.keys.identity.signing_key.sign(unit_module.proof_message(unit.bundle_bytes))
+    sig = unit.keys.identity.signing_key.sign(proof_message(unit.bundle_bytes))
     assert verify_proof(unit.keys.ed25519, unit.bundle_bytes, sig.signature)
     devices = json.loads(station.devices.read_text())["devices"]
     entry = devices[unit.device]

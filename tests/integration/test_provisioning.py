@@ -41,9 +41,9 @@ from serial_rig import (
 
 from contract.envelope.keys import load_identity
 from contract.errors import LinkTimeoutError, ProvisioningError, RefusedError
+from contract.statedir import Bundle
 from hw.serial_link import PySerialLink
 from provisioning import cobs, pki
-from provisioning import unit as unit_module
 from provisioning.inventory import Inventory
 from provisioning.serial_proto import (
     Channel,
@@ -126,7 +126,7 @@ def test_unit_refuses_a_forged_bundle(rig: Rig) -> None:
         channel.request("hello", {"proto": 1}, timeout=1, attempts=2)
         ca = pki.make_ca()
         forged = pki.make_device_cert(ca, "cv-forged")  # a cert for a key that is not the unit's
-        bundle = unit_module.Bundle(
+        bundle = Bundle(
             "cv-forged", pki.cert_pem(forged.cert), pki.cert_pem(ca.cert), "mqtts://x",
             b"\x01" * 32, b"\x02" * 32, {"name": "x"}, 0,
         ).encode()  # fmt: skip

@@ -1,60 +1,27 @@
-"""The running agent: camera -> privacy pipeline -> sealed events -> outbox -> MQTT, and signed
-commands back.
-
-Threads and queues (everything else is owned by exactly one of them)::
-
-    pipeline thread   camera.read -> detect (GuardedDetector: its own worker thread, timeout)
-                      -> track -> redact -> FrameSink: presence windows, tamper every N frames,
-                      latest RedactedFrame; events are sealed and enqueued right there
-    publisher thread  Outbox rows (SQLite, durable) -> Transport.publish, oldest first;
-                      woken by enqueue, PUBACK and connection events (agent.publisher)
-    paho network + transport dispatcher threads (agent.transport): PUBACK -> Outbox.ack,
-                      CONNECTED -> status "online", commands -> the command queue
-    command thread    bounded queue of (topic, payload) -> CommandProcessor (open, replay
-                      state saved, run, sealed ack)
-    caller's thread   Daemon.run: start, health event every interval, stop
-
-Only :class:`~agent.privacy.redact.RedactedFrame` reaches the sink, only events built from it
-are sealed (agent.events), and only :class:`~contract.envelope.SealedEnvelope` enters the outbox and
-the transport; each of those refuses anything else. A ``set_config`` or ``restart_pipeline``
-builds the new camera/detector/pipeline first, swaps it in between two frames, and puts the old
-one back if anything after the swap fails (agent.commands for the wire format).
-"""
+"""The daemon: builds the unit's parts, runs their threads and stops them in order (the thread
+map is in :mod:`agent.daemon`); signed commands that change the frame path; the transport's
+callbacks; the probes the systemd watchdog asks."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import platform
 import queue
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agent import __version__
 from agent.commands import Command, CommandProcessor, CommandRejectedError
-from agent.config import (
-    AgentConfig,
-    config_from_mapping,
-    dump_toml,
-    load_with_remote,
-    merge_mapping,
-    remote_config_path,
-    write_config_atomic,
-)
-from agent.events import (
-    EventBuilder,
-    LinkState,
-    SnapshotPolicy,
-    new_boot_id,
-)
-from agent.frame_sink import FrameSink, snapshot_event
+from agent.config import AgentConfig, dump_toml, remote_config_path, write_config_atomic
+from agent.daemon.health import DaemonSummary, HealthReporter, summarize
+from agent.daemon.parts import Parts, PartsSlot, build_parts
+from agent.daemon.remote import remote_change
+from agent.events import EventBuilder, LinkState, SnapshotPolicy, new_boot_id
+from agent.frame_sink import snapshot_event
 from agent.linkreport import LinkReport
 from agent.outbox import Outbox
-from agent.pipeline import CameraFactory, DetectorFactory, FramePath, Pipeline, open_frame_path
+from agent.pipeline import CameraFactory, DetectorFactory
 from agent.privacy.counts import CountPrivacy, budget_path
 from agent.publisher import Emitter, Publisher
 from agent.receipts import ReceiptProcessor
@@ -62,83 +29,18 @@ from agent.sequence import SequenceStore
 from agent.stats import PipelineStats
 from agent.transport import ConnectionEvent, ConnectionState, Transport
 from agent.unitstate import UnitState
-from agent.vision.factory import DetectorConfig, build_detector
-from agent.vision.reid import open_reid
-from contract.commands import REMOTE_SECTIONS, Ack
+from agent.vision.factory import build_detector
+from contract.commands import Ack
 from contract.envelope.seal import SealedEnvelope
 from contract.errors import CamveilError, ConfigError
-from contract.ranges import seq_ranges
 from hw.board import BoardInfo, LinuxBoard
 from hw.camera import open_camera
-from hw.camera.base import Camera
 
 logger = logging.getLogger(__name__)
 
 COMMAND_QUEUE_SIZE = 32
 PUBLISH_FAILING_S = 60.0
 """How long every publishing round may fail before the watchdog is withheld."""
-
-
-def model_hashes(config: DetectorConfig) -> dict[str, str]:
-    """Model name -> sha256 from the manifest (the factory refuses a file that differs)."""
-    from models import MODELS_DIR, load_manifest
-
-    try:
-        entry = load_manifest((config.models_dir or MODELS_DIR) / "manifest.json")[config.model]
-    except (CamveilError, KeyError):
-        return {}
-    return {config.model: entry.sha256}
-
-
-@dataclass
-class Parts:
-    """One generation of the frame path (camera, detector, pipeline) and its sink."""
-
-    config: AgentConfig
-    path: FramePath
-    sink: FrameSink
-
-    @property
-    def camera(self) -> Camera:
-        return self.path.camera
-
-    @property
-    def pipeline(self) -> Pipeline:
-        return self.path.pipeline
-
-    def close(self) -> None:
-        self.path.close()
-
-
-@dataclass(frozen=True)
-class DaemonSummary:
-    frames_in: int
-    frames_out: int
-    events: Mapping[str, int]
-    enqueued: int
-    published: int
-    acked: int
-    outbox_depth: int
-    commands_accepted: int
-    commands_rejected: Mapping[str, int]
-    dropped: Mapping[str, int]
-    enqueued_seqs: list[list[int]] = field(default_factory=list)
-    """Inclusive ranges of the seqs of every enqueued envelope (the last will is not one)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
-            "events": dict(self.events),
-            "enqueued": self.enqueued,
-            "published": self.published,
-            "acked": self.acked,
-            "outbox_depth": self.outbox_depth,
-            "commands_accepted": self.commands_accepted,
-            "commands_rejected": dict(self.commands_rejected),
-            "dropped": dict(self.dropped),
-            "enqueued_seqs": self.enqueued_seqs,
-        }
 
 
 class Daemon:
@@ -167,12 +69,9 @@ class Daemon:
         self._camera_factory = camera_factory
         self.stats = PipelineStats()
         self._stop = threading.Event()
-        self._parts_lock = threading.Lock()  # held while a frame is processed, and for a swap
-        self._swap_waiting = threading.Event()
-        self._parts: Parts | None = None
+        self._slot = PartsSlot()
         self._commands: queue.Queue[tuple[str, bytes] | None] = queue.Queue(COMMAND_QUEUE_SIZE)
-        self._started_mono = time.monotonic()
-        self._frames0, self._t0 = 0, time.monotonic()
+        self._health = HealthReporter(self.stats, self._board)
         self._boot = new_boot_id()
         self.emitter: Emitter | None = None
         self.publisher: Publisher | None = None
@@ -190,7 +89,7 @@ class Daemon:
 
     def last_frame_at(self) -> float | None:
         """Monotonic time of the last redacted frame (for the systemd watchdog)."""
-        parts = self._parts
+        parts = self._slot.current
         return None if parts is None else parts.pipeline.last_output_mono
 
     def outbox_writable(self) -> bool:
@@ -208,7 +107,7 @@ class Daemon:
     def stop(self) -> None:
         """Ask :meth:`run` to finish (signal-handler safe: only sets flags)."""
         self._stop.set()
-        parts = self._parts
+        parts = self._slot.current
         if parts is not None:
             parts.pipeline.stop()
             interrupt = getattr(parts.camera, "interrupt", None)
@@ -231,36 +130,18 @@ class Daemon:
         )
 
     def _build_parts(self, config: AgentConfig, emitter: Emitter) -> Parts:
-        """Load the detector and open the camera; nothing is shared with the running parts."""
-        reid = open_reid(config.reid, self.stats)
-        sink = FrameSink(config.events, emitter, visitors=reid)
-        path = open_frame_path(
-            config.camera,
-            config.detector,
-            config.privacy,
-            sink,
-            stats=self.stats,
+        return build_parts(
+            config,
+            emitter,
+            self.stats,
             camera_factory=self._camera_factory,
             detector_factory=self._detector_factory,
-            reid=reid,
         )
-        return Parts(config, path, sink)
-
-    def _swap(self, new: Parts) -> Parts:
-        """Install ``new`` between two frames; returns the previous parts (still open)."""
-        self._swap_waiting.set()  # the pipeline thread yields the lock after its frame
-        try:
-            with self._parts_lock:
-                old, self._parts = self._parts, new
-        finally:
-            self._swap_waiting.clear()
-        assert old is not None
-        return old
 
     # --- commands -----------------------------------------------------------------------------
 
     def _cmd_snapshot(self, command: Command) -> str:
-        emitter, parts = self.emitter, self._parts
+        emitter, parts = self.emitter, self._slot.current
         assert emitter is not None and parts is not None
         frame = parts.sink.latest
         if frame is None:
@@ -273,26 +154,9 @@ class Daemon:
         return "ok"
 
     def _cmd_set_config(self, command: Command) -> str:
-        patch = command.args.get("config")
-        if not isinstance(patch, Mapping) or not patch:
-            raise CommandRejectedError("args.config must be a non-empty table of sections")
-        bad = sorted(set(patch) - set(REMOTE_SECTIONS))
-        if bad:
-            raise CommandRejectedError(
-                f"section(s) {', '.join(map(str, bad))} cannot be changed remotely "
-                f"(allowed: {', '.join(REMOTE_SECTIONS)})"
-            )
-        path = self._config_path
-        if path is None:
-            raise CommandRejectedError("the agent runs without a config file")
-        _, base, overlay = load_with_remote(path, self._config.mqtt.state_dir)
-        overlay = merge_mapping(overlay, _plain(patch))
-        try:
-            new_config = config_from_mapping(merge_mapping(base, overlay))
-        except ConfigError as exc:
-            raise CommandRejectedError(str(exc)) from None
-        if (new_config.mqtt, new_config.outbox) != (self._config.mqtt, self._config.outbox):
-            raise CommandRejectedError("the change would alter [mqtt] or [outbox]")
+        new_config, overlay = remote_change(
+            command.args.get("config"), self._config_path, self._config
+        )
         self._replace_parts(new_config, persist=overlay)
         return "ok"
 
@@ -306,12 +170,12 @@ class Daemon:
             raise CommandRejectedError(f"new configuration does not start: {exc}") from None
         except OSError as exc:
             raise CommandRejectedError(f"new configuration does not start: {exc}") from None
-        old = self._swap(new)
+        old = self._slot.swap(new)
         try:
             if persist is not None:
                 write_config_atomic(remote_config_path(config), dump_toml(persist))
         except ConfigError as exc:
-            self._swap(old)
+            self._slot.swap(old)
             new.close()
             raise CommandRejectedError(f"rolled back: {exc}") from None
         old.sink.flush()
@@ -385,50 +249,7 @@ class Daemon:
         assert emitter is not None
         emitter.emit_ack(ack)
 
-    # --- health ---------------------------------------------------------------------------------
-
-    def _emit_health(self, fps: float) -> None:
-        emitter, publisher = self.emitter, self.publisher
-        assert emitter is not None and publisher is not None
-        outbox_stats = self._outbox.stats()
-        uptime = time.monotonic() - self._started_mono
-        versions = {"camveil": __version__, "python": platform.python_version()}
-        models = model_hashes(self._config.detector)
-        temp = self._board.cpu_temp_c()
-        emitter.emit(
-            lambda b: b.health(
-                fps=fps,
-                pipeline=self.stats,
-                outbox=outbox_stats,
-                cpu_temp_c=temp,
-                uptime_s=uptime,
-                versions=versions,
-                models=models,
-            )
-        )
-
     # --- the threads ----------------------------------------------------------------------------
-
-    def _pipeline_loop(self) -> None:
-        frames = 0
-        try:
-            while not self._stop.is_set():
-                with self._parts_lock:
-                    parts = self._parts
-                    assert parts is not None
-                    ok = parts.pipeline.run_once()
-                frames += 1
-                if self._swap_waiting.is_set():
-                    time.sleep(0.005)  # let the waiting swap take the lock (locks are not fair)
-                if not ok:
-                    logger.info("camera ended: stopping")
-                    break
-                if self._max_frames is not None and frames >= self._max_frames:
-                    break
-        except Exception:
-            logger.exception("pipeline thread failed: stopping the agent")
-        finally:
-            self._stop.set()
 
     def run(self) -> DaemonSummary:
         """Run until stopped; returns what happened. Raises CamveilError on a start failure."""
@@ -475,8 +296,9 @@ class Daemon:
                 on_rejected=self._receipt_rejected,
             )
             self.receipts = receipts
-            self._parts = self._build_parts(config, emitter)
-            stack.callback(lambda: self._parts.close() if self._parts is not None else None)
+            slot = self._slot
+            slot.current = self._build_parts(config, emitter)
+            stack.callback(lambda: slot.current.close() if slot.current is not None else None)
 
             transport_config = unit.transport_config(
                 config.mqtt.broker,
@@ -505,23 +327,25 @@ class Daemon:
             threads = [
                 threading.Thread(target=publisher.run, args=(publisher_stop,), name="publisher"),
                 threading.Thread(target=self._command_loop, name="commands"),
-                threading.Thread(target=self._pipeline_loop, name="pipeline"),
+                threading.Thread(
+                    target=slot.run, args=(self._stop, self._max_frames), name="pipeline"
+                ),
             ]
             transport.start()
             try:
                 for t in threads:
                     t.start()
                 self.ready.set()
-                self._health_loop()
+                self._health.loop(self._stop, emitter, self._outbox, lambda: self._config)
             finally:
                 self._stop.set()
-                parts = self._parts
+                parts = slot.current
                 if parts is not None:
                     parts.pipeline.stop()
                 _join(threads[2], None)
-                if self._parts is not None:
-                    self._parts.sink.flush()
-                self._emit_health(self._fps_since(self._frames0, self._t0))
+                if slot.current is not None:
+                    slot.current.sink.flush()
+                self._health.emit(emitter, self._outbox, self._config)
                 self._drain(transport)
                 self._commands.put(None)
                 _join(threads[1], 10.0)
@@ -530,16 +354,6 @@ class Daemon:
                 publisher.wake()
                 _join(threads[0], 10.0)
             return self._summary()
-
-    def _fps_since(self, frames0: int, t0: float) -> float:
-        elapsed = time.monotonic() - t0
-        return (self.stats.frames_out - frames0) / elapsed if elapsed > 0 else 0.0
-
-    def _health_loop(self) -> None:
-        self._frames0, self._t0 = self.stats.frames_out, time.monotonic()
-        while not self._stop.wait(self._config.events.health_interval_s):
-            self._emit_health(self._fps_since(self._frames0, self._t0))
-            self._frames0, self._t0 = self.stats.frames_out, time.monotonic()
 
     def _drain(self, transport: Transport) -> None:
         """Give the outbox a little time to empty before disconnecting (what is left stays on
@@ -560,32 +374,9 @@ class Daemon:
     def _summary(self) -> DaemonSummary:
         emitter, publisher, processor = self.emitter, self.publisher, self.processor
         assert emitter is not None and publisher is not None and processor is not None
-        snap = self.stats.snapshot()
-        dropped: Any = snap["dropped"]
-        return DaemonSummary(
-            frames_in=self.stats.frames_in,
-            frames_out=self.stats.frames_out,
-            events=dict(emitter.by_type),
-            enqueued=len(emitter.enqueued),
-            published=publisher.published,
-            acked=publisher.acked,
-            outbox_depth=self._outbox.stats().depth,
-            commands_accepted=processor.accepted,
-            commands_rejected=dict(processor.rejected),
-            dropped=dict(dropped),
-            enqueued_seqs=seq_ranges(seq for _, seq in emitter.enqueued),
-        )
+        return summarize(self.stats, emitter, publisher, processor, self._outbox)
 
 
 def _join(thread: threading.Thread, timeout: float | None) -> None:
     if thread.ident is not None:  # started
         thread.join(timeout)
-
-
-def _plain(value: Any) -> Any:
-    """A decoded CBOR value as the TOML loader's types (tuples -> lists, mappings -> dicts)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

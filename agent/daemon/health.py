@@ -1,0 +1,142 @@
+"""What the daemon reports about itself: the health event every interval (fps, drops, outbox,
+CPU temperature, uptime, versions, model hashes) and the summary of a run."""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import __version__
+from agent.commands import CommandProcessor
+from agent.config import AgentConfig
+from agent.outbox import Outbox
+from agent.publisher import Emitter, Publisher
+from agent.stats import PipelineStats
+from agent.vision.factory import DetectorConfig
+from contract.errors import CamveilError
+from contract.ranges import seq_ranges
+from hw.board import BoardInfo
+
+
+def model_hashes(config: DetectorConfig) -> dict[str, str]:
+    """Model name -> sha256 from the manifest (the factory refuses a file that differs)."""
+    from models import MODELS_DIR, load_manifest
+
+    try:
+        entry = load_manifest((config.models_dir or MODELS_DIR) / "manifest.json")[config.model]
+    except (CamveilError, KeyError):
+        return {}
+    return {config.model: entry.sha256}
+
+
+class HealthReporter:
+    """Health events: the frame rate since the previous one, and the state of everything else
+    at the time. Constructor only stores (and notes the start for the uptime)."""
+
+    def __init__(self, stats: PipelineStats, board: BoardInfo) -> None:
+        self._stats = stats
+        self._board = board
+        self._started_mono = time.monotonic()
+        self._frames0, self._t0 = 0, time.monotonic()
+
+    def _fps(self) -> float:
+        elapsed = time.monotonic() - self._t0
+        return (self._stats.frames_out - self._frames0) / elapsed if elapsed > 0 else 0.0
+
+    def _restart_window(self) -> None:
+        self._frames0, self._t0 = self._stats.frames_out, time.monotonic()
+
+    def emit(self, emitter: Emitter, outbox: Outbox, config: AgentConfig) -> None:
+        """One health event, its fps counted since the previous one (or the loop's start)."""
+        fps = self._fps()
+        outbox_stats = outbox.stats()
+        uptime = time.monotonic() - self._started_mono
+        versions = {"camveil": __version__, "python": platform.python_version()}
+        models = model_hashes(config.detector)
+        temp = self._board.cpu_temp_c()
+        stats = self._stats
+        emitter.emit(
+            lambda b: b.health(
+                fps=fps,
+                pipeline=stats,
+                outbox=outbox_stats,
+                cpu_temp_c=temp,
+                uptime_s=uptime,
+                versions=versions,
+                models=models,
+            )
+        )
+
+    def loop(
+        self,
+        stop: threading.Event,
+        emitter: Emitter,
+        outbox: Outbox,
+        config: Callable[[], AgentConfig],
+    ) -> None:
+        """A health event every ``[events] health_interval_s`` of the current config, until
+        ``stop``."""
+        self._restart_window()
+        while not stop.wait(config().events.health_interval_s):
+            self.emit(emitter, outbox, config())
+            self._restart_window()
+
+
+@dataclass(frozen=True)
+class DaemonSummary:
+    frames_in: int
+    frames_out: int
+    events: Mapping[str, int]
+    enqueued: int
+    published: int
+    acked: int
+    outbox_depth: int
+    commands_accepted: int
+    commands_rejected: Mapping[str, int]
+    dropped: Mapping[str, int]
+    enqueued_seqs: list[list[int]] = field(default_factory=list)
+    """Inclusive ranges of the seqs of every enqueued envelope (the last will is not one)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "events": dict(self.events),
+            "enqueued": self.enqueued,
+            "published": self.published,
+            "acked": self.acked,
+            "outbox_depth": self.outbox_depth,
+            "commands_accepted": self.commands_accepted,
+            "commands_rejected": dict(self.commands_rejected),
+            "dropped": dict(self.dropped),
+            "enqueued_seqs": self.enqueued_seqs,
+        }
+
+
+def summarize(
+    stats: PipelineStats,
+    emitter: Emitter,
+    publisher: Publisher,
+    processor: CommandProcessor,
+    outbox: Outbox,
+) -> DaemonSummary:
+    """What a run did, at its end."""
+    snap = stats.snapshot()
+    dropped: Any = snap["dropped"]
+    return DaemonSummary(
+        frames_in=stats.frames_in,
+        frames_out=stats.frames_out,
+        events=dict(emitter.by_type),
+        enqueued=len(emitter.enqueued),
+        published=publisher.published,
+        acked=publisher.acked,
+        outbox_depth=outbox.stats().depth,
+        commands_accepted=processor.accepted,
+        commands_rejected=dict(processor.rejected),
+        dropped=dict(dropped),
+        enqueued_seqs=seq_ranges(seq for _, seq in emitter.enqueued),
+    )
