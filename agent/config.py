@@ -34,6 +34,7 @@ from typing import Any, TypeVar, cast
 from agent.pipeline import PrivacyConfig
 from agent.privacy.counts import DEFAULT_EPSILON_PER_DAY
 from agent.vision.factory import DetectorConfig
+from agent.vision.gallery import EnrolmentConfig
 from agent.vision.reid import ReidConfig, check_windows
 from contract.errors import ConfigError, ProtocolViolationError
 from contract.files import write_atomic
@@ -448,6 +449,8 @@ class AgentConfig:
     outbox: OutboxConfig = dataclasses.field(default_factory=OutboxConfig)
     reid: ReidConfig = dataclasses.field(default_factory=ReidConfig)
     """Anonymous re-identification (off by default; agent/vision/reid.py documents each key)."""
+    enrolment: EnrolmentConfig = dataclasses.field(default_factory=EnrolmentConfig)
+    """Enrolled verification (off by default; agent/vision/gallery.py documents each key)."""
 
     def __post_init__(self) -> None:
         check_windows(self.reid, self.events.presence_window_s)
