@@ -45,6 +45,7 @@ from agent.config import (
     remote_config_path,
     write_config_atomic,
 )
+from agent.enrolment import Enrolment
 from agent.events import (
     EventBuilder,
     LinkState,
@@ -181,6 +182,7 @@ class Daemon:
         self.receipts: ReceiptProcessor | None = None
         self._warned_no_receipts = False
         self.link_report: LinkReport | None = None
+        self.enrolment: Enrolment | None = None
         self.ready = threading.Event()
         """Set once everything is started (the first connection may still be pending)."""
 
@@ -233,6 +235,7 @@ class Daemon:
     def _build_parts(self, config: AgentConfig, emitter: Emitter) -> Parts:
         """Load the detector and open the camera; nothing is shared with the running parts."""
         reid = open_reid(config.reid, self.stats)
+        verifier = self.enrolment.verifier(self.stats) if self.enrolment is not None else None
         sink = FrameSink(config.events, emitter, visitors=reid)
         path = open_frame_path(
             config.camera,
@@ -243,6 +246,7 @@ class Daemon:
             camera_factory=self._camera_factory,
             detector_factory=self._detector_factory,
             reid=reid,
+            verifier=verifier,
         )
         return Parts(config, path, sink)
 
@@ -455,6 +459,10 @@ class Daemon:
             publisher = Publisher(self._outbox, stats=self.stats, on_delivered=emitter.delivered)
             emitter.wake = publisher.wake
             self.emitter, self.publisher = emitter, publisher
+            self.enrolment = Enrolment(
+                config.enrolment, unit.identity, unit.state_dir, emitter
+            ).open()
+            stack.callback(self.enrolment.close)
             self.processor = CommandProcessor(
                 device=unit.identity,
                 operators=unit.operators,
@@ -463,6 +471,7 @@ class Daemon:
                     "snapshot": self._cmd_snapshot,
                     "set_config": self._cmd_set_config,
                     "restart_pipeline": self._cmd_restart_pipeline,
+                    **self.enrolment.handlers(),
                 },
                 send_ack=self._send_ack,
             )
