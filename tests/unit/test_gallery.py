@@ -168,3 +168,28 @@ def test_match_and_audit_events_carry_ids_and_scores_only() -> None:
     assert r["body"] == {"action": "refuse", "cmd": "c-2", "reason": "gallery full"}
     with pytest.raises(UnredactedDataError):  # an embedding cannot ride in a score field
         to_map(type(b.match("s", 0.9))(b.header(), "s", Embedding(unit_vectors(1)[0])))  # type: ignore[arg-type]
+
+
+def test_match_and_audit_events_validate_against_the_cddl() -> None:
+    import cbor2
+    import pycddl  # type: ignore[import-untyped]
+
+    from agent.events import to_cbor
+
+    schema = pycddl.Schema((Path(__file__).resolve().parents[2] / "docs/events.cddl").read_text())
+    b = EventBuilder("cv-unit-0001", "0123456789abcdef", CountingSequence())
+    events = [
+        b.match("staff-0001", 0.74),
+        b.audit(
+            AuditAction.ENROL, "staff-0001", command="c-1", operator="op", consent="f-1", subjects=1
+        ),
+        b.audit(AuditAction.REMOVE, "staff-0001", command="c-2", operator="op", subjects=0),
+        b.audit(AuditAction.REFUSE, None, command="c-3", operator="op", reason="gallery full"),
+        b.audit(AuditAction.MATCH, "staff-0001", score=0.74),
+    ]
+    for event in events:
+        schema.validate_cbor(to_cbor(event))
+    bad = to_map(b.match("staff-0001", 0.74))
+    bad["body"]["embedding"] = b"\0" * 2048
+    with pytest.raises(pycddl.ValidationError):
+        schema.validate_cbor(cbor2.dumps(bad))
