@@ -5,6 +5,7 @@ broker. Photos from PyPI packages only (tests/photos.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -301,3 +302,42 @@ def test_daemon_enrols_over_mqtt_matches_and_reports_through_the_outbox(
     published = [cbor2.dumps(plain(r.message)) for r in harness.received]
     for blob in [*stored, *published]:
         assert not any(t[:16] in blob or t[-16:] in blob for t in templates)
+
+
+def test_camveil_enrol_sends_and_removes_through_the_real_cli(
+    harness: Harness, photos: Path
+) -> None:
+    """`camveil enrol` as a subprocess with a dev-pki-shaped folder (test_cmd's layout)."""
+    from test_cmd import _pki_folder
+
+    harness.config_path.write_text(
+        harness.config_path.read_text()
+        + '\n[enrolment]\nenabled = true\npurpose = "integration test: staff door"\n'
+        'legal_basis = "explicit consent of the test subject"\nmax_subjects = 1\n'
+    )
+    harness.start_agent()
+    root = _pki_folder(harness)
+    base = [sys.executable, "-m", "camveil", "enrol", "--pki", str(root), "--device"]
+    base += [harness.device.kid, "--broker", f"mqtts://127.0.0.1:{harness.broker.port}"]
+
+    def enrol(*argv: str) -> tuple[int, dict[str, Any], str]:
+        done = subprocess.run(
+            [*base, *argv], capture_output=True, text=True, timeout=120, check=False
+        )
+        lines = done.stdout.strip().splitlines()
+        return done.returncode, (json.loads(lines[-1]) if lines else {}), done.stderr
+
+    rc, ack, err = enrol("--subject", "crew-0002", str(photos / "astronaut.png"))
+    assert rc == 2 and "--consent-ref" in err and "Traceback" not in err  # refused locally
+    rc, ack, err = enrol(
+        "--subject", "crew-0002", "--consent-ref", "form-2", str(photos / "astronaut.png")
+    )
+    assert rc == 0, err
+    assert ack["body"]["status"] == "accepted" and ack["body"]["reason"] == "ok: 1 subject(s)"
+    rc, ack, err = enrol(
+        "--subject", "crew-0003", "--consent-ref", "f-3", str(photos / "obama.png")
+    )
+    assert rc == 1 and "gallery full" in ack["body"]["reason"]
+    rc, ack, err = enrol("--remove", "--subject", "crew-0002")
+    assert rc == 0 and ack["body"]["reason"] == "ok: 0 subject(s)", err
+    harness.wait_for(lambda r: r.type == "audit" and r.message["body"]["action"] == "remove")
