@@ -1,7 +1,9 @@
 """Typed events a unit publishes, their builders and their one encoder.
 
 Every event is a frozen dataclass with a common :class:`Header` (``v``, ``device``, ``boot``,
-``seq``, ``ts``) and a type: ``presence``, ``snapshot``, ``tamper``, ``health``, ``status``.
+``seq``, ``ts``) and a type: ``presence``, ``snapshot``, ``tamper``, ``health``, ``status``, and
+with enrolled verification on (agent.enrolment) ``match`` (subject id and score only) and
+``audit`` (every enrolment, removal, refusal and match).
 :class:`EventBuilder` stamps headers (seq from a :class:`~agent.sequence.SequenceSource`) and
 checks inputs; :func:`to_cbor` / :func:`to_map` are the only encoders. The plaintext format is
 specified in docs/events.cddl (and docs/PROTOCOL.md); it is a map with short text keys::
@@ -13,7 +15,7 @@ Privacy rules enforced here (docs/ARCHITECTURE.md, "On the unit: frame to MQTT")
 
 - the snapshot builder accepts only a :class:`~agent.privacy.redact.RedactedFrame` (checked at
   run time too) and encodes it with :func:`agent.privacy.store.encode_jpeg`;
-- the encoder accepts only the five event classes (exactly, not subclasses), and walks every
+- the encoder accepts only the event classes (exactly, not subclasses), and walks every
   field: an ndarray, a numpy scalar, anything whose class (or a base) is named ``Embedding``, or
   any other non-plain value raises :class:`~contract.errors.UnredactedDataError`. So an embedding
   (or raw pixels) cannot be serialised by accident, whatever a caller puts into a field;
@@ -227,24 +229,80 @@ class StatusEvent:
     TYPE: ClassVar[str] = "status"
 
 
-Event: TypeAlias = PresenceEvent | SnapshotEvent | TamperEvent | HealthEvent | StatusEvent
+class AuditAction(str, enum.Enum):
+    """What an ``audit`` event records (enrolled verification, docs/PROTOCOL.md)."""
+
+    ENROL = "enrol"
+    REMOVE = "remove"
+    REFUSE = "refuse"
+    MATCH = "match"
+
+
+@dataclass(frozen=True)
+class MatchEvent:
+    """A face in view matched an enrolled subject: the subject's opaque id and the cosine score,
+    nothing else (no embedding, no pixels, no track)."""
+
+    header: Header
+    subject: str
+    score: float
+    TYPE: ClassVar[str] = "match"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One entry of the gallery's audit trail."""
+
+    header: Header
+    action: AuditAction
+    subject: str | None
+    """The subject concerned (None for a refusal that names none)."""
+    command: str | None = None
+    """The id of the operator command (enrol, remove, refuse)."""
+    operator: str | None = None
+    """The key id that signed the command."""
+    consent: str | None = None
+    """The consent reference recorded at enrolment."""
+    reason: str | None = None
+    """Why a change was refused."""
+    score: float | None = None
+    """A match's score."""
+    subjects: int | None = None
+    """Gallery size after the change."""
+    TYPE: ClassVar[str] = "audit"
+
+
+Event: TypeAlias = (
+    PresenceEvent
+    | SnapshotEvent
+    | TamperEvent
+    | HealthEvent
+    | StatusEvent
+    | MatchEvent
+    | AuditEvent
+)
 EVENT_TYPES: Final[tuple[type, ...]] = (
     PresenceEvent,
     SnapshotEvent,
     TamperEvent,
     HealthEvent,
     StatusEvent,
+    MatchEvent,
+    AuditEvent,
 )
 
 
 __all__ = [
     "EVENT_TYPES",
     "PROTOCOL_VERSION",
+    "AuditAction",
+    "AuditEvent",
     "Event",
     "EventBuilder",
     "Header",
     "HealthEvent",
     "LinkState",
+    "MatchEvent",
     "OutboxHealth",
     "OutboxNumbers",
     "PresenceEvent",
@@ -450,6 +508,37 @@ class EventBuilder:
             models=MappingProxyType({str(k): str(v) for k, v in models.items()}),
         )
 
+    def match(self, subject: str, score: float) -> MatchEvent:
+        _check_label(subject, "subject")
+        return MatchEvent(header=self.header(), subject=subject, score=_clamp01(float(score)))
+
+    def audit(
+        self,
+        action: AuditAction,
+        subject: str | None,
+        *,
+        command: str | None = None,
+        operator: str | None = None,
+        consent: str | None = None,
+        reason: str | None = None,
+        score: float | None = None,
+        subjects: int | None = None,
+    ) -> AuditEvent:
+        for label, what in ((subject, "subject"), (command, "command"), (operator, "operator")):
+            if label is not None:
+                _check_label(label, what)
+        return AuditEvent(
+            header=self.header(),
+            action=AuditAction(action),
+            subject=subject,
+            command=command,
+            operator=operator,
+            consent=None if consent is None else _text(consent, "consent"),
+            reason=None if reason is None else _text(reason, "reason"),
+            score=None if score is None else _clamp01(float(score)),
+            subjects=None if subjects is None else int(subjects),
+        )
+
     def status(self, state: LinkState, delivery: str | None = None) -> StatusEvent:
         if delivery not in (None, "receipt", "puback"):
             raise EventError(f"delivery must be receipt or puback, got {delivery!r}")
@@ -567,6 +656,20 @@ def to_map(event: Event) -> dict[str, Any]:
             "versions": dict(event.versions),
             "models": dict(event.models),
         }
+    elif isinstance(event, MatchEvent):
+        body = {"subject": event.subject, "score": event.score}
+    elif isinstance(event, AuditEvent):
+        body = {"action": event.action.value}
+        optional = {
+            "subject": event.subject,
+            "cmd": event.command,
+            "operator": event.operator,
+            "consent": event.consent,
+            "reason": event.reason,
+            "score": event.score,
+            "subjects": event.subjects,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
     else:
         body = {"state": event.state.value}
         if event.delivery is not None:
@@ -685,6 +788,13 @@ def _check_label(label: object, what: str) -> None:
         raise EventError(
             f"{what} {label!r} must be 1-64 characters of letters, digits and _ . : / -"
         )
+
+
+def _text(value: str, what: str, limit: int = 200) -> str:
+    """A short free text (consent reference, refusal reason): printable, at most ``limit``."""
+    if not isinstance(value, str) or not value.isprintable():
+        raise EventError(f"{what} must be printable text")
+    return value[:limit]
 
 
 def _clamp01(x: float) -> float:

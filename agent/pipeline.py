@@ -6,10 +6,12 @@ frame is dropped and counted, and nothing derived from its pixels reaches the si
 the sink is a :class:`ProcessedFrame`: the redacted pixels and the detections they were redacted
 for, flowing down together.
 
-Re-identification (optional, :mod:`agent.vision.reid`) sees the original frame's fresh face
-detections *after* redaction: redaction never waits for it and does not depend on it; the
-re-identifier only queues crops for its own worker thread. If it raises, the frame still goes
-to the sink and the loss is counted (``reid_failed``): only visitor statistics suffer.
+Enrolled matching (optional, :mod:`agent.vision.verify`) and re-identification (optional,
+:mod:`agent.vision.reid`) see the original frame's fresh face
+detections *after* redaction: redaction never waits for them and does not depend on them; each
+only queues crops (cut from the original pixels) for its own worker thread. If one raises, the
+frame still goes to the sink and the loss is counted (``verify_failed``, ``reid_failed``): only
+matches or visitor statistics suffer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.guard import GuardedDetector
 from agent.vision.reid import Reidentifier
 from agent.vision.track import TrackedRegion, Tracker, TrackerConfig
+from agent.vision.verify import Verifier
 from contract.errors import CameraUnavailableError, EndOfStream, FrameError, PrivacyError
 from hw.camera import open_camera
 from hw.camera.base import Camera
@@ -90,9 +93,11 @@ class Pipeline:
         stats: PipelineStats | None = None,
         clock: Callable[[], float] = time.perf_counter,
         reid: Reidentifier | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self._read = read_frame
         self._reid = reid
+        self._verifier = verifier
         self._detector = detector
         self._sink = sink
         self._config = config
@@ -137,12 +142,21 @@ class Pipeline:
         redacted = redact(frame, regions, self._config.redaction)
         t4 = clock()
         stats.time("redact", t4 - t3)
+        faces = [
+            (r.track_id, r.detection)
+            for r in tracked
+            if r.kind == "face" and r.detection is not None
+        ]
+        if self._verifier is not None:
+            try:
+                self._verifier.observe(frame, faces)
+            except Exception as exc:  # only enrolled matches are lost, never redaction
+                stats.drop("verify_failed")
+                logger.warning("enrolled matching skipped frame %d: %s", frame.index, exc)
+            t5 = clock()
+            stats.time("verify", t5 - t4)
+            t4 = t5
         if self._reid is not None:
-            faces = [
-                (r.track_id, r.detection)
-                for r in tracked
-                if r.kind == "face" and r.detection is not None
-            ]
             try:
                 self._reid.observe(frame, faces)
             except Exception as exc:  # only visitor statistics are lost, never redaction
@@ -219,20 +233,26 @@ def open_frame_path(
     camera_factory: CameraFactory = open_camera,
     detector_factory: DetectorFactory = build_detector,
     reid: Reidentifier | None = None,
+    verifier: Verifier | None = None,
 ) -> FramePath:
     """Load the detector (hash-checked), wrap it in the fail-closed guard, open the camera and
     build the pipeline: the one place where a camera-fed frame path is wired (the daemon and
     `camveil run`). Everything opened so far is closed again when a later step fails.
     ``reid``: the re-identifier (:func:`agent.vision.reid.open_reid`); the frame path takes it
-    over (starts it here, stops and wipes it when closed)."""
+    over (starts it here, stops and wipes it when closed); ``verifier`` likewise the enrolled
+    matcher (:meth:`agent.enrolment.Enrolment.verifier`)."""
     stack = contextlib.ExitStack()
     try:
         if reid is not None:
             stack.enter_context(reid)
+        if verifier is not None:
+            stack.enter_context(verifier)
         model = detector_factory(detector)
         guard = stack.enter_context(GuardedDetector(model, detector.timeout))
         cam = stack.enter_context(camera_factory(camera))
-        pipeline = Pipeline(cam.read, guard, sink, privacy, stats=stats, reid=reid)
+        pipeline = Pipeline(
+            cam.read, guard, sink, privacy, stats=stats, reid=reid, verifier=verifier
+        )
     except BaseException:
         stack.close()
         raise

@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chaos": ("camveil.cli.chaos", "count lost/duplicated events under broker restarts and kills"),
     "fuzz": ("camveil.cli.fuzz", "feed mutated envelopes and commands to the real openers"),
     "cmd": ("camveil.cli.cmd", "send a signed command to a unit and wait for its ack (operator)"),
+    "enrol": (
+        "camveil.cli.enrol",
+        "enrol a consenting subject's face templates on a unit (operator)",
+    ),
     "dashboard": ("camveil.cli.dashboard", "ingest and the fleet web page (backend)"),
     "simulate": ("camveil.cli.simulate", "run N simulated units against a broker (load, demo)"),
 }

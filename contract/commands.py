@@ -23,7 +23,9 @@ from contract.envelope.keys import Identity, PublicIdentity
 from contract.envelope.seal import SealedEnvelope, seal
 from contract.topics import command_topic
 
-COMMANDS: Final = ("snapshot", "set_config", "restart_pipeline")
+COMMANDS: Final = ("snapshot", "set_config", "restart_pipeline", "gallery_add", "gallery_remove")
+"""``gallery_add`` / ``gallery_remove``: enrolled verification (agent.enrolment documents the
+args; refused unless the unit's ``[enrolment]`` is on, which ``set_config`` cannot change)."""
 REMOTE_SECTIONS: Final = ("camera", "detector", "privacy", "events")
 """Sections a ``set_config`` command may change. ``mqtt`` and ``outbox`` are left out on purpose:
 a wrong broker or state directory sent remotely would cut the unit off for good."""

@@ -1,7 +1,7 @@
 """The sections of ``camveil.toml``, one frozen dataclass each, every field documented where it is
 declared and checked in ``__post_init__``. Sections owned by a stage live beside it and are
 gathered here: [camera] (hw.camera.config), [detector] (agent.vision.factory), [privacy]
-(agent.pipeline), [reid] (agent.vision.reid)."""
+(agent.pipeline), [reid] (agent.vision.reid), [enrolment] (agent.vision.gallery)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from agent.config.validate import from_mapping
 from agent.pipeline import PrivacyConfig
 from agent.privacy.counts import DEFAULT_EPSILON_PER_DAY
 from agent.vision.factory import DetectorConfig
+from agent.vision.gallery import EnrolmentConfig
 from agent.vision.reid import ReidConfig, check_windows
 from contract.errors import ConfigError
 from contract.statedir import DEFAULT_STATE_DIR
@@ -212,6 +213,8 @@ class AgentConfig:
     outbox: OutboxConfig = dataclasses.field(default_factory=OutboxConfig)
     reid: ReidConfig = dataclasses.field(default_factory=ReidConfig)
     """Anonymous re-identification (off by default; agent/vision/reid.py documents each key)."""
+    enrolment: EnrolmentConfig = dataclasses.field(default_factory=EnrolmentConfig)
+    """Enrolled verification (off by default; agent/vision/gallery.py documents each key)."""
 
     def __post_init__(self) -> None:
         check_windows(self.reid, self.events.presence_window_s)

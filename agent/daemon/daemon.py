@@ -17,6 +17,7 @@ from agent.config import AgentConfig, dump_toml, remote_config_path, write_confi
 from agent.daemon.health import DaemonSummary, HealthReporter, summarize
 from agent.daemon.parts import Parts, PartsSlot, build_parts
 from agent.daemon.remote import remote_change
+from agent.enrolment import Enrolment
 from agent.events import EventBuilder, LinkState, SnapshotPolicy, new_boot_id
 from agent.frame_sink import snapshot_event
 from agent.linkreport import LinkReport
@@ -80,6 +81,7 @@ class Daemon:
         self.receipts: ReceiptProcessor | None = None
         self._warned_no_receipts = False
         self.link_report: LinkReport | None = None
+        self.enrolment: Enrolment | None = None
         self.ready = threading.Event()
         """Set once everything is started (the first connection may still be pending)."""
 
@@ -136,6 +138,7 @@ class Daemon:
             self.stats,
             camera_factory=self._camera_factory,
             detector_factory=self._detector_factory,
+            verifier=self.enrolment.verifier(self.stats) if self.enrolment is not None else None,
         )
 
     # --- commands -----------------------------------------------------------------------------
@@ -276,6 +279,10 @@ class Daemon:
             publisher = Publisher(self._outbox, stats=self.stats, on_delivered=emitter.delivered)
             emitter.wake = publisher.wake
             self.emitter, self.publisher = emitter, publisher
+            self.enrolment = Enrolment(
+                config.enrolment, unit.identity, unit.state_dir, emitter
+            ).open()
+            stack.callback(self.enrolment.close)
             self.processor = CommandProcessor(
                 device=unit.identity,
                 operators=unit.operators,
@@ -284,6 +291,7 @@ class Daemon:
                     "snapshot": self._cmd_snapshot,
                     "set_config": self._cmd_set_config,
                     "restart_pipeline": self._cmd_restart_pipeline,
+                    **self.enrolment.handlers(),
                 },
                 send_ack=self._send_ack,
             )

@@ -15,6 +15,7 @@ from agent.pipeline import CameraFactory, DetectorFactory, FramePath, Pipeline, 
 from agent.publisher import Emitter
 from agent.stats import PipelineStats
 from agent.vision.reid import open_reid
+from agent.vision.verify import Verifier
 from hw.camera.base import Camera
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ def build_parts(
     *,
     camera_factory: CameraFactory,
     detector_factory: DetectorFactory,
+    verifier: Verifier | None = None,
 ) -> Parts:
-    """Load the detector and open the camera; nothing is shared with the running parts."""
+    """Load the detector and open the camera; nothing is shared with the running parts.
+    ``verifier``: enrolled verification's matcher (None: off)."""
     reid = open_reid(config.reid, stats)
     sink = FrameSink(config.events, emitter, visitors=reid)
     path = open_frame_path(
@@ -60,6 +63,7 @@ def build_parts(
         camera_factory=camera_factory,
         detector_factory=detector_factory,
         reid=reid,
+        verifier=verifier,
     )
     return Parts(config, path, sink)
 

@@ -422,6 +422,7 @@ def create_app(
             "snapshot": store.latest_snapshot(device),
             "chart": presence_chart(views.presence_series(store, device)),
             "timeline": views.timeline(store, device),
+            "enrolment": views.enrolment_log(store, device),
             "rejections": store.rejections(device).get(device, {}),
             "boots": views.boots(store, device),
             "commands": history,

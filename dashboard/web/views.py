@@ -247,6 +247,57 @@ def _count(value: Any) -> int | None:
 
 
 @dataclass(frozen=True)
+class EnrolmentRow:
+    """One ``match`` or ``audit`` event of a unit's enrolled verification (docs/PROTOCOL.md)."""
+
+    received_at: float
+    seq: int
+    type: str
+    action: str
+    subject: str
+    score: float | None
+    detail: str
+
+
+def enrolment_log(store: Store, device: str, limit: int = 50) -> list[EnrolmentRow]:
+    """The unit's latest ``match`` and ``audit`` events, newest first."""
+    rows = store.read(
+        "SELECT received_at, seq, type, body FROM events WHERE device = ? "
+        "AND type IN ('match', 'audit') ORDER BY id DESC LIMIT ?",
+        (device, limit),
+    )
+    out: list[EnrolmentRow] = []
+    for received_at, seq, kind, blob in rows:
+        body = cbor2.loads(blob)
+        if not isinstance(body, Mapping):
+            continue
+        score = body.get("score")
+        details = [
+            f"{label} {body[key]}"
+            for key, label in (
+                ("cmd", "command"),
+                ("operator", "by"),
+                ("consent", "consent"),
+                ("reason", "reason"),
+                ("subjects", "gallery size"),
+            )
+            if body.get(key) is not None
+        ]
+        out.append(
+            EnrolmentRow(
+                received_at=float(received_at),
+                seq=int(seq),
+                type=str(kind),
+                action="match" if kind == "match" else str(body.get("action", "-")),
+                subject=str(body.get("subject", "-")),
+                score=float(score) if isinstance(score, int | float) else None,
+                detail=", ".join(details),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
 class TimelineItem:
     event: StoredEvent
     summary: str
@@ -275,6 +326,11 @@ def summarize(event: StoredEvent) -> str:
         )
     if event.type == "status":
         return f"status {body.get('state')}"
+    if event.type == "match":
+        return f"MATCH enrolled subject {body.get('subject')} (score {_show(body.get('score'))})"
+    if event.type == "audit":
+        subject = body.get("subject")
+        return f"audit {body.get('action')}" + (f" {subject}" if subject else "")
     if event.type == "snapshot":
         jpeg = body.get("jpeg")
         size = len(jpeg) if isinstance(jpeg, bytes) else 0
