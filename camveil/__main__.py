@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cmd": ("camveil.cli.cmd", "send a signed command to a unit and wait for its ack (operator)"),
     "dashboard": ("camveil.cli.dashboard", "ingest and the fleet web page (backend)"),
     "simulate": ("camveil.cli.simulate", "run N simulated units against a broker (load, demo)"),
+    "ha-bridge": (
+        "camveil.cli.ha_bridge",
+        "publish verified unit status and noised counts to Home Assistant (MQTT discovery)",
+    ),
 }
 
 
