@@ -430,7 +430,7 @@ class Bridge:
         if since is None:
             logger.info("connected to the Home Assistant broker %s", self._broker())
         else:
-            logger.warning(
+            logger.info(
                 "connected to the Home Assistant broker %s again after %.0f s",
                 self._broker(),
                 time.monotonic() - since,
@@ -512,8 +512,10 @@ class Bridge:
             why = str(exc)
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in why:
                 self._drop_store()
-            if self._store_trouble != why:
-                self._store_trouble = why
+            missing = isinstance(exc, FileNotFoundError) or "no such table" in why
+            kind = "not created yet" if missing or "unable to open" in why else why
+            if self._store_trouble != kind:
+                self._store_trouble = kind
                 logger.warning(
                     "cannot read the dashboard store %s (%s); retrying every %g s",
                     self.config.store,
