@@ -8,6 +8,8 @@ import json
 import os
 import pwd
 import queue
+import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -406,3 +408,36 @@ def test_a_locked_store_is_waited_out(tmp_path: Path, broker: Broker) -> None:
     log = (tmp_path / "bridge.stderr").read_text()
     assert log.count("database is locked") == 1, log
     assert "Traceback" not in log
+
+
+def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
+    """deploy/dashboard/camveil-ha-bridge.service through systemd's own tools, rendered with
+    this checkout's console script (as tests/integration/test_systemd_units.py does)."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze not found: apt install systemd (`make setup` does)"
+    unit = REPO / "deploy" / "dashboard" / "camveil-ha-bridge.service"
+    camveil = Path(sys.executable).parent / "camveil"
+    assert camveil.exists(), "the camveil console script is missing: pip install -e ."
+    (tmp_path / unit.name).write_text(
+        unit.read_text().replace("/opt/camveil/venv/bin/camveil", str(camveil))
+    )
+    env = dict(os.environ, SYSTEMD_LOG_COLOR="0", SYSTEMD_PAGER="", LC_ALL="C.UTF-8")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [analyze, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+        )
+
+    verify = run("verify", "--man=no", unit.name)
+    assert verify.returncode == 0, verify.stderr
+    assert [line for line in verify.stderr.splitlines() if "camveil" in line] == []
+    security = run("security", "--offline=true", unit.name)
+    found = re.search(rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d)", security.stdout)
+    assert found, security.stdout + security.stderr
+    assert float(found.group(1)) <= 2.0
+    text = unit.read_text()
+    for line in ["User=camveil-dashboard", "ProtectSystem=strict", "CapabilityBoundingSet=",
+                 "ReadOnlyPaths=/var/lib/camveil-dashboard", "--password-file %d/ha-password",
+                 "LoadCredential=ha-password:"]:  # fmt: skip
+        assert line in text, line
+    assert "ReadWritePaths" not in text
