@@ -101,7 +101,9 @@ class UnitReport:
         return self.status == ONLINE
 
 
-def report(row: FleetRow, latest: PresencePoint | None, now: float, limits: Thresholds) -> UnitReport:
+def report(
+    row: FleetRow, latest: PresencePoint | None, now: float, limits: Thresholds
+) -> UnitReport:
     """One fleet row (and the unit's latest presence window) as published. A revoked unit is its
     status only; fps only while the health is current; counts only of an online unit whose
     latest window ended within ``limits.stale_after_s`` (never stale values shown as current)."""
@@ -421,7 +423,8 @@ class Bridge:
                     self._broker(),
                     why,
                 )
-            self._outage_started()
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
             return
         with self._lock:
             self._connected = True

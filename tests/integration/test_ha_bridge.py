@@ -234,7 +234,7 @@ def test_discovery_states_changes_removal_and_last_will(
                 configs = [p for t, p, _ in watcher.seen if t == topic]
                 assert len(configs) == 1, topic
                 config = json.loads(configs[0])
-                assert HA_KEYS <= set(config), topic
+                assert set(config) >= HA_KEYS, topic
                 assert config["device"]["identifiers"] == [f"camveil_{device}"]
                 assert config["availability_topic"] == "camveil/bridge/availability"
             assert len(states(watcher, device)) == 1  # change-only
@@ -432,7 +432,8 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stderr
     assert [line for line in verify.stderr.splitlines() if "camveil" in line] == []
     security = run("security", "--offline=true", unit.name)
-    found = re.search(rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d)", security.stdout)
+    pattern = rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d)"
+    found = re.search(pattern, security.stdout)
     assert found, security.stdout + security.stderr
     assert float(found.group(1)) <= 2.0
     text = unit.read_text()
@@ -441,3 +442,23 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
                  "LoadCredential=ha-password:"]:  # fmt: skip
         assert line in text, line
     assert "ReadWritePaths" not in text
+
+
+def test_a_refused_login_is_said_once_and_retried(
+    tmp_path: Path, broker: Broker, store: Store
+) -> None:
+    password = tmp_path / "wrong"
+    password.write_text("not the password\n")
+    proc = bridge(tmp_path, broker.port, "--password-file", str(password))
+    try:
+        time.sleep(3.5)  # attempts at about 0, 1 and 3 s
+        assert proc.poll() is None
+        assert stop(proc) == 0
+    finally:
+        stop(proc, signal.SIGKILL)
+    log = (tmp_path / "bridge.stderr").read_text()
+    assert log.count("refused the bridge: Not authorized") == 1, log
+    assert log.count("\n") == 1, log
+    broker.stop()  # mosquitto writes its log out as it stops
+    broker_log = (broker.directory / "mosquitto.log").read_text()
+    assert broker_log.count("not authorised") >= 2  # retried

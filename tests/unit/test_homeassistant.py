@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
