@@ -177,6 +177,12 @@ def node_id(device: str) -> str:
     return "".join(c if _NODE_SAFE.fullmatch(c) else f"_{ord(c):x}_" for c in device)
 
 
+def _slug(text: str) -> str:
+    """An entity id's object part as Home Assistant writes it (``[a-z0-9_]``); Home Assistant
+    itself adds ``_2`` if two units' slugs collide."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 @dataclass(frozen=True)
 class Topics:
     prefix: str = "homeassistant"
@@ -283,7 +289,8 @@ def discovery(unit: UnitReport, topics: Topics) -> dict[str, dict[str, Any]]:
         config: dict[str, Any] = {
             "name": name,
             "unique_id": f"camveil_{node}_{key}",
-            "object_id": f"camveil_{node}_{key}",
+            # Home Assistant >= 2025.10 (``object_id`` before; it stops working in 2026.4)
+            "default_entity_id": f"{component}.{_slug(f'camveil_{unit.device}_{key}')}",
             "state_topic": state,
             "availability_topic": topics.availability,
             "payload_available": ONLINE,

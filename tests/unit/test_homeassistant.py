@@ -149,6 +149,7 @@ def test_discovery_configs_carry_home_assistants_keys(store: Store, tmp_path: Pa
             "suggested_area": "lobby",
         }
     conn = configs["homeassistant/binary_sensor/camveil_cv-1/connectivity/config"]
+    assert conn["default_entity_id"] == "binary_sensor.camveil_cv_1_connectivity"
     assert conn["device_class"] == "connectivity"
     people = configs["homeassistant/sensor/camveil_cv-1/people/config"]
     assert people["json_attributes_topic"] == "camveil/cv-1/state"
