@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "dashboard": ("camveil.cli.dashboard", "ingest and the fleet web page (backend)"),
     "simulate": ("camveil.cli.simulate", "run N simulated units against a broker (load, demo)"),
+    "ha-bridge": (
+        "camveil.cli.ha_bridge",
+        "publish verified unit status and noised counts to Home Assistant (MQTT discovery)",
+    ),
 }
 
 
