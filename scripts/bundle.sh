@@ -11,7 +11,8 @@
 #   wheels/              camveil's wheel (models inside, checked against models/manifest.json),
 #                        every runtime dependency as a binary wheel for the target, and pip
 #   requirements.lock    the exact set (name==version) install.sh installs
-#   systemd/             units, gadget script, sysusers.d/ and tmpfiles.d/ snippets
+#   systemd/             units, the Jetson drop-in (camveil-agent.service.d/), gadget script,
+#                        sysusers.d/ and tmpfiles.d/ snippets
 #   config/              camveil.toml.example (installed as /etc/camveil/camveil.toml if absent)
 #   install.sh, INSTALL.md, BUNDLE_INFO
 #   MANIFEST.sha256      sha256 of every other file; install.sh refuses a bundle that differs
@@ -21,18 +22,23 @@
 # bundled: on Raspberry Pi OS it comes from the system (python3-picamera2) and install.sh makes the
 # venv with --system-site-packages. Needs network to the package index (pip's cache is reused).
 #
-# --numpy 1 (default): numpy<2. The system's picamera2 imports simplejpeg, which Raspberry Pi OS
-# bookworm builds against its numpy 1.24; with numpy 2 in the venv `import picamera2` fails
-# ("numpy.dtype size changed", raspberrypi/picamera2#1088, #1211). numpy 1.x keeps every
-# system extension working (this resolves to opencv-python-headless 4.x). --numpy 2 for targets
-# that do not mix in system packages built against numpy 1.
+# --numpy 1 (the default up to CPython 3.12): numpy<2. The system's picamera2 imports
+# simplejpeg, which Raspberry Pi OS bookworm builds against its numpy 1.24; with numpy 2 in the
+# venv `import picamera2` fails ("numpy.dtype size changed", raspberrypi/picamera2#1088, #1211).
+# numpy 1.x keeps every system extension working (this resolves to opencv-python-headless 4.x).
+# --numpy 2 for targets that do not mix in system packages built against numpy 1, and the
+# default from CPython 3.13 on, for which numpy 1.x has no wheels: Raspberry Pi OS trixie has
+# Python 3.13 and Debian trixie's numpy 2.2, so its picamera2 stack is built against numpy 2.
+#
+# Targets: Raspberry Pi OS bookworm (defaults); Raspberry Pi OS trixie (--python 3.13 --glibc
+# 2.41); NVIDIA Jetson JetPack 6 (--python 3.10 --glibc 2.35).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ARCH=${ARCH:-aarch64}
 PYTHON_VERSION=${PYTHON_VERSION:-3.11}
 GLIBC=${GLIBC:-2.36} # Raspberry Pi OS / Debian bookworm
-NUMPY=${NUMPY:-1}
+NUMPY=${NUMPY:-}
 DIST=${DIST:-$REPO/dist}
 CONSTRAINT=${CONSTRAINT:-}
 
@@ -70,7 +76,13 @@ PY_MINOR=${BASH_REMATCH[1]}
 [[ "$GLIBC" =~ ^2\.([0-9]+)$ ]] || die "--glibc must look like 2.36, not $GLIBC"
 GLIBC_MINOR=${BASH_REMATCH[1]}
 ((GLIBC_MINOR >= 17)) || die "--glibc $GLIBC: manylinux wheels need glibc >= 2.17"
+if [ -z "$NUMPY" ]; then
+  NUMPY=1
+  ((PY_MINOR < 13)) || NUMPY=2
+fi
 [[ "$NUMPY" =~ ^[12]$ ]] || die "--numpy must be 1 or 2, not $NUMPY"
+((NUMPY == 2 || PY_MINOR < 13)) ||
+  die "--numpy 1: numpy 1.x has no wheels for CPython $PYTHON_VERSION (1.26 stops at 3.12); use --numpy 2"
 [ -z "$CONSTRAINT" ] || [ -f "$CONSTRAINT" ] || die "constraint file $CONSTRAINT not found"
 [ -z "$CONSTRAINT" ] || CONSTRAINT=$(cd "$(dirname "$CONSTRAINT")" && pwd)/$(basename "$CONSTRAINT")
 
@@ -128,6 +140,66 @@ if [ "$NUMPY" = 1 ]; then echo "numpy<2" >"$WORK/numpy.txt"; else echo "numpy>=2
 pip download -q "${TARGET[@]}" --constraint "$WORK/numpy.txt" \
   ${CONSTRAINT:+--constraint "$CONSTRAINT"} -d "$B/wheels" "$WHEEL" >"$WORK/download.log" 2>&1 ||
   { grep -v "is ignored: it is neither" "$WORK/download.log" >&2; die "pip download for $ARCH failed"; }
+# pip evaluates environment markers (`tomli; python_version < "3.11"`) for the interpreter that
+# runs it, not for --python-version: add what the target needs beyond that (exceptiongroup and
+# tomli for CPython 3.10, JetPack 6), until every requirement of every wheel, under the target's
+# markers, is in the set
+closure() {
+  "$PIP_PYTHON" - "$B/wheels" "$PYTHON_VERSION" "$ARCH" <<'EOF'
+import email.parser, sys, zipfile
+from pathlib import Path
+try:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+except ImportError:  # pip's own copy
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
+    from pip._vendor.packaging.version import Version
+
+wheels, python, arch = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+env = {"python_version": python, "python_full_version": python + ".0", "platform_machine": arch,
+       "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+       "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+have, requires = {}, {}
+for whl in wheels.glob("*.whl"):
+    with zipfile.ZipFile(whl) as z:
+        name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = email.parser.Parser().parsestr(z.read(name).decode("utf-8"))
+    key = canonicalize_name(meta["Name"])
+    have[key] = Version(meta["Version"])
+    requires[key] = [Requirement(r) for r in meta.get_all("Requires-Dist") or []]
+extras = {key: {""} for key in have}
+for _ in range(len(have)):  # the extras that parents ask for, through chains of extras
+    for key, reqs in requires.items():
+        for req in reqs:
+            if any(req.marker is None or req.marker.evaluate({**env, "extra": e})
+                   for e in extras[key]):
+                extras.setdefault(canonicalize_name(req.name), {""}).update(req.extras)
+missing = set()
+for key, reqs in requires.items():
+    for req in reqs:
+        if not any(req.marker is None or req.marker.evaluate({**env, "extra": e})
+                   for e in extras[key]):
+            continue
+        dep = canonicalize_name(req.name)
+        if dep not in have:
+            missing.add(f"{req.name}{req.specifier}")
+        elif not req.specifier.contains(have[dep], prereleases=True):
+            sys.exit(f"bundle: {dep} {have[dep]} does not satisfy {key}'s {req} on CPython {python}")
+print("\n".join(sorted(missing)))
+EOF
+}
+for _ in 1 2 3 4 5; do
+  missing=$(closure) || die "the wheel set does not fit CPython $PYTHON_VERSION"
+  [ -n "$missing" ] || break
+  mapfile -t reqs <<<"$missing"
+  echo "bundle: CPython $PYTHON_VERSION also needs: ${reqs[*]}"
+  pip download -q "${TARGET[@]}" --no-deps --constraint "$WORK/numpy.txt" \
+    ${CONSTRAINT:+--constraint "$CONSTRAINT"} -d "$B/wheels" "${reqs[@]}" >"$WORK/download.log" 2>&1 ||
+    { cat "$WORK/download.log" >&2; die "pip download ${reqs[*]} for $ARCH failed"; }
+done
+[ -z "$missing" ] || die "the wheel set for CPython $PYTHON_VERSION is still incomplete: $missing"
 # pip itself (pure Python): install.sh bootstraps the venv from it, no ensurepip needed
 pip download -q --no-deps --only-binary=:all: -d "$B/wheels" pip >"$WORK/pip.log" 2>&1 ||
   { cat "$WORK/pip.log" >&2 && die "pip download pip failed"; }
@@ -152,6 +224,9 @@ done) | sort >"$B/requirements.lock"
 # 4. units, snippets, config template, installer and guide
 mkdir -p "$B/systemd/sysusers.d" "$B/systemd/tmpfiles.d" "$B/config"
 install -m 0644 "$REPO"/systemd/*.service "$REPO"/systemd/*.path "$B/systemd/"
+# drop-ins that install.sh adds on some boards (jetson.conf on an NVIDIA Jetson)
+mkdir -p "$B/systemd/camveil-agent.service.d"
+install -m 0644 "$REPO"/systemd/camveil-agent.service.d/*.conf "$B/systemd/camveil-agent.service.d/"
 install -m 0755 "$REPO/systemd/camveil-gadget-serial.sh" "$B/systemd/"
 install -m 0644 "$REPO/systemd/sysusers.d/camveil.conf" "$B/systemd/sysusers.d/"
 install -m 0644 "$REPO/systemd/tmpfiles.d/camveil.conf" "$B/systemd/tmpfiles.d/"

@@ -13,8 +13,11 @@
 # (systemd-sysusers with the bundled sysusers.d file); /opt/camveil, /etc/camveil (the config
 # template only when there is no camveil.toml yet: an existing config is never overwritten),
 # /var/lib/camveil; the venv /opt/camveil/venv from the bundled wheels only (pip --no-index;
-# --system-site-packages when the system python has picamera2, as on Raspberry Pi OS); the units
-# in /etc/systemd/system; systemctl enable. A step that has nothing to change changes nothing.
+# --system-site-packages when the system python has picamera2, as on Raspberry Pi OS, or, on a
+# Jetson, PyGObject with GStreamer or an OpenCV built with GStreamer); the units in
+# /etc/systemd/system, on a Jetson with the drop-in camveil-agent.service.d/jetson.conf (the
+# NVIDIA device nodes and nvargus-daemon's socket); systemctl enable. A step that has nothing to
+# change changes nothing.
 set -euo pipefail
 # the service user reads the venv, units and config: never inherit a umask like 077
 umask 022
@@ -69,6 +72,23 @@ VERSION=$(info version)
 ARCH=$(info arch)
 PYVER=$(info python)
 say "bundle camveil $VERSION for $ARCH, CPython $PYVER: checksums ok"
+
+# --- the board: an NVIDIA Jetson (L4T) gets the GStreamer camera's system modules and a drop-in
+JETSON=""
+if [ -f "$ROOT/etc/nv_tegra_release" ]; then
+  JETSON=$(head -n1 "$ROOT/etc/nv_tegra_release" | sed 's/^# *//')
+elif grep -qs "NVIDIA Jetson" "$ROOT/proc/device-tree/model"; then
+  JETSON=$(tr -d '\0' <"$ROOT/proc/device-tree/model")
+fi
+if [ -n "$JETSON" ]; then
+  say "NVIDIA Jetson: $JETSON"
+  # "R36 (release), REVISION: 4.0, ..." is JetPack 6; R35 is JetPack 5 (Ubuntu 20.04, Python 3.8)
+  l4t=$(sed -n 's/^R\([0-9][0-9]*\) .*/\1/p' <<<"$JETSON")
+  if [ -n "$l4t" ] && [ "$l4t" -lt 36 ]; then
+    say "WARNING: L4T R$l4t is JetPack 5 or older, whose Python 3.8 is below camveil's 3.10:"
+    say "  JetPack 6 (L4T R36, Ubuntu 22.04, Python 3.10) is the supported Jetson release"
+  fi
+fi
 
 OPT=$ROOT/opt/camveil
 ETC=$ROOT/etc/camveil
@@ -138,6 +158,31 @@ fi
 # venv_step sets WHY and returns 0 (done), 1 (error) or 2 (this python cannot run the bundle).
 # Every command checks its own status: errexit does not apply inside a function called with ||.
 WHY=""
+# the probes for the GStreamer camera's modules, as hw/camera/gstreamer.py imports them
+GI_GST_PROBE='import gi; gi.require_version("Gst", "1.0"); from gi.repository import Gst; Gst.init(None)'
+CV2_GST_PROBE='import sys, cv2
+sys.exit(not any(l.strip().startswith("GStreamer:") and "YES" in l.split(":", 1)[1]
+                 for l in cv2.getBuildInformation().splitlines()))'
+GST_PACKAGES="sudo apt install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0,
+  then run install.sh again (docs/INSTALL.md, Jetson)"
+jetson_venv_check() {
+  local out err
+  err=$(mktemp)
+  if out=$("$VENV/bin/python" -c "$GI_GST_PROBE
+print(Gst.version_string(), bool(Gst.ElementFactory.find(\"nvarguscamerasrc\")))" 2>"$err"); then
+    say "camera kind \"gstreamer\": the venv reads frames through PyGObject (${out% *})"
+    [ "${out##* }" = True ] ||
+      say "WARNING: no GStreamer element nvarguscamerasrc here (JetPack's nvidia-l4t-gstreamer)"
+  elif "$VENV/bin/python" -c "$CV2_GST_PROBE" >/dev/null 2>&1; then
+    say "camera kind \"gstreamer\": the venv reads frames through OpenCV's GStreamer backend"
+  else
+    say "WARNING: the venv has neither PyGObject with GStreamer nor an OpenCV with GStreamer"
+    say "  (its opencv-python-headless has none), so camera kind \"gstreamer\" will fail:"
+    say "  $(tail -n1 "$err")"
+    say "  $GST_PACKAGES"
+  fi
+  rm -f "$err"
+}
 venv_step() {
   local stamp want_ssp=false have_ssp pyver pyreal machine glibc need pipwhl err
   stamp=$(sha256sum MANIFEST.sha256 | cut -d' ' -f1)
@@ -173,6 +218,19 @@ venv_step() {
   fi
   # Raspberry Pi OS: picamera2/libcamera come from the system (apt), so the venv must see them
   if "$PY" -c "import picamera2" >/dev/null 2>&1; then want_ssp=true; fi
+  # a Jetson: the GStreamer camera needs the system's PyGObject (python3-gi) or its OpenCV
+  if [ -n "$JETSON" ]; then
+    if "$PY" -c "$GI_GST_PROBE" >/dev/null 2>&1; then
+      want_ssp=true
+      say "the system python has PyGObject with GStreamer (for camera kind \"gstreamer\")"
+    elif "$PY" -c "$CV2_GST_PROBE" >/dev/null 2>&1; then
+      want_ssp=true
+      say "the system python has an OpenCV built with GStreamer"
+    else
+      say "WARNING: the system python has neither PyGObject with GStreamer nor an OpenCV with"
+      say "  GStreamer, so camera kind \"gstreamer\" (nvarguscamerasrc) will fail: $GST_PACKAGES"
+    fi
+  fi
   if [ -x "$VENV/bin/python" ]; then
     have_ssp=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg")
     if [ "$have_ssp" != "$want_ssp" ] || [ "$("$VENV/bin/python" -c \
@@ -220,11 +278,16 @@ venv_step() {
     WHY="the installed camveil does not start: ${VENV#"$ROOT"}/bin/camveil --version"
     return 1
   }
+  # a Jetson: what the GStreamer camera (hw/camera/gstreamer.py) will find in the venv. The
+  # bundled opencv-python-headless comes before the system's OpenCV, so it is PyGObject in practice
+  if [ -n "$JETSON" ]; then jetson_venv_check; fi
   # the system's picamera2 must still import beside the bundled wheels (numpy ABI, see INSTALL.md)
-  if [ "$want_ssp" = true ] && ! err=$("$VENV/bin/python" -c "import picamera2" 2>&1); then
+  if [ "$want_ssp" = true ] && [ -z "$JETSON" ] &&
+    ! err=$("$VENV/bin/python" -c "import picamera2" 2>&1); then
     say "WARNING: the venv cannot import the system's picamera2, so camera kind \"picamera2\""
     say "  will fail: $(tail -n1 <<<"$err")"
-    say "  a bundle built with --numpy 1 (the default) matches Raspberry Pi OS's numpy"
+    say "  a bundle built with bundle.sh's default numpy for this Python matches Raspberry Pi"
+    say "  OS's own (numpy 1 for bookworm's 3.11, numpy 2 for trixie's 3.13)"
   fi
   echo "$stamp" >"$VENV/.camveil-bundle"
   CHANGED_VENV=1
@@ -243,6 +306,15 @@ put 0755 systemd/camveil-gadget-serial.sh "$OPT/systemd/camveil-gadget-serial.sh
 for unit in "${UNITS[@]}"; do
   put 0644 "systemd/$unit" "$UNITDIR/$unit"
 done
+# a Jetson: the agent may use the NVIDIA nodes and nvargus-daemon's socket (the drop-in says why)
+DROPIN=camveil-agent.service.d/jetson.conf
+if [ -n "$JETSON" ]; then
+  put 0644 "systemd/$DROPIN" "$UNITDIR/$DROPIN"
+elif [ -e "$UNITDIR/$DROPIN" ]; then
+  rm -f "$UNITDIR/$DROPIN"
+  rmdir --ignore-fail-on-non-empty "$UNITDIR/camveil-agent.service.d"
+  say "removed ${UNITDIR#"$ROOT"}/$DROPIN: this is no Jetson"
+fi
 put 0644 BUNDLE_INFO "$OPT/BUNDLE_INFO"
 
 if [ -n "$ROOT" ] || [ "$SYSTEMD" -eq 0 ] || [ ! -d /run/systemd/system ]; then

@@ -33,6 +33,7 @@ UNITS = [
     "camveil-provision.service",
     "camveil-gadget-serial.service",
 ]
+JETSON_DROPIN = "camveil-agent.service.d/jetson.conf"
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,12 @@ def _run(
     )
 
 
-def _build(out: Path, arch: str, glibc: str | None = None) -> Bundle:
+def _build(out: Path, arch: str, glibc: str | None = None, python: str | None = None) -> Bundle:
     args = [str(BUNDLE_SH), "--arch", arch, "--out", str(out)]
     if glibc:
         args += ["--glibc", glibc]
+    if python:
+        args += ["--python", python]
     result = _run(args)
     if result.returncode != 0:
         pytest.fail(
@@ -134,7 +137,7 @@ def test_bundle_holds_wheels_units_config_and_a_complete_manifest(bundle: Bundle
     assert all(w.endswith("-none-any.whl") or "x86_64" in w for w in wheels), wheels
     for unit in UNITS:
         assert (tree / "systemd" / unit).read_bytes() == (REPO / "systemd" / unit).read_bytes()
-    for snippet in ["sysusers.d/camveil.conf", "tmpfiles.d/camveil.conf"]:
+    for snippet in ["sysusers.d/camveil.conf", "tmpfiles.d/camveil.conf", JETSON_DROPIN]:
         assert (tree / "systemd" / snippet).read_bytes() == (
             REPO / "systemd" / snippet
         ).read_bytes()
@@ -203,6 +206,7 @@ def test_install_lays_out_the_tree(installed: Path) -> None:
     assert (root / "etc/camveil").stat().st_mode & 0o777 == 0o755
     gadget = root / "opt/camveil/systemd/camveil-gadget-serial.sh"
     assert os.access(gadget, os.X_OK)
+    assert not (root / "etc/systemd/system/camveil-agent.service.d").exists()  # no Jetson here
 
 
 def test_every_unit_exec_path_exists_in_the_installed_tree(installed: Path) -> None:
@@ -323,6 +327,94 @@ def test_system_picamera2_gives_a_venv_with_system_site_packages(
     assert version.stdout.strip() == f"camveil {VERSION}", version.stderr
 
 
+# --- an NVIDIA Jetson: the board is told by files under --root; the python modules are real
+
+JETSON_RELEASE = "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n"
+# what hw/camera/gstreamer.py runs on a Jetson, with videotestsrc in place of nvarguscamerasrc
+GSTREAMER_READ = """
+from hw.camera.config import CameraConfig
+from hw.camera.gstreamer import gstreamer_camera
+pipeline = ("videotestsrc num-buffers=5 ! video/x-raw,format=BGR,width=64,height=48 ! "
+            "appsink name=camveil_sink")
+with gstreamer_camera(CameraConfig(kind="gstreamer", source=pipeline)) as camera:
+    frames = [camera.read() for _ in range(3)]
+print(type(camera).__name__, frames[-1].index, frames[-1].pixels.shape)
+"""
+
+
+def _system_python_with_gi() -> str:
+    """/usr/bin/python3 with python3-gi and GStreamer, as on JetPack (the RTSP tests use it)."""
+    system_python = "/usr/bin/python3"
+    probe = _run([system_python, "-c", "import sys; print(sys.version_info[:2])"])
+    if probe.stdout.strip() != "(3, 11)":
+        pytest.skip(f"no system CPython 3.11 at {system_python}, the bundle's version")
+    gst = _run([system_python, "-c", "import gi; gi.require_version('Gst', '1.0')"])
+    if gst.returncode != 0:
+        pytest.fail(
+            "python3-gi with GStreamer missing: apt install python3-gi gir1.2-gstreamer-1.0 "
+            "gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base (scripts/setup.sh)\n"
+            + gst.stderr
+        )
+    return system_python
+
+
+def test_jetson_gets_the_dropin_and_a_venv_that_reads_gstreamer(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/nv_tegra_release").write_text(JETSON_RELEASE)
+    result = install(bundle.tree, root, "--python", _system_python_with_gi())
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "NVIDIA Jetson: R36 (release), REVISION: 4.0" in out
+    assert "JetPack 5" not in out
+    assert "the system python has PyGObject with GStreamer" in out
+    assert "system site packages: true" in out
+    assert re.search(r"the venv reads frames through PyGObject \(GStreamer 1\.\d+", out), out
+    # no nvarguscamerasrc on this machine: said, not fatal
+    assert "no GStreamer element nvarguscamerasrc" in out
+    cfg = (root / "opt/camveil/venv/pyvenv.cfg").read_text()
+    assert re.search(r"^include-system-site-packages = true$", cfg, re.M)
+    dropin = root / "etc/systemd/system" / JETSON_DROPIN
+    assert dropin.read_bytes() == (REPO / "systemd" / JETSON_DROPIN).read_bytes()
+    assert dropin.stat().st_mode & 0o777 == 0o644
+
+    # the installed camveil reads frames from a real GStreamer pipeline through the system's gi
+    read = _run([str(root / "opt/camveil/venv/bin/python"), "-c", GSTREAMER_READ], offline=True)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split() == ["GStreamerAppSinkCamera", "2", "(48,", "64,", "3)"]
+
+    # again: nothing to change; on the same tree without the board files the drop-in goes
+    again = install(bundle.tree, root, "--python", _system_python_with_gi())
+    assert again.returncode == 0 and "wrote" not in again.stdout, again.stdout + again.stderr
+    (root / "etc/nv_tegra_release").unlink()
+    moved = install(bundle.tree, root, "--python", _system_python_with_gi())
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert "removed /etc/systemd/system/camveil-agent.service.d/jetson.conf" in moved.stdout
+    assert not dropin.parent.exists()
+
+
+def test_jetson_without_gi_is_told_what_to_install(bundle: Bundle, tmp_path: Path) -> None:
+    """Told by the device tree's model this time; this test's own python has no gi (checked), so
+    the venv gets no system site packages and install.sh names the packages the camera needs."""
+    python = os.path.realpath(sys.executable)
+    no_gi = _run([python, "-c", "import gi"])
+    assert no_gi.returncode != 0, f"{python} has gi: this test needs an interpreter without it"
+    root = tmp_path / "root"
+    model = root / "proc/device-tree/model"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"NVIDIA Jetson Orin Nano Engineering Reference Developer Kit\x00")
+    result = install(bundle.tree, root, "--python", python)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "NVIDIA Jetson: NVIDIA Jetson Orin Nano Engineering Reference Developer Kit\n" in out
+    assert "neither PyGObject with GStreamer nor an OpenCV with" in out
+    assert "sudo apt install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0" in out
+    assert "system site packages: false" in out
+    assert (root / "etc/systemd/system" / JETSON_DROPIN).is_file()
+
+
 def test_a_changed_bundle_file_is_refused(bundle: Bundle, tmp_path: Path) -> None:
     tree = tmp_path / "bundle"
     shutil.copytree(bundle.tree, tree)
@@ -371,6 +463,32 @@ def test_aarch64_bundle_resolves_and_lays_out_without_a_venv(tmp_path: Path) -> 
     for unit in UNITS:
         assert (root / "etc/systemd/system" / unit).is_file()
     assert (root / "etc/camveil/camveil.toml").is_file()
+
+
+@pytest.mark.slow
+def test_jetpack6_bundle_carries_what_cpython_310_needs(tmp_path: Path) -> None:
+    """JetPack 6: CPython 3.10, glibc 2.35. pip evaluates `python_version < "3.11"` markers for
+    the interpreter running it (3.11 or newer here), so bundle.sh must add what 3.10 needs."""
+    jetson = _build(tmp_path, "aarch64", "2.35", "3.10")
+    wheels = sorted(p.name for p in (jetson.tree / "wheels").iterdir())
+    for name in ["exceptiongroup-", "tomli-"]:  # anyio's and camveil's own for CPython < 3.11
+        assert any(w.startswith(name) for w in wheels), (name, wheels)
+    for name in ["ai_edge_litert-", "numpy-", "opencv_python_headless-"]:
+        (wheel,) = [w for w in wheels if w.startswith(name)]
+        assert "-cp310-" in wheel or "-abi3-" in wheel, wheel
+    info = (jetson.tree / "BUNDLE_INFO").read_text()
+    assert "python=3.10\nglibc=2.35\n" in info
+    assert (jetson.tree / "systemd" / JETSON_DROPIN).is_file()
+
+
+def test_cpython_313_needs_numpy_2(tmp_path: Path) -> None:
+    """Raspberry Pi OS trixie's Python 3.13: numpy 1.x has no wheels for it, said before any
+    download (the trixie bundle itself takes numpy 2 by default)."""
+    result = _run([str(BUNDLE_SH), "--python", "3.13", "--numpy", "1", "--out", str(tmp_path)])
+    assert result.returncode == 1
+    assert "numpy 1.x has no wheels for CPython 3.13" in result.stderr
+    assert "--numpy 2" in result.stderr
+    assert not any(tmp_path.iterdir())
 
 
 # --- a real install (not --root) in a private mount namespace: this machine is left untouched

@@ -25,6 +25,7 @@ UNITS = [
     "camveil-provision.service",
     "camveil-gadget-serial.service",
 ]
+JETSON_DROPIN = SYSTEMD / "camveil-agent.service.d" / "jetson.conf"
 MAX_AGENT_EXPOSURE = 2.0
 MAX_GADGET_EXPOSURE = 1.0
 
@@ -68,10 +69,16 @@ def test_units_pass_systemd_analyze_verify(rendered: Path) -> None:
     assert ours == [], "\n".join(ours)
 
 
-def exposure(rendered: Path, unit: str) -> float:
+def security(rendered: Path, unit: str) -> str:
+    """`systemd-analyze security` of a unit in ``rendered``, with its drop-ins (unit.d/*.conf)."""
     result = _run(_tool("systemd-analyze"), "security", "--offline=true", unit, cwd=rendered)
-    match = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d)", result.stdout)
-    assert match, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def exposure(rendered: Path, unit: str) -> float:
+    text = security(rendered, unit)
+    match = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d)", text)
+    assert match, text
     return float(match.group(1))
 
 
@@ -80,6 +87,60 @@ def test_agent_exposure_is_at_most_2(rendered: Path, capsys: pytest.CaptureFixtu
     with capsys.disabled():
         print(f"\nsystemd-analyze security camveil-agent.service: exposure {score}")
     assert score <= MAX_AGENT_EXPOSURE
+
+
+def test_jetson_dropin_keeps_the_agents_exposure(
+    rendered: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent unit with the Jetson drop-in that install.sh adds on a Jetson: verified, scored
+    no worse than the unit alone, and better than the blunt fix (PrivateTmp=no, no device ACL),
+    which also shows that this systemd-analyze reads the drop-in directory."""
+    alone = exposure(rendered, "camveil-agent.service")
+    dropins = rendered / "camveil-agent.service.d"
+    dropins.mkdir()
+    shutil.copy(JETSON_DROPIN, dropins / JETSON_DROPIN.name)
+    verify = _run(
+        _tool("systemd-analyze"), "verify", "--man=no", "camveil-agent.service", cwd=rendered
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert [line for line in verify.stderr.splitlines() if "camveil" in line] == []
+    text = security(rendered, "camveil-agent.service")
+    acl = next(line for line in text.splitlines() if "DeviceAllow=" in line)
+    for granted in ["/dev/nvmap:rw", "/dev/host1x-fence:rw", "char-drm:rw", "char-video4linux:rw"]:
+        assert granted in acl, acl  # the drop-in's devices beside the unit's own
+    score = exposure(rendered, "camveil-agent.service")
+    (dropins / "zz-blunt.conf").write_text(
+        "[Service]\nPrivateTmp=no\nDevicePolicy=auto\nDeviceAllow=\n"
+    )
+    blunt = exposure(rendered, "camveil-agent.service")
+    with capsys.disabled():
+        print(
+            f"\nsystemd-analyze security camveil-agent.service: exposure {alone}; with the Jetson"
+            f" drop-in {score}; with PrivateTmp=no and no device ACL instead {blunt}"
+        )
+    assert score <= alone <= MAX_AGENT_EXPOSURE
+    assert blunt > score
+
+
+def test_jetson_dropin_grants_exactly_the_socket_and_the_nvidia_nodes() -> None:
+    """Literally, so that a wider grant is a visible change: the argus socket read-only on top of
+    the private /tmp, three device entries, group render; nothing of the unit is relaxed."""
+    text = JETSON_DROPIN.read_text()
+    settings = [
+        line
+        for line in text.splitlines()
+        if line and not line.startswith("#") and not line.startswith("[")
+    ]
+    assert settings == [
+        "Wants=nvargus-daemon.service",
+        "After=nvargus-daemon.service",
+        "BindReadOnlyPaths=-/tmp/argus_socket",
+        "DeviceAllow=/dev/nvmap rw",
+        "DeviceAllow=/dev/host1x-fence rw",
+        "DeviceAllow=char-drm rw",
+        "SupplementaryGroups=render",
+    ]
+    assert "PrivateTmp=yes" in (SYSTEMD / "camveil-agent.service").read_text()
 
 
 def test_dashboard_unit_is_hardened_as_the_agents(
