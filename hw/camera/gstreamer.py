@@ -31,10 +31,10 @@ from hw.frame import Frame, Pixels
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "GStreamer capture needs OpenCV built with GStreamer (JetPack's `sudo apt install "
-    "python3-opencv`; pip's opencv-python-headless has no GStreamer) or PyGObject: `sudo apt "
-    "install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0`; either way create the "
-    "agent's venv with `python3 -m venv --system-site-packages` so it can see them"
+    "GStreamer capture needs PyGObject: `sudo apt install python3-gi gir1.2-gstreamer-1.0 "
+    "gir1.2-gst-plugins-base-1.0`, in a venv created with `--system-site-packages` (install.sh "
+    "does that when the system python imports gi); the system's GStreamer-enabled OpenCV is not "
+    "used, as the bundled opencv-python-headless comes first in the venv and has no GStreamer"
 )
 SINK_NAME = "camveil_sink"
 DEFAULT_SIZE = (1280, 720)
