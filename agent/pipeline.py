@@ -20,9 +20,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Protocol
 
 from agent.privacy.redact import RedactedFrame, RedactionConfig, redact
 from agent.stats import PipelineStats
@@ -81,6 +82,12 @@ def regions_to_redact(tracked: list[TrackedRegion], config: PrivacyConfig) -> li
     return out
 
 
+class FaceObserver(Protocol):
+    """Sees each frame's tracked faces after redaction (re-identification, enrolled matching)."""
+
+    def observe(self, frame: Frame, faces: Sequence[tuple[int, Detection]]) -> None: ...
+
+
 class Pipeline:
     """Pulls frames from ``read_frame`` until stopped; hands each RedactedFrame to ``sink``."""
 
@@ -96,8 +103,15 @@ class Pipeline:
         verifier: Verifier | None = None,
     ) -> None:
         self._read = read_frame
-        self._reid = reid
-        self._verifier = verifier
+        # after redaction, on the original frame, in this order: (stage, observer, what is lost)
+        self._observers: tuple[tuple[str, FaceObserver, str], ...] = tuple(
+            (stage, observer, lost)
+            for stage, observer, lost in (
+                ("verify", verifier, "enrolled matching"),
+                ("reid", reid, "re-identification"),
+            )
+            if observer is not None
+        )
         self._detector = detector
         self._sink = sink
         self._config = config
@@ -147,23 +161,14 @@ class Pipeline:
             for r in tracked
             if r.kind == "face" and r.detection is not None
         ]
-        if self._verifier is not None:
+        for stage, observer, lost in self._observers:
             try:
-                self._verifier.observe(frame, faces)
-            except Exception as exc:  # only enrolled matches are lost, never redaction
-                stats.drop("verify_failed")
-                logger.warning("enrolled matching skipped frame %d: %s", frame.index, exc)
+                observer.observe(frame, faces)
+            except Exception as exc:  # only what the observer derives is lost, never redaction
+                stats.drop(f"{stage}_failed")
+                logger.warning("%s skipped frame %d: %s", lost, frame.index, exc)
             t5 = clock()
-            stats.time("verify", t5 - t4)
-            t4 = t5
-        if self._reid is not None:
-            try:
-                self._reid.observe(frame, faces)
-            except Exception as exc:  # only visitor statistics are lost, never redaction
-                stats.drop("reid_failed")
-                logger.warning("re-identification skipped frame %d: %s", frame.index, exc)
-            t5 = clock()
-            stats.time("reid", t5 - t4)
+            stats.time(stage, t5 - t4)
             t4 = t5
         out = ProcessedFrame(redacted, tuple(detections))
         self._sink(out)
