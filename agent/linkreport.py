@@ -5,6 +5,10 @@ after a first boot that "does nothing": it names the broker, the reason, what th
 means, and how many sealed envelopes wait. It is logged at the first failure, again when the
 reason changes, and at most every ``interval`` seconds while the same failure lasts; when a
 connection succeeds after a failure, one INFO line says that publishing works again.
+
+The same events choose the status LED's pattern (:mod:`hw.led`): ``ok`` while connected,
+``refused`` when the broker refuses this unit (TLS handshake, certificate, CONNACK: provisioning
+or revocation trouble, retrying will not fix it), ``unreachable`` for everything else.
 """
 
 from __future__ import annotations
@@ -26,33 +30,46 @@ _HINTS: Final = (
         ("certificate verify failed",),
         "the broker's certificate is not from this unit's CA or does not name the host it "
         "dials: start the broker from the station's broker files, or provision again",
+        "refused",
     ),
     (
         ("tlsv1 alert", "certificate", "TLS"),
         "the TLS handshake failed: is this unit's certificate revoked, or the broker not the "
         "station's?",
+        "refused",
     ),
     (
         ("ConnectionRefusedError: [Errno", "Connection refused"),
         "nothing listens there: is mosquitto running with the station's configuration?",
+        "unreachable",
     ),
     (
         ("Name or service not known", "Temporary failure in name resolution", "gaierror"),
         "the broker's host name does not resolve on this unit",
+        "unreachable",
     ),
     (
         ("CONNACK",),
         "the broker refused the session: is the unit revoked, or not in its ACL?",
+        "refused",
     ),
 )
 
 
 def hint(reason: str) -> str:
     """What a transport failure reason usually means (empty when there is no known hint)."""
-    for needles, text in _HINTS:
+    for needles, text, _ in _HINTS:
         if any(n in reason for n in needles):
             return text
     return ""
+
+
+def led_pattern(reason: str) -> str:
+    """The status LED pattern for a failure reason: ``refused`` or ``unreachable``."""
+    for needles, _, pattern in _HINTS:
+        if any(n in reason for n in needles):
+            return pattern
+    return "unreachable"
 
 
 class LinkReport:
@@ -65,8 +82,11 @@ class LinkReport:
         *,
         interval: float = REPORT_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        show: Callable[[str], None] | None = None,
     ) -> None:
+        """``show`` receives the status LED pattern for every connection event."""
         self._broker = broker
+        self._show = show
         self._waiting = waiting
         self._interval = interval
         self._clock = clock
@@ -76,6 +96,8 @@ class LinkReport:
 
     def on_event(self, event: ConnectionEvent) -> None:
         if event.state is ConnectionState.CONNECTED:
+            if self._show is not None:
+                self._show("ok")
             if self._failing_since is not None:
                 logger.info(
                     "publishing to %s again after %.0f s",
@@ -90,6 +112,8 @@ class LinkReport:
         if self._failing_since is None:
             self._failing_since = now
         reason = event.reason or event.state.value
+        if self._show is not None:
+            self._show(led_pattern(reason))
         if (
             self._last is not None
             and self._last[0] == reason

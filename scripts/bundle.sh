@@ -12,7 +12,7 @@
 #                        every runtime dependency as a binary wheel for the target, and pip
 #   requirements.lock    the exact set (name==version) install.sh installs
 #   systemd/             units, the Jetson drop-in (camveil-agent.service.d/), gadget script,
-#                        sysusers.d/ and tmpfiles.d/ snippets
+#                        sysusers.d/ and tmpfiles.d/ snippets, the status LED udev rule (udev/)
 #   config/              camveil.toml.example (installed as /etc/camveil/camveil.toml if absent)
 #   install.sh, INSTALL.md, BUNDLE_INFO
 #   MANIFEST.sha256      sha256 of every other file; install.sh refuses a bundle that differs
@@ -222,7 +222,7 @@ ls "$B"/wheels/picamera2-* >/dev/null 2>&1 && die "picamera2 must come from the 
 done) | sort >"$B/requirements.lock"
 
 # 4. units, snippets, config template, installer and guide
-mkdir -p "$B/systemd/sysusers.d" "$B/systemd/tmpfiles.d" "$B/config"
+mkdir -p "$B/systemd/sysusers.d" "$B/systemd/tmpfiles.d" "$B/systemd/udev" "$B/config"
 install -m 0644 "$REPO"/systemd/*.service "$REPO"/systemd/*.path "$B/systemd/"
 # drop-ins that install.sh adds on some boards (jetson.conf on an NVIDIA Jetson)
 mkdir -p "$B/systemd/camveil-agent.service.d"
@@ -230,6 +230,7 @@ install -m 0644 "$REPO"/systemd/camveil-agent.service.d/*.conf "$B/systemd/camve
 install -m 0755 "$REPO/systemd/camveil-gadget-serial.sh" "$B/systemd/"
 install -m 0644 "$REPO/systemd/sysusers.d/camveil.conf" "$B/systemd/sysusers.d/"
 install -m 0644 "$REPO/systemd/tmpfiles.d/camveil.conf" "$B/systemd/tmpfiles.d/"
+install -m 0644 "$REPO/systemd/udev/99-camveil-status-led.rules" "$B/systemd/udev/"
 install -m 0644 "$REPO/docs/camveil.toml.example" "$B/config/camveil.toml.example"
 install -m 0755 "$REPO/scripts/install.sh" "$B/install.sh"
 [ -f "$REPO/docs/INSTALL.md" ] && install -m 0644 "$REPO/docs/INSTALL.md" "$B/INSTALL.md"

@@ -315,6 +315,8 @@ elif [ -e "$UNITDIR/$DROPIN" ]; then
   rmdir --ignore-fail-on-non-empty "$UNITDIR/camveil-agent.service.d"
   say "removed ${UNITDIR#"$ROOT"}/$DROPIN: this is no Jetson"
 fi
+# the status LED: group camveil may write the board's ACT LED (matches nothing elsewhere)
+put 0644 systemd/udev/99-camveil-status-led.rules "$ROOT/etc/udev/rules.d/99-camveil-status-led.rules"
 put 0644 BUNDLE_INFO "$OPT/BUNDLE_INFO"
 
 if [ -n "$ROOT" ] || [ "$SYSTEMD" -eq 0 ] || [ ! -d /run/systemd/system ]; then
@@ -324,6 +326,9 @@ if [ -n "$ROOT" ] || [ "$SYSTEMD" -eq 0 ] || [ ! -d /run/systemd/system ]; then
   [ -z "$ROOT" ] || say "  (for an image, offline: systemctl --root=$ROOT enable ${UNITS[*]})"
 else
   systemd-tmpfiles --create /etc/tmpfiles.d/camveil.conf
+  if command -v udevadm >/dev/null; then
+    udevadm control --reload && udevadm trigger --action=add --subsystem-match=leds || true
+  fi
   systemctl daemon-reload
   systemctl enable --quiet "${UNITS[@]}"
   say "enabled ${UNITS[*]}"

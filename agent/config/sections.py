@@ -1,7 +1,8 @@
 """The sections of ``camveil.toml``, one frozen dataclass each, every field documented where it is
 declared and checked in ``__post_init__``. Sections owned by a stage live beside it and are
 gathered here: [camera] (hw.camera.config), [detector] (agent.vision.factory), [privacy]
-(agent.pipeline), [reid] (agent.vision.reid), [enrolment] (agent.vision.gallery)."""
+(agent.pipeline), [reid] (agent.vision.reid), [enrolment] (agent.vision.gallery), [status_led]
+(hw.led)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from agent.vision.reid import ReidConfig, check_windows
 from contract.errors import ConfigError
 from contract.statedir import DEFAULT_STATE_DIR
 from hw.camera.config import CameraConfig
+from hw.led import LedConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/camveil/camveil.toml")
 
@@ -215,6 +217,8 @@ class AgentConfig:
     """Anonymous re-identification (off by default; agent/vision/reid.py documents each key)."""
     enrolment: EnrolmentConfig = dataclasses.field(default_factory=EnrolmentConfig)
     """Enrolled verification (off by default; agent/vision/gallery.py documents each key)."""
+    status_led: LedConfig = dataclasses.field(default_factory=LedConfig)
+    """The board LED that shows the link state (hw/led.py documents the patterns)."""
 
     def __post_init__(self) -> None:
         check_windows(self.reid, self.events.presence_window_s)

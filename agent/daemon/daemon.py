@@ -36,6 +36,7 @@ from contract.envelope.seal import SealedEnvelope
 from contract.errors import CamveilError, ConfigError
 from hw.board import BoardInfo, LinuxBoard
 from hw.camera import open_camera
+from hw.led import LedConfig, NullLed, StatusLight, open_led
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Daemon:
         self.receipts: ReceiptProcessor | None = None
         self._warned_no_receipts = False
         self.link_report: LinkReport | None = None
+        self.status_light: StatusLight | None = None
         self.enrolment: Enrolment | None = None
         self.ready = threading.Event()
         """Set once everything is started (the first connection may still be pending)."""
@@ -317,8 +319,14 @@ class Daemon:
                 require_subscriber=config.mqtt.require_subscriber,
             )
             outbox = self._outbox
+            light = open_status_light(config.status_led)
+            stack.callback(light.close)
+            light.show("starting")
+            self.status_light = light
             self.link_report = LinkReport(
-                f"{transport_config.host}:{transport_config.port}", lambda: outbox.stats().depth
+                f"{transport_config.host}:{transport_config.port}",
+                lambda: outbox.stats().depth,
+                show=light.show,
             )
             transport = Transport(
                 transport_config,
@@ -388,3 +396,16 @@ class Daemon:
 def _join(thread: threading.Thread, timeout: float | None) -> None:
     if thread.ident is not None:  # started
         thread.join(timeout)
+
+
+def open_status_light(config: LedConfig) -> StatusLight:
+    """The status LED's light; an LED that cannot be opened is logged and the unit goes on
+    without one (the LED is advisory, never a reason not to run)."""
+    try:
+        driver = open_led(config)
+    except ConfigError as exc:
+        logger.warning("status LED: %s; carrying on without it", exc)
+        return StatusLight(NullLed())
+    if not isinstance(driver, NullLed):
+        logger.info("status LED: %s shows the link state", driver.name)
+    return StatusLight(driver)
