@@ -86,7 +86,7 @@ class DetectorConfig:
             raise ConfigError("[detector] extra_scale applies to centerface_int8 only")
         if self.partner and self.partner not in PARTNER_MODELS:
             raise ConfigError(
-                f"[detector] partner = {self.partner!r} is unknown; use \"\" (off) or "
+                f'[detector] partner = {self.partner!r} is unknown; use "" (off) or '
                 f"{', '.join(PARTNER_MODELS)}"
             )
         if self.edgetpu and (self.model == "yunet_int8" or self.partner):

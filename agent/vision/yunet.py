@@ -187,7 +187,9 @@ class YuNetDetector:
         self._input = ins[0]
         return self
 
-    def raw(self, rgb: npt.NDArray[np.uint8]) -> tuple[dict[int, npt.NDArray[np.float32]], float, float]:
+    def raw(
+        self, rgb: npt.NDArray[np.uint8]
+    ) -> tuple[dict[int, npt.NDArray[np.float32]], float, float]:
         """Run the model on ``rgb``: the grid per stride and the image-to-input scales."""
         info, rt = self._input, self._runtime
         if info is None or rt is None:

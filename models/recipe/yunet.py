@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import centerface as cfr  # noqa: E402  (shared recipe helpers: photos, float_tflite, tidy)
+import centerface as cfr  # shared recipe helpers: photos, float_tflite, tidy
 
 logger = logging.getLogger("yunet-recipe")
 
@@ -187,7 +187,9 @@ def run_onnx(onnx_bytes: bytes, x: np.ndarray) -> dict[int, np.ndarray]:
     opts.log_severity_level = 3
     sess = ort.InferenceSession(onnx_bytes, opts)
     names = [f"{h}_{s}" for s in STRIDES for h in HEAD_NAMES]
-    outs = dict(zip(names, sess.run(names, {"input": x[..., ::-1].transpose(0, 3, 1, 2)})))
+    outs = dict(
+        zip(names, sess.run(names, {"input": x[..., ::-1].transpose(0, 3, 1, 2)}), strict=True)
+    )
     h, w = x.shape[1:3]
     res = {}
     for s in STRIDES:

@@ -1,4 +1,4 @@
-"""YuNet int8 (models/yunet_int8.tflite), its decoder, and CenterFace + YuNet fusion, on real photos.
+"""YuNet int8 (models/yunet_int8.tflite), its decoder and CenterFace + YuNet fusion, real photos.
 
 The float reference (tests/fixtures/yunet_float_reference.json) holds the detections of the float
 YuNet-n (libfacedetection.train's ONNX converted to TFLite, equal to the ONNX to 3e-4 in score)
@@ -113,7 +113,7 @@ def test_same_detector_handles_changing_frame_sizes(detector: YuNetDetector) -> 
 
 def test_centerface_model_is_refused_by_the_yunet_decoder() -> None:
     rt = TFLiteRuntime(verified_path("centerface_int8")).load()
-    with pytest.raises(ModelError, match="rebuild it with models/recipe/yunet.py"):
+    with pytest.raises(ModelError, match=r"rebuild it with models/recipe/yunet\.py"):
         YuNetDetector(verified_path("centerface_int8")).load(rt)
 
 
@@ -157,4 +157,6 @@ def test_partner_keeps_a_face_only_the_partner_found() -> None:
 
 def _encloses(outer: Detection, inner: Detection) -> bool:
     a, b = outer.box, inner.box
-    return a.x0 <= b.x0 + 1e-3 and a.y0 <= b.y0 + 1e-3 and a.x1 >= b.x1 - 1e-3 and a.y1 >= b.y1 - 1e-3
+    return (
+        a.x0 <= b.x0 + 1e-3 and a.y0 <= b.y0 + 1e-3 and a.x1 >= b.x1 - 1e-3 and a.y1 >= b.y1 - 1e-3
+    )

@@ -54,12 +54,18 @@ def test_nested_tables_are_typed(tmp_path: Path) -> None:
             '[detector]\nmodel = "blazeface_full_int8"\nscale = 2.0\n',
             r"scale does not apply to blazeface_full_int8",
         ),
-        ('[detector]\npartner = "blazeface_full_int8"\n', r"partner = 'blazeface_full_int8' is unknown"),
+        (
+            '[detector]\npartner = "blazeface_full_int8"\n',
+            r"partner = 'blazeface_full_int8' is unknown",
+        ),
         (
             '[detector]\nmodel = "yunet_int8"\npartner = "yunet_int8"\n',
             r"partner applies to centerface_int8 only",
         ),
-        ('[detector]\npartner_threshold = 1.5\n', r"partner_threshold = 1.5 must be between 0 and 1"),
+        (
+            "[detector]\npartner_threshold = 1.5\n",
+            r"partner_threshold = 1.5 must be between 0 and 1",
+        ),
         ('[detector]\npartner = "yunet_int8"\nedgetpu = true\n', r"no EdgeTPU build of yunet_int8"),
         ("[detector]\nextra_scale = 9.0\n", r"extra_scale = 9.0: use 0 \(off\) or 0.25 to 4"),
         (

@@ -33,7 +33,9 @@ def test_one_cell_decodes_to_its_box() -> None:
     assert boxes.shape == (1, 4)
     cx, cy = (3 + 0.5) * 16, (2 + 0.25) * 16
     w, h = math.exp(1.0) * 16, math.exp(0.5) * 16
-    np.testing.assert_allclose(boxes[0], [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], rtol=1e-5)
+    np.testing.assert_allclose(
+        boxes[0], [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], rtol=1e-5
+    )
     assert scores[0] == pytest.approx(math.sqrt(0.9 * 0.8), rel=1e-5)
 
 
@@ -45,7 +47,8 @@ def test_threshold_applies_to_the_geometric_mean() -> None:
     boxes, scores = decode(heads, 0.5)
     assert len(scores) == 1
     assert scores[0] == pytest.approx(0.6, rel=1e-5)
-    boxes, scores = decode(heads, 0.4)
+    assert boxes[0, 2] - boxes[0, 0] == pytest.approx(32)  # the stride-32 cell, not stride 8
+    _, scores = decode(heads, 0.4)
     assert sorted(np.round(scores, 3)) == [pytest.approx(0.436, abs=1e-3), 0.6]
 
 
@@ -87,7 +90,13 @@ def test_prepare_refuses_other_inputs() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("score_threshold", 1.0), ("iou_threshold", 0.0), ("scale", 8.0), ("max_side", 16), ("num_threads", 0)],
+    [
+        ("score_threshold", 1.0),
+        ("iou_threshold", 0.0),
+        ("scale", 8.0),
+        ("max_side", 16),
+        ("num_threads", 0),
+    ],
 )
 def test_config_rejects_out_of_range(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
