@@ -9,6 +9,8 @@ agree with it. Photos come from PyPI packages (tests/photos.py), never from ../s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -160,3 +162,37 @@ def _encloses(outer: Detection, inner: Detection) -> bool:
     return (
         a.x0 <= b.x0 + 1e-3 and a.y0 <= b.y0 + 1e-3 and a.x1 >= b.x1 - 1e-3 and a.y1 >= b.y1 - 1e-3
     )
+
+
+def test_eval_command_runs_the_partner(tmp_path: Path) -> None:
+    """`camveil eval --partner yunet_int8` on a one-photo dataset, as an operator runs it."""
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(photo("astronaut")).save(tmp_path / "images" / "astronaut.png")
+    f = ASTRONAUT_FACE
+    face = [int(f.x0), int(f.y0), int(f.width), int(f.height)]
+    line = {"image": "images/astronaut.png", "width": 512, "height": 512, "faces": [face]}
+    (tmp_path / "annotations.jsonl").write_text(json.dumps(line) + "\n", encoding="utf-8")
+    done = _camveil("eval", "--dataset", str(tmp_path), "--json", "--partner", MODEL,
+                    "--partner-threshold", "0.55")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["detector"]["partner"] == MODEL
+    assert report["detector"]["partner_threshold"] == 0.55
+    assert report["protected"][">=64"] == 1.0
+    done = _camveil("eval", "--dataset", str(tmp_path), "--model", MODEL, "--partner", MODEL)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "--partner applies to centerface_int8 only" in done.stderr
+
+
+def _camveil(*args: str) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "camveil", *args],
+        capture_output=True, text=True, timeout=120, check=False, cwd=root, env=env,
+    )  # fmt: skip
