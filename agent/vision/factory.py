@@ -47,7 +47,7 @@ class DetectorConfig:
     (``""``: off). ``yunet_int8`` finds large and close faces CenterFace misses or boxes too
     small: on WIDER FACE val the merged boxes protect 96.9% of faces >= 16 px (default 95.9%)
     and 96.5% of faces >= 32 px (95.6%) for 5.6% of background overwritten (4.6%), at about
-    1.4 times the default's cost (docs/PROTECTION.md, "Detector comparison")."""
+    1.45 times the default's cost (docs/PROTECTION.md, "Detector comparison")."""
     partner_threshold: float = 0.6
     """Score threshold of the partner's own boxes."""
     tile: int = 0
