@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from agent.pipeline import PrivacyConfig
+from agent.vision.factory import DetectorConfig
 from agent.vision.track import TrackerConfig
 from camveil.cli.common import non_negative_int
 from tools.evaluate_video import SETTINGS, evaluate_video, format_report
@@ -38,7 +39,12 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--video", type=Path, required=True, help="the annotated video file")
+    parser.add_argument(
+        "--video",
+        type=Path,
+        required=True,
+        help="the annotated video file, or the folder that holds it under the annotation's name",
+    )
     parser.add_argument(
         "--annotations", type=Path, required=True, help="its annotation (camveil-video-faces/1)"
     )
@@ -57,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"tracker hold-over in frames (default {TrackerConfig().hold_frames}; 0: none)",
     )
     parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DetectorConfig().timeout,
+        help=f"seconds a frame may spend in the detector before it is dropped, as on the unit "
+        f"(default {DetectorConfig().timeout:g}; raise it to measure on a busy machine)",
+    )
+    parser.add_argument(
         "--size",
         type=_size,
         metavar="WxH",
@@ -66,10 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     truth = read_video_truth(args.annotations)
-    check_video(truth, args.video)
-    detector = dataclasses.replace(SETTINGS[args.setting], threads=args.threads)
+    video = args.video / truth.file if args.video.is_dir() else args.video
+    check_video(truth, video)
+    detector = dataclasses.replace(
+        SETTINGS[args.setting], threads=args.threads, timeout=args.timeout
+    )
     privacy = PrivacyConfig(tracker=TrackerConfig(hold_frames=args.hold_frames))
-    report = evaluate_video(args.video, truth, detector, privacy, size=args.size)
+    report = evaluate_video(video, truth, detector, privacy, size=args.size)
     report["setting"] = {
         "name": args.setting,
         "detector": dataclasses.asdict(detector) | {"models_dir": None},

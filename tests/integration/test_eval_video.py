@@ -98,6 +98,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _eval(capsys: pytest.CaptureFixture[str], clip: tuple[Path, Path], *extra: str) -> Any:
     video, annotation = clip
     argv = ["eval-video", "--video", str(video), "--annotations", str(annotation), "--json"]
+    argv += ["--timeout", "60"]  # a busy machine must not drop frames (fail closed) here
     assert main([*argv, *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
@@ -128,7 +129,9 @@ def test_one_missed_frame_leaks_the_whole_track_without_hold_over(
     assert cameraman["leaked"] is False
     assert cameraman["frames"] == FRAMES
     assert (report["tracks_seen"], report["tracks_leaked"]) == (2, 1)
-    assert 0.0 < report["background_overwritten"] < 0.05
+    assert 0.0 < report["background_overwritten"] < 0.1  # the faces plus margins: 4-6%
+    assert report["frame_size"] == [WIDTH, HEIGHT]
+    assert report["fps"] > 0 and report["cpu_ms_per_frame"] > 0
 
 
 def test_the_tracker_hold_over_covers_the_missed_frame(
@@ -145,8 +148,9 @@ def test_the_text_report_names_the_leaked_track_and_frame(
     capsys: pytest.CaptureFixture[str], clip: tuple[Path, Path]
 ) -> None:
     video, annotation = clip
-    argv = ["eval-video", "--video", str(video), "--annotations", str(annotation)]
-    assert main([*argv, "--hold-frames", "0"]) == 0
+    # the folder holding the video under the annotation's name works as well as the file
+    argv = ["eval-video", "--video", str(video.parent), "--annotations", str(annotation)]
+    assert main([*argv, "--hold-frames", "0", "--timeout", "60"]) == 0
     out = capsys.readouterr().out
     assert "1 of 2 tracks leaked" in out
     assert f"astronaut: {FRAMES} frames" in out
