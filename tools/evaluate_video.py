@@ -12,7 +12,7 @@ face is *protected* when at least 90% of its box is overwritten, else it *leaks*
   frames leaks (one frame is enough to see a face);
 - background overwritten (outside every face and ignore box), frames per second of the whole
   path with decoding (``fps``), each stage's median latency, and the process's CPU time per
-  frame (all threads; unlike ``fps``, it hardly depends on what else the machine runs).
+  frame (all threads; it depends less than ``fps`` on what else the machine runs).
 
 A frame the guard drops (detector failed or too slow) publishes nothing, so it cannot leak; it
 is counted under ``frames_dropped`` and its faces are not scored.
