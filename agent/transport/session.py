@@ -39,10 +39,12 @@ envelope.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -143,10 +145,11 @@ class Transport:
 
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = cfg.session_expiry_s
-        self._stopping = False
         self._failures = 0
         self._dispatcher.start(f"mqtt-dispatch-{cfg.device_id}")
-        self._client = client
+        with self._publish_lock:
+            self._client = client
+            self._stopping = False
         client.connect_async(
             cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=properties
         )
@@ -156,10 +159,11 @@ class Transport:
     def stop(self, *, publish_will: bool = True, timeout: float = 10.0) -> None:
         """Disconnect and stop the threads. With ``publish_will`` the broker publishes the last
         will ("offline") as for a lost connection. Outstanding mids are void afterwards."""
-        client, self._client = self._client, None
+        with self._publish_lock:  # no publish() is half-way through on the client we stop
+            client, self._client = self._client, None
+            self._stopping = True
         if client is None:
             return
-        self._stopping = True
         if publish_will and self._connected.is_set():
             client.disconnect(
                 reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=_DISCONNECT_WITH_WILL)
@@ -175,6 +179,25 @@ class Transport:
         self._emit(ConnectionEvent(ConnectionState.STOPPED, "stopped"))
         self._dispatcher.stop(timeout)
         logger.info("mqtt: stopped")
+
+    def reconnect_with(self, cert_file: Path, key_file: Path, *, wait_s: float) -> bool:
+        """End the session with a plain DISCONNECT (no last will; the broker keeps the session
+        and what it queued for it), start again with this client certificate and key, and wait
+        up to ``wait_s`` seconds for the broker to accept it: True once connected. The
+        publisher sees ``STOPPED`` and offers what was in flight again (no message is lost).
+        ConfigError, before anything is disconnected, when the files cannot be loaded. Not from
+        a transport callback (it waits for the dispatcher)."""
+        config = dataclasses.replace(self._config, cert_file=cert_file, key_file=key_file)
+        tls_context(config.ca_file, config.cert_file, config.key_file)  # loads, or raises
+        self.stop(publish_will=False)
+        self._config = config
+        self.start()
+        return self.wait_connected(wait_s)
+
+    def use_files(self, cert_file: Path, key_file: Path) -> None:
+        """The paths of the same certificate and key after they were renamed (the next start
+        loads them from there); the current session is left alone."""
+        self._config = dataclasses.replace(self._config, cert_file=cert_file, key_file=key_file)
 
     def __enter__(self) -> Transport:
         self.start()
@@ -224,12 +247,12 @@ class Transport:
             raise ValueError(f"envelope sealed for {payload.topic!r}, not {topic!r}")
         if payload.device != self._config.device_id:
             raise ValueError(f"envelope of device {payload.device!r} on {self._config.device_id}")
-        client = self._client
-        if client is None:
-            if self._stopping:
-                return None  # stopping or stopped: the caller keeps the message
-            raise RuntimeError("Transport.publish() before start()")
         with self._publish_lock:
+            client = self._client
+            if client is None:
+                if self._stopping:
+                    return None  # stopping or stopped: the caller keeps the message
+                raise RuntimeError("Transport.publish() before start()")
             if not self._connected.is_set():
                 return None
             with self._lock:
