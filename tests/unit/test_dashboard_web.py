@@ -450,8 +450,8 @@ def test_certificate_days_left_shown_and_alerted_below_the_threshold(
     add(store, "cv-old", 1, "health", health())  # a unit from before: no cert reported
     scanner = AlertScanner(store, Thresholds(cert_alert_days=30), offline_alert_after_s=120)
     assert scanner.scan() == 2  # the one expiring soon and the expired one
-    add(store, "cv-soon", 3, "health", {**health(), "cert": {"serial": "soon0a",
-                                                           "not_after": now + 11 * day}})  # fmt: skip
+    later = {"serial": "soon0a", "not_after": now + 11 * day}
+    add(store, "cv-soon", 3, "health", {**health(), "cert": later})
     assert scanner.scan() == 0  # one alert per certificate, not per health message
     login(client)
     page = client.get("/alerts").text
