@@ -12,6 +12,9 @@ Per unit, on one MQTT connection with the station's operator certificate:
    the new connection once the broker accepted it;
 4. the station records the new certificate as the unit's and the old ones as superseded (CRL).
 
+If the unit reports (step 1) a certificate the station issued but never saw confirmed (the last
+ack of an earlier run was lost), that one is recorded as the unit's first.
+
 A failure at any step leaves the unit on its old certificate (the unit fails closed) and is
 reported; the next run starts over with a new key.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from contract.commands import INSTALL_CERT, RENEW_CERT, seal_command
-from contract.errors import CamveilError
+from contract.errors import CamveilError, ProvisioningError
 from dashboard.command_client import AckWaiter, OperatorKeys, new_command_id
 from provisioning.renewal import (
     RenewalTarget,
@@ -64,6 +67,18 @@ def _accepted(ack: Mapping[str, Any], step: str) -> Mapping[str, Any]:
     if not isinstance(result, Mapping):
         raise RenewalFailedError(f"{step}: the unit's ack has no result (an older camveil?)")
     return result
+
+
+def _reconcile(station: Path, device: str, serial: str) -> None:
+    """The unit says (in its signed ack) it uses ``serial``, not the certificate the station
+    has as current: an earlier renewal's last ack was lost. Record it as current (the older ones
+    are superseded); a serial the station never issued to it is only logged."""
+    try:
+        confirm_renewal(station, device, serial)
+    except ProvisioningError as exc:
+        logger.warning("%s reports certificate %s: %s", device, serial, exc)
+    else:
+        logger.info("%s: recorded certificate %s, installed by an earlier renewal", device, serial)
 
 
 def renew_unit(
@@ -104,6 +119,8 @@ def renew_unit(
             if not isinstance(csr, bytes):
                 raise RenewalFailedError("renew_cert: the ack carries no CSR")
             old_serial = str(result.get("serial", target.serial))
+            if old_serial != target.serial:
+                _reconcile(station, target.device, old_serial)
             issued = issue_renewal(station, target.device, csr)
             envelope, command_id = command(INSTALL_CERT, {"cert": issued.cert_pem})
             try:

@@ -43,6 +43,7 @@ import dataclasses
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -107,6 +108,8 @@ class Transport:
         self._stopping = False
         self._lock = threading.Lock()  # guards _outstanding/_early; never held over paho calls
         self._publish_lock = threading.Lock()  # serialises publish(); never taken by paho
+        self._restart_lock = threading.Lock()  # stop() vs reconnect_with()
+        self._closed = False  # stop() was called: reconnect_with() starts nothing
         self._outstanding: set[int] = set()
         self._early: set[int] = set()
         self._failures = 0
@@ -122,6 +125,7 @@ class Transport:
         naming the file if the CA, certificate or key cannot be loaded."""
         if self._client is not None:
             raise RuntimeError("Transport already started")
+        self._closed = False
         cfg = self._config
         context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
 
@@ -159,6 +163,11 @@ class Transport:
     def stop(self, *, publish_will: bool = True, timeout: float = 10.0) -> None:
         """Disconnect and stop the threads. With ``publish_will`` the broker publishes the last
         will ("offline") as for a lost connection. Outstanding mids are void afterwards."""
+        with self._restart_lock:
+            self._closed = True
+            self._stop(publish_will, timeout)
+
+    def _stop(self, publish_will: bool, timeout: float) -> None:
         with self._publish_lock:  # no publish() is half-way through on the client we stop
             client, self._client = self._client, None
             self._stopping = True
@@ -185,14 +194,23 @@ class Transport:
         and what it queued for it), start again with this client certificate and key, and wait
         up to ``wait_s`` seconds for the broker to accept it: True once connected. The
         publisher sees ``STOPPED`` and offers what was in flight again (no message is lost).
-        ConfigError, before anything is disconnected, when the files cannot be loaded. Not from
-        a transport callback (it waits for the dispatcher)."""
+        ConfigError, before anything is disconnected, when the files cannot be loaded. False at
+        once after :meth:`stop`. Not from a transport callback (it waits for the dispatcher)."""
         config = dataclasses.replace(self._config, cert_file=cert_file, key_file=key_file)
         tls_context(config.ca_file, config.cert_file, config.key_file)  # loads, or raises
-        self.stop(publish_will=False)
-        self._config = config
-        self.start()
-        return self.wait_connected(wait_s)
+        with self._restart_lock:
+            if self._closed or self._client is None:
+                return False  # stopped (the daemon is shutting down): start nothing
+            self._stop(publish_will=False, timeout=10.0)
+            self._config = config
+            self.start()
+        deadline = time.monotonic() + wait_s
+        while not self._closed:
+            if self.wait_connected(min(0.2, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return False
 
     def use_files(self, cert_file: Path, key_file: Path) -> None:
         """The paths of the same certificate and key after they were renamed (the next start

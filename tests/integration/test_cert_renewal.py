@@ -241,7 +241,9 @@ def test_unit_renews_over_mqtt_and_the_broker_takes_the_new_certificate(
     assert summary.commands_accepted == 2 and summary.commands_rejected == {}
 
 
-def test_forged_replayed_and_foreign_install_certs_are_refused(rig: Rig) -> None:
+def test_forged_replayed_and_foreign_install_certs_are_refused(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = load_station(rig.paths.root)
     target = rig.target()
     before = (rig.provisioned / "tls.crt").read_bytes()
@@ -265,7 +267,8 @@ def test_forged_replayed_and_foreign_install_certs_are_refused(rig: Rig) -> None
     renew = command("renew_cert", None, keys.operator, "renew-1")
     body = send(renew, "renew-1")
     assert body["status"] == "accepted", body
-    csr = pki.load_csr_pem(body["result"]["csr"])
+    csr_pem = body["result"]["csr"]
+    csr = pki.load_csr_pem(csr_pem)
     assert csr.is_signature_valid and pki.common_name(csr) == rig.device
     staged = pki.load_key_pem((rig.provisioned / "tls-next.key").read_bytes())
     assert (rig.provisioned / "tls-next.key").stat().st_mode & 0o777 == 0o600
@@ -277,7 +280,8 @@ def test_forged_replayed_and_foreign_install_certs_are_refused(rig: Rig) -> None
 
     # a certificate for the staged key, but install_cert signed by a key that is not the
     # operator's (same kid): refused before anything is looked at
-    good = pki.sign_device_csr(ca, csr, expected_device_id=rig.device)
+    issued = issue_renewal(rig.paths.root, rig.device, csr_pem)
+    good = pki.load_cert_pem(issued.cert_pem)
     forger = Identity.generate(keys.operator.kid)
     body = send(command("install_cert", {"cert": pki.cert_pem(good)}, forger, "forged-1"),
                 "forged-1")  # fmt: skip
@@ -310,6 +314,18 @@ def test_forged_replayed_and_foreign_install_certs_are_refused(rig: Rig) -> None
     assert body["result"]["serial"] == f"{good.serial_number:x}"
     assert rig.serial() == good.serial_number
     assert not (rig.provisioned / "tls-next.key").exists()
+
+    # that install was never confirmed to the station (as if its ack had been lost): the next
+    # renewal learns from the unit's signed renew_cert ack that it uses it, then replaces it
+    first = rig.target().serial
+    assert first != issued.serial
+    code, out, err = _station(rig, capsys, "renew", str(rig.paths.root), rig.device,
+                              "--timeout", CLI_TIMEOUT)  # fmt: skip
+    assert code == 0, (out, err)
+    with Inventory(rig.paths.inventory) as inventory:
+        states = {c.serial: c.state for c in inventory.certificates(rig.device)}
+    assert states == {first: "superseded", issued.serial: "superseded",
+                      f"{rig.serial():x}": "current"}  # fmt: skip
 
 
 def test_a_revoked_unit_is_not_renewed(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
