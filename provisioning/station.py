@@ -16,9 +16,11 @@ station's user alone (files 0600, folders 0700)::
                                    to the ingest hosts (`camveil listen --group-file`)
     broker/                        mosquitto config, ACL, server certificate (provisioning.broker)
                                    and crl.pem: the CRL of revoked units (`camveil station revoke`)
+                                   and of certificates a renewal replaced (`camveil station renew`)
     station.json                   defaults: broker URL, backend and operator names, the
                                    camera every unit is given (``camera``: kind, source)
-    inventory.sqlite               every unit (provisioning.inventory)
+    inventory.sqlite               every unit (provisioning.inventory), and the certificates
+                                   renewals issued (provisioning.renewal)
     devices.json                   trusted devices (dashboard, people): id -> public keys, site
     devices.cbor                   the same as a peers file (contract.envelope.keys.save_peers), for
                                    `camveil listen --devices DIR/devices.cbor`
