@@ -217,3 +217,33 @@ def test_station_issues_supersedes_and_revokes_every_certificate(tmp_path: Path)
         renewal_targets(paths.root, [DEVICE])
     with Inventory(paths.inventory) as inventory:
         assert {c.state for c in inventory.certificates(DEVICE)} == {"revoked"}
+
+
+def test_a_handler_outcome_travels_in_the_ack_and_an_oversized_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    from agent.commands import CommandProcessor, Outcome
+    from contract.commands import MAX_RESULT_BYTES, seal_command
+    from contract.envelope.keys import PeerKeys
+    from contract.topics import command_topic
+
+    device, operator = Identity.generate(DEVICE), Identity.generate("operator")
+    sent: list[Ack] = []
+    processor = CommandProcessor(
+        device=device,
+        operators=PeerKeys([operator.public()]),
+        replay_path=tmp_path / "cmd-replay.cbor",
+        handlers={
+            "renew_cert": lambda c: Outcome("ok: staged", {"csr": b"pem"}),
+            "install_cert": lambda c: Outcome("ok", {"x": b"0" * MAX_RESULT_BYTES}),
+        },
+        send_ack=sent.append,
+    )
+    for seq, name in enumerate(("renew_cert", "install_cert"), 1):
+        expires = int(time.time()) + 60
+        envelope = seal_command(name, command_id=f"c{seq}", device=device.public(),
+                                operator=operator, seq=seq, expires_at=expires)  # fmt: skip
+        processor.handle(command_topic(DEVICE), envelope.data)
+    assert sent[0].body()["result"] == {"csr": b"pem"} and sent[0].reason == "ok: staged"
+    assert not sent[1].accepted and sent[1].reason == "failed: result too large"
+    assert "result" not in sent[1].body()
