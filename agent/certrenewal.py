@@ -10,9 +10,9 @@ renewal"; the files are :mod:`provisioning.unit_renewal`, the station's end is
   provisioning, name this unit, certify the staged key and be a valid client certificate;
   then the MQTT session is restarted with the staged pair. Only when the broker accepted it
   (CONNACK) are key and certificate renamed over the old pair, whose key is thereby gone; the
-  ack then goes out over the new connection. If the broker does not accept it within
-  ``trial_s``, the staged pair is discarded, the session goes back to the old pair and the
-  command is refused (fail closed).
+  ack then goes out over the new connection. If the broker refuses it (twice: a TLS or CONNACK
+  refusal) or has not accepted it within ``trial_s``, the staged pair is discarded, the session
+  goes back to the old pair and the command is refused (fail closed).
 
 Both are operator commands like any other: signed, expiring, encrypted, replay-checked
 (:mod:`agent.commands`).
@@ -99,16 +99,16 @@ class CertRenewal:
             files.discard()
             back = self._reconnect(files.cert, files.key, self._trial_s)
             logger.error(
-                "certificate renewal: the broker did not accept certificate %s within %.0f s; "
-                "kept certificate %s (%s)",
+                "certificate renewal: the broker did not accept certificate %s (refused, or no "
+                "answer within %.0f s); kept certificate %s (%s)",
                 info.serial,
                 self._trial_s,
                 old.serial,
                 "reconnected" if back else "reconnecting",
             )
             raise CommandRejectedError(
-                f"the broker did not accept the new certificate within {self._trial_s:.0f} s; "
-                f"the old one ({old.serial}) stays in use"
+                "the broker did not accept the new certificate (refused, or no answer within "
+                f"{self._trial_s:.0f} s); the old one ({old.serial}) stays in use"
             )
         files.promote()
         self._use_files(files.cert, files.key)

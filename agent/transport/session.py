@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,8 @@ from contract.topics import KIND_RECEIPT, command_topic, receipt_topic, status_t
 logger = logging.getLogger(__name__)
 
 _DISCONNECT_WITH_WILL: Final = 0x04
+REFUSALS_TO_GIVE_UP: Final = 2
+"""reconnect_with(): refusals of the new certificate (not network failures) that end the wait."""
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
 
 
@@ -110,6 +113,7 @@ class Transport:
         self._publish_lock = threading.Lock()  # serialises publish(); never taken by paho
         self._restart_lock = threading.Lock()  # stop() vs reconnect_with()
         self._closed = False  # stop() was called: reconnect_with() starts nothing
+        self._refusals = 0  # attempts the broker refused (TLS or CONNACK), not network failures
         self._outstanding: set[int] = set()
         self._early: set[int] = set()
         self._failures = 0
@@ -192,7 +196,9 @@ class Transport:
     def reconnect_with(self, cert_file: Path, key_file: Path, *, wait_s: float) -> bool:
         """End the session with a plain DISCONNECT (no last will; the broker keeps the session
         and what it queued for it), start again with this client certificate and key, and wait
-        up to ``wait_s`` seconds for the broker to accept it: True once connected. The
+        up to ``wait_s`` seconds for the broker to accept it: True once connected; False after
+        ``wait_s``, or sooner once the broker refused it ``REFUSALS_TO_GIVE_UP`` times (a TLS
+        or CONNACK refusal; a broker that cannot be reached is waited for). The
         publisher sees ``STOPPED`` and offers what was in flight again (no message is lost).
         ConfigError, before anything is disconnected, when the files cannot be loaded. False at
         once after :meth:`stop`. Not from a transport callback (it waits for the dispatcher)."""
@@ -203,12 +209,13 @@ class Transport:
                 return False  # stopped (the daemon is shutting down): start nothing
             self._stop(publish_will=False, timeout=10.0)
             self._config = config
+            refused = self._refusals
             self.start()
         deadline = time.monotonic() + wait_s
         while not self._closed:
             if self.wait_connected(min(0.2, max(0.0, deadline - time.monotonic()))):
                 return True
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._refusals - refused >= REFUSALS_TO_GIVE_UP:
                 return False
         return False
 
@@ -364,6 +371,8 @@ class Transport:
         self._emit(ConnectionEvent(ConnectionState.CONNECTED, "connected"))
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if isinstance(cast(Client, client).last_error, ssl.SSLError):
+            self._refusals += 1  # a TLS handshake failed: a certificate was refused
         reason = describe(cast(Client, client).last_error)
         delay = self._schedule_retry(client)
         logger.warning(
@@ -394,6 +403,7 @@ class Transport:
             logger.warning("mqtt: %s; reconnect in %.1fs", reason, delay)
             self._emit(ConnectionEvent(ConnectionState.DISCONNECTED, reason, delay))
         else:  # TLS/CONNACK refusal: the socket opened, then closed before a session existed
+            self._refusals += 1
             last = cast(Client, client).last_error
             reason = describe(last) if last is not None else reason_code.getName()
             cast(Client, client).last_error = None

@@ -13,7 +13,10 @@ receipts, and `camveil station renew` (the CLI, in process).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +35,7 @@ from station_rig import (
     provision_unit,
     settings,
     station_ca,
+    wait_for_log,
 )
 
 from agent.config import load_with_remote
@@ -48,7 +52,7 @@ from provisioning import pki
 from provisioning.devbroker import HOST, BrokerProcess, free_port
 from provisioning.inventory import Inventory
 from provisioning.renewal import RenewalTarget, issue_renewal, renewal_targets
-from provisioning.station import StationPaths, init_station
+from provisioning.station import StationPaths, init_station, load_ca, write_crl
 
 CLI_TIMEOUT = "30"
 
@@ -350,3 +354,47 @@ def test_a_revoked_unit_is_not_renewed(rig: Rig, capsys: pytest.CaptureFixture[s
         assert inventory.certificates(rig.device) == []
     # --expiring-within skips it too
     assert renewal_targets(rig.paths.root, expiring_within_days=10_000) == []
+
+
+def test_a_certificate_the_broker_refuses_leaves_the_unit_on_its_old_one(rig: Rig) -> None:
+    """Fail closed with a real broker: the station's new certificate is on the broker's CRL (as
+    if revoked by mistake), so the unit's trial connection is refused; it goes back to its old
+    pair, deletes the staged files and says why in the ack."""
+    keys = load_station(rig.paths.root)
+    target = rig.target()
+    before = (rig.provisioned / "tls.crt").read_bytes(), (rig.provisioned / "tls.key").read_bytes()
+    seq = int(time.time() * 1000)
+
+    def send(name: str, args: dict[str, Any] | None, cid: str) -> dict[str, Any]:
+        nonlocal seq
+        seq += 1
+        envelope = seal_command(name, command_id=cid, device=target.identity,
+                                operator=keys.operator, seq=seq,
+                                expires_at=int(time.time()) + 120, args=args)  # fmt: skip
+        with AckWaiter(keys, HOST, rig.port, target.identity) as waiter:
+            body = waiter.send(envelope, cid, 60.0)["body"]
+        assert isinstance(body, dict)
+        return body
+
+    body = send("renew_cert", None, "renew-refused")
+    issued = issue_renewal(rig.paths.root, rig.device, body["result"]["csr"])
+    with Inventory(rig.paths.inventory) as inventory:
+        record = next(c for c in inventory.certificates(rig.device) if c.serial == issued.serial)
+    write_crl(rig.paths, load_ca(rig.paths), [], [dataclasses.replace(record, state="revoked")])
+    reloads = rig.broker.log().count("Reloading config")
+    assert rig.broker.pid is not None
+    os.kill(rig.broker.pid, signal.SIGHUP)
+    wait_for_log(rig.broker, "Reloading config", after=reloads)
+
+    started = time.monotonic()
+    body = send("install_cert", {"cert": issued.cert_pem}, "install-refused")
+    took = time.monotonic() - started
+    assert body["status"] == "rejected", body
+    assert "did not accept the new certificate" in body["reason"], body
+    after = (rig.provisioned / "tls.crt").read_bytes(), (rig.provisioned / "tls.key").read_bytes()
+    assert after == before
+    assert not (rig.provisioned / "tls-next.key").exists()
+    assert not (rig.provisioned / "tls-next.crt").exists()
+    last = max(r.seq for r in rig.received)
+    rig.wait_for(lambda r: r.type == "health" and r.seq > last)  # publishing on the old pair
+    print(f"refused trial answered in {took:.1f} s")
