@@ -247,3 +247,25 @@ def test_a_handler_outcome_travels_in_the_ack_and_an_oversized_one_is_refused(
     assert sent[0].body()["result"] == {"csr": b"pem"} and sent[0].reason == "ok: staged"
     assert not sent[1].accepted and sent[1].reason == "failed: result too large"
     assert "result" not in sent[1].body()
+
+
+def test_station_renew_command_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from camveil.__main__ import main
+
+    paths, _ = _provisioned(tmp_path / "st", DEVICE)
+    root = str(paths.root)
+    cases = {
+        (): "name the units to renew, or give --expiring-within DAYS",
+        ("--expiring-within", "-1"): "--expiring-within must be 0 or more days",
+        ("cv-nobody",): f"no provisioned unit 'cv-nobody' in the inventory (units: {DEVICE})",
+        (DEVICE, "--timeout", "0"): "--timeout must be more than 0 seconds",
+    }
+    for argv, message in cases.items():
+        assert main(["station", "renew", root, *argv]) == 2
+        assert capsys.readouterr().err == f"camveil station: error: {message}\n"
+    assert main(["station", "renew", root, "--expiring-within", "30"]) == 0
+    assert capsys.readouterr().out == "no unit's certificate expires within 30 days\n"
+    assert main(["station", "renew", str(tmp_path / "nowhere"), DEVICE]) == 2
+    assert "no such folder" in capsys.readouterr().err
