@@ -62,7 +62,9 @@ def _accepted(ack: Mapping[str, Any], step: str) -> Mapping[str, Any]:
     body = ack.get("body")
     if not isinstance(body, Mapping) or body.get("status") != "accepted":
         reason = body.get("reason") if isinstance(body, Mapping) else "malformed ack"
-        raise RenewalFailedError(f"{step} refused by the unit: {reason}")
+        text = str(reason)[:300]
+        shown = text if text.isprintable() else repr(text)  # no terminal escapes from a unit
+        raise RenewalFailedError(f"{step} refused by the unit: {shown}")
     result = body.get("result")
     if not isinstance(result, Mapping):
         raise RenewalFailedError(f"{step}: the unit's ack has no result (an older camveil?)")
