@@ -239,6 +239,9 @@ def _anchor(args: argparse.Namespace) -> dict[str, Any]:
         passed += ["--scale", str(config.scale)]
     if config.extra_scale:
         passed += ["--extra-scale", str(config.extra_scale)]
+    if config.partner:
+        passed += ["--partner", config.partner]
+        passed += ["--partner-threshold", str(config.partner_threshold)]
     print(
         "bench: anchor (deface and camveil in turns on one core, then both whole processes) ...",
         file=sys.stderr,

@@ -181,7 +181,14 @@ def test_child_command_line_carries_every_setting() -> None:
         seconds=0.5,
         warmup_frames=2,
         source="synthetic",
-        detector=DetectorConfig(threshold=0.3, scale=2.0, extra_scale=0.5, tile=256),
+        detector=DetectorConfig(
+            threshold=0.3,
+            scale=2.0,
+            extra_scale=0.5,
+            partner="yunet_int8",
+            partner_threshold=0.45,
+            tile=256,
+        ),
         privacy=PrivacyConfig(redaction=RedactionConfig(margin=0.4, fill=FillMode.NOISE)),
     )
     argv = child_argv(BenchCase(640, 480, 2), settings)
