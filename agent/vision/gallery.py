@@ -108,9 +108,11 @@ class EnrolmentConfig:
     min_score: float = 0.5
     """Detections below this detector score are redacted but not matched."""
     queue_size: int = 4
-    """Crops waiting for the embedder; when full, further crops are dropped (counted)."""
+    """Crops waiting for the embedder; when full, further crops are dropped
+    (``verify_overload``). The embedder is shared with ``[reid]``: its queue takes the larger
+    of the two sizes."""
     threads: int = 1
-    """Interpreter threads of the embedder."""
+    """Interpreter threads of the embedder (shared with ``[reid]``: the larger count)."""
 
     def __post_init__(self) -> None:
         if self.enabled:
