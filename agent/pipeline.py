@@ -102,13 +102,15 @@ class Pipeline:
         stats: PipelineStats | None = None,
         clock: Callable[[], float] = time.perf_counter,
         faces: FaceObserver | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self._read = read_frame
         self._faces = faces  # after redaction, on the original frame
         self._detector = detector
         self._sink = sink
         self._config = config
-        self._tracker = Tracker(config.tracker)
+        # given when the track relinker (agent.vision.relink) shares it; else made here
+        self._tracker = tracker if tracker is not None else Tracker(config.tracker)
         self.stats = stats if stats is not None else PipelineStats()
         self._clock = clock
         self._stop = threading.Event()
@@ -231,13 +233,15 @@ def open_frame_path(
     camera_factory: CameraFactory = open_camera,
     detector_factory: DetectorFactory = build_detector,
     faces: EmbedWorker | None = None,
+    tracker: Tracker | None = None,
 ) -> FramePath:
     """Load the detector (hash-checked), wrap it in the fail-closed guard, open the camera and
     build the pipeline: the one place where a camera-fed frame path is wired (the daemon and
     `camveil run`). Everything opened so far is closed again when a later step fails.
     ``faces``: the shared embedder of enrolled matching and re-identification
     (:func:`agent.vision.embedworker.open_embed_worker`); the frame path takes it over (starts
-    it here, stops it and wipes its clients when closed)."""
+    it here, stops it and wipes its clients when closed); ``tracker``: the pipeline's tracker when
+    made beforehand (the track relinker, :mod:`agent.vision.relink`, works on it)."""
     stack = contextlib.ExitStack()
     try:
         if faces is not None:
@@ -245,7 +249,9 @@ def open_frame_path(
         model = detector_factory(detector)
         guard = stack.enter_context(GuardedDetector(model, detector.timeout))
         cam = stack.enter_context(camera_factory(camera))
-        pipeline = Pipeline(cam.read, guard, sink, privacy, stats=stats, faces=faces)
+        pipeline = Pipeline(
+            cam.read, guard, sink, privacy, stats=stats, faces=faces, tracker=tracker
+        )
     except BaseException:
         stack.close()
         raise

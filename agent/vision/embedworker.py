@@ -27,6 +27,10 @@ pipeline's ``dropped`` under the client's name (``verify``, ``reid``):
 
 Queue size and interpreter threads are the larger of the clients' settings (``[reid]`` and
 ``[enrolment]`` ``queue_size`` and ``threads``).
+
+Listeners are clients that never ask for a face of their own but get a copy of every embedding
+the others asked for (the tracker's re-linking, :mod:`agent.vision.relink`): they cost no
+embedder time, and their :meth:`~EmbedClient.select` runs every frame after the clients'.
 """
 
 from __future__ import annotations
@@ -147,13 +151,15 @@ class EmbedWorker:
         queue_size: int | None = None,
         margin: float = 0.2,
         use_landmarks: bool = False,
+        listeners: Sequence[EmbedClient] = (),
     ) -> None:
         if not clients:
             raise ValueError("an EmbedWorker needs at least one client")
-        self.clients = tuple(clients)
+        self._listeners = tuple(listeners)
+        self.clients = (*clients, *self._listeners)
         self._embedder = embedder
         self.stats = stats if stats is not None else PipelineStats()
-        size = queue_size if queue_size is not None else max(c.queue_size for c in self.clients)
+        size = queue_size if queue_size is not None else max(c.queue_size for c in clients)
         self._jobs: queue.Queue[object] = queue.Queue(size)
         self._margin = margin
         self._use_landmarks = use_landmarks
@@ -251,8 +257,13 @@ class EmbedWorker:
                 for client, _tag in takers:
                     self.stats.drop(f"{client.name}_bad_crop")
                 continue
+            listening = tuple(
+                (listener, 0)
+                for listener in self._listeners
+                if all(client is not listener for client, _tag in takers)
+            )
             try:
-                self._jobs.put_nowait(_Job(track_id, frame.ts, crop, tuple(takers)))
+                self._jobs.put_nowait(_Job(track_id, frame.ts, crop, (*takers, *listening)))
             except queue.Full:
                 crop.fill(0)
                 # every client that loses a crop of this frame counts one overload
@@ -289,9 +300,10 @@ class EmbedWorker:
         try:
             embedding = self._embedder.embed_crop(job.crop)
         except Exception as exc:  # the embedder failing only costs matches and statistics
-            for client, _tag in job.takers:
+            askers = [c for c, _tag in job.takers if all(c is not li for li in self._listeners)]
+            for client in askers:
                 self.stats.drop(f"{client.name}_embed_failed")
-            lost = " and ".join(client.lost for client, _tag in job.takers)
+            lost = " and ".join(client.lost for client in askers)
             logger.warning("face embedding failed (%s); %s skip the face", exc, lost)
         finally:
             job.crop.fill(0)
@@ -315,9 +327,11 @@ def open_embed_worker(
     clients: Sequence[EmbedClient | None],
     stats: PipelineStats | None = None,
     models_dir: Path | None = None,
+    listeners: Sequence[EmbedClient | None] = (),
 ) -> EmbedWorker | None:
-    """The shared worker for the clients that are on (None when none is): FaceNet int8,
-    hash-checked against the manifest, loaded here once (enter the worker to start it)."""
+    """The shared worker for the clients that are on (None when none is: listeners alone do
+    not start one): FaceNet int8, hash-checked against the manifest, loaded here once (enter
+    the worker to start it)."""
     present = [c for c in clients if c is not None]
     if not present:
         return None
@@ -328,7 +342,9 @@ def open_embed_worker(
         verified_path("facenet_int8", models_dir or MODELS_DIR),
         EmbedderConfig(num_threads=max(c.threads for c in present)),
     ).load()
-    return EmbedWorker(embedder, present, stats)
+    return EmbedWorker(
+        embedder, present, stats, listeners=[li for li in listeners if li is not None]
+    )
 
 
 __all__ = [

@@ -188,3 +188,41 @@ def test_the_end_of_a_window_scrubs_the_shared_interpreter_and_matching_goes_on(
         closed = both.reid.take_closed()
     assert closed is not None and closed.unique == 1
     assert [m[0] for m in both.matches] == ["staff-0006"]
+
+
+class Listening(Verifier):
+    """A listener: asks for nothing, records what it is handed."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.got: list[Embedding | None] = []
+
+    def select(self, frame: Frame, faces: Any) -> Selection:
+        return Selection()
+
+    def embedded(self, track_id: int, ts: float, tag: int, embedding: Embedding | None) -> None:
+        self.got.append(embedding)
+        if embedding is not None:
+            embedding.wipe()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_listener_gets_a_copy_of_what_others_asked_for_and_no_drop_counts(
+    gallery: Gallery, fail: bool
+) -> None:
+    emb = ColourEmbedder(fail=fail)
+    stats = PipelineStats()
+    reid = Reidentifier(REID, stats)
+    listener = Listening(ENROL, gallery, lambda *m: None, stats)
+    with EmbedWorker(emb, [reid], stats, listeners=[listener]) as work:
+        work.observe(*frame(0.0, [64, 128]))
+        assert work.wait_idle(5.0)
+        work.observe(*frame(1.0, [], index=1))  # nobody in view: nothing asked for
+        assert work.wait_idle(5.0)
+    assert emb.calls == 2 and len(listener.got) == 2
+    if fail:
+        assert listener.got == [None, None]
+        assert stats.dropped == {"reid_embed_failed": 2}
+    else:
+        assert all(e is not None and not e.vector.any() for e in listener.got)
+        assert not stats.dropped
