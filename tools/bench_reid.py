@@ -15,6 +15,9 @@ a sink that JPEG-encodes every redacted frame. The configurations (``--reid-mode
 - ``every-frame`` (only when named): re-identification embedding every face up to
   ``max_faces_per_frame`` on every frame, the worst case.
 
+With an embedder on, the tracker's relinker listens to it, as in the daemon
+(:mod:`agent.vision.relink`).
+
 Each configuration has its own pipeline (tracker) and embedder, built once; the detector and the
 frame source are shared. The configurations take turns: each round measures every configuration
 for ``seconds``, in an order rotated by one per round, so that a load that comes and goes on a
@@ -47,6 +50,8 @@ from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.gallery import EnrolmentConfig, Gallery
 from agent.vision.guard import GuardedDetector
 from agent.vision.reid import ReidConfig, Reidentifier
+from agent.vision.relink import TrackLinker
+from agent.vision.track import Tracker
 from agent.vision.verify import Verifier
 from contract.envelope.keys import Identity
 from contract.errors import ConfigError
@@ -113,10 +118,13 @@ def _setup(
     if mode in ("match", "both"):
         enrolment = EnrolmentConfig(enabled=True, purpose=PURPOSE, legal_basis=PURPOSE)
         verifier = Verifier(enrolment, gallery(), lambda *_m: None, stats)
-    worker = open_embed_worker((verifier, reid), stats)
+    privacy = PrivacyConfig()
+    tracker = Tracker(privacy.tracker)  # as the daemon wires it: the relinker listens too
+    relinker = TrackLinker(privacy.tracker, tracker, stats)
+    worker = open_embed_worker((verifier, reid), stats, listeners=(relinker,))
     if worker is not None:
         stack.enter_context(worker)
-    pipeline = Pipeline(read, detector, encode, PrivacyConfig(), stats, faces=worker)
+    pipeline = Pipeline(read, detector, encode, privacy, stats, faces=worker, tracker=tracker)
     return _Setup(mode, stats, pipeline, worker, reid, [], [])
 
 
