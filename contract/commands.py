@@ -51,6 +51,9 @@ a wrong broker or state directory sent remotely would cut the unit off for good.
 ACK_TYPE: Final = "cmd_ack"
 COMMAND_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 """What a command id may be (matched in full)."""
+SUBJECT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+"""What an enrolled subject's id (``args.subject`` of ``gallery_add`` / ``gallery_remove``) may
+be, matched in full: an opaque reference (e.g. ``staff-0017``), never a name."""
 MAX_REASON_CHARS: Final = 200
 
 
