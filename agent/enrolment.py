@@ -53,12 +53,14 @@ class EventSink(Protocol):
 
 
 def model_sha256(models_dir: Path | None = None) -> str:
-    """The sha256 of the FaceNet int8 model in use (checked against the manifest)."""
+    """The sha256 of the embedding model in use (checked against the manifest): what a gallery
+    records, so templates made with another model are refused."""
+    from agent.vision.embedding import MODEL
     from models import MODELS_DIR, load_manifest, verified_path
 
     folder = models_dir or MODELS_DIR
-    verified_path("facenet_int8", folder)
-    return load_manifest(folder / "manifest.json")["facenet_int8"].sha256
+    verified_path(MODEL, folder)
+    return load_manifest(folder / "manifest.json")[MODEL].sha256
 
 
 class Enrolment:

@@ -2,7 +2,8 @@
 
 Reads ``pairs.tsv`` (``image_a  image_b  same(1|0)  source  fold``, paths relative to the
 dataset folder, a header line first), finds the largest face in every image with camveil's own
-detector, aligns it (:func:`agent.vision.embedding.align`), embeds it and scores each pair by the
+detector, cuts its crop (:func:`agent.vision.embedding.align`), aligns it on five landmarks and
+embeds it (:meth:`~agent.vision.embedding.FaceEmbedder.embed_crop`) and scores each pair by the
 cosine similarity of the two embeddings. An image in which no face is found counts as a miss:
 its pairs get similarity -1 (a rejection: a false reject if the pair is the same person).
 
@@ -14,8 +15,8 @@ Reported per model (int8, and the float reference when given):
   threshold that accepts at most ``floor(FAR * negatives)`` different-person pairs (with 705
   negatives, FAR 1e-3 means no false accept at all);
 - ``auc``: area under the ROC curve (ties count one half);
-- ``ms_per_face``: median time to embed one aligned crop (standardise + inference + normalise, one
-  interpreter thread; detection and alignment not included).
+- ``ms_per_face``: median time to embed one face crop: landmark model, alignment warp,
+  standardise, embedding model, normalise (one interpreter thread; detection not included).
 """
 
 from __future__ import annotations
@@ -116,17 +117,16 @@ def aligned_crops(
     detector: Detector,
     root: Path,
     images: list[str],
-    margin: float,
-    use_landmarks: bool = True,
     pick: str = "central",
     progress: Progress[str] | None = None,
 ) -> dict[str, npt.NDArray[np.uint8] | None]:
-    """The aligned crop of the picked face in each image (``None`` where none is found)."""
+    """The face crop (:func:`align`) of the picked face in each image (``None`` where none is
+    found); the embedder aligns it."""
     out: dict[str, npt.NDArray[np.uint8] | None] = {}
     for name in progress(images) if progress else images:
         rgb = load_rgb(root, name)
         face = pick_face(detector.detect(rgb), rgb.shape[1], rgb.shape[0], pick)
-        out[name] = None if face is None else align(rgb, face, margin, use_landmarks)
+        out[name] = None if face is None else align(rgb, face)
     return out
 
 
@@ -223,9 +223,17 @@ def format_report(report: dict[str, Any]) -> str:
         ("TAR at FAR 1e-3", "tar_at_far_1e-3", "{:.2%}"),
         ("ROC AUC", "auc", "{:.4f}"),
         ("ms per face (1 thread)", "ms_per_face", "{:.1f}"),
+        ("model size (MB)", "model_mb", "{:.1f}"),
     ]
     for label, key, fmt in rows:
-        lines.append(f"{label:26}" + "".join(f"{fmt.format(report[m][key]):>12}" for m in models))
+        cells = [report[m].get(key) for m in models]
+        if all(c is None for c in cells):
+            continue
+        lines.append(
+            f"{label:26}" + "".join(f"{'-' if c is None else fmt.format(c):>12}" for c in cells)
+        )
     if "float" not in models:
-        lines.append("(no float model given: --float-model PATH, made by models/recipe/facenet.py)")
+        lines.append(
+            "(no float model given: --float-model PATH, made by models/recipe/mobilefacenet.py)"
+        )
     return "\n".join(lines)

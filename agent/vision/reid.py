@@ -505,12 +505,12 @@ def open_reid(
     hash-checked against the manifest, loaded here (enter it to start its worker)."""
     if not config.enabled:
         return None
-    from agent.vision.embedding import EmbedderConfig, FaceEmbedder
+    from agent.vision.embedding import MODEL, EmbedderConfig, FaceEmbedder
     from models import MODELS_DIR, verified_path
 
     folder = models_dir or MODELS_DIR
     embedder = FaceEmbedder(
-        verified_path("facenet_int8", folder), EmbedderConfig(num_threads=config.threads)
+        verified_path(MODEL, folder), EmbedderConfig(num_threads=config.threads)
     ).load()
     logger.info(
         "anonymous re-identification on: window %.0f s, threshold %.2f, purpose: %s",

