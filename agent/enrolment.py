@@ -3,7 +3,7 @@
 Commands (signed by an operator, encrypted to the unit, expiring: :mod:`agent.commands`)::
 
     gallery_add     args = {"subject": tstr, "consent": tstr, "model": tstr (sha256 hex),
-                            "templates": [+ bstr (512 float32, little endian)]}
+                            "templates": [+ bstr (192 float32, little endian)]}
     gallery_remove  args = {"subject": tstr}
 
 Both are always answered. ``gallery_add`` is refused (ack ``rejected`` with the reason) when
