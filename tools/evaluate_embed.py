@@ -54,6 +54,7 @@ class Pair:
     a: str
     b: str
     same: bool
+    source: str = ""
 
 
 def read_pairs(dataset: Path) -> list[Pair]:
@@ -70,7 +71,7 @@ def read_pairs(dataset: Path) -> list[Pair]:
                 raise InputFileError(
                     f"{path}:{lineno}: expected image_a<TAB>image_b<TAB>0|1, got {row[:3]}"
                 )
-            pairs.append(Pair(row[0], row[1], row[2] == "1"))
+            pairs.append(Pair(row[0], row[1], row[2] == "1", row[3] if len(row) > 3 else ""))
     if not pairs:
         raise InputFileError(f"{path} has no pairs")
     if all(p.same for p in pairs) or not any(p.same for p in pairs):
@@ -188,16 +189,84 @@ def verification_metrics(
     return report
 
 
+ALL_PAIRS_THRESHOLDS: tuple[float, ...] = (0.40, 0.45, 0.48, 0.50, 0.55, 0.57, 0.60, 0.62, 0.65)
+
+
+def all_pairs_far(
+    pairs: list[Pair],
+    embeddings: dict[str, Embedding],
+    thresholds: tuple[float, ...] = ALL_PAIRS_THRESHOLDS,
+    source: str = "lfw",
+) -> dict[str, Any]:
+    """False-accept and true-accept rates over *every* pair of faces, not only the listed ones.
+
+    The faces are those of the images in pairs whose ``source`` starts with ``source`` (LFW: its
+    folder names are people, so the identity is the first path component); every two faces of
+    different people are an impostor comparison. This is how the re-identification and
+    matching thresholds were chosen (``accepted`` counts scores >= the threshold)."""
+    names = sorted(
+        {n for p in pairs if p.source.startswith(source) for n in (p.a, p.b) if n in embeddings}
+    )
+    if len(names) < 2:
+        raise ValueError(f"fewer than two embedded faces from pairs of source {source!r}")
+    ids = np.array([n.split("/", 1)[0] for n in names])
+    vectors = np.stack([embeddings[n].vector for n in names]).astype(np.float64)
+    upper = np.triu_indices(len(names), 1)
+    sims = (vectors @ vectors.T)[upper]
+    vectors.fill(0.0)
+    same = ids[upper[0]] == ids[upper[1]]
+    genuine, impostor = sims[same], sims[~same]
+    rows = [
+        {
+            "threshold": t,
+            "impostors_accepted": int(np.count_nonzero(impostor >= t)),
+            "far": float(np.count_nonzero(impostor >= t) / max(impostor.size, 1)),
+            "tar": float(np.count_nonzero(genuine >= t) / max(genuine.size, 1)),
+        }
+        for t in thresholds
+    ]
+    return {
+        "source": source,
+        "faces": len(names),
+        "people": len(set(ids.tolist())),
+        "genuine_pairs": int(genuine.size),
+        "impostor_pairs": int(impostor.size),
+        "max_impostor": float(impostor.max()) if impostor.size else None,
+        "rows": rows,
+    }
+
+
+def format_all_pairs(table: dict[str, Any]) -> str:
+    lines = [
+        f"all pairs of {table['faces']} faces ({table['people']} people, source "
+        f"{table['source']}*): {table['genuine_pairs']} same-person, "
+        f"{table['impostor_pairs']} impostor comparisons; highest impostor "
+        f"{table['max_impostor']:.3f}",
+        f"{'threshold':>10}{'impostors accepted':>20}{'FAR':>10}{'TAR':>9}",
+    ]
+    for r in table["rows"]:
+        lines.append(
+            f"{r['threshold']:>10.2f}{r['impostors_accepted']:>20}{r['far']:>10.1e}{r['tar']:>9.1%}"
+        )
+    return "\n".join(lines)
+
+
 def evaluate_model(
     embedder: FaceEmbedder,
     pairs: list[Pair],
     crops: dict[str, npt.NDArray[np.uint8] | None],
     progress: Progress[str] | None = None,
+    all_pairs: bool = False,
 ) -> dict[str, Any]:
+    """Verification metrics of one model; ``all_pairs`` adds :func:`all_pairs_far`."""
     embeddings, ms = embed_crops(embedder, crops, progress)
     same = np.array([p.same for p in pairs], bool)
     report = verification_metrics(similarities(pairs, embeddings), same)
     report["ms_per_face"] = ms
+    if all_pairs:
+        report["all_pairs"] = all_pairs_far(pairs, embeddings)
+    for e in embeddings.values():
+        e.wipe()
     return report
 
 
@@ -232,6 +301,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{label:26}" + "".join(f"{'-' if c is None else fmt.format(c):>12}" for c in cells)
         )
+    for m in models:
+        if report[m].get("all_pairs"):
+            lines += ["", f"{m}: " + format_all_pairs(report[m]["all_pairs"])]
     if "float" not in models:
         lines.append(
             "(no float model given: --float-model PATH, made by models/recipe/mobilefacenet.py)"

@@ -20,6 +20,7 @@ hence the separate landmark model on the face crop: about 1 ms a face.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -177,6 +178,7 @@ class Aligner:
                 f"{crop.shape} {crop.dtype}"
             )
         small = cv2.resize(crop, (LANDMARK_INPUT, LANDMARK_INPUT), interpolation=cv2.INTER_AREA)
+        x: npt.NDArray[Any]
         if info.dtype == np.int8:  # int8 = pixel - 128 (scale 1): exact
             x = (small.astype(np.int16) - 128).astype(np.int8)[None]
         else:

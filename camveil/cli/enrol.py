@@ -7,7 +7,7 @@
 
 Each photo must show exactly one face (detector score >= 0.5, at least 40 px): anything else is
 a one-line error naming the photo. Templates are computed here, at the station, with camveil's
-own detector (CenterFace int8), the same landmark alignment and the same MobileFaceNet int8 model as the
+own detector (CenterFace int8), the same landmark alignment and MobileFaceNet int8 model as the
 unit (hash-checked; its sha256 travels with the templates, and a unit with another model
 refuses them). They exist only in memory and inside a ``gallery_add`` command sealed with the
 operator key to the unit's key, expiring after ``--expires`` seconds (docs/PROTOCOL.md,

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from agent.events import Header, PresenceEvent, TamperEvent, TamperKind, ZoneCount, to_cbor
+from agent.vision.align import ALIGNED_SIZE, Aligner
 from agent.vision.centerface import CenterFaceDetector
 from agent.vision.detection import Box, Detection
-from agent.vision.align import ALIGNED_SIZE, Aligner
 from agent.vision.embedding import (
     DIMENSIONS,
     INPUT_SIZE,

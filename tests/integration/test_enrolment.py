@@ -22,11 +22,11 @@ from PIL import Image
 
 from agent.commands import CommandProcessor
 from agent.enrolment import Enrolment
-from agent.vision.embedding import DIMENSIONS
 from agent.events import Event, EventBuilder, to_map
 from agent.pipeline import Pipeline, PrivacyConfig
 from agent.sequence import CountingSequence
 from agent.stats import PipelineStats
+from agent.vision.embedding import DIMENSIONS
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.gallery import GALLERY_FILE, EnrolmentConfig
 from camveil.cli.enrol import compute_templates, gallery_add_args
