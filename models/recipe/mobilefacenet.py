@@ -144,7 +144,7 @@ def source_model(tarball: Path | None) -> bytes:
 def to_tf(
     data: bytes, calib: np.ndarray | None = None, power: float = 0.0, probe: bool = False
 ) -> Any:
-    """The TFLite graph translated op by op into a batch-1 tf.function (weights untouched).
+    """The TFLite graph translated op by op into a batch-1 tf.function (same function).
 
     Ops: CONV_2D, DEPTHWISE_CONV_2D, ADD, RESHAPE, and the PReLU that the source spells as
     ``relu(x) + c * (x - |x|)`` (RELU, ABS, SUB, MUL, ADD), i.e. PReLU with slope ``a = 2c``:
