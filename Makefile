@@ -68,7 +68,7 @@ eval-video: setup
 	fi
 
 ## face verification with the embedding model on labelled pairs (LFW): int8, and float beside it
-## when models/recipe/facenet.py has made .modelwork/facenet/facenet_float.tflite (~4 min, 2 cores)
+## when models/recipe/mobilefacenet.py has made .modelwork/mobilefacenet/mobilefacenet_float.tflite (~2 min)
 eval-embed: setup
 	@test -d "$(EMBED_DATASET)" || { echo "eval-embed: no dataset at $(EMBED_DATASET) (set EMBED_DATASET=...)"; exit 2; }
 	$(BIN)/camveil eval-embed --dataset $(EMBED_DATASET) $(ARGS)

@@ -3,7 +3,7 @@
 Commands (signed by an operator, encrypted to the unit, expiring: :mod:`agent.commands`)::
 
     gallery_add     args = {"subject": tstr, "consent": tstr, "model": tstr (sha256 hex),
-                            "templates": [+ bstr (512 float32, little endian)]}
+                            "templates": [+ bstr (192 float32, little endian)]}
     gallery_remove  args = {"subject": tstr}
 
 Both are always answered. ``gallery_add`` is refused (ack ``rejected`` with the reason) when
@@ -53,12 +53,14 @@ class EventSink(Protocol):
 
 
 def model_sha256(models_dir: Path | None = None) -> str:
-    """The sha256 of the FaceNet int8 model in use (checked against the manifest)."""
+    """The sha256 of the embedding model in use (checked against the manifest): what a gallery
+    records, so templates made with another model are refused."""
+    from agent.vision.embedding import MODEL
     from models import MODELS_DIR, load_manifest, verified_path
 
     folder = models_dir or MODELS_DIR
-    verified_path("facenet_int8", folder)
-    return load_manifest(folder / "manifest.json")["facenet_int8"].sha256
+    verified_path(MODEL, folder)
+    return load_manifest(folder / "manifest.json")[MODEL].sha256
 
 
 class Enrolment:

@@ -8,8 +8,8 @@ for, flowing down together.
 
 Enrolled matching (optional, :mod:`agent.vision.verify`) and re-identification (optional,
 :mod:`agent.vision.reid`) see the original frame's fresh face detections *after* redaction,
-through one shared embedder (:class:`agent.vision.embedworker.EmbedWorker`: one FaceNet
-interpreter, one worker thread, one bounded queue): redaction never waits for them and does not
+through one shared embedder (:class:`agent.vision.embedworker.EmbedWorker`: one MobileFaceNet
+embedder, one worker thread, one bounded queue): redaction never waits for them and does not
 depend on them; the pipeline thread only crops faces (from the original pixels) into the queue.
 If one of them raises, the frame still goes to the sink and the loss is counted
 (``verify_failed``, ``reid_failed``; ``faces_failed`` if the shared worker itself raised): only

@@ -45,6 +45,7 @@ import numpy as np
 from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame
 from agent.privacy.store import encode_jpeg
 from agent.stats import PipelineStats
+from agent.vision.embedding import DIMENSIONS
 from agent.vision.embedworker import EmbedWorker, open_embed_worker
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.gallery import EnrolmentConfig, Gallery
@@ -83,7 +84,7 @@ def full_gallery(folder: Path, config: EnrolmentConfig) -> Gallery:
     gallery = Gallery(folder / "gallery.sealed", Identity.generate("cv-bench-0001"), model)
     rng = np.random.default_rng(12)
     for i in range(GALLERY_SUBJECTS):
-        t = rng.standard_normal((GALLERY_TEMPLATES, 512)).astype(np.float32)
+        t = rng.standard_normal((GALLERY_TEMPLATES, DIMENSIONS)).astype(np.float32)
         t /= np.linalg.norm(t, axis=1, keepdims=True)
         gallery.add(f"bench-{i:04d}", f"consent-{i:04d}", list(t), config, model)
     return gallery

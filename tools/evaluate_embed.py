@@ -2,7 +2,8 @@
 
 Reads ``pairs.tsv`` (``image_a  image_b  same(1|0)  source  fold``, paths relative to the
 dataset folder, a header line first), finds the largest face in every image with camveil's own
-detector, aligns it (:func:`agent.vision.embedding.align`), embeds it and scores each pair by the
+detector, cuts its crop (:func:`agent.vision.embedding.align`), aligns it on five landmarks and
+embeds it (:meth:`~agent.vision.embedding.FaceEmbedder.embed_crop`) and scores each pair by the
 cosine similarity of the two embeddings. An image in which no face is found counts as a miss:
 its pairs get similarity -1 (a rejection: a false reject if the pair is the same person).
 
@@ -14,8 +15,8 @@ Reported per model (int8, and the float reference when given):
   threshold that accepts at most ``floor(FAR * negatives)`` different-person pairs (with 705
   negatives, FAR 1e-3 means no false accept at all);
 - ``auc``: area under the ROC curve (ties count one half);
-- ``ms_per_face``: median time to embed one aligned crop (standardise + inference + normalise, one
-  interpreter thread; detection and alignment not included).
+- ``ms_per_face``: median time to embed one face crop: landmark model, alignment warp,
+  standardise, embedding model, normalise (one interpreter thread; detection not included).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Pair:
     a: str
     b: str
     same: bool
+    source: str = ""
 
 
 def read_pairs(dataset: Path) -> list[Pair]:
@@ -69,7 +71,7 @@ def read_pairs(dataset: Path) -> list[Pair]:
                 raise InputFileError(
                     f"{path}:{lineno}: expected image_a<TAB>image_b<TAB>0|1, got {row[:3]}"
                 )
-            pairs.append(Pair(row[0], row[1], row[2] == "1"))
+            pairs.append(Pair(row[0], row[1], row[2] == "1", row[3] if len(row) > 3 else ""))
     if not pairs:
         raise InputFileError(f"{path} has no pairs")
     if all(p.same for p in pairs) or not any(p.same for p in pairs):
@@ -116,17 +118,16 @@ def aligned_crops(
     detector: Detector,
     root: Path,
     images: list[str],
-    margin: float,
-    use_landmarks: bool = True,
     pick: str = "central",
     progress: Progress[str] | None = None,
 ) -> dict[str, npt.NDArray[np.uint8] | None]:
-    """The aligned crop of the picked face in each image (``None`` where none is found)."""
+    """The face crop (:func:`align`) of the picked face in each image (``None`` where none is
+    found); the embedder aligns it."""
     out: dict[str, npt.NDArray[np.uint8] | None] = {}
     for name in progress(images) if progress else images:
         rgb = load_rgb(root, name)
         face = pick_face(detector.detect(rgb), rgb.shape[1], rgb.shape[0], pick)
-        out[name] = None if face is None else align(rgb, face, margin, use_landmarks)
+        out[name] = None if face is None else align(rgb, face)
     return out
 
 
@@ -188,16 +189,84 @@ def verification_metrics(
     return report
 
 
+ALL_PAIRS_THRESHOLDS: tuple[float, ...] = (0.40, 0.45, 0.48, 0.50, 0.55, 0.57, 0.60, 0.62, 0.65)
+
+
+def all_pairs_far(
+    pairs: list[Pair],
+    embeddings: dict[str, Embedding],
+    thresholds: tuple[float, ...] = ALL_PAIRS_THRESHOLDS,
+    source: str = "lfw",
+) -> dict[str, Any]:
+    """False-accept and true-accept rates over *every* pair of faces, not only the listed ones.
+
+    The faces are those of the images in pairs whose ``source`` starts with ``source`` (LFW: its
+    folder names are people, so the identity is the first path component); every two faces of
+    different people are an impostor comparison. This is how the re-identification and
+    matching thresholds were chosen (``accepted`` counts scores >= the threshold)."""
+    names = sorted(
+        {n for p in pairs if p.source.startswith(source) for n in (p.a, p.b) if n in embeddings}
+    )
+    if len(names) < 2:
+        raise ValueError(f"fewer than two embedded faces from pairs of source {source!r}")
+    ids = np.array([n.split("/", 1)[0] for n in names])
+    vectors = np.stack([embeddings[n].vector for n in names]).astype(np.float64)
+    upper = np.triu_indices(len(names), 1)
+    sims = (vectors @ vectors.T)[upper]
+    vectors.fill(0.0)
+    same = ids[upper[0]] == ids[upper[1]]
+    genuine, impostor = sims[same], sims[~same]
+    rows = [
+        {
+            "threshold": t,
+            "impostors_accepted": int(np.count_nonzero(impostor >= t)),
+            "far": float(np.count_nonzero(impostor >= t) / max(impostor.size, 1)),
+            "tar": float(np.count_nonzero(genuine >= t) / max(genuine.size, 1)),
+        }
+        for t in thresholds
+    ]
+    return {
+        "source": source,
+        "faces": len(names),
+        "people": len(set(ids.tolist())),
+        "genuine_pairs": int(genuine.size),
+        "impostor_pairs": int(impostor.size),
+        "max_impostor": float(impostor.max()) if impostor.size else None,
+        "rows": rows,
+    }
+
+
+def format_all_pairs(table: dict[str, Any]) -> str:
+    lines = [
+        f"all pairs of {table['faces']} faces ({table['people']} people, source "
+        f"{table['source']}*): {table['genuine_pairs']} same-person, "
+        f"{table['impostor_pairs']} impostor comparisons; highest impostor "
+        f"{table['max_impostor']:.3f}",
+        f"{'threshold':>10}{'impostors accepted':>20}{'FAR':>10}{'TAR':>9}",
+    ]
+    for r in table["rows"]:
+        lines.append(
+            f"{r['threshold']:>10.2f}{r['impostors_accepted']:>20}{r['far']:>10.1e}{r['tar']:>9.1%}"
+        )
+    return "\n".join(lines)
+
+
 def evaluate_model(
     embedder: FaceEmbedder,
     pairs: list[Pair],
     crops: dict[str, npt.NDArray[np.uint8] | None],
     progress: Progress[str] | None = None,
+    all_pairs: bool = False,
 ) -> dict[str, Any]:
+    """Verification metrics of one model; ``all_pairs`` adds :func:`all_pairs_far`."""
     embeddings, ms = embed_crops(embedder, crops, progress)
     same = np.array([p.same for p in pairs], bool)
     report = verification_metrics(similarities(pairs, embeddings), same)
     report["ms_per_face"] = ms
+    if all_pairs:
+        report["all_pairs"] = all_pairs_far(pairs, embeddings)
+    for e in embeddings.values():
+        e.wipe()
     return report
 
 
@@ -223,9 +292,20 @@ def format_report(report: dict[str, Any]) -> str:
         ("TAR at FAR 1e-3", "tar_at_far_1e-3", "{:.2%}"),
         ("ROC AUC", "auc", "{:.4f}"),
         ("ms per face (1 thread)", "ms_per_face", "{:.1f}"),
+        ("model size (MB)", "model_mb", "{:.1f}"),
     ]
     for label, key, fmt in rows:
-        lines.append(f"{label:26}" + "".join(f"{fmt.format(report[m][key]):>12}" for m in models))
+        cells = [report[m].get(key) for m in models]
+        if all(c is None for c in cells):
+            continue
+        lines.append(
+            f"{label:26}" + "".join(f"{'-' if c is None else fmt.format(c):>12}" for c in cells)
+        )
+    for m in models:
+        if report[m].get("all_pairs"):
+            lines += ["", f"{m}: " + format_all_pairs(report[m]["all_pairs"])]
     if "float" not in models:
-        lines.append("(no float model given: --float-model PATH, made by models/recipe/facenet.py)")
+        lines.append(
+            "(no float model given: --float-model PATH, made by models/recipe/mobilefacenet.py)"
+        )
     return "\n".join(lines)

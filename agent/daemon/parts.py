@@ -55,8 +55,9 @@ def build_parts(
 ) -> Parts:
     """Load the detector and open the camera; nothing is shared with the running parts.
     ``verifier``: enrolled verification's matcher (None: off). It and the re-identifier share
-    one embedder (one FaceNet interpreter and worker thread), loaded here when either is on;
-    the tracker's relinker then listens to it too (``[privacy.tracker] relink_s``)."""
+    one embedder (MobileFaceNet and its landmark model, one worker thread), loaded here when
+    either is on; the tracker's relinker then listens to it too (``[privacy.tracker]
+    relink_s``)."""
     reid = open_reid(config.reid, stats)
     tracker = Tracker(config.privacy.tracker)
     relinker = TrackLinker(config.privacy.tracker, tracker, stats)

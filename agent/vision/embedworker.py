@@ -4,16 +4,20 @@ After a frame was redacted, the pipeline hands its fresh face detections, with t
 :meth:`EmbedWorker.observe`. Each client (:class:`EmbedClient`: the enrolled matcher of
 :mod:`agent.vision.verify`, then the re-identifier of :mod:`agent.vision.reid`) first acts on
 its finished results and says which tracks it wants embedded now (:meth:`EmbedClient.select`).
-A face that both want is cropped once from the original pixels (redaction does not modify them),
-put once into one bounded queue and embedded once, by one worker thread with one FaceNet
-interpreter; each client then gets its own copy of the embedding
-(:meth:`EmbedClient.embedded`, on the worker thread). The pipeline never waits for the worker.
+A face that both want is cropped once from the original pixels (redaction does not modify them):
+the pipeline thread only cuts the square crop around the detector's box
+(:func:`agent.vision.embedding.align`, a copy and a resize). The crop is put once into one
+bounded queue and embedded once, by one worker thread with one embedder
+(:class:`~agent.vision.embedding.FaceEmbedder`: the landmark model finds five points in the crop,
+the face is warped onto the template, MobileFaceNet int8 embeds it); each client then gets its own
+copy of the embedding (:meth:`EmbedClient.embedded`, on the worker thread). The pipeline never
+waits for the worker.
 
 Wiping: crops are zeroed once embedded or discarded, and the worker zeroes its own embedding
 after handing out the copies (each client wipes its copy). A client can ask for the
-interpreter's input and output tensors to be overwritten (:attr:`Selection.scrub`: the
-re-identifier does at the end of each window): a blank crop is embedded behind the crops
-already queued. The same happens when the worker stops.
+interpreters' input and output tensors (landmark and embedding model) to be overwritten
+(:attr:`Selection.scrub`: the re-identifier does at the end of each window): a blank crop is
+embedded behind the crops already queued. The same happens when the worker stops.
 
 Failure never reaches redaction, which has already happened. Every loss is counted in the
 pipeline's ``dropped`` under the client's name (``verify``, ``reid``):
@@ -149,8 +153,6 @@ class EmbedWorker:
         stats: PipelineStats | None = None,
         *,
         queue_size: int | None = None,
-        margin: float = 0.2,
-        use_landmarks: bool = False,
         listeners: Sequence[EmbedClient] = (),
     ) -> None:
         if not clients:
@@ -161,8 +163,6 @@ class EmbedWorker:
         self.stats = stats if stats is not None else PipelineStats()
         size = queue_size if queue_size is not None else max(c.queue_size for c in clients)
         self._jobs: queue.Queue[object] = queue.Queue(size)
-        self._margin = margin
-        self._use_landmarks = use_landmarks
         self._worker: threading.Thread | None = None
         self._closed = False
 
@@ -252,7 +252,7 @@ class EmbedWorker:
         order = list(wanted.items())
         for i, (track_id, takers) in enumerate(order):
             try:
-                crop = align(frame.pixels, detections[track_id], self._margin, self._use_landmarks)
+                crop = align(frame.pixels, detections[track_id])
             except ValueError:
                 for client, _tag in takers:
                     self.stats.drop(f"{client.name}_bad_crop")
@@ -282,8 +282,9 @@ class EmbedWorker:
             item = self._jobs.get()
             try:
                 if item is _STOP or item is _SCRUB:
-                    # overwrite the interpreter's input and output tensors; a model that refuses
-                    # a blank crop only leaves them as they were
+                    # overwrite the interpreters' input and output tensors (a blank crop goes
+                    # through the landmark model, then the embedding model); a model that
+                    # refuses a blank crop only leaves them as they were
                     with contextlib.suppress(Exception):
                         self._embedder.embed_crop(blank).wipe()
                     if item is _STOP:
@@ -330,16 +331,16 @@ def open_embed_worker(
     listeners: Sequence[EmbedClient | None] = (),
 ) -> EmbedWorker | None:
     """The shared worker for the clients that are on (None when none is: listeners alone do
-    not start one): FaceNet int8, hash-checked against the manifest, loaded here once (enter
-    the worker to start it)."""
+    not start one): MobileFaceNet int8 and the landmark model, hash-checked against the
+    manifest, loaded here once (enter the worker to start it)."""
     present = [c for c in clients if c is not None]
     if not present:
         return None
-    from agent.vision.embedding import EmbedderConfig, FaceEmbedder
+    from agent.vision.embedding import MODEL, EmbedderConfig, FaceEmbedder
     from models import MODELS_DIR, verified_path
 
     embedder = FaceEmbedder(
-        verified_path("facenet_int8", models_dir or MODELS_DIR),
+        verified_path(MODEL, models_dir or MODELS_DIR),
         EmbedderConfig(num_threads=max(c.threads for c in present)),
     ).load()
     return EmbedWorker(

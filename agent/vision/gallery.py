@@ -2,7 +2,7 @@
 rest on the unit, matched against faces in view.
 
 Off by default (``[enrolment] enabled``, which also needs a ``purpose`` and a ``legal_basis``).
-Templates are computed at the station from enrolment photos with the same int8 FaceNet model
+Templates are computed at the station from enrolment photos with the same int8 embedding model
 (`camveil enrol`) and arrive only inside a signed, encrypted, expiring ``gallery_add`` command
 (:mod:`agent.enrolment`); nothing on the unit makes a template from what the camera sees.
 
@@ -10,9 +10,9 @@ Templates are computed at the station from enrolment photos with the same int8 F
 directory (mode 0600, replaced atomically by :func:`contract.files.write_atomic`)::
 
     b"CVG1" || nonce (24) || XSalsa20-Poly1305(key, canonical CBOR {
-        "v": 1, "device": kid, "model": sha256 hex of the FaceNet model,
+        "v": 1, "device": kid, "model": sha256 hex of the embedding model,
         "subjects": [{"id": tstr, "consent": tstr, "at": uint (Unix s),
-                      "templates": [bstr (512 float32, little endian)]}]})
+                      "templates": [bstr (192 float32, little endian)]}]})
 
 The key is ``HKDF-SHA256(ikm = the unit's Ed25519 seed, salt = "camveil gallery v1", info =
 device id)``: the gallery opens only with the unit's own identity (``provisioned/identity.cbor``,
@@ -20,7 +20,7 @@ device id)``: the gallery opens only with the unit's own identity (``provisioned
 
 A jurisdiction mode (on by default) refuses one-to-many identification of the public: every
 subject needs a consent reference, the gallery is capped at :data:`JURISDICTION_MAX_SUBJECTS`,
-and the threshold may not go below 0.65 (a measured false-accept rate of 5.8e-5 per comparison).
+and the threshold may not go below 0.57 (a measured false-accept rate of 5.7e-5 per comparison).
 """
 
 from __future__ import annotations
@@ -46,24 +46,26 @@ from contract.envelope.keys import Identity
 from contract.errors import ConfigError, KeyFileError
 from contract.files import write_atomic
 
-DEFAULT_THRESHOLD: Final = 0.70
+DEFAULT_THRESHOLD: Final = 0.62
 """Cosine similarity at or above which a face matches an enrolled template, chosen from measured
-false-accept rates. FaceNet int8 on the dev verification images (docs/EMBEDDING.md), every pair
-of the 1,583 LFW faces (844 people, the deepface folders left out since their ids are not
-names), so 1,250,180 impostor comparisons, not only the 705 listed negative pairs:
+false-accept rates. MobileFaceNet int8 with landmark alignment on the dev verification images
+(docs/EMBEDDING.md), every pair of the 1,583 LFW faces (844 people, the deepface folders left out
+since their ids are not names), so 1,250,180 impostor comparisons, not only the 705 listed
+negative pairs:
 
     threshold   impostor pairs accepted   FAR / comparison   TAR (1,973 same-person pairs)
-    0.57        854                       6.8e-4             84.5%
-    0.65        72                        5.8e-5             68.7%
-    0.70        12                        9.6e-6             52.9%
+    0.48        888                       7.1e-4             96.2%
+    0.57        71                        5.7e-5             89.0%
+    0.62        9                         7.2e-6             81.3%
 
-0.57, re-identification's threshold, has no false accept among the 705 listed negatives but is
+(FaceNet, the earlier model, needed 0.70 for 9.6e-6 at 52.9% TAR, and 0.65 for 5.8e-5 at 68.7%.)
+0.48, re-identification's threshold, has no false accept among the 705 listed negatives but is
 far too loose here: a face is compared with every template in the gallery, so the false-match
-rate per face seen is up to FAR x templates (50 subjects x 5 templates: 0.17 at 0.57, 2.4e-3 at
-0.70). An enrolled person is seen in many frames and an unmatched track is tried again every
+rate per face seen is up to FAR x templates (50 subjects x 5 templates: 0.18 at 0.48, 1.8e-3 at
+0.62). An enrolled person is seen in many frames and an unmatched track is tried again every
 ``refresh_frames``, which makes up for the per-photo TAR."""
-JURISDICTION_MIN_THRESHOLD: Final = 0.65
-"""In jurisdiction mode the threshold may not be set below this (FAR 5.8e-5 per comparison)."""
+JURISDICTION_MIN_THRESHOLD: Final = 0.57
+"""In jurisdiction mode the threshold may not be set below this (FAR 5.7e-5 per comparison)."""
 JURISDICTION_MAX_SUBJECTS: Final = 50
 MAX_SUBJECTS: Final = 10_000
 MAX_TEMPLATES: Final = 8
@@ -89,7 +91,7 @@ class EnrolmentConfig:
     forms kept by HR, DPIA 2026-07"); required when enabled, logged at start."""
     jurisdiction_mode: bool = True
     """Refuse one-to-many identification of the public: every enrolled subject needs a consent
-    reference, the gallery holds at most 50 subjects and the threshold cannot go below 0.65.
+    reference, the gallery holds at most 50 subjects and the threshold cannot go below 0.57.
     Turn off only where the law allows a larger or consent-less gallery."""
     max_subjects: int = JURISDICTION_MAX_SUBJECTS
     """Gallery cap; a ``gallery_add`` beyond it is refused (at most 50 in jurisdiction mode)."""
@@ -159,9 +161,11 @@ def template_bytes(embedding: Embedding) -> bytes:
 
 
 def parse_template(data: object) -> npt.NDArray[np.float32]:
-    """A template from a command: 512 finite little-endian float32 forming a unit vector."""
+    """A template from a command: DIMENSIONS finite little-endian float32 forming a unit vector."""
     if not isinstance(data, bytes) or len(data) != TEMPLATE_BYTES:
-        raise GalleryRefusedError(f"a template must be {TEMPLATE_BYTES} bytes (512 float32)")
+        raise GalleryRefusedError(
+            f"a template must be {TEMPLATE_BYTES} bytes ({DIMENSIONS} float32)"
+        )
     v = np.frombuffer(data, "<f4").astype(np.float32)
     if not np.all(np.isfinite(v)) or np.abs(v).max() > 1.0:
         raise GalleryRefusedError("a template must be a finite unit vector")

@@ -54,13 +54,14 @@ from hw.frame import Frame
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD: Final = 0.57
-"""Cosine similarity at or above which two faces are linked. From `camveil eval-embed` on the
-dev verification pairs (docs/EMBEDDING.md): the int8 model's hardest of 705 negative pairs scores
-0.565 and the best-accuracy threshold is 0.386; 0.57 is the operating point with no false accept
-among the 705 (FAR <= 1e-3), TAR 88.7% on LFW photo pairs. A window compares each new track with
-every kept sample, so the low false-accept rate matters more than the recall: a missed link
-splits a person into two visitors (counted twice), a false link merges two people."""
+DEFAULT_THRESHOLD: Final = 0.48
+"""Cosine similarity at or above which two faces are linked. MobileFaceNet int8 with landmark
+alignment (docs/EMBEDDING.md): over every pair of the 1,583 LFW faces of the dev verification set
+(1,250,180 impostor comparisons) 0.48 accepts 888 impostor pairs (FAR 7.1e-4, the rate FaceNet's
+0.57 had) and 96.2% of the 1,973 same-person pairs; the hardest of the 705 listed negative pairs
+scores 0.429, so none of them links. A window compares each new track with every kept sample,
+so the low false-accept rate matters more than the recall: a missed link splits a person into
+two visitors (counted twice), a false link merges two people."""
 KEY_BYTES: Final = 32
 
 
@@ -78,7 +79,7 @@ class ReidConfig:
     """Length of one linking window; the key rotates and every embedding is wiped at its end.
     Must be a whole multiple of ``[events] presence_window_s``."""
     threshold: float = DEFAULT_THRESHOLD
-    """Cosine similarity needed to link two faces (see DEFAULT_THRESHOLD for where 0.57 comes
+    """Cosine similarity needed to link two faces (see DEFAULT_THRESHOLD for where 0.48 comes
     from)."""
     samples_per_visitor: int = 4
     """Embeddings kept per visitor (a ring); more samples link more poses, at more cost."""

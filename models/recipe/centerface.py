@@ -134,8 +134,17 @@ def to_input(rgb: np.ndarray, max_side: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- ONNX -> TF
-def onnx_to_tf(onnx_bytes: bytes) -> Any:
-    """A tf.function over NHWC input computing the fused CenterFace head (see module doc)."""
+DETECT_HEADS = ("head.pos_conv", "head.reg_conv", "head.off_conv")  # 1 + 2 + 2 channels
+
+
+def onnx_to_tf(
+    onnx_bytes: bytes, heads: tuple[str, ...] = DETECT_HEADS, size: int | None = None
+) -> Any:
+    """A tf.function over NHWC input computing the fused CenterFace head (see module doc).
+
+    ``heads``: the head convolutions fused into the output, in channel order (the face
+    landmark recipe adds ``head.lm_conv``); ``size``: a fixed square input instead of a
+    dynamic one."""
     import onnx
     import tensorflow as tf
     from onnx import numpy_helper
@@ -228,14 +237,13 @@ def onnx_to_tf(onnx_bytes: bytes) -> Any:
                 env[out] = tf.add(env[node.input[0]], env[node.input[1]])
             else:
                 raise SystemExit(f"unsupported op {op} in {node.name}")
-        # fused head: one 1x1 conv, 5 channels
-        heads = ("head.pos_conv", "head.reg_conv", "head.off_conv")  # 1 + 2 + 2 channels
-        w = np.concatenate([consts[f"{h}.weight"][:, :, 0, 0] for h in heads], 0)  # [5, 24]
+        # fused head: one 1x1 conv (5 channels for detection)
+        w = np.concatenate([consts[f"{h}.weight"][:, :, 0, 0] for h in heads], 0)  # [C, 24]
         b = np.concatenate([consts[f"{h}.bias"] for h in heads], 0)
         y = tf.nn.conv2d(head_in, const(w.T[None, None]), 1, "VALID")
         return tf.nn.bias_add(y, const(b), name="centerface_head")
 
-    spec = tf.TensorSpec([1, None, None, 3], tf.float32, name="input")
+    spec = tf.TensorSpec([1, size, size, 3], tf.float32, name="input")
     return tf.function(lambda x: {"head": build(x)}, input_signature=[spec], autograph=False)
 
 

@@ -244,8 +244,8 @@ def test_anchor_suite_needs_a_folder_of_images(
 def test_reid_suite_takes_turns_with_the_face_observers_off_and_on(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The real detector and FaceNet: each configuration once per round; faces are embedded
-    only where an observer is on, and the both-on row used one embedder for both."""
+    """The real detector and embedder (MobileFaceNet): each configuration once per round; faces
+    are embedded only where an observer is on, and the both-on row used one embedder for both."""
     argv = ["bench", "--suite", "reid", "--json", "--seconds", "0.3", "--rounds", "2",
             "--sizes", "640x480", "--threads", "1", "--warmup", "2"]  # fmt: skip
     assert main(argv) == 0

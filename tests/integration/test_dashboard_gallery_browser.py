@@ -1,5 +1,5 @@
 """Erasing an enrolled subject from the unit page, in a real browser (Debian's /usr/bin/chromium
-through Playwright): the real agent with ``[enrolment]`` on (real CenterFace and FaceNet, real
+through Playwright): the real agent with ``[enrolment]`` on (real CenterFace and MobileFaceNet, real
 gallery sealed on disk), a subject enrolled from a real photo by `camveil enrol`'s own template
 code, the dashboard on uvicorn with its own ingest and the operator's keys, on a real mosquitto.
 

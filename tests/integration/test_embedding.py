@@ -1,4 +1,5 @@
-"""FaceNet int8 embedding (models/facenet_int8.tflite) through hw.runtime, on real photos.
+"""MobileFaceNet int8 embedding (models/mobilefacenet_int8.tflite) and the landmark alignment
+(models/centerface_landmarks_int8.tflite) through hw.runtime, on real photos.
 
 Photos come from PyPI packages only (tests/photos.py): Barack Obama (three photos) and Joe Biden
 from the face_recognition 1.3.0 sdist, Eileen Collins (skimage ``astronaut``).
@@ -16,11 +17,14 @@ import pytest
 from PIL import Image
 
 from agent.events import Header, PresenceEvent, TamperEvent, TamperKind, ZoneCount, to_cbor
+from agent.vision.align import ALIGNED_SIZE, Aligner
 from agent.vision.centerface import CenterFaceDetector
 from agent.vision.detection import Box, Detection
 from agent.vision.embedding import (
     DIMENSIONS,
     INPUT_SIZE,
+    LANDMARK_MODEL,
+    MODEL,
     EmbedderConfig,
     Embedding,
     FaceEmbedder,
@@ -31,8 +35,6 @@ from camveil.__main__ import main
 from contract.errors import UnredactedDataError
 from models import load_manifest, verified_path
 from tests.photos import photo
-
-MODEL = "facenet_int8"
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +62,13 @@ def _embed(embedder: FaceEmbedder, detector: CenterFaceDetector, name: str) -> E
 
 def test_manifest_records_model_and_licence_risk() -> None:
     entry = load_manifest()[MODEL].info
-    assert entry["inputs"][0]["shape"] == [1, INPUT_SIZE, INPUT_SIZE, 3]
+    assert entry["inputs"][0]["shape"] == [1, ALIGNED_SIZE, ALIGNED_SIZE, 3]
     assert entry["outputs"][0]["shape"][-1] == DIMENSIONS
-    assert "CASIA-WebFace" in entry["licence"]["training_data_risk"]
-    assert entry["provenance"]["wheel_sha256"]
+    assert "MS-Celeb-1M" in entry["licence"]["training_data_risk"]
+    assert entry["provenance"]["tarball_sha256"] and entry["provenance"]["sha256"]
+    landmarks = load_manifest()[LANDMARK_MODEL].info
+    assert landmarks["outputs"][0]["shape"] == [1, 32, 32, 15]
+    assert "MIT" in landmarks["licence"]
 
 
 def test_loads_through_hw_runtime_with_int8_kernels(embedder: FaceEmbedder) -> None:
@@ -71,10 +76,10 @@ def test_loads_through_hw_runtime_with_int8_kernels(embedder: FaceEmbedder) -> N
 
     rt = TFLiteRuntime(verified_path(MODEL)).load()
     assert rt.delegated is not False  # XNNPACK runs it (None: the runtime cannot say)
-    assert [tuple(i.shape) for i in rt.inputs] == [(1, INPUT_SIZE, INPUT_SIZE, 3)]
+    assert [tuple(i.shape) for i in rt.inputs] == [(1, ALIGNED_SIZE, ALIGNED_SIZE, 3)]
 
 
-def test_embeddings_are_512_d_unit_vectors(
+def test_embeddings_are_192_d_unit_vectors(
     embedder: FaceEmbedder, detector: CenterFaceDetector
 ) -> None:
     e = _embed(embedder, detector, "astronaut")
@@ -121,23 +126,49 @@ def test_flip_averaging_stays_a_unit_vector_close_to_plain(
     assert 0.9 < a.cosine(b) < 1.0
 
 
-def test_landmark_alignment_puts_the_eyes_on_the_template() -> None:
+@pytest.fixture(scope="module")
+def aligner() -> Aligner:
+    return Aligner(verified_path(LANDMARK_MODEL)).load()
+
+
+def test_landmarks_land_on_the_eyes_nose_and_mouth(
+    aligner: Aligner, detector: CenterFaceDetector
+) -> None:
     rgb = photo("astronaut")
-    detector = build_detector(DetectorConfig(model="blazeface_full_int8"))
-    face = max(detector.detect(rgb), key=lambda d: d.box.area)
-    assert face.landmarks is not None and len(face.landmarks) == 6
-    crop = align(rgb, face, use_landmarks=True)
+    crop = align(rgb, _face(detector, rgb))
     assert crop.shape == (INPUT_SIZE, INPUT_SIZE, 3)
-    # a rotated copy aligns to nearly the same crop (the box crop would not)
-    h, w = rgb.shape[:2]
+    p = aligner.landmarks(crop)
+    assert p.shape == (5, 2) and np.all(np.isfinite(p))
+    left_eye, right_eye, nose, mouth_l, mouth_r = p
+    assert left_eye[0] < nose[0] < right_eye[0]  # image left to right
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_l[1], mouth_r[1])  # top down
+    assert mouth_l[0] < mouth_r[0]
+    eye_gap = float(np.linalg.norm(right_eye - left_eye))
+    assert 0.2 * INPUT_SIZE < eye_gap < 0.5 * INPUT_SIZE  # the face fills 1/1.5 of the crop
+
+
+def test_rotated_face_aligns_to_nearly_the_same_face(
+    aligner: Aligner, detector: CenterFaceDetector
+) -> None:
     import cv2
 
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), 15, 1.0)
+    rgb = photo("obama")
+    face = aligner.align(align(rgb, _face(detector, rgb)))
+    h, w = rgb.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 20, 1.0)
     turned = cv2.warpAffine(rgb, m, (w, h))
-    face2 = max(detector.detect(turned), key=lambda d: d.box.area)
-    crop2 = align(turned, face2, use_landmarks=True)
-    diff = np.abs(crop.astype(np.int16) - crop2.astype(np.int16)).mean()
-    assert diff < 20, diff
+    face2 = aligner.align(align(turned, _face(detector, turned)))
+    assert face.shape == face2.shape == (ALIGNED_SIZE, ALIGNED_SIZE, 3)
+    diff = float(np.abs(face.astype(np.int16) - face2.astype(np.int16)).mean())
+    # without alignment the turned face differs by far more (the box crop keeps the roll)
+    plain = cv2.resize(align(turned, _face(detector, turned)), (ALIGNED_SIZE, ALIGNED_SIZE))
+    plain_diff = float(np.abs(face.astype(np.int16) - plain.astype(np.int16)).mean())
+    assert diff < plain_diff / 2, (diff, plain_diff)
+
+
+def test_blank_crop_still_embeds(embedder: FaceEmbedder) -> None:
+    e = embedder.embed_crop(np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
+    assert e.dim == DIMENSIONS
 
 
 def test_box_outside_the_image_is_a_clear_error() -> None:

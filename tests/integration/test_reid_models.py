@@ -1,4 +1,4 @@
-"""Anonymous re-identification with the real models: FaceNet int8 links real photos of one
+"""Anonymous re-identification with the real models: MobileFaceNet int8 links real photos of one
 person across tracks and keeps other people apart; and with the feature on, nothing the unit
 publishes, stores or logs holds an embedding (the real daemon, outbox, broker and listener).
 
@@ -23,7 +23,7 @@ from PIL import Image
 
 from agent.pipeline import Pipeline, PrivacyConfig
 from agent.stats import PipelineStats
-from agent.vision.embedding import Embedding, FaceEmbedder
+from agent.vision.embedding import DIMENSIONS, Embedding, FaceEmbedder
 from agent.vision.embedworker import open_embed_worker
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.reid import ReidConfig, open_reid
@@ -159,14 +159,16 @@ LOG_FLOATS = re.compile(r"(?:-?\d+\.\d+(?:e-?\d+)?[,;\s\]]+){16,}")
 
 def test_the_scanners_find_a_planted_embedding() -> None:
     """The leak checks below can fail: each finds an embedding put where it looks."""
-    v = Embedding(np.random.default_rng(3).standard_normal(512)).vector.copy()
+    v = Embedding(np.random.default_rng(3).standard_normal(DIMENSIONS)).vector.copy()
     blob = np.random.default_rng(4).bytes(4000)
     for enc in vector_encodings(v)[::2]:
         planted = blob[:1001] + enc + blob[1001:]
-        assert float_runs(planted) >= MIN_RUN or len(enc) > 4 * 512  # float64 is caught by bytes
+        assert (
+            float_runs(planted) >= MIN_RUN or len(enc) > 4 * DIMENSIONS
+        )  # float64 is caught by bytes
         assert enc in planted
     assert float_runs(blob) < MIN_RUN
-    assert float_lists({"body": {"x": [float(x) for x in v]}}) == 512
+    assert float_lists({"body": {"x": [float(x) for x in v]}}) == DIMENSIONS
     assert LOG_FLOATS.search("vector " + ", ".join(f"{x:.4f}" for x in v[:20]))
 
 

@@ -4,7 +4,7 @@ without a model: the colour embedder of test_reid ("the same person" is "the sam
 One crop and one embedding serve both clients; each gets its own copy and every copy, crop and
 original is wiped; a failure of one client leaves the other its faces; overload and embedder
 failures are counted under each client's own name; the window's end still scrubs the shared
-interpreter. tests/integration/test_enrolment.py runs the real FaceNet with both on.
+interpreter. tests/integration/test_enrolment.py runs the real MobileFaceNet with both on.
 """
 
 from __future__ import annotations

@@ -58,3 +58,31 @@ def test_pick_face_prefers_the_confident_central_face() -> None:
     assert pick_face([side, centre, weak], 100, 100) is centre
     assert pick_face([side, centre, weak], 100, 100, "largest") is side
     assert pick_face([], 100, 100) is None
+
+
+def test_all_pairs_far_counts_every_impostor_pair_of_the_source() -> None:
+    from agent.vision.embedding import Embedding
+    from tools.evaluate_embed import Pair, all_pairs_far
+
+    def e(angle: float) -> Embedding:  # unit vectors in a plane: cosine = cos(angle difference)
+        return Embedding(np.array([np.cos(angle), np.sin(angle), 0.0]))
+
+    emb = {
+        "ann/1.jpg": e(0.0),
+        "ann/2.jpg": e(0.3),  # cos 0.955 to ann/1
+        "bob/1.jpg": e(1.0),  # cos 0.54 to ann/1, 0.75 to ann/2
+        "cid/1.jpg": e(3.0),  # far from everyone
+        "dfc/x.jpg": e(0.05),  # another source: left out even though it is close to ann
+    }
+    pairs = [
+        Pair("ann/1.jpg", "ann/2.jpg", True, "lfw_pairs"),
+        Pair("bob/1.jpg", "cid/1.jpg", False, "lfw_pairs"),
+        Pair("ann/1.jpg", "dfc/x.jpg", False, "deepface"),
+    ]
+    t = all_pairs_far(pairs, emb, thresholds=(0.5, 0.7, 0.99))
+    assert (t["faces"], t["people"], t["genuine_pairs"], t["impostor_pairs"]) == (4, 3, 1, 5)
+    by = {r["threshold"]: r for r in t["rows"]}
+    assert by[0.5]["impostors_accepted"] == 2 and by[0.5]["far"] == pytest.approx(2 / 5)
+    assert by[0.7]["impostors_accepted"] == 1 and by[0.7]["tar"] == 1.0
+    assert by[0.99]["impostors_accepted"] == 0 and by[0.99]["tar"] == 0.0
+    assert t["max_impostor"] == pytest.approx(np.cos(0.7))

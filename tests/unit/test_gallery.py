@@ -15,7 +15,7 @@ import pytest
 from agent.config import config_from_mapping
 from agent.events import AuditAction, EventBuilder, to_map
 from agent.sequence import CountingSequence
-from agent.vision.embedding import Embedding
+from agent.vision.embedding import DIMENSIONS, Embedding
 from agent.vision.gallery import (
     DEFAULT_THRESHOLD,
     EnrolmentConfig,
@@ -35,7 +35,7 @@ ON = EnrolmentConfig(
 
 
 def unit_vectors(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
-    v = np.random.default_rng(seed).standard_normal((n, 512)).astype(np.float32)
+    v = np.random.default_rng(seed).standard_normal((n, DIMENSIONS)).astype(np.float32)
     out: npt.NDArray[np.float32] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out
 
@@ -55,15 +55,16 @@ def test_config_is_off_by_default_and_needs_purpose_and_legal_basis() -> None:
     cfg = config_from_mapping({"enrolment": {"enabled": True, "purpose": "door access for staff",
                                              "legal_basis": "explicit consent"}})  # fmt: skip
     assert cfg.enrolment.enabled and cfg.enrolment.jurisdiction_mode
-    assert cfg.enrolment.threshold == DEFAULT_THRESHOLD == 0.70
+    assert cfg.enrolment.threshold == DEFAULT_THRESHOLD == 0.62
 
 
 def test_jurisdiction_mode_caps_the_gallery_and_the_threshold() -> None:
     with pytest.raises(ConfigError, match="max_subjects must be between 1 and 50"):
         EnrolmentConfig(max_subjects=51)
     with pytest.raises(ConfigError, match="threshold"):
-        EnrolmentConfig(threshold=0.6)
-    assert EnrolmentConfig(jurisdiction_mode=False, max_subjects=500, threshold=0.6)
+        EnrolmentConfig(threshold=0.55)  # below the jurisdiction floor 0.57
+    assert EnrolmentConfig(threshold=0.57)
+    assert EnrolmentConfig(jurisdiction_mode=False, max_subjects=500, threshold=0.55)
 
 
 def test_enrolment_cannot_be_changed_by_remote_set_config() -> None:
@@ -77,7 +78,7 @@ def test_templates_round_trip_and_bad_ones_are_refused() -> None:
     for bad in (b"x" * 2048, b"\0" * 2048, template_bytes(e)[:-4], "text", None):
         with pytest.raises(GalleryRefusedError):
             parse_template(bad)
-    nan = np.full(512, np.nan, "<f4").tobytes()
+    nan = np.full(DIMENSIONS, np.nan, "<f4").tobytes()
     with pytest.raises(GalleryRefusedError):
         parse_template(nan)
 

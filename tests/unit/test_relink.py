@@ -19,7 +19,7 @@ import pytest
 from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame
 from agent.stats import PipelineStats
 from agent.vision.detection import Box, Detection
-from agent.vision.embedding import Embedding
+from agent.vision.embedding import DIMENSIONS, Embedding
 from agent.vision.embedworker import EmbedWorker, Selection
 from agent.vision.reid import ReidConfig, Reidentifier
 from agent.vision.relink import TrackLinker
@@ -168,7 +168,7 @@ def test_the_relinker_forgets_and_wipes_what_it_kept() -> None:
 
     tracker.update([face])  # track 1
     linker.select(at(0.0), [(1, face)])
-    linker.embedded(1, 0.0, 0, Embedding(np.ones(512)))
+    linker.embedded(1, 0.0, 0, Embedding(np.ones(DIMENSIONS)))
     linker.select(at(0.1), [(1, face)])
     kept = linker._seen[1].vector
     assert kept is not None and kept.any()
@@ -177,11 +177,11 @@ def test_the_relinker_forgets_and_wipes_what_it_kept() -> None:
     assert not kept.any() and 1 not in linker._seen
     tracker.update([face])  # track 2
     linker.select(at(3.1), [(2, face)])
-    linker.embedded(2, 3.1, 0, Embedding(np.ones(512)))
+    linker.embedded(2, 3.1, 0, Embedding(np.ones(DIMENSIONS)))
     linker.select(at(3.2), [(2, face)])
     second = linker._seen[2].vector
     assert second is not None and second.any()
-    in_flight = Embedding(np.ones(512))
+    in_flight = Embedding(np.ones(DIMENSIONS))
     linker.embedded(2, 3.2, 0, in_flight)  # not picked up before close: wiped too
     linker.close()
     assert not second.any() and not in_flight.vector.any() and not linker._seen

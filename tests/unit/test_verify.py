@@ -1,6 +1,6 @@
 """The enrolled matcher without a model (the colour embedder of test_reid: "the same person" is
 "the same colour"): it matches once per track, respects the cooldown, and a failure never
-touches redaction. tests/integration/test_enrolment.py runs the real FaceNet."""
+touches redaction. tests/integration/test_enrolment.py runs the real MobileFaceNet."""
 
 from __future__ import annotations
 
