@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from agent.config import config_from_mapping
 from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame
 from agent.stats import PipelineStats
 from agent.vision.detection import Box, Detection
 from agent.vision.embedding import DIMENSIONS, Embedding
 from agent.vision.embedworker import EmbedWorker, Selection
+from agent.vision.gallery import JURISDICTION_MIN_THRESHOLD
 from agent.vision.reid import ReidConfig, Reidentifier
 from agent.vision.relink import TrackLinker
 from agent.vision.track import Tracker, TrackerConfig
@@ -191,3 +193,11 @@ def test_the_relinker_forgets_and_wipes_what_it_kept() -> None:
 def test_bad_relink_settings_are_refused(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=key):
         TrackerConfig(**{key: value})
+
+
+def test_the_default_threshold_has_the_jurisdiction_floors_false_accept_rate() -> None:
+    """Relinking is set at the false-accept rate of the enrolment jurisdiction floor (5.7e-5 per
+    comparison with MobileFaceNet, agent/vision/gallery.py): a new embedding model re-derives
+    that floor, and this reminds whoever does to re-derive the relink threshold with it."""
+    assert TrackerConfig().relink_threshold == JURISDICTION_MIN_THRESHOLD == 0.57
+    assert config_from_mapping({}).privacy.tracker.relink_threshold == 0.57
