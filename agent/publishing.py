@@ -36,6 +36,7 @@ enqueued. Callbacks run on the transport's dispatcher thread (agent.transport).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -189,51 +190,52 @@ class PublishingPath:
         processor and transport (nothing connects yet)."""
         unit, config = self._unit, self._outbox_config
         delivery = delivery_mode(config, unit)
-        seqs = SequenceStore(unit.seq_path).__enter__()
-        try:
-            outbox = Outbox(
-                self._outbox_path,
-                signer=unit.identity.public(),
-                max_bytes=config.max_bytes,
-                max_age_s=config.max_age_s,
-                max_db_bytes=config.max_db_bytes,
-                recover_corrupt=config.recover_corrupt,
-                reserve_bytes=config.reserve_bytes,
-                delete_on=delivery,
-                receipt_timeout_s=config.receipt_timeout_s,
-            ).__enter__()
-        except BaseException:
-            seqs.close()
-            raise
+        with contextlib.ExitStack() as opened:  # closes both if anything below fails
+            seqs = opened.enter_context(SequenceStore(unit.seq_path))
+            outbox = opened.enter_context(
+                Outbox(
+                    self._outbox_path,
+                    signer=unit.identity.public(),
+                    max_bytes=config.max_bytes,
+                    max_age_s=config.max_age_s,
+                    max_db_bytes=config.max_db_bytes,
+                    recover_corrupt=config.recover_corrupt,
+                    reserve_bytes=config.reserve_bytes,
+                    delete_on=delivery,
+                    receipt_timeout_s=config.receipt_timeout_s,
+                )
+            )
+            emitter = Emitter(
+                unit,
+                self._make_builder(seqs),
+                outbox,
+                lambda: None,
+                self.stats,
+                on_enqueued=self._on_enqueued,
+            )
+            publisher = Publisher(outbox, stats=self.stats, on_delivered=emitter.delivered)
+            emitter.wake = publisher.wake
+            receipts = ReceiptProcessor(
+                unit.identity,
+                unit.backend,
+                outbox,
+                on_receipted=emitter.receipted,
+                on_rejected=self._receipt_rejected,
+            )
+            transport = Transport(
+                self.transport_config,
+                on_acked=publisher.on_acked,
+                on_rejected=publisher.on_rejected,
+                on_state=self._state,
+                on_command=self._on_command,
+                on_receipt=receipts.handle if delivery == "receipt" else None,
+                will=self._seal_will if self._status else None,
+            )
+            publisher.bind(transport)
+            opened.pop_all()
         self._seqs, self._outbox, self._delivery = seqs, outbox, delivery
-        emitter = Emitter(
-            unit,
-            self._make_builder(seqs),
-            outbox,
-            lambda: None,
-            self.stats,
-            on_enqueued=self._on_enqueued,
-        )
-        publisher = Publisher(outbox, stats=self.stats, on_delivered=emitter.delivered)
-        emitter.wake = publisher.wake
-        self._emitter, self._publisher = emitter, publisher
-        self._receipts = ReceiptProcessor(
-            unit.identity,
-            unit.backend,
-            outbox,
-            on_receipted=emitter.receipted,
-            on_rejected=self._receipt_rejected,
-        )
-        self._transport = Transport(
-            self.transport_config,
-            on_acked=publisher.on_acked,
-            on_rejected=publisher.on_rejected,
-            on_state=self._state,
-            on_command=self._on_command,
-            on_receipt=self._receipts.handle if delivery == "receipt" else None,
-            will=self._seal_will if self._status else None,
-        )
-        publisher.bind(self._transport)
+        self._emitter, self._publisher, self._receipts = emitter, publisher, receipts
+        self._transport = transport
         return self
 
     def start(self) -> None:

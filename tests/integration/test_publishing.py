@@ -23,6 +23,7 @@ from agent.sequence import SequenceStore
 from agent.transport import ConnectionEvent, ConnectionState
 from agent.unitstate import UnitState
 from contract.envelope.seal import SealedEnvelope
+from contract.errors import ConfigError
 
 
 def _path(harness: Harness, **kwargs: Any) -> PublishingPath:
@@ -179,3 +180,15 @@ def test_a_unit_provisioned_before_receipts_forgets_on_the_puback(
         assert path.delivery == "puback"
         assert path.outbox.stats().delete_on == "puback"
     assert "no backend verify key" in caplog.text
+
+
+def test_a_path_that_fails_to_open_leaves_no_store_open(harness: Harness) -> None:
+    unit = UnitState.load(harness.unit_dir)
+
+    def broken(seqs: SequenceStore) -> EventBuilder:
+        raise ConfigError("no builder")
+
+    with pytest.raises(ConfigError), PublishingPath(unit, unit.transport_config(), builder=broken):
+        pass
+    with SequenceStore(unit.seq_path):  # a store left open would hold the file's lock
+        pass
