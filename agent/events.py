@@ -178,6 +178,17 @@ class OutboxHealth:
     republished: int = 0
 
 
+@dataclass(frozen=True)
+class CertHealth:
+    """The TLS client certificate in use: the dashboard counts down to ``not_after`` and the
+    operator renews it (`camveil station renew`) before then."""
+
+    serial: str
+    """Hex serial number."""
+    not_after: int
+    """Unix seconds."""
+
+
 class OutboxNumbers(Protocol):
     """What a health event reads from the outbox (:class:`agent.outbox.OutboxStats` has it):
     events know the numbers, not the storage."""
@@ -217,6 +228,8 @@ class HealthEvent:
     """Software versions, e.g. ``{"camveil": "0.1.0", "python": "3.11.2"}``."""
     models: Mapping[str, str]
     """Model name -> sha256 (hex) of the model file in use."""
+    cert: CertHealth | None = None
+    """The TLS client certificate in use (None: unreadable, or a caller that has none)."""
     TYPE: ClassVar[str] = "health"
 
 
@@ -297,6 +310,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AuditAction",
     "AuditEvent",
+    "CertHealth",
     "Event",
     "EventBuilder",
     "Header",
@@ -477,6 +491,7 @@ class EventBuilder:
         uptime_s: float,
         versions: Mapping[str, str],
         models: Mapping[str, str],
+        cert: CertHealth | None = None,
     ) -> HealthEvent:
         snap = pipeline.snapshot()
         latency_raw: Any = snap["latency"]
@@ -506,6 +521,7 @@ class EventBuilder:
             uptime_s=round(float(uptime_s), 3),
             versions=MappingProxyType({str(k): str(v) for k, v in versions.items()}),
             models=MappingProxyType({str(k): str(v) for k, v in models.items()}),
+            cert=cert,
         )
 
     def match(self, subject: str, score: float) -> MatchEvent:
@@ -656,6 +672,8 @@ def to_map(event: Event) -> dict[str, Any]:
             "versions": dict(event.versions),
             "models": dict(event.models),
         }
+        if event.cert is not None:
+            body["cert"] = {"serial": event.cert.serial, "not_after": event.cert.not_after}
     elif isinstance(event, MatchEvent):
         body = {"subject": event.subject, "score": event.score}
     elif isinstance(event, AuditEvent):

@@ -1,5 +1,6 @@
 """What the daemon reports about itself: the health event every interval (fps, drops, outbox,
-CPU temperature, uptime, versions, model hashes) and the summary of a run."""
+CPU temperature, uptime, versions, model hashes, the TLS certificate's serial and expiry) and the
+summary of a run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from agent import __version__
 from agent.commands import CommandProcessor
 from agent.config import AgentConfig
+from agent.events import CertHealth
 from agent.outbox import Outbox
 from agent.publisher import Emitter, Publisher
 from agent.stats import PipelineStats
@@ -20,6 +22,7 @@ from agent.vision.factory import DetectorConfig
 from contract.errors import CamveilError
 from contract.ranges import seq_ranges
 from hw.board import BoardInfo
+from provisioning.unit_renewal import CertInfo
 
 
 def model_hashes(config: DetectorConfig) -> dict[str, str]:
@@ -37,9 +40,15 @@ class HealthReporter:
     """Health events: the frame rate since the previous one, and the state of everything else
     at the time. Constructor only stores (and notes the start for the uptime)."""
 
-    def __init__(self, stats: PipelineStats, board: BoardInfo) -> None:
+    def __init__(
+        self,
+        stats: PipelineStats,
+        board: BoardInfo,
+        cert: Callable[[], CertInfo | None] = lambda: None,
+    ) -> None:
         self._stats = stats
         self._board = board
+        self._cert = cert
         self._started_mono = time.monotonic()
         self._frames0, self._t0 = 0, time.monotonic()
 
@@ -59,6 +68,8 @@ class HealthReporter:
         models = model_hashes(config.detector)
         temp = self._board.cpu_temp_c()
         stats = self._stats
+        info = self._cert()
+        cert = None if info is None else CertHealth(info.serial, info.not_after)
         emitter.emit(
             lambda b: b.health(
                 fps=fps,
@@ -68,6 +79,7 @@ class HealthReporter:
                 uptime_s=uptime,
                 versions=versions,
                 models=models,
+                cert=cert,
             )
         )
 

@@ -33,6 +33,7 @@ SORT_KEYS: Final = (
     "temp",
     "last_seen",
     "rejected",
+    "cert",
 )
 
 
@@ -43,6 +44,9 @@ class Thresholds:
     offline_after_s: float = 300.0
     """A unit that said online but was not heard from for this long is ``silent`` (and
     raises an offline alert)."""
+    cert_alert_days: float = 30.0
+    """A unit whose TLS certificate expires within this many days is marked and raises a
+    ``cert`` alert (renew it: `camveil station renew`)."""
 
 
 def status_of(unit: UnitView, now: float, limits: Thresholds) -> str:
@@ -63,6 +67,10 @@ class FleetRow:
     rejected: int
     open_alerts: int
     revoked: Revoked | None = None
+    cert_days: float | None = None
+    """Days left on the unit's TLS certificate (its last health), None if not reported."""
+    cert_expiring: bool = False
+    """``cert_days`` is below the alert threshold."""
 
     @property
     def device(self) -> str:
@@ -80,6 +88,7 @@ class FleetRow:
             "temp": u.temperature,
             "last_seen": -(u.last_seen or 0.0),
             "rejected": self.rejected,
+            "cert": self.cert_days,
         }
         value = values[key]
         # missing values sort last, whatever the direction
@@ -158,7 +167,9 @@ def _row(
         status != "online" or unit.health_at is None or now - unit.health_at > limits.stale_after_s
     )
     age = now - unit.last_seen if unit.last_seen is not None else None
-    return FleetRow(unit, status, stale, age, int(r[7]), int(r[8]), revocation)
+    days = unit.cert_days_left(now)
+    expiring = days is not None and days < limits.cert_alert_days
+    return FleetRow(unit, status, stale, age, int(r[7]), int(r[8]), revocation, days, expiring)
 
 
 def sites(store: Store) -> list[str]:
