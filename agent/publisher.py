@@ -224,13 +224,18 @@ class Emitter:
         outbox: Outbox,
         wake: Callable[[], None],
         stats: PipelineStats,
+        *,
+        on_enqueued: Callable[[str, int], None] | None = None,
     ) -> None:
+        """``on_enqueued(type, seq)`` is called after every durable enqueue, under the
+        emitter's lock (so in seq order); it must not emit."""
         self.unit = unit
         self.builder = builder
         self._outbox = outbox
         self.wake = wake
         """Called after every enqueue (the publisher's wake-up)."""
         self._stats = stats
+        self._on_enqueued = on_enqueued
         self._lock = threading.Lock()
         self.by_type: Counter[str] = Counter()
         self.enqueued: list[tuple[str, int]] = []
@@ -275,6 +280,8 @@ class Emitter:
         self.store_failing = False
         self.by_type[kind] += 1
         self.enqueued.append((envelope.topic, envelope.seq))
+        if self._on_enqueued is not None:
+            self._on_enqueued(kind, envelope.seq)
         if captured_at is not None:
             self._captured[envelope.seq] = captured_at
             while len(self._captured) > 4096:

@@ -11,11 +11,10 @@ Three measurements, all with production code:
 - **event latency capture -> PUBACK**, p50/p99, at a fixed rate (default 10 events/s) against
   a real local mosquitto started for the purpose with a throw-away dev PKI
   (:class:`provisioning.devbroker.BrokerProcess`): the daemon's publishing path
-  (:class:`~agent.events.EventBuilder` with the persisted sequence store ->
-  :class:`agent.publisher.Emitter` -> outbox -> :class:`~agent.publisher.Publisher` ->
-  :class:`~agent.transport.Transport`), timed from the moment the event is made (the capture
-  time the daemon passes for frame-derived events) to the broker's PUBACK. Without mosquitto
-  this part reports ``available: false`` with the install hint.
+  (:class:`agent.publishing.PublishingPath` at its defaults, receipts on, without the link
+  status messages), timed from the moment the event is made (the capture time the daemon passes
+  for frame-derived events) to the broker's PUBACK. Without mosquitto this part reports
+  ``available: false`` with the install hint.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -191,44 +189,16 @@ def bench_latency(events: int = 100, rate: float = 10.0) -> dict[str, Any]:
 
 
 def _publish_at_rate(state_dir: Path, events: int, rate: float, dev: Any) -> dict[str, Any]:
-    from agent.events import new_boot_id
-    from agent.publisher import Emitter, Publisher
-    from agent.receipts import ReceiptProcessor
-    from agent.sequence import SequenceStore
-    from agent.stats import PipelineStats
-    from agent.transport import Transport
+    from agent.publishing import PublishingPath
     from agent.unitstate import UnitState
 
     unit = UnitState.load(state_dir)
-    stats = PipelineStats()
-    with (
-        SequenceStore(unit.seq_path) as seqs,
-        Outbox(unit.outbox_path, signer=unit.identity.public()) as outbox,
-    ):
-        publisher = Publisher(
-            outbox, stats=stats, on_delivered=lambda seq, at: emitter.delivered(seq, at)
-        )
-        builder = EventBuilder(unit.device_id, new_boot_id(), seqs)
-        emitter = Emitter(unit, builder, outbox, publisher.wake, stats)
-        receipts = ReceiptProcessor(
-            unit.identity, unit.backend, outbox, on_receipted=emitter.receipted
-        )
-        transport = Transport(
-            unit.transport_config(),
-            on_acked=publisher.on_acked,
-            on_rejected=publisher.on_rejected,
-            on_state=publisher.on_state,
-            on_receipt=receipts.handle,
-        )
+    with PublishingPath(unit, unit.transport_config(), status=False) as path:
         backend = contextlib.ExitStack()
         _start_backend(backend, dev, unit)
-        publisher.bind(transport)
-        stop = threading.Event()
-        thread = threading.Thread(target=publisher.run, args=(stop,), name="bench-publisher")
-        thread.start()
-        transport.start()
+        path.start()
         try:
-            if not transport.wait_connected(15.0):
+            if not path.transport.wait_connected(15.0):
                 raise CamveilError("bench: the unit could not connect to the local mosquitto")
             t0 = time.monotonic()
             for i in range(events):
@@ -236,17 +206,12 @@ def _publish_at_rate(state_dir: Path, events: int, rate: float, dev: Any) -> dic
                 if delay > 0:
                     time.sleep(delay)
                 now = time.time()
-                emitter.emit(_presence(now), captured_at=now)
-            deadline = time.monotonic() + 30.0
-            while outbox.stats().depth and time.monotonic() < deadline:
-                time.sleep(0.01)
+                path.emit(_presence(now), captured_at=now)
+            path.drain(30.0)
         finally:
-            transport.stop(publish_will=False)
-            stop.set()
-            publisher.wake()
-            thread.join(10.0)
+            path.stop()
             backend.close()
-    snapshot: dict[str, Any] = json.loads(json.dumps(stats.snapshot()))
+    snapshot: dict[str, Any] = json.loads(json.dumps(path.stats.snapshot()))
     return snapshot
 
 

@@ -8,9 +8,8 @@ import contextlib
 import logging
 import queue
 import threading
-import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from agent.certrenewal import CertRenewal
 from agent.commands import Command, CommandProcessor, CommandRejectedError
@@ -19,21 +18,20 @@ from agent.daemon.health import DaemonSummary, HealthReporter, summarize
 from agent.daemon.parts import Parts, PartsSlot, build_parts
 from agent.daemon.remote import remote_change
 from agent.enrolment import Enrolment
-from agent.events import EventBuilder, LinkState, SnapshotPolicy, new_boot_id
+from agent.events import EventBuilder, SnapshotPolicy, new_boot_id
 from agent.frame_sink import snapshot_event
 from agent.linkreport import LinkReport
-from agent.outbox import Outbox
 from agent.pipeline import CameraFactory, DetectorFactory
 from agent.privacy.counts import CountPrivacy, budget_path
 from agent.publisher import Emitter, Publisher
+from agent.publishing import PublishingPath
 from agent.receipts import ReceiptProcessor
 from agent.sequence import SequenceStore
 from agent.stats import PipelineStats
-from agent.transport import ConnectionEvent, ConnectionState, Transport
+from agent.transport import ConnectionEvent, Transport
 from agent.unitstate import UnitState
 from agent.vision.factory import build_detector
 from contract.commands import Ack
-from contract.envelope.seal import SealedEnvelope
 from contract.errors import CamveilError, ConfigError
 from hw.board import BoardInfo, LinuxBoard
 from hw.camera import open_camera
@@ -83,12 +81,9 @@ class Daemon:
         )
         self._health = HealthReporter(self.stats, self._board, self.renewal.current)
         self._boot = new_boot_id()
-        self.emitter: Emitter | None = None
-        self.publisher: Publisher | None = None
+        self.publishing: PublishingPath | None = None
+        """Sequence store, outbox, publisher, transport, receipts (agent.publishing)."""
         self.processor: CommandProcessor | None = None
-        self.transport: Transport | None = None
-        self.receipts: ReceiptProcessor | None = None
-        self._warned_no_receipts = False
         self.link_report: LinkReport | None = None
         self.status_light: StatusLight | None = None
         self.enrolment: Enrolment | None = None
@@ -98,6 +93,22 @@ class Daemon:
     @property
     def config(self) -> AgentConfig:
         return self._config
+
+    @property
+    def emitter(self) -> Emitter | None:
+        return None if self.publishing is None else self.publishing.emitter
+
+    @property
+    def publisher(self) -> Publisher | None:
+        return None if self.publishing is None else self.publishing.publisher
+
+    @property
+    def transport(self) -> Transport | None:
+        return None if self.publishing is None else self.publishing.transport
+
+    @property
+    def receipts(self) -> ReceiptProcessor | None:
+        return None if self.publishing is None else self.publishing.receipts
 
     def last_frame_at(self) -> float | None:
         """Monotonic time of the last redacted frame (for the systemd watchdog)."""
@@ -175,8 +186,9 @@ class Daemon:
 
     def _replace_parts(self, config: AgentConfig, persist: dict[str, Any] | None) -> None:
         """Build first, swap, persist; put the old parts back if persisting fails."""
-        emitter = self.emitter
-        assert emitter is not None
+        path = self.publishing
+        assert path is not None
+        emitter = path.emitter
         try:
             new = self._build_parts(config, emitter)
         except CamveilError as exc:
@@ -194,7 +206,7 @@ class Daemon:
         old.sink.flush()
         old.close()
         self._config = config
-        emitter.builder = self._builder(config, self._seqs)
+        emitter.builder = self._builder(config, path.seqs)
         logger.info(
             "pipeline replaced (camera %s, detector %s)", config.camera.kind, config.detector.model
         )
@@ -212,14 +224,10 @@ class Daemon:
     # --- transport callbacks --------------------------------------------------------------------
 
     def _on_state(self, event: ConnectionEvent) -> None:
-        publisher, emitter = self.publisher, self.emitter
-        if publisher is not None:
-            publisher.on_state(event)
+        """After the publisher has seen ``event`` and before the "online" status is enqueued
+        (agent.publishing): the journal's link report and the status LED."""
         if self.link_report is not None:
             self.link_report.on_event(event)
-        if event.state is ConnectionState.CONNECTED and emitter is not None:
-            delivery = self._delivery(self._config)
-            emitter.emit(lambda b: b.status(LinkState.ONLINE, delivery=delivery))
 
     def _on_command(self, topic: str, payload: bytes) -> None:
         try:
@@ -227,31 +235,6 @@ class Daemon:
         except queue.Full:
             self.stats.drop("cmd_dropped.overload")
             logger.warning("command queue full: command dropped")
-
-    def _delivery(self, config: AgentConfig) -> Literal["receipt", "puback"]:
-        """When envelopes are forgotten: ``[outbox] delete_on``, except that a unit whose bundle
-        predates receipts (no backend verify key) cannot check them and uses the PUBACK."""
-        if config.outbox.delete_on == "puback":
-            return "puback"
-        if not self._unit.receipts:
-            if not self._warned_no_receipts:
-                logger.warning(
-                    'delete_on = "receipt" but this unit\'s bundle has no backend verify key '
-                    "(provisioned before receipts): envelopes are forgotten on the PUBACK; "
-                    "re-provision the unit to get end-to-end receipts"
-                )
-                self._warned_no_receipts = True
-            return "puback"
-        return "receipt"
-
-    def _receipt_rejected(self, reason: str) -> None:
-        if reason != "ReplayError":  # a QoS 1 redelivery of a receipt already applied
-            self.stats.drop(f"receipt_rejected.{reason}")
-
-    def _seal_will(self) -> SealedEnvelope:
-        emitter = self.emitter
-        assert emitter is not None
-        return emitter.seal(emitter.builder.status(LinkState.OFFLINE))
 
     def _command_loop(self) -> None:
         processor = self.processor
@@ -279,26 +262,27 @@ class Daemon:
         unit, config = self._unit, self._config
         threads: list[threading.Thread] = []
         with contextlib.ExitStack() as stack:
-            self._seqs = stack.enter_context(SequenceStore(unit.seq_path))
-            self._outbox = stack.enter_context(
-                Outbox(
-                    config.outbox_path,
-                    signer=unit.identity.public(),
-                    max_bytes=config.outbox.max_bytes,
-                    max_age_s=config.outbox.max_age_s,
-                    max_db_bytes=config.outbox.max_db_bytes,
-                    recover_corrupt=config.outbox.recover_corrupt,
-                    reserve_bytes=config.outbox.reserve_bytes,
-                    delete_on=self._delivery(config),
-                    receipt_timeout_s=config.outbox.receipt_timeout_s,
+            path = stack.enter_context(
+                PublishingPath(
+                    unit,
+                    unit.transport_config(
+                        config.mqtt.broker,
+                        keepalive_s=config.mqtt.keepalive_s,
+                        reconnect_min_s=config.mqtt.reconnect_min_s,
+                        reconnect_max_s=config.mqtt.reconnect_max_s,
+                        max_outstanding=config.mqtt.max_outstanding,
+                        require_subscriber=config.mqtt.require_subscriber,
+                    ),
+                    outbox=config.outbox,
+                    outbox_path=config.outbox_path,
+                    builder=lambda seqs: self._builder(config, seqs),
+                    stats=self.stats,
+                    on_state=self._on_state,
+                    on_command=self._on_command,
                 )
             )
-            emitter = Emitter(
-                unit, self._builder(config, self._seqs), self._outbox, lambda: None, self.stats
-            )
-            publisher = Publisher(self._outbox, stats=self.stats, on_delivered=emitter.delivered)
-            emitter.wake = publisher.wake
-            self.emitter, self.publisher = emitter, publisher
+            self.publishing = path
+            emitter = path.emitter
             self.enrolment = Enrolment(
                 config.enrolment, unit.identity, unit.state_dir, emitter
             ).open()
@@ -317,99 +301,49 @@ class Daemon:
                 send_ack=self._send_ack,
             )
             self.processor.load()
-            receipts = ReceiptProcessor(
-                unit.identity,
-                unit.backend,
-                self._outbox,
-                on_receipted=emitter.receipted,
-                on_rejected=self._receipt_rejected,
-            )
-            self.receipts = receipts
             slot = self._slot
             slot.current = self._build_parts(config, emitter)
             stack.callback(lambda: slot.current.close() if slot.current is not None else None)
 
-            transport_config = unit.transport_config(
-                config.mqtt.broker,
-                keepalive_s=config.mqtt.keepalive_s,
-                reconnect_min_s=config.mqtt.reconnect_min_s,
-                reconnect_max_s=config.mqtt.reconnect_max_s,
-                max_outstanding=config.mqtt.max_outstanding,
-                require_subscriber=config.mqtt.require_subscriber,
-            )
-            outbox = self._outbox
+            outbox = path.outbox
             light = open_status_light(config.status_led)
             stack.callback(light.close)
             light.show("starting")
             self.status_light = light
             self.link_report = LinkReport(
-                f"{transport_config.host}:{transport_config.port}",
-                lambda: outbox.stats().depth,
-                show=light.show,
+                path.broker, lambda: outbox.stats().depth, show=light.show
             )
-            transport = Transport(
-                transport_config,
-                on_acked=publisher.on_acked,
-                on_rejected=publisher.on_rejected,
-                on_state=self._on_state,
-                on_command=self._on_command,
-                on_receipt=receipts.handle if self._delivery(config) == "receipt" else None,
-                will=self._seal_will,
-            )
-            publisher.bind(transport)
-            self.transport = transport
-            publisher_stop = threading.Event()
             threads = [
-                threading.Thread(target=publisher.run, args=(publisher_stop,), name="publisher"),
                 threading.Thread(target=self._command_loop, name="commands"),
                 threading.Thread(
                     target=slot.run, args=(self._stop, self._max_frames), name="pipeline"
                 ),
             ]
-            transport.start()
+            path.start()  # the transport, then the publisher thread
             try:
                 for t in threads:
                     t.start()
                 self.ready.set()
-                self._health.loop(self._stop, emitter, self._outbox, lambda: self._config)
+                self._health.loop(self._stop, emitter, outbox, lambda: self._config)
             finally:
                 self._stop.set()
                 parts = slot.current
                 if parts is not None:
                     parts.pipeline.stop()
-                _join(threads[2], None)
+                _join(threads[1], None)
                 if slot.current is not None:
                     slot.current.sink.flush()
-                self._health.emit(emitter, self._outbox, self._config)
-                self._drain(transport)
+                self._health.emit(emitter, outbox, self._config)
+                path.drain(self._drain_timeout_s)
                 self._commands.put(None)
-                _join(threads[1], 10.0)
-                transport.stop(publish_will=True)
-                publisher_stop.set()
-                publisher.wake()
                 _join(threads[0], 10.0)
+                path.stop()  # disconnect with the will, then the publisher thread
             return self._summary()
 
-    def _drain(self, transport: Transport) -> None:
-        """Give the outbox a little time to empty before disconnecting (what is left stays on
-        disk and goes out after the next start)."""
-        deadline = time.monotonic() + self._drain_timeout_s
-        publisher = self.publisher
-        assert publisher is not None
-        while time.monotonic() < deadline:
-            if self._outbox.stats().depth == 0:
-                return
-            if not transport.connected:
-                time.sleep(0.1)
-                continue
-            publisher.wake()
-            time.sleep(0.02)
-        logger.warning("stopping with %d envelope(s) in the outbox", self._outbox.stats().depth)
-
     def _summary(self) -> DaemonSummary:
-        emitter, publisher, processor = self.emitter, self.publisher, self.processor
-        assert emitter is not None and publisher is not None and processor is not None
-        return summarize(self.stats, emitter, publisher, processor, self._outbox)
+        path, processor = self.publishing, self.processor
+        assert path is not None and processor is not None
+        return summarize(self.stats, path.emitter, path.publisher, processor, path.outbox)
 
 
 def _join(thread: threading.Thread, timeout: float | None) -> None:

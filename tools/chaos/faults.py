@@ -60,6 +60,8 @@ class ChaosPlan:
             raise ConfigError("chaos --backend-down: seconds in [0, 86400]")
         if min(faults) < 0 or self.events < 1:
             raise ConfigError("chaos: need --events >= 1, --broker-restarts/--agent-kills >= 0")
+        if not 5.0 <= self.receipt_timeout_s <= 86400:  # the unit's [outbox] bounds
+            raise ConfigError("chaos --receipt-timeout: seconds in [5, 86400]")
         if not 0 < self.rate <= 10_000:
             raise ConfigError(f"chaos --rate {self.rate}: use a value in (0, 10000]")
 

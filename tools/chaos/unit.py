@@ -1,14 +1,14 @@
 """The unit process of a chaos run (``python -m tools.chaos unit ...``, started by
 :func:`tools.chaos.run.run_chaos`): the daemon's publishing path without the camera.
 
-:class:`~agent.events.EventBuilder` with the persisted :class:`~agent.sequence.SequenceStore` ->
-:class:`agent.publisher.Emitter` (seal, durable :class:`~agent.outbox.Outbox`) ->
-:class:`~agent.publisher.Publisher` -> :class:`~agent.transport.Transport`, with the daemon's
-"online" status on every connect and a freshly sealed "offline" last will. A synthetic source
-emits presence events at a fixed rate. After each durable enqueue the unit appends
-``<seq> <kind>`` to its log (``kind``: ``event``, ``status``, or ``will`` for a sealed last will);
-a restarted unit counts the events in the log and emits only the rest. When all are emitted it
-waits for the outbox to drain, disconnects (the broker publishes its will) and exits 0.
+:class:`agent.publishing.PublishingPath`, as the daemon builds it (persisted sequence store,
+seal, durable outbox, publisher thread, transport, receipts, the "online" status on every
+connect and a freshly sealed "offline" last will), with the default ``[outbox]`` and ``[mqtt]``
+settings but for the delivery mode, the receipt timeout and shorter reconnect delays. A
+synthetic source emits presence events at a fixed rate. After each durable enqueue the unit
+appends ``<seq> <kind>`` to its log (``kind``: ``event``, ``status``, or ``will`` for a sealed
+last will); a restarted unit counts the events in the log and emits only the rest. When all are
+emitted it waits for the outbox to drain, disconnects (the broker publishes its will) and exits 0.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from agent.config import MqttConfig
 from agent.events import Event, EventBuilder
@@ -77,80 +76,39 @@ def run_unit(
     receipt_timeout_s: float = DEFAULT_RECEIPT_TIMEOUT_S,
 ) -> int:
     """The unit side (see the module docstring). Returns 0 once everything is acknowledged."""
-    from agent.events import LinkState, new_boot_id
-    from agent.outbox import Outbox
-    from agent.publisher import Emitter, Publisher
-    from agent.receipts import ReceiptProcessor
-    from agent.sequence import SequenceStore
-    from agent.stats import PipelineStats
-    from agent.transport import ConnectionEvent, ConnectionState, Transport
+    from agent.config import OutboxConfig
+    from agent.publishing import PublishingPath
 
     unit = UnitState.load(state_dir)
     done = sum(1 for _, kind in read_log(log_path) if kind == "event")
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    log_lock = threading.Lock()
-    stats = PipelineStats()
-    with (
-        SequenceStore(unit.seq_path) as seqs,
-        Outbox(
-            unit.outbox_path,
-            signer=unit.identity.public(),
-            delete_on="puback" if delivery == "puback" else "receipt",
-            receipt_timeout_s=receipt_timeout_s,
-        ) as outbox,
-    ):
-        publisher = Publisher(outbox, stats=stats)
-        builder = EventBuilder(unit.device_id, new_boot_id(), seqs)
-        emitter = Emitter(unit, builder, outbox, publisher.wake, stats)
 
-        def emit(make: Callable[[EventBuilder], Any], kind: str) -> None:
-            with log_lock:  # one writer: the lines added are this call's
-                n = len(emitter.enqueued)
-                emitter.emit(make, time.time())
-                for _, seq in emitter.enqueued[n:]:
-                    os.write(fd, f"{seq} {kind}\n".encode())
+    def log(seq: int, kind: str) -> None:
+        os.write(fd, f"{seq} {kind}\n".encode())  # one O_APPEND write: lines never interleave
 
-        def seal_will() -> Any:
-            with log_lock:
-                envelope = emitter.seal(emitter.builder.status(LinkState.OFFLINE))
-                os.write(fd, f"{envelope.seq} will\n".encode())
-            return envelope
-
-        def on_state(event: ConnectionEvent) -> None:
-            publisher.on_state(event)
-            if event.state is ConnectionState.CONNECTED:
-                emit(lambda b: b.status(LinkState.ONLINE), "status")
-
-        receipts = ReceiptProcessor(unit.identity, unit.backend, outbox)
-        transport = Transport(
+    try:
+        with PublishingPath(
+            unit,
             unit_transport_config(unit, broker_url),
-            on_acked=publisher.on_acked,
-            on_rejected=publisher.on_rejected,
-            on_state=on_state,
-            on_receipt=receipts.handle if delivery == "receipt" else None,
-            will=seal_will,
-        )
-        publisher.bind(transport)
-        stop = threading.Event()
-        pub_thread = threading.Thread(target=publisher.run, args=(stop,), name="publisher")
-        pub_thread.start()
-        transport.start()
-        try:
+            outbox=OutboxConfig(
+                delete_on="puback" if delivery == "puback" else "receipt",
+                receipt_timeout_s=receipt_timeout_s,
+            ),
+            outbox_path=unit.outbox_path,
+            on_enqueued=lambda kind, seq: log(seq, "status" if kind == "status" else "event"),
+            on_will=lambda envelope: log(envelope.seq, "will"),
+        ) as path:
+            path.start()
             t0 = time.monotonic()
             for i in range(events - done):
                 delay = t0 + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                emit(_presence(time.time()), "event")
-            while outbox.stats().depth > 0:
-                publisher.wake()
-                time.sleep(0.05)
-        finally:
-            transport.stop(publish_will=True)
-            stop.set()
-            publisher.wake()
-            pub_thread.join(10.0)
-            os.close(fd)
+                path.emit(_presence(time.time()), time.time())
+            path.drain(None)
+            path.stop()  # the broker publishes the will
+    finally:
+        os.close(fd)
     return 0
 
 
