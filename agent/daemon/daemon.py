@@ -9,11 +9,18 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from agent.commands import Command, CommandProcessor, CommandRejectedError
-from agent.config import AgentConfig, dump_toml, remote_config_path, write_config_atomic
+from agent.config import (
+    AgentConfig,
+    config_digest,
+    dump_toml,
+    remote_config_path,
+    write_config_atomic,
+)
 from agent.daemon.health import DaemonSummary, HealthReporter, summarize
 from agent.daemon.parts import Parts, PartsSlot, build_parts
 from agent.daemon.remote import remote_change
@@ -32,6 +39,7 @@ from agent.transport import ConnectionEvent, ConnectionState, Transport
 from agent.unitstate import UnitState
 from agent.vision.factory import build_detector
 from contract.commands import Ack
+from contract.confighash import ConfigDigest
 from contract.envelope.seal import SealedEnvelope
 from contract.errors import CamveilError, ConfigError
 from hw.board import BoardInfo, LinuxBoard
@@ -55,6 +63,7 @@ class Daemon:
         unit: UnitState,
         *,
         config_path: Path | None = None,
+        remote_overlay: Mapping[str, Any] | None = None,
         board: BoardInfo | None = None,
         max_frames: int | None = None,
         drain_timeout_s: float = 10.0,
@@ -64,6 +73,10 @@ class Daemon:
         self._config = config
         self._unit = unit
         self._config_path = config_path
+        self._overlay: dict[str, Any] = dict(remote_overlay or {})
+        """The ``remote.toml`` mapping merged into ``config`` (what set_config changed)."""
+        self._digest: ConfigDigest | None = None
+        self._report_config = False
         self._board = board or LinuxBoard()
         self._max_frames = max_frames
         self._drain_timeout_s = drain_timeout_s
@@ -163,6 +176,7 @@ class Daemon:
             command.args.get("config"), self._config_path, self._config
         )
         self._replace_parts(new_config, persist=overlay)
+        self._report_config = True  # a health with the new hashes right after the ack
         return "ok"
 
     def _replace_parts(self, config: AgentConfig, persist: dict[str, Any] | None) -> None:
@@ -185,6 +199,9 @@ class Daemon:
             raise CommandRejectedError(f"rolled back: {exc}") from None
         old.sink.flush()
         old.close()
+        if persist is not None:
+            self._overlay = persist
+        self._digest = config_digest(config, self._overlay)
         self._config = config
         emitter.builder = self._builder(config, self._seqs)
         logger.info(
@@ -244,6 +261,10 @@ class Daemon:
                 return
             suppressed = processor.acks_suppressed
             ack = processor.handle(*item)
+            if self._report_config:
+                self._report_config = False
+                assert self.emitter is not None
+                self._health.emit(self.emitter, self._outbox, self._config, self._digest)
             if not ack.accepted:
                 self.stats.drop(f"cmd_rejected.{ack.reason.split(':', 1)[0]}")
             if processor.acks_suppressed != suppressed:
@@ -259,6 +280,7 @@ class Daemon:
     def run(self) -> DaemonSummary:
         """Run until stopped; returns what happened. Raises CamveilError on a start failure."""
         unit, config = self._unit, self._config
+        self._digest = config_digest(config, self._overlay)
         threads: list[threading.Thread] = []
         with contextlib.ExitStack() as stack:
             self._seqs = stack.enter_context(SequenceStore(unit.seq_path))
@@ -352,7 +374,13 @@ class Daemon:
                 for t in threads:
                     t.start()
                 self.ready.set()
-                self._health.loop(self._stop, emitter, self._outbox, lambda: self._config)
+                self._health.loop(
+                    self._stop,
+                    emitter,
+                    self._outbox,
+                    lambda: self._config,
+                    lambda: self._digest,
+                )
             finally:
                 self._stop.set()
                 parts = slot.current
@@ -361,7 +389,7 @@ class Daemon:
                 _join(threads[2], None)
                 if slot.current is not None:
                     slot.current.sink.flush()
-                self._health.emit(emitter, self._outbox, self._config)
+                self._health.emit(emitter, self._outbox, self._config, self._digest)
                 self._drain(transport)
                 self._commands.put(None)
                 _join(threads[1], 10.0)

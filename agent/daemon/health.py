@@ -1,5 +1,5 @@
 """What the daemon reports about itself: the health event every interval (fps, drops, outbox,
-CPU temperature, uptime, versions, model hashes) and the summary of a run."""
+CPU temperature, uptime, versions, model hashes, config hashes) and the summary of a run."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from agent.outbox import Outbox
 from agent.publisher import Emitter, Publisher
 from agent.stats import PipelineStats
 from agent.vision.factory import DetectorConfig
+from contract.confighash import ConfigDigest
 from contract.errors import CamveilError
 from contract.ranges import seq_ranges
 from hw.board import BoardInfo
@@ -35,13 +36,15 @@ def model_hashes(config: DetectorConfig) -> dict[str, str]:
 
 class HealthReporter:
     """Health events: the frame rate since the previous one, and the state of everything else
-    at the time. Constructor only stores (and notes the start for the uptime)."""
+    at the time. Constructor only stores (and notes the start for the uptime). Thread-safe: the
+    command thread may send one out of turn (after a config change) while the loop runs."""
 
     def __init__(self, stats: PipelineStats, board: BoardInfo) -> None:
         self._stats = stats
         self._board = board
         self._started_mono = time.monotonic()
         self._frames0, self._t0 = 0, time.monotonic()
+        self._lock = threading.Lock()
 
     def _fps(self) -> float:
         elapsed = time.monotonic() - self._t0
@@ -50,8 +53,22 @@ class HealthReporter:
     def _restart_window(self) -> None:
         self._frames0, self._t0 = self._stats.frames_out, time.monotonic()
 
-    def emit(self, emitter: Emitter, outbox: Outbox, config: AgentConfig) -> None:
-        """One health event, its fps counted since the previous one (or the loop's start)."""
+    def emit(
+        self,
+        emitter: Emitter,
+        outbox: Outbox,
+        config: AgentConfig,
+        digest: ConfigDigest | None = None,
+    ) -> None:
+        """One health event, its fps counted since the previous one (or the loop's start);
+        ``digest``: the hashes of ``config`` and its remote overlay."""
+        with self._lock:
+            self._emit(emitter, outbox, config, digest)
+            self._restart_window()
+
+    def _emit(
+        self, emitter: Emitter, outbox: Outbox, config: AgentConfig, digest: ConfigDigest | None
+    ) -> None:
         fps = self._fps()
         outbox_stats = outbox.stats()
         uptime = time.monotonic() - self._started_mono
@@ -68,6 +85,7 @@ class HealthReporter:
                 uptime_s=uptime,
                 versions=versions,
                 models=models,
+                config=digest,
             )
         )
 
@@ -77,13 +95,14 @@ class HealthReporter:
         emitter: Emitter,
         outbox: Outbox,
         config: Callable[[], AgentConfig],
+        digest: Callable[[], ConfigDigest | None] = lambda: None,
     ) -> None:
         """A health event every ``[events] health_interval_s`` of the current config, until
         ``stop``."""
-        self._restart_window()
-        while not stop.wait(config().events.health_interval_s):
-            self.emit(emitter, outbox, config())
+        with self._lock:
             self._restart_window()
+        while not stop.wait(config().events.health_interval_s):
+            self.emit(emitter, outbox, config(), digest())
 
 
 @dataclass(frozen=True)
