@@ -6,10 +6,11 @@ which escapes it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Final
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from dashboard.web.views import PresencePoint
 
@@ -66,3 +67,62 @@ def presence_chart(points: Sequence[PresencePoint], width: int = 640, height: in
         faces=_polyline(faces, width, height, top),
         label=label,
     )
+
+
+SPARK_W: Final = 60
+SPARK_H: Final = 16
+BREAK_AFTER: Final = 5
+"""Values further apart than this many steps are not joined (no health for that long)."""
+_DASH: Final = "h2"
+
+
+@functools.cache
+def _xs(n: int) -> tuple[int, ...]:
+    step = SPARK_W / max(n - 1, 1)
+    return tuple(round(i * step) for i in range(n))
+
+
+def sparkline(values: Sequence[float | None], what: str, *, from_zero: bool = True) -> Markup:
+    """A tiny line of ``values`` (oldest first, evenly spaced over the width; None: no data
+    there: joined over, unless more than :data:`BREAK_AFTER` in a row break the line; a lone
+    value is a short dash); empty when there is no value at all. ``from_zero``: the scale
+    starts at 0 (rates, depths) rather than at the lowest value (temperatures). The title says
+    the range. Its size is set by the page's style (``svg.spark``): 500 units have 1,500 of
+    them, so this is built as plain text (numbers only; ``what`` escaped)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return Markup("")
+    lo = 0.0 if from_zero else min(present)
+    hi = max(present)
+    bottom, top = SPARK_H - 1, SPARK_H - 2  # 1 px free at the top and bottom for the stroke
+    scale = top / (hi - lo) if hi > lo else 0.0
+    flat = bottom if from_zero and hi == 0 else bottom - top // 2  # all zero: along the bottom
+    xs = _xs(len(values))
+    parts: list[str] = []
+    run, last = 0, -BREAK_AFTER - 1
+    x0 = y0 = 0
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if i - last > BREAK_AFTER:  # a long gap breaks the line
+            if run == 1:
+                parts.append(_DASH)
+            run = 0
+        x = xs[i]
+        y = bottom - round((v - lo) * scale) if scale else flat
+        # relative steps after the first point: "l3-1" is shorter than "L13 2"
+        parts.append(f"l{x - x0}{y - y0:+d}" if run else f"M{x} {y}")
+        x0, y0 = x, y
+        run, last = run + 1, i
+    if run == 1:
+        parts.append(_DASH if x0 < SPARK_W - 2 else "h-2")
+    svg = (
+        f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" role="img"><title>'
+        f"{escape(what)}, last hour: {_fmt(min(present))} to {_fmt(hi)}</title>"
+        f'<path d="{"".join(parts)}"/></svg>'
+    )
+    return Markup(svg)  # noqa: S704 - numbers we formatted, and `what` escaped
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.0f}" if value == int(value) else f"{value:.1f}"

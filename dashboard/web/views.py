@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import cbor2
 
+from dashboard import drift, history
 from dashboard.revocations import Revoked
 from dashboard.store import Store, StoredEvent, UnitView
 
@@ -33,6 +34,7 @@ SORT_KEYS: Final = (
     "temp",
     "last_seen",
     "rejected",
+    "drift",
 )
 
 
@@ -63,6 +65,9 @@ class FleetRow:
     rejected: int
     open_alerts: int
     revoked: Revoked | None = None
+    config: drift.ConfigState = field(default_factory=drift.ConfigState.unknown)
+    trend: history.Series | None = None
+    """The last hour of its health (the fleet page's sparklines; None: none stored)."""
 
     @property
     def device(self) -> str:
@@ -80,6 +85,7 @@ class FleetRow:
             "temp": u.temperature,
             "last_seen": -(u.last_seen or 0.0),
             "rejected": self.rejected,
+            "drift": drift.STATES.index(self.config.state),
         }
         value = values[key]
         # missing values sort last, whatever the direction
@@ -88,12 +94,17 @@ class FleetRow:
 
 _FLEET_SQL: Final = """
 SELECT u.device, u.site, u.state, u.state_at, u.last_seen, u.health, u.health_at,
-       COALESCE(r.n, 0), COALESCE(a.n, 0)
+       COALESCE(r.n, 0), COALESCE(a.n, 0),
+       u.health_boot, u.health_seq, u.health_ts, COALESCE(p.n, 0),
+       c.keys, c.hash, c.command_id, c.operator, c.set_at, c.ack_boot, c.ack_seq, c.ack_ts
 FROM units u
 LEFT JOIN (SELECT device, SUM(count) AS n FROM rejections
            WHERE reason != 'duplicate' GROUP BY device) r ON r.device = u.device
 LEFT JOIN (SELECT device, COUNT(*) AS n FROM alerts
            WHERE acked_at IS NULL GROUP BY device) a ON a.device = u.device
+LEFT JOIN (SELECT device, COUNT(*) AS n FROM commands
+           WHERE name = 'set_config' AND status = 'sent' GROUP BY device) p ON p.device = u.device
+LEFT JOIN config_set c ON c.device = u.device
 """
 
 
@@ -105,16 +116,26 @@ def fleet(
     q: str = "",
     status: str = "",
     site: str = "",
+    config: str = "",
     sort: str = "device",
     descending: bool = False,
     revoked: Mapping[str, Revoked] | None = None,
+    with_history: bool = False,
 ) -> list[FleetRow]:
-    """Every unit (one query), filtered and sorted. ``q`` matches device or site."""
+    """Every unit (one query; with ``with_history`` a second one for the last hour of every
+    unit's health), filtered and sorted. ``q`` matches device or site; ``config`` is a drift
+    state (:data:`dashboard.drift.STATES`)."""
     rows: list[FleetRow] = []
     needle = q.strip().lower()
+    series: dict[str, history.Series] = {}
+    if with_history:
+        found = store.read(history.SERIES_SQL, (history.first_bucket(now),))
+        series = history.series(found, now)
     for r in store.read(_FLEET_SQL):
-        row = _row(r, now, limits, revoked or {})
+        row = _row(r, now, limits, revoked or {}, series)
         if status and row.status != status:
+            continue
+        if config and row.config.state != config:
             continue
         if site and row.unit.site != site:
             continue
@@ -141,7 +162,11 @@ def fleet_row(
 
 
 def _row(
-    r: Sequence[Any], now: float, limits: Thresholds, revoked: Mapping[str, Revoked]
+    r: Sequence[Any],
+    now: float,
+    limits: Thresholds,
+    revoked: Mapping[str, Revoked],
+    series: Mapping[str, history.Series] | None = None,
 ) -> FleetRow:
     unit = UnitView(
         device=r[0],
@@ -158,7 +183,12 @@ def _row(
         status != "online" or unit.health_at is None or now - unit.health_at > limits.stale_after_s
     )
     age = now - unit.last_seen if unit.last_seen is not None else None
-    return FleetRow(unit, status, stale, age, int(r[7]), int(r[8]), revocation)
+    mark = drift.HealthMark(r[9], r[10], r[11], unit.health_at)
+    config = drift.judge(unit.health, mark, drift.config_set_of(r[13:21]), int(r[12]))
+    return FleetRow(
+        unit, status, stale, age, int(r[7]), int(r[8]), revocation, config,
+        (series or {}).get(unit.device),
+    )  # fmt: skip
 
 
 def sites(store: Store) -> list[str]:
