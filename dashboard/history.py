@@ -10,6 +10,7 @@ table stays small: rows older than :data:`KEEP_S` are deleted as new ones come i
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ def bucket_of(seconds: float) -> int:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A finite number, else None (a unit's health is verified, not necessarily sane)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
 
@@ -69,7 +71,7 @@ def record(
             bucket_of(at),
             device,
             _number(body.get("fps")),
-            depth if isinstance(depth, int) and not isinstance(depth, bool) else None,
+            depth if type(depth) is int and 0 <= depth < 2**63 else None,
             _number(temp),
         ),
     )
@@ -97,15 +99,16 @@ def first_bucket(now: float) -> int:
 def series(rows: Iterable[tuple[Any, ...]], now: float) -> dict[str, Series]:
     """Rows of :data:`SERIES_SQL` (run with :func:`first_bucket`) -> device -> its series."""
     first = first_bucket(now)
-    table: dict[str, list[list[float | None]]] = {}
+    table: dict[str, tuple[list[float | None], list[float | None], list[float | None]]] = {}
     for device, bucket, n, fps_sum, outbox, temp in rows:
-        i = int(bucket) - first
+        i = bucket - first
         if not 0 <= i < POINTS:
-            continue  # a unit whose clock runs ahead
+            continue  # a unit whose clock runs ahead (or rows of another query)
         columns = table.get(device)
         if columns is None:
-            columns = table[device] = [[None] * POINTS, [None] * POINTS, [None] * POINTS]
-        columns[0][i] = fps_sum / n if fps_sum is not None and n else None
+            columns = table[device] = ([None] * POINTS, [None] * POINTS, [None] * POINTS)
+        if fps_sum is not None:
+            columns[0][i] = fps_sum / n
         columns[1][i] = outbox
         columns[2][i] = temp
-    return {d: Series(tuple(c[0]), tuple(c[1]), tuple(c[2])) for d, c in table.items()}
+    return {d: Series(tuple(f), tuple(o), tuple(t)) for d, (f, o, t) in table.items()}

@@ -83,6 +83,17 @@ def _xs(n: int) -> tuple[int, ...]:
 
 
 def sparkline(values: Sequence[float | None], what: str, *, from_zero: bool = True) -> Markup:
+    """:func:`draw_sparkline`, remembered: the fleet page is drawn again at every change and
+    every few seconds, and most units' last hour has not changed since."""
+    return _sparkline(tuple(values), what, from_zero)
+
+
+@functools.lru_cache(maxsize=8192)
+def _sparkline(values: tuple[float | None, ...], what: str, from_zero: bool) -> Markup:
+    return draw_sparkline(values, what, from_zero=from_zero)
+
+
+def draw_sparkline(values: Sequence[float | None], what: str, *, from_zero: bool = True) -> Markup:
     """A tiny line of ``values`` (oldest first, evenly spaced over the width; None: no data
     there: joined over, unless more than :data:`BREAK_AFTER` in a row break the line; a lone
     value is a short dash); empty when there is no value at all. ``from_zero``: the scale

@@ -13,7 +13,7 @@ online: they are then shown greyed and marked, never as current.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -74,22 +74,24 @@ class FleetRow:
         return self.unit.device
 
     def sort_value(self, key: str) -> Any:
-        u = self.unit
-        values: dict[str, Any] = {
-            "device": u.device,
-            "site": u.site,
-            "status": STATUSES.index(self.status),
-            "fps": u.fps,
-            "drops": u.drops,
-            "outbox": u.outbox_depth,
-            "temp": u.temperature,
-            "last_seen": -(u.last_seen or 0.0),
-            "rejected": self.rejected,
-            "drift": drift.STATES.index(self.config.state),
-        }
-        value = values[key]
+        value = _SORT[key](self)
         # missing values sort last, whatever the direction
-        return (value is None, value if value is not None else 0, u.device)
+        return (value is None, value if value is not None else 0, self.unit.device)
+
+
+_SORT: Final[Mapping[str, Callable[[FleetRow], Any]]] = {
+    "device": lambda r: r.unit.device,
+    "site": lambda r: r.unit.site,
+    "status": lambda r: STATUSES.index(r.status),
+    "fps": lambda r: r.unit.fps,
+    "drops": lambda r: r.unit.drops,
+    "outbox": lambda r: r.unit.outbox_depth,
+    "temp": lambda r: r.unit.temperature,
+    "last_seen": lambda r: -(r.unit.last_seen or 0.0),
+    "rejected": lambda r: r.rejected,
+    "drift": lambda r: drift.STATES.index(r.config.state),
+}
+"""What each sort key sorts by (only the one asked for is computed)."""
 
 
 _FLEET_SQL: Final = """
@@ -143,11 +145,12 @@ def fleet(
             continue
         rows.append(row)
     key = sort if sort in SORT_KEYS else "device"
-    present = [row for row in rows if row.sort_value(key)[0] is False]
-    missing = [row for row in rows if row.sort_value(key)[0] is True]
-    present.sort(key=lambda row: row.sort_value(key), reverse=descending)
+    keyed = [(row.sort_value(key), row) for row in rows]
+    present = [(k, row) for k, row in keyed if k[0] is False]
+    missing = [row for k, row in keyed if k[0] is True]
+    present.sort(key=lambda kr: kr[0], reverse=descending)
     missing.sort(key=lambda row: row.device)
-    return present + missing
+    return [row for _, row in present] + missing
 
 
 def fleet_row(

@@ -165,3 +165,14 @@ def test_history_is_pruned_after_a_day(store: Store, clock: Any) -> None:
     add(store, "cv-1", 2, "health", health())
     add(store, "cv-1", 3, "health", health(fps=1.5))
     assert store.read("SELECT n, fps_sum, outbox, temp FROM health_history") == [(2, 11.0, 3, 51.5)]
+
+
+def test_insane_health_values_are_not_drawn(client: TestClient, store: Store) -> None:
+    add(store, "cv-1", 1, "status", {"state": "online"})
+    body = {**health(), "fps": float("inf"), "temp_c": float("nan"), "outbox": {"depth": -1}}
+    add(store, "cv-1", 2, "health", body)
+    assert store.read("SELECT n, fps_sum, outbox, temp FROM health_history") == [
+        (1, None, None, None)
+    ]
+    login(client)
+    assert client.get("/").status_code == 200
