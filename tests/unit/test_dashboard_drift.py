@@ -98,6 +98,10 @@ def test_drift_pending_in_force_and_drift(
     unit = client.get("/unit/cv-1").text
     assert 'data-state="drift"' in unit and "not set on the unit: events.health_interval_s" in unit
     assert scanner.scan() == 1 and scanner.scan() == 0  # raised once
+    metrics = client.get("/metrics").text
+    assert 'camveil_unit_config_drift{device="cv-1",site=""} 1.0' in metrics
+    assert 'camveil_unit_config_drift{device="cv-2"' not in metrics  # nothing set
+    assert 'camveil_unit_config_drift{device="cv-old"' not in metrics  # no hashes: unknown
     # another value on the unit: a new drift, a new alert
     changed = {"detector": {"threads": 4}, "events": {"health_interval_s": 30}}
     add(store, "cv-1", ack_seq + 3, "health", reporting(changed))
@@ -112,6 +116,7 @@ def test_drift_pending_in_force_and_drift(
     add(store, "cv-1", sender.ack_seq + 1, "health", reporting({**changed, **overlay}))
     assert states(client)["cv-1"] == "ok"
     assert scanner.scan() == 0
+    assert 'camveil_unit_config_drift{device="cv-1",site=""} 0.0' in client.get("/metrics").text
     # the old unit, even with a change set for it, is never drift
     add(store, "cv-old", 50, "health", health())
     assert states(client)["cv-old"] == "unknown"
