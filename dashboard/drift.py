@@ -10,7 +10,7 @@ here, with its last value. :func:`judge` then says, for the unit's latest health
 ``unset``    nothing was set from this dashboard: nothing to compare (keys set another way,
              with ``camveil cmd`` or before this dashboard, are not drift);
 ``unknown``  the unit reports no config hashes (a unit from before them): never drift;
-``pending``  a ``set_config`` is on its way (no ack yet), or the latest health was sent before
+``pending``  a ``set_config`` is on its way (no ack yet, for up to :data:`IN_FLIGHT_S`), or the latest health was sent before
              the ack of the last accepted one (same boot: a lower seq; another boot: an earlier
              unit time): the unit has not reported the change yet;
 ``ok``       every key set from here has, on the unit, the hash of the value set;
@@ -34,6 +34,9 @@ from contract.confighash import key_hashes, keys_hash, merge_key_hashes
 
 STATES: Final = ("drift", "pending", "ok", "unknown", "unset")
 """In the order the fleet sorts them (the ones to look at first)."""
+IN_FLIGHT_S: Final = 300.0
+"""A ``set_config`` still ``sent`` after this long is no longer waited for (its ack is lost, or
+the dashboard stopped before the worker recorded it): the unit is judged again."""
 
 
 @dataclass(frozen=True)

@@ -233,7 +233,7 @@ class AlertScanner:
 _DRIFT_SQL: Final = """
 SELECT u.device, u.health, u.health_at, u.health_boot, u.health_seq, u.health_ts,
        (SELECT COUNT(*) FROM commands m WHERE m.device = u.device AND m.name = 'set_config'
-        AND m.status = 'sent'),
+        AND m.status = 'sent' AND m.sent_at > ?),
        c.keys, c.hash, c.command_id, c.operator, c.set_at, c.ack_boot, c.ack_seq, c.ack_ts
 FROM config_set c JOIN units u ON u.device = c.device
 """
@@ -241,7 +241,7 @@ FROM config_set c JOIN units u ON u.device = c.device
 
 def _drift_alerts(conn: Any, now: float) -> int:
     raised = 0
-    for r in conn.execute(_DRIFT_SQL).fetchall():
+    for r in conn.execute(_DRIFT_SQL, (now - drift.IN_FLIGHT_S,)).fetchall():
         device, health = r[0], json.loads(r[1]) if r[1] else None
         state = drift.judge(
             health, drift.HealthMark(r[3], r[4], r[5], r[2]), drift.config_set_of(r[7:15]), r[6]

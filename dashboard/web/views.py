@@ -105,7 +105,8 @@ LEFT JOIN (SELECT device, SUM(count) AS n FROM rejections
 LEFT JOIN (SELECT device, COUNT(*) AS n FROM alerts
            WHERE acked_at IS NULL GROUP BY device) a ON a.device = u.device
 LEFT JOIN (SELECT device, COUNT(*) AS n FROM commands
-           WHERE name = 'set_config' AND status = 'sent' GROUP BY device) p ON p.device = u.device
+           WHERE name = 'set_config' AND status = 'sent' AND sent_at > ?
+           GROUP BY device) p ON p.device = u.device
 LEFT JOIN config_set c ON c.device = u.device
 """
 
@@ -133,7 +134,7 @@ def fleet(
     if with_history:
         found = store.read(history.SERIES_SQL, (history.first_bucket(now),))
         series = history.series(found, now)
-    for r in store.read(_FLEET_SQL):
+    for r in store.read(_FLEET_SQL, (now - drift.IN_FLIGHT_S,)):
         row = _row(r, now, limits, revoked or {}, series)
         if status and row.status != status:
             continue
@@ -160,7 +161,7 @@ def fleet_row(
     limits: Thresholds,
     revoked: Mapping[str, Revoked] | None = None,
 ) -> FleetRow | None:
-    found = store.read(_FLEET_SQL + " WHERE u.device = ?", (device,))
+    found = store.read(_FLEET_SQL + " WHERE u.device = ?", (now - drift.IN_FLIGHT_S, device))
     return _row(found[0], now, limits, revoked or {}) if found else None
 
 

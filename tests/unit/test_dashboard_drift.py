@@ -12,7 +12,7 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from contract.confighash import digest, key_hashes, keys_hash
-from dashboard import history
+from dashboard import drift, history
 from dashboard.store import Store
 from dashboard.web.alerts import AlertScanner
 from dashboard.web.views import Thresholds
@@ -181,3 +181,20 @@ def test_insane_health_values_are_not_drawn(client: TestClient, store: Store) ->
     ]
     login(client)
     assert client.get("/").status_code == 200
+
+
+def test_a_change_never_answered_is_not_waited_for_forever(
+    client: TestClient, store: Store, clock: Any
+) -> None:
+    add(store, "cv-1", 1, "status", {"state": "online"})
+    add(store, "cv-1", 2, "health", reporting({}))
+    with store.transaction() as conn:  # sent by a dashboard that stopped before the ack came
+        conn.execute(
+            "INSERT INTO commands (id, device, name, args, operator, sent_at, status) "
+            "VALUES ('op-9', 'cv-1', 'set_config', '{}', 'alice', ?, 'sent')",
+            (clock.now,),
+        )
+    login(client)
+    assert states(client)["cv-1"] == "pending"
+    clock.now += drift.IN_FLIGHT_S + 1
+    assert states(client)["cv-1"] == "unset"
