@@ -10,9 +10,10 @@ here, with its last value. :func:`judge` then says, for the unit's latest health
 ``unset``    nothing was set from this dashboard: nothing to compare (keys set another way,
              with ``camveil cmd`` or before this dashboard, are not drift);
 ``unknown``  the unit reports no config hashes (a unit from before them): never drift;
-``pending``  a ``set_config`` is on its way (no ack yet, for up to :data:`IN_FLIGHT_S`), or the latest health was sent before
-             the ack of the last accepted one (same boot: a lower seq; another boot: an earlier
-             unit time): the unit has not reported the change yet;
+``pending``  a ``set_config`` is on its way (no ack yet, for up to :data:`IN_FLIGHT_S`), or
+             the latest health was sent before the ack of the last accepted one (same boot: a
+             lower seq; another boot: an earlier unit time): the unit has not reported the
+             change yet;
 ``ok``       every key set from here has, on the unit, the hash of the value set;
 ``drift``    some key set from here is missing on the unit or has another value: the overlay
              was set aside at a start (``remote.toml.rejected``), replaced on the unit, factory
