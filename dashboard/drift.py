@@ -74,8 +74,8 @@ class ConfigState:
     """The unit's overlay hash (None: not reported)."""
     expected: str | None
     """Hash of the keys set from here (None: nothing set)."""
-    on_unit: str | None
-    """Hash of the unit's hashes for those keys (equal to ``expected`` when ``ok``)."""
+    theirs: Mapping[str, str] | None
+    """The unit's hashes of those keys (the ones it has)."""
     differs: tuple[str, ...] = ()
     """Keys set from here that the unit runs otherwise (``ok``: none)."""
     missing: tuple[str, ...] = ()
@@ -85,6 +85,12 @@ class ConfigState:
     @classmethod
     def unknown(cls) -> ConfigState:
         return cls("unknown", None, None, None, None)
+
+    @property
+    def on_unit(self) -> str | None:
+        """Hash of the unit's hashes of the keys set from here (equal to ``expected`` when
+        ``ok``); computed when asked (the unit page, an alert), not for every fleet row."""
+        return None if self.theirs is None else keys_hash(self.theirs)
 
     @property
     def detail(self) -> str:
@@ -136,14 +142,13 @@ def judge(
         return ConfigState(state, running, remote, None, None)
     if running is None:
         return ConfigState("unknown", None, None, done.hash, None, set=done)
-    mine = {k: keys[k] for k in done.keys if k in keys}
-    on_unit = keys_hash(mine)
+    theirs = {k: keys[k] for k in done.keys if k in keys}
     if in_flight or not _after_ack(mark, done):
-        return ConfigState("pending", running, remote, done.hash, on_unit, set=done)
-    differs = tuple(sorted(k for k in mine if mine[k] != done.keys[k]))
+        return ConfigState("pending", running, remote, done.hash, theirs, set=done)
+    differs = tuple(sorted(k for k in theirs if theirs[k] != done.keys[k]))
     missing = tuple(sorted(k for k in done.keys if k not in keys))
     state = "drift" if differs or missing else "ok"
-    return ConfigState(state, running, remote, done.hash, on_unit, differs, missing, done)
+    return ConfigState(state, running, remote, done.hash, theirs, differs, missing, done)
 
 
 def config_set_of(row: Sequence[Any]) -> ConfigSet | None:

@@ -38,7 +38,7 @@ ON CONFLICT (bucket, device) DO UPDATE SET
 """
 
 SERIES_SQL: Final = (
-    "SELECT device, bucket, n, fps_sum, outbox, temp FROM health_history WHERE bucket >= ?"
+    "SELECT device, bucket, fps_sum / n, outbox, temp FROM health_history WHERE bucket >= ?"
 )
 
 
@@ -100,15 +100,14 @@ def series(rows: Iterable[tuple[Any, ...]], now: float) -> dict[str, Series]:
     """Rows of :data:`SERIES_SQL` (run with :func:`first_bucket`) -> device -> its series."""
     first = first_bucket(now)
     table: dict[str, tuple[list[float | None], list[float | None], list[float | None]]] = {}
-    for device, bucket, n, fps_sum, outbox, temp in rows:
+    for device, bucket, fps, outbox, temp in rows:
         i = bucket - first
         if not 0 <= i < POINTS:
             continue  # a unit whose clock runs ahead (or rows of another query)
         columns = table.get(device)
         if columns is None:
             columns = table[device] = ([None] * POINTS, [None] * POINTS, [None] * POINTS)
-        if fps_sum is not None:
-            columns[0][i] = fps_sum / n
+        columns[0][i] = fps
         columns[1][i] = outbox
         columns[2][i] = temp
     return {d: Series(tuple(f), tuple(o), tuple(t)) for d, (f, o, t) in table.items()}

@@ -97,8 +97,8 @@ def draw_sparkline(values: Sequence[float | None], what: str, *, from_zero: bool
     """A tiny line of ``values`` (oldest first, evenly spaced over the width; None: no data
     there: joined over, unless more than :data:`BREAK_AFTER` in a row break the line; a lone
     value is a short dash); empty when there is no value at all. ``from_zero``: the scale
-    starts at 0 (rates, depths) rather than at the lowest value (temperatures). The title says
-    the range. Its size is set by the page's style (``svg.spark``): 500 units have 1,500 of
+    starts at 0 (rates, depths) rather than at the lowest value (temperatures). Its label
+    says the range. Its size is set by the page's style (``svg.spark``): 500 units have 1,500 of
     them, so this is built as plain text (numbers only; ``what`` escaped)."""
     present = [v for v in values if v is not None]
     if not present:
@@ -127,9 +127,11 @@ def draw_sparkline(values: Sequence[float | None], what: str, *, from_zero: bool
         run, last = run + 1, i
     if run == 1:
         parts.append(_DASH if x0 < SPARK_W - 2 else "h-2")
+    # the range as an attribute, not a <title> element: 1,500 fewer elements for the browser
+    # to build (the parse of the SVG is most of what the sparklines cost the page)
     svg = (
-        f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" role="img"><title>'
-        f"{escape(what)}, last hour: {_fmt(min(present))} to {_fmt(hi)}</title>"
+        f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" role="img" aria-label="'
+        f'{escape(what)}, last hour: {_fmt(min(present))} to {_fmt(hi)}">'
         f'<path d="{"".join(parts)}"/></svg>'
     )
     return Markup(svg)  # noqa: S704 - numbers we formatted, and `what` escaped
