@@ -122,15 +122,21 @@ def draw_sparkline(values: Sequence[float | None], what: str, *, from_zero: bool
         x = xs[i]
         y = bottom - round((v - lo) * scale) if scale else flat
         # relative steps after the first point: "l3-1" is shorter than "L13 2"
-        parts.append(f"l{x - x0}{y - y0:+d}" if run else f"M{x} {y}")
+        if not run:
+            parts.append(f"M{x} {y}")
+        elif y == y0:
+            parts.append(f"h{x - x0}")
+        else:
+            parts.append(f"l{x - x0}{y - y0:+d}")
         x0, y0 = x, y
         run, last = run + 1, i
     if run == 1:
         parts.append(_DASH if x0 < SPARK_W - 2 else "h-2")
     # the range as an attribute, not a <title> element: 1,500 fewer elements for the browser
-    # to build (the parse of the SVG is most of what the sparklines cost the page)
+    # to build (the parse of the SVG is most of what the sparklines cost the page); no viewBox:
+    # the page's style makes it SPARK_W x SPARK_H pixels, one user unit each
     svg = (
-        f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" role="img" aria-label="'
+        f'<svg class="spark" role="img" aria-label="'
         f'{escape(what)}, last hour: {_fmt(min(present))} to {_fmt(hi)}">'
         f'<path d="{"".join(parts)}"/></svg>'
     )
