@@ -150,7 +150,7 @@ def _ago(seconds: float | None) -> str:
 
 
 def _short(digest: str | None) -> str:
-    """The first 10 hex digits of a hash (the page shows the whole one on hover)."""
+    """The first 10 hex digits of a hash (the unit page shows the whole one)."""
     return digest[:10] if digest else "-"
 
 
