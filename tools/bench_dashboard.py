@@ -116,7 +116,7 @@ def bench_dashboard(units: int, rounds: int, browser: bool) -> dict[str, Any]:
                 server.append(time.perf_counter() - t0)
             assert page.status_code == 200
             assert len(re.findall(r"<tr data-device=", page.text)) == units
-            assert page.text.count('<svg class="spark"') == 3 * units
+            assert page.text.count('<svg class="trend"') == units
             assert page.text.count('data-config="drift"') == units // 10
             result["server_ms"] = _ms(server)
             result["html_bytes"] = len(page.content)

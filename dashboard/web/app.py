@@ -59,7 +59,7 @@ from dashboard.revocations import RevocationFile
 from dashboard.store import Store
 from dashboard.web import alerts, views
 from dashboard.web.auth import LoginLimiter, Passwords, Session, Sessions, csrf_ok
-from dashboard.web.charts import presence_chart, sparkline
+from dashboard.web.charts import presence_chart, trend
 from dashboard.web.commands import CommandDesk, CommandSender, ConfigValidator
 from dashboard.web.metrics import registry
 
@@ -187,7 +187,7 @@ class Web:
             autoescape=select_autoescape(["html"]),
             auto_reload=False,
         )
-        self.env.globals.update(fmt=_fmt, ago=_ago, when=_when, spark=sparkline, short=_short)
+        self.env.globals.update(fmt=_fmt, ago=_ago, when=_when, trend=trend, short=_short)
         store.on_change(self.broadcaster.changed)
 
     # --- helpers ---

@@ -11,8 +11,8 @@ the web app runs on uvicorn, and the page is driven like an operator would.
 - without a session every route is refused, a POST without the CSRF token too;
 - config drift: a unit running what was set for it is "in force", one that lost it is marked
   "drift" (and found by the filter), one that reports no hashes "unknown"; the fleet's
-  sparklines are drawn from an hour of health; with the real agent, a change set on the page
-  is shown in force once the agent's next health reports its hashes.
+  charts of the last hour are drawn from an hour of health; with the real agent, a change set
+  on the page is shown in force once the agent's next health reports its hashes.
 
 ``CAMVEIL_SCREENSHOTS=1`` saves the fleet and unit views to ``docs/img/``.
 """
@@ -218,14 +218,15 @@ def test_operator_sees_units_offline_and_snapshot(dashboard: Dashboard, browser:
     marker = page.locator(f'tr[data-device="{DEVICES[1]}"] .cfg-drift')
     assert marker.inner_text() == "drift" and marker.is_visible()
     assert "detector.threads" in (marker.get_attribute("title") or "")
-    # sparklines: fps, outbox and temperature over the last hour, drawn (not just present)
-    sparks = page.locator(f'tr[data-device="{DEVICES[0]}"] svg.spark')
-    assert sparks.count() == 3
-    for k in range(3):
-        box = sparks.nth(k).bounding_box()
-        assert box is not None and box["width"] == 60 and box["height"] == 16
-        assert len(sparks.nth(k).locator("path").get_attribute("d") or "") > 20  # 12 points
-    assert page.locator(f'tr[data-device="{DEVICES[2]}"] svg.spark').count() == 3  # one each
+    # the last hour: fps, outbox and temperature side by side in one small chart, drawn
+    chart = page.locator(f'tr[data-device="{DEVICES[0]}"] svg.trend')
+    box = chart.bounding_box()
+    assert box is not None and box["width"] == 200 and box["height"] == 16
+    d = chart.locator("path").get_attribute("d") or ""
+    assert d.count("M") == 3 and len(d) > 60  # three series of 12 points
+    title = page.get_attribute(f'tr[data-device="{DEVICES[0]}"] td.trend', "title") or ""
+    assert title.startswith("last hour: fps 9 to 11; outbox 0 to 3; °C 45.5 to 50.5"), title
+    assert page.locator(f'tr[data-device="{DEVICES[2]}"] svg.trend').count() == 1  # one health
     page.select_option("select[name=config]", "drift")
     page.click(".filters button")
     page.wait_for_selector("#fleet-count")

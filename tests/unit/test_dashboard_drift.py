@@ -15,6 +15,7 @@ from contract.confighash import digest, key_hashes, keys_hash
 from dashboard import drift, history
 from dashboard.store import Store
 from dashboard.web.alerts import AlertScanner
+from dashboard.web.charts import SPARK_GAP, SPARK_W
 from dashboard.web.views import Thresholds
 from tests.unit.test_dashboard_web import (
     FakeSender,
@@ -154,12 +155,18 @@ def test_fleet_sparklines_from_one_query(client: TestClient, store: Store, clock
     row1 = re.search(r'<tr data-device="cv-1".*?</tr>', page, re.S)
     row2 = re.search(r'<tr data-device="cv-2".*?</tr>', page, re.S)
     assert row1 and row2
-    assert row1.group(0).count('<svg class="spark"') == 2  # fps and outbox, no temperature
-    assert "fps, last hour: 6 to 11" in row1.group(0)
+    # one small chart per unit: fps and outbox side by side, no temperature (none reported)
+    assert row1.group(0).count('<svg class="trend"') == 1
+    assert 'title="last hour: fps 6 to 11; outbox 3 to 3"' in row1.group(0)
     path = re.search(r'<path d="([^"]+)"', row1.group(0))
-    assert path and path.group(1).count("l") == 5  # six points, one line
-    assert row2.group(0).count('<svg class="spark"') == 3  # one health: three short dashes
-    assert len(re.findall(r'<path d="M\d+ \d+h-?2"/>', row2.group(0))) == 3
+    assert path
+    fps, outbox = re.findall(r"M\d+ \d+[^M]*", path.group(1))
+    assert fps.startswith("M") and fps.count("l") == 5  # six points, one line
+    assert outbox.startswith(
+        f"M{SPARK_W + SPARK_GAP + round(2 * SPARK_W / 19)} "
+    )  # from 2nd bucket
+    assert row2.group(0).count('<svg class="trend"') == 1  # one health: three short dashes
+    assert len(re.findall(r"M\d+ \d+h-?2", row2.group(0))) == 3
 
 
 def test_history_is_pruned_after_a_day(store: Store, clock: Any) -> None:
