@@ -7,9 +7,12 @@ EMBED_DATASET ?= ../shared/data/faces/verification/dev
 ARGS    ?=
 ARCH           ?= aarch64
 PYTHON_VERSION ?= 3.11
+VIDEO_DIR ?= ../shared/data/video/intel-sample-videos
+VIDEO_ANNOTATIONS ?= $(wildcard tests/data/video/*.faces.json)
+SETTING ?= default
 DEMO_SOURCE ?= ../shared/data/video/intel-sample-videos/one-by-one-person-detection.mp4
 
-.PHONY: setup run demo test test-fast check bench bench-anchor eval eval-embed models bundle clean
+.PHONY: setup run demo test test-fast check bench bench-anchor eval eval-video eval-embed models bundle clean
 
 setup: $(STAMP)
 
@@ -50,6 +53,19 @@ bench-anchor: setup
 eval: setup
 	@test -d "$(DATASET)" || { echo "eval: no dataset at $(DATASET) (set DATASET=...)"; exit 2; }
 	$(BIN)/camveil eval --dataset $(DATASET) --floor .ci/eval-floor.json $(ARGS)
+
+## face leaks per frame and per track on the annotated clips (tests/data/video, docs/VIDEO_EVAL.md);
+## SETTING=max for maximum protection; skipped when the videos are not there
+eval-video: setup
+	@if test -d "$(VIDEO_DIR)"; then \
+		for ann in $(VIDEO_ANNOTATIONS); do \
+			echo "== $$ann"; \
+			$(BIN)/camveil eval-video --video $(VIDEO_DIR) --annotations $$ann \
+				--setting $(SETTING) $(ARGS) || exit 1; \
+		done; \
+	else \
+		echo "eval-video: skipped: no videos at $(VIDEO_DIR) (set VIDEO_DIR=...)"; \
+	fi
 
 ## face verification with the embedding model on labelled pairs (LFW): int8, and float beside it
 ## when models/recipe/facenet.py has made .modelwork/facenet/facenet_float.tflite (~4 min, 2 cores)

@@ -54,7 +54,7 @@ from typing import Any, Final
 import cbor2
 
 from agent.events import Header
-from contract.commands import ACK_TYPE, COMMAND_ID, Ack
+from contract.commands import ACK_TYPE, COMMAND_ID, MAX_RESULT_BYTES, Ack
 from contract.envelope.keys import (
     Identity,
     PeerKeys,
@@ -202,8 +202,18 @@ def load_replay_state(path: Path, guard: CommandReplayGuard) -> None:
 # --- the processor --------------------------------------------------------------------------
 
 
-Handler = Callable[[Command], str]
-"""Runs a command and returns the ack reason ("ok" or a note); CommandRejectedError refuses."""
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler returns when its ack carries more than a note: ``result`` goes into the
+    ack body (``renew_cert``: the CSR), at most ``MAX_RESULT_BYTES`` of CBOR."""
+
+    note: str
+    result: Mapping[str, Any]
+
+
+Handler = Callable[[Command], "str | Outcome"]
+"""Runs a command and returns the ack reason ("ok" or a note), or an :class:`Outcome`;
+CommandRejectedError refuses."""
 
 
 class AckBudget:
@@ -321,12 +331,16 @@ class CommandProcessor:
         command = Command(command_id, name, args, opened.seq, signer)
         logger.info("command %s (%s) from %s", command_id, name, signer)
         try:
-            note = handler(command)
+            done = handler(command)
         except CommandRejectedError as exc:
             return Ack(command_id, opened.seq, False, f"invalid: {exc}", signer)
         except CamveilError as exc:
             return Ack(command_id, opened.seq, False, f"failed: {exc}", signer)
-        return Ack(command_id, opened.seq, True, note or "ok", signer)
+        if isinstance(done, Outcome):
+            if len(cbor2.dumps(dict(done.result))) > MAX_RESULT_BYTES:
+                return Ack(command_id, opened.seq, False, "failed: result too large", signer)
+            return Ack(command_id, opened.seq, True, done.note or "ok", signer, dict(done.result))
+        return Ack(command_id, opened.seq, True, done or "ok", signer)
 
 
 def _unauthenticated_seq(payload: bytes) -> int | None:

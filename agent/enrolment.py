@@ -106,8 +106,9 @@ class Enrolment:
         return {"gallery_add": self.cmd_add, "gallery_remove": self.cmd_remove}
 
     def verifier(self, stats: PipelineStats | None = None) -> Verifier | None:
-        """A matcher for a new frame path (None when enrolment is off)."""
-        return open_verifier(self.config, self.gallery, self._matched, stats, self._models_dir)
+        """A matcher for a new frame path (None when enrolment is off); it embeds through the
+        frame path's shared worker (:func:`agent.vision.embedworker.open_embed_worker`)."""
+        return open_verifier(self.config, self.gallery, self._matched, stats)
 
     # --- events --------------------------------------------------------------------------
 

@@ -179,6 +179,17 @@ class OutboxHealth:
     republished: int = 0
 
 
+@dataclass(frozen=True)
+class CertHealth:
+    """The TLS client certificate in use: the dashboard counts down to ``not_after`` and the
+    operator renews it (`camveil station renew`) before then."""
+
+    serial: str
+    """Hex serial number."""
+    not_after: int
+    """Unix seconds."""
+
+
 class OutboxNumbers(Protocol):
     """What a health event reads from the outbox (:class:`agent.outbox.OutboxStats` has it):
     events know the numbers, not the storage."""
@@ -221,6 +232,8 @@ class HealthEvent:
     config: ConfigDigest | None = None
     """Hashes of the running config and of its ``remote.toml`` overlay (contract.confighash);
     None: not reported (a unit from before config hashes, or a simulator that has none)."""
+    cert: CertHealth | None = None
+    """The TLS client certificate in use (None: unreadable, or a caller that has none)."""
     TYPE: ClassVar[str] = "health"
 
 
@@ -301,6 +314,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AuditAction",
     "AuditEvent",
+    "CertHealth",
     "Event",
     "EventBuilder",
     "Header",
@@ -482,6 +496,7 @@ class EventBuilder:
         versions: Mapping[str, str],
         models: Mapping[str, str],
         config: ConfigDigest | None = None,
+        cert: CertHealth | None = None,
     ) -> HealthEvent:
         snap = pipeline.snapshot()
         latency_raw: Any = snap["latency"]
@@ -512,6 +527,7 @@ class EventBuilder:
             versions=MappingProxyType({str(k): str(v) for k, v in versions.items()}),
             models=MappingProxyType({str(k): str(v) for k, v in models.items()}),
             config=config,
+            cert=cert,
         )
 
     def match(self, subject: str, score: float) -> MatchEvent:
@@ -668,6 +684,8 @@ def to_map(event: Event) -> dict[str, Any]:
                 "remote": event.config.remote,
                 "remote_keys": dict(event.config.remote_keys),
             }
+        if event.cert is not None:
+            body["cert"] = {"serial": event.cert.serial, "not_after": event.cert.not_after}
     elif isinstance(event, MatchEvent):
         body = {"subject": event.subject, "score": event.score}
     elif isinstance(event, AuditEvent):

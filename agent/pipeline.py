@@ -1,5 +1,5 @@
-"""The privacy pipeline: camera -> detect -> track -> redact -> (re-identify) -> sink, and the
-one place that wires it from configuration (:func:`open_frame_path`).
+"""The privacy pipeline: camera -> detect -> track -> redact -> (match, re-identify) -> sink, and
+the one place that wires it from configuration (:func:`open_frame_path`).
 
 Fail closed: when detection fails for any reason (exception, timeout, overload, bad model) the
 frame is dropped and counted, and nothing derived from its pixels reaches the sink. What reaches
@@ -7,10 +7,12 @@ the sink is a :class:`ProcessedFrame`: the redacted pixels and the detections th
 for, flowing down together.
 
 Enrolled matching (optional, :mod:`agent.vision.verify`) and re-identification (optional,
-:mod:`agent.vision.reid`) see the original frame's fresh face
-detections *after* redaction: redaction never waits for them and does not depend on them; each
-only queues crops (cut from the original pixels) for its own worker thread. If one raises, the
-frame still goes to the sink and the loss is counted (``verify_failed``, ``reid_failed``): only
+:mod:`agent.vision.reid`) see the original frame's fresh face detections *after* redaction,
+through one shared embedder (:class:`agent.vision.embedworker.EmbedWorker`: one FaceNet
+interpreter, one worker thread, one bounded queue): redaction never waits for them and does not
+depend on them; the pipeline thread only crops faces (from the original pixels) into the queue.
+If one of them raises, the frame still goes to the sink and the loss is counted
+(``verify_failed``, ``reid_failed``; ``faces_failed`` if the shared worker itself raised): only
 matches or visitor statistics suffer.
 """
 
@@ -28,11 +30,10 @@ from typing import Protocol
 from agent.privacy.redact import RedactedFrame, RedactionConfig, redact
 from agent.stats import PipelineStats
 from agent.vision.detection import Box, Detection, Detector
+from agent.vision.embedworker import EmbedWorker
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.guard import GuardedDetector
-from agent.vision.reid import Reidentifier
 from agent.vision.track import TrackedRegion, Tracker, TrackerConfig
-from agent.vision.verify import Verifier
 from contract.errors import CameraUnavailableError, EndOfStream, FrameError, PrivacyError
 from hw.camera import open_camera
 from hw.camera.base import Camera
@@ -83,7 +84,8 @@ def regions_to_redact(tracked: list[TrackedRegion], config: PrivacyConfig) -> li
 
 
 class FaceObserver(Protocol):
-    """Sees each frame's tracked faces after redaction (re-identification, enrolled matching)."""
+    """Sees each frame's tracked faces after redaction: the shared embedder of enrolled matching
+    and re-identification (:class:`agent.vision.embedworker.EmbedWorker`)."""
 
     def observe(self, frame: Frame, faces: Sequence[tuple[int, Detection]]) -> None: ...
 
@@ -99,23 +101,16 @@ class Pipeline:
         config: PrivacyConfig,
         stats: PipelineStats | None = None,
         clock: Callable[[], float] = time.perf_counter,
-        reid: Reidentifier | None = None,
-        verifier: Verifier | None = None,
+        faces: FaceObserver | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self._read = read_frame
-        # after redaction, on the original frame, in this order: (stage, observer, what is lost)
-        self._observers: tuple[tuple[str, FaceObserver, str], ...] = tuple(
-            (stage, observer, lost)
-            for stage, observer, lost in (
-                ("verify", verifier, "enrolled matching"),
-                ("reid", reid, "re-identification"),
-            )
-            if observer is not None
-        )
+        self._faces = faces  # after redaction, on the original frame
         self._detector = detector
         self._sink = sink
         self._config = config
-        self._tracker = Tracker(config.tracker)
+        # given when the track relinker (agent.vision.relink) shares it; else made here
+        self._tracker = tracker if tracker is not None else Tracker(config.tracker)
         self.stats = stats if stats is not None else PipelineStats()
         self._clock = clock
         self._stop = threading.Event()
@@ -161,14 +156,14 @@ class Pipeline:
             for r in tracked
             if r.kind == "face" and r.detection is not None
         ]
-        for stage, observer, lost in self._observers:
+        if self._faces is not None:
             try:
-                observer.observe(frame, faces)
-            except Exception as exc:  # only what the observer derives is lost, never redaction
-                stats.drop(f"{stage}_failed")
-                logger.warning("%s skipped frame %d: %s", lost, frame.index, exc)
+                self._faces.observe(frame, faces)
+            except Exception as exc:  # only what the observers derive is lost, never redaction
+                stats.drop("faces_failed")
+                logger.warning("face observers skipped frame %d: %s", frame.index, exc)
             t5 = clock()
-            stats.time(stage, t5 - t4)
+            stats.time("faces", t5 - t4)
             t4 = t5
         out = ProcessedFrame(redacted, tuple(detections))
         self._sink(out)
@@ -237,26 +232,25 @@ def open_frame_path(
     stats: PipelineStats | None = None,
     camera_factory: CameraFactory = open_camera,
     detector_factory: DetectorFactory = build_detector,
-    reid: Reidentifier | None = None,
-    verifier: Verifier | None = None,
+    faces: EmbedWorker | None = None,
+    tracker: Tracker | None = None,
 ) -> FramePath:
     """Load the detector (hash-checked), wrap it in the fail-closed guard, open the camera and
     build the pipeline: the one place where a camera-fed frame path is wired (the daemon and
     `camveil run`). Everything opened so far is closed again when a later step fails.
-    ``reid``: the re-identifier (:func:`agent.vision.reid.open_reid`); the frame path takes it
-    over (starts it here, stops and wipes it when closed); ``verifier`` likewise the enrolled
-    matcher (:meth:`agent.enrolment.Enrolment.verifier`)."""
+    ``faces``: the shared embedder of enrolled matching and re-identification
+    (:func:`agent.vision.embedworker.open_embed_worker`); the frame path takes it over (starts
+    it here, stops it and wipes its clients when closed); ``tracker``: the pipeline's tracker when
+    made beforehand (the track relinker, :mod:`agent.vision.relink`, works on it)."""
     stack = contextlib.ExitStack()
     try:
-        if reid is not None:
-            stack.enter_context(reid)
-        if verifier is not None:
-            stack.enter_context(verifier)
+        if faces is not None:
+            stack.enter_context(faces)
         model = detector_factory(detector)
         guard = stack.enter_context(GuardedDetector(model, detector.timeout))
         cam = stack.enter_context(camera_factory(camera))
         pipeline = Pipeline(
-            cam.read, guard, sink, privacy, stats=stats, reid=reid, verifier=verifier
+            cam.read, guard, sink, privacy, stats=stats, faces=faces, tracker=tracker
         )
     except BaseException:
         stack.close()

@@ -14,6 +14,7 @@ Command acks are sealed to the X25519 form of the operator's Ed25519 key instead
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ from contract.statedir import (
     TLS_KEY_FILE,
     Bundle,
 )
+from provisioning.unit_renewal import ClientCertFiles
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MQTT_PORT: Final = 8883
 
@@ -120,6 +124,9 @@ class UnitState:
                 f"{d} does not exist: the unit is not provisioned (camveil provision), or "
                 "[mqtt] state_dir points elsewhere"
             )
+        repaired = ClientCertFiles(d).recover()  # a certificate swap cut by a power loss
+        if repaired:
+            logger.warning("%s: %s", d, repaired)
         identity = load_identity(d / IDENTITY_FILE)
         bundle = _read_bundle(d / BUNDLE_FILE)
         if bundle.device != identity.kid:

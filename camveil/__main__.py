@@ -16,6 +16,10 @@ from contract.errors import CamveilError
 COMMANDS: dict[str, tuple[str, str]] = {
     "redact": ("camveil.cli.redact", "redact faces in images and videos"),
     "eval": ("camveil.cli.evaluate", "measure face protection on an annotated dataset"),
+    "eval-video": (
+        "camveil.cli.evaluate_video",
+        "measure face leaks per frame and per track on an annotated video",
+    ),
     "eval-embed": (
         "camveil.cli.evaluate_embed",
         "measure face verification (embedding model) on labelled image pairs",

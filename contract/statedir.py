@@ -12,12 +12,20 @@ USB serial", "Bundle" and "Unit state".
         provisioned/                present only when provisioning completed
             identity.cbor           the same keys under kid = device id (0600)
             tls.key  tls.crt        TLS client key (0600) and certificate, CN = device id
+                                    (replaced by a renewal over MQTT: docs/PROTOCOL.md,
+                                    "Certificate renewal")
+            tls-next.key            a renewal's staged TLS key (0600), made on the unit for the
+                                    CSR of a ``renew_cert`` command
+            tls-next.crt            its certificate from ``install_cert``, until the broker
+                                    accepted it; then both are renamed over tls.key / tls.crt
             ca.crt                  the CA pinned at provisioning (broker trust anchor)
             bundle.cbor             the exact bundle bytes the station sent (signed in the proof):
                                     device, broker URL, backend X25519 key, operator Ed25519 key,
                                     site config, and the provisioned settings (camera kind and
                                     source, MQTT on) that the agent's config loader puts *under*
-                                    the operator's camveil.toml (agent.config)
+                                    the operator's camveil.toml (agent.config); its
+                                    certificate stays the one issued at provisioning, tls.crt is
+                                    the one in use
         seq                         the agent's sequence counter (agent.sequence)
         cmd-replay.cbor             replay memory of accepted commands (agent.commands)
         outbox.db                   default outbox (agent.outbox)
@@ -42,6 +50,8 @@ PROVISIONED: Final = "provisioned"
 IDENTITY_FILE: Final = "identity.cbor"
 TLS_KEY_FILE: Final = "tls.key"
 TLS_CERT_FILE: Final = "tls.crt"
+TLS_NEXT_KEY_FILE: Final = "tls-next.key"
+TLS_NEXT_CERT_FILE: Final = "tls-next.crt"
 CA_FILE: Final = "ca.crt"
 BUNDLE_FILE: Final = "bundle.cbor"
 SEQ_FILE: Final = "seq"

@@ -223,6 +223,23 @@ class UnitView:
         return found if found is not None else _num(self.health, "cpu_temp_c")
 
     @property
+    def cert_not_after(self) -> float | None:
+        """notAfter (Unix seconds) of the TLS certificate the unit last reported using."""
+        cert = (self.health or {}).get("cert")
+        return _num(cert, "not_after") if isinstance(cert, Mapping) else None
+
+    @property
+    def cert_serial(self) -> str | None:
+        cert = (self.health or {}).get("cert")
+        serial = cert.get("serial") if isinstance(cert, Mapping) else None
+        return serial if isinstance(serial, str) else None
+
+    def cert_days_left(self, now: float) -> float | None:
+        """Days until that certificate expires (negative: expired); None when not reported."""
+        not_after = self.cert_not_after
+        return None if not_after is None else (not_after - now) / 86400.0
+
+    @property
     def versions(self) -> Mapping[str, str]:
         value = (self.health or {}).get("versions")
         return value if isinstance(value, Mapping) else {}

@@ -4,6 +4,12 @@ One row per unit, keyed by device id, unique by Ed25519 public key. A row is ``p
 the moment the station has built a bundle for the unit (the exact bundle bytes are kept, so a
 retry after a station restart resends the same bundle and the unit's answer stays idempotent)
 and ``provisioned`` once the unit proved possession of its key by signing that bundle.
+
+Certificates issued after provisioning (renewals over MQTT, :mod:`provisioning.renewal`) are
+kept in ``certificates``: ``issued`` when sent to the unit, ``current`` once the unit said it
+connected with it, ``superseded`` (the unit replaced it: it goes into the CRL until it expires)
+or ``revoked`` (the unit was revoked). A unit without such rows still uses the certificate of
+its bundle.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Final, Literal
 from contract.sqlitewal import connect_wal
 
 ProvisioningStatus = Literal["pending", "provisioned"]
+CertificateState = Literal["issued", "current", "superseded", "revoked"]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS units (
@@ -41,6 +48,18 @@ CREATE TABLE IF NOT EXISTS revocations (
     revoked_at      REAL NOT NULL,
     reason          TEXT NOT NULL
 );
+-- device certificates issued by renewal (and the bundle's, recorded at a unit's first renewal)
+CREATE TABLE IF NOT EXISTS certificates (
+    serial          TEXT PRIMARY KEY,  -- hex
+    device          TEXT NOT NULL,
+    state           TEXT NOT NULL
+                    CHECK (state IN ('issued', 'current', 'superseded', 'revoked')),
+    not_after       REAL NOT NULL,
+    issued_at       REAL NOT NULL,
+    changed_at      REAL NOT NULL,     -- when it got its state (the CRL's revocation date)
+    cert            BLOB NOT NULL      -- PEM
+);
+CREATE INDEX IF NOT EXISTS certificates_device ON certificates (device);
 """
 
 
@@ -65,6 +84,19 @@ class Revocation:
     ed25519: bytes
     revoked_at: float
     reason: str
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    """A device certificate the station issued (see the module docstring)."""
+
+    serial: str  # hex
+    device: str
+    state: CertificateState
+    not_after: float
+    issued_at: float
+    changed_at: float
+    cert: bytes  # PEM
 
 
 class Inventory:
@@ -150,7 +182,8 @@ class Inventory:
         at: float | None = None,
     ) -> Revocation:
         """Take ``device`` out of the inventory and record the revocation of its certificate
-        ``serial``; ``publish`` gets the remaining provisioned units and every revocation,
+        ``serial`` (and of every other certificate it was issued: ``certificates`` rows become
+        ``revoked``); ``publish`` gets the remaining provisioned units and every revocation,
         inside the same write transaction (as :meth:`mark_provisioned`)."""
         with self._transaction():
             record = self.by_device(device)
@@ -171,8 +204,87 @@ class Inventory:
                 ),
             )
             self.db.execute("DELETE FROM units WHERE device = ?", (device,))
+            self.db.execute(
+                "UPDATE certificates SET state = 'revoked', changed_at = ? WHERE device = ?",
+                (revocation.revoked_at, device),
+            )
             publish(self.units("provisioned"), self.revocations())
         return revocation
+
+    def add_certificate(self, record: CertificateRecord) -> None:
+        """Record a certificate issued to ``record.device`` (INSERT OR IGNORE: a repeat of the
+        same serial changes nothing)."""
+        with self._transaction():
+            self._insert_certificate(record)
+
+    def _insert_certificate(self, record: CertificateRecord) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO certificates (serial, device, state, not_after, issued_at, "
+            "changed_at, cert) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.serial,
+                record.device,
+                record.state,
+                record.not_after,
+                record.issued_at,
+                record.changed_at,
+                record.cert,
+            ),
+        )
+
+    def certificates(self, device: str | None = None) -> list[CertificateRecord]:
+        """Recorded certificates (of ``device``, or all), oldest first."""
+        sql = (
+            "SELECT serial, device, state, not_after, issued_at, changed_at, cert FROM certificates"
+        )
+        if device is None:
+            rows = self.db.execute(sql + " ORDER BY issued_at, serial").fetchall()
+        else:
+            rows = self.db.execute(
+                sql + " WHERE device = ? ORDER BY issued_at, serial", (device,)
+            ).fetchall()
+        return [CertificateRecord(*row) for row in rows]
+
+    def make_current(
+        self,
+        device: str,
+        serial: str,
+        publish: Callable[[list[CertificateRecord]], None],
+        first: CertificateRecord | None = None,
+        at: float | None = None,
+    ) -> list[CertificateRecord]:
+        """The unit ``device`` now uses certificate ``serial``: every other one of its
+        ``issued``/``current`` certificates becomes ``superseded``. ``first`` (the bundle's
+        certificate, if not recorded yet) is recorded as superseded too. ``publish`` gets every
+        superseded or revoked certificate inside the transaction (to rewrite the CRL); returns
+        the certificates superseded now."""
+        with self._transaction():
+            if first is not None:
+                self._insert_certificate(first)
+            found = self.db.execute(
+                "SELECT 1 FROM certificates WHERE device = ? AND serial = ? AND state != 'revoked'",
+                (device, serial),
+            ).fetchone()
+            if found is None:
+                raise KeyError(serial)
+            before = {c.serial for c in self.certificates(device) if c.state == "superseded"}
+            when = time.time() if at is None else at
+            self.db.execute(
+                "UPDATE certificates SET state = 'superseded', changed_at = ? WHERE device = ? "
+                "AND serial != ? AND state IN ('issued', 'current')",
+                (when, device, serial),
+            )
+            self.db.execute(
+                "UPDATE certificates SET state = 'current', changed_at = ? WHERE serial = ?",
+                (when, serial),
+            )
+            now = self.certificates(device)
+            publish(self.certificates_in_crl())
+        return [c for c in now if c.state == "superseded" and c.serial not in before]
+
+    def certificates_in_crl(self) -> list[CertificateRecord]:
+        """Every superseded or revoked certificate (whether expired or not)."""
+        return [c for c in self.certificates() if c.state in ("superseded", "revoked")]
 
     def revocations(self) -> list[Revocation]:
         rows = self.db.execute(

@@ -44,8 +44,8 @@ SERVER_DAYS: Final = 825
 CLIENT_DAYS: Final = 3650
 #: a unit's certificate: two years, so a lost unit that escaped revocation stops being let in
 #: by itself, and short enough that the CA's keys and algorithms can change within a fleet's life.
-#: There is no renewal over MQTT yet: a unit is re-provisioned over USB before its certificate
-#: expires (`camveil station list` shows the date).
+#: It is renewed over MQTT before it expires (`camveil station renew`, docs/PROTOCOL.md
+#: "Certificate renewal"); `camveil station list` shows the date.
 DEVICE_DAYS: Final = 730
 #: a CRL's nextUpdate: OpenSSL (mosquitto) refuses *every* client once the CRL it checks has
 #: expired, so the station's CRL lasts as long as the CA and is re-issued on every revocation
@@ -292,6 +292,37 @@ def sign_device_csr(
         raise ValueError(f"CSR is for {device_id!r}, expected {expected_device_id!r}")
     public_key = _ec_public(csr.public_key())
     return _issue(ca, device_id, public_key, ExtendedKeyUsageOID.CLIENT_AUTH, days=days, now=now)
+
+
+def check_device_cert(
+    cert: x509.Certificate,
+    ca: x509.Certificate,
+    device_id: str,
+    public_key: ec.EllipticCurvePublicKey,
+) -> None:
+    """``cert`` names ``device_id``, certifies ``public_key`` and is signed by the CA ``ca``
+    (which is a CA). ValueError says which of these fails."""
+    cn = common_name(cert)
+    if cn != device_id:
+        raise ValueError(f"certificate is for {cn!r}, not {device_id!r}")
+    if spki(cert.public_key()) != spki(public_key):
+        raise ValueError("certificate is not for this unit's TLS key")
+    try:
+        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+        cert.verify_directly_issued_by(ca)
+    except (x509.ExtensionNotFound, ValueError, TypeError) as exc:
+        raise ValueError(f"certificate does not chain to the CA: {exc}") from None
+    except Exception:  # cryptography's InvalidSignature
+        raise ValueError("certificate signature does not verify under the CA") from None
+    if not constraints.ca:
+        raise ValueError("the CA certificate is not a CA")
+
+
+def spki(key: object) -> bytes:
+    """The DER SubjectPublicKeyInfo of a P-256 public key (to compare keys)."""
+    return _ec_public(key).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _make_client(ca: Issued, cn: str, days: int, now: dt.datetime | None) -> Issued:

@@ -16,9 +16,11 @@ station's user alone (files 0600, folders 0700)::
                                    to the ingest hosts (`camveil listen --group-file`)
     broker/                        mosquitto config, ACL, server certificate (provisioning.broker)
                                    and crl.pem: the CRL of revoked units (`camveil station revoke`)
+                                   and of certificates a renewal replaced (`camveil station renew`)
     station.json                   defaults: broker URL, backend and operator names, the
                                    camera every unit is given (``camera``: kind, source)
-    inventory.sqlite               every unit (provisioning.inventory)
+    inventory.sqlite               every unit (provisioning.inventory), and the certificates
+                                   renewals issued (provisioning.renewal)
     devices.json                   trusted devices (dashboard, people): id -> public keys, site
     devices.cbor                   the same as a peers file (contract.envelope.keys.save_peers), for
                                    `camveil listen --devices DIR/devices.cbor`
@@ -59,7 +61,7 @@ from contract.envelope.keys import (
 from contract.errors import ProtocolViolationError, ProvisioningError
 from contract.statedir import CAMERA_KINDS, Bundle, camera_source_problem
 from provisioning import broker, pki
-from provisioning.inventory import Inventory, Revocation, UnitRecord
+from provisioning.inventory import CertificateRecord, Inventory, Revocation, UnitRecord
 from provisioning.proof import bundle_digest, verify_proof
 from provisioning.serial_proto import (
     PROTOCOL_VERSION,
@@ -399,18 +401,10 @@ def revoke_unit(root: Path, device: str, reason: str = "unspecified") -> RevokeR
                 raise ProvisioningError(f"{device} was revoked already ({when})")
             known = ", ".join(u.device for u in inventory.units()) or "none"
             raise ProvisioningError(f"no unit {device!r} in the inventory (units: {known})")
-        serial = pki.load_cert_pem(Bundle.decode(record.bundle).cert_pem).serial_number
+        serial = current_certificate(inventory, record).serial_number
 
         def publish(units: list[UnitRecord], revocations: list[Revocation]) -> None:
-            crl = pki.make_crl(
-                ca,
-                [
-                    pki.Revoked(int(r.serial, 16), dt.datetime.fromtimestamp(r.revoked_at, UTC))
-                    for r in revocations
-                ],
-                number=len(revocations) + 1,
-            )
-            pki.write_atomic(paths.crl, pki.crl_pem(crl), 0o644)
+            write_crl(paths, ca, revocations, inventory.certificates_in_crl())
             write_revocations_file(paths.revocations, revocations)
             publish_trusted(paths, config, units)
 
@@ -418,6 +412,48 @@ def revoke_unit(root: Path, device: str, reason: str = "unspecified") -> RevokeR
     patched = _ensure_crlfile(paths)
     logger.info("revoked %s (certificate serial %s)", device, revocation.serial)
     return RevokeResult(revocation, patched)
+
+
+def current_certificate(inventory: Inventory, record: UnitRecord) -> pki.x509.Certificate:
+    """The certificate unit ``record`` uses: the last one it confirmed after a renewal, else the
+    one in its bundle."""
+    for cert in reversed(inventory.certificates(record.device)):
+        if cert.state == "current":
+            return pki.load_cert_pem(cert.cert)
+    return pki.load_cert_pem(Bundle.decode(record.bundle).cert_pem)
+
+
+def write_crl(
+    paths: StationPaths,
+    ca: pki.Issued,
+    revocations: list[Revocation],
+    certificates: list[CertificateRecord],
+    now: float | None = None,
+) -> None:
+    """broker/crl.pem: every revoked unit's certificate, and every certificate a renewal
+    superseded or a revocation took with it until it expires (an expired one is refused by the
+    broker anyway). Its number is one more than the CRL it replaces."""
+    now = time.time() if now is None else now
+    entries = {int(r.serial, 16): r.revoked_at for r in revocations}
+    for c in certificates:
+        if c.not_after > now:
+            entries.setdefault(int(c.serial, 16), c.changed_at)
+    number = len(revocations) + 1
+    try:
+        old = pki.load_crl_pem(paths.crl.read_bytes())
+        crl_number = old.extensions.get_extension_for_class(pki.x509.CRLNumber).value
+        number = max(number, crl_number.crl_number + 1)
+    except (OSError, ValueError, pki.x509.ExtensionNotFound):
+        pass
+    crl = pki.make_crl(
+        ca,
+        [
+            pki.Revoked(serial, dt.datetime.fromtimestamp(at, UTC))
+            for serial, at in sorted(entries.items())
+        ],
+        number=number,
+    )
+    pki.write_atomic(paths.crl, pki.crl_pem(crl), 0o644)
 
 
 def _ensure_crlfile(paths: StationPaths) -> bool:

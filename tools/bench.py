@@ -265,6 +265,8 @@ def child_argv(case: BenchCase, settings: BenchSettings) -> list[str]:
         "--model", det.model,
         "--scale", repr(det.scale),
         "--extra-scale", repr(det.extra_scale),
+        "--partner", det.partner,
+        "--partner-threshold", repr(det.partner_threshold),
         "--tile", str(det.tile),
         "--margin", repr(red.margin),
         "--fill", red.fill.value,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,11 +105,39 @@ class _Tally:
     """Per image: faces then protected faces per bucket, then background and background hit."""
 
 
-def _bucket(longest: int) -> str:
+def size_bucket(longest: int) -> str:
+    """The size bucket (``BUCKETS``) of a face whose box's longest side is ``longest`` pixels."""
     for name, lo, hi in BUCKETS:
         if lo <= longest < hi:
             return name
     return BUCKETS[-1][0]
+
+
+def face_coverage(
+    mask: np.ndarray[Any, np.dtype[np.bool_]], box: tuple[int, int, int, int]
+) -> tuple[int, int]:
+    """Pixels of the face box ``(x, y, w, h)`` inside the frame, and how many ``mask`` covers."""
+    height, width = mask.shape
+    x, y, w, h = box
+    region = mask[max(0, y) : min(height, y + h), max(0, x) : min(width, x + w)]
+    return int(region.sum()), int(region.size)
+
+
+def is_protected(covered: int, total: int) -> bool:
+    """A face is protected when at least ``PROTECTED_COVERAGE`` of its box is overwritten."""
+    return covered >= PROTECTED_COVERAGE * total
+
+
+def background_overwritten(
+    mask: np.ndarray[Any, np.dtype[np.bool_]], boxes: Iterable[tuple[int, int, int, int]]
+) -> tuple[int, int]:
+    """Background pixels (outside every face and ignore box ``(x, y, w, h)``) and how many of
+    them ``mask`` covers."""
+    not_background = np.zeros_like(mask)
+    for x, y, w, h in boxes:
+        not_background[max(0, y) : y + h, max(0, x) : x + w] = True
+    background = ~not_background
+    return int(background.sum()), int((mask & background).sum())
 
 
 def evaluate(
@@ -145,31 +173,20 @@ def evaluate(
 
 
 def _score(tally: _Tally, mask: np.ndarray[Any, np.dtype[np.bool_]], ann: Annotation) -> None:
-    height, width = mask.shape
     k = len(BUCKETS)
     row = [0] * (2 * k + 2)  # faces per bucket, protected per bucket, background, hit
-    not_background = np.zeros_like(mask)
-    for x, y, w, h in ann.ignore:
-        not_background[max(0, y) : y + h, max(0, x) : x + w] = True
-    for x, y, w, h in ann.faces:
-        if w <= 0 or h <= 0:
-            continue
-        not_background[max(0, y) : y + h, max(0, x) : x + w] = True
-        region = mask[max(0, y) : min(height, y + h), max(0, x) : min(width, x + w)]
-        total = int(region.size)
+    faces = [(x, y, w, h) for x, y, w, h in ann.faces if w > 0 and h > 0]
+    for face in faces:
+        covered, total = face_coverage(mask, face)
         if total == 0:
             continue
-        covered = int(region.sum())
-        bucket = _bucket(max(w, h))
-        column = _BUCKET_COLUMN[bucket]
+        column = _BUCKET_COLUMN[size_bucket(max(face[2], face[3]))]
         row[column] += 1
-        if covered >= PROTECTED_COVERAGE * total:
+        if is_protected(covered, total):
             row[k + column] += 1
         tally.face_pixels += total
         tally.face_pixels_left += total - covered
-    background = ~not_background
-    row[2 * k] = int(background.sum())
-    row[2 * k + 1] = int((mask & background).sum())
+    row[2 * k], row[2 * k + 1] = background_overwritten(mask, [*ann.ignore, *faces])
     for name, column in _BUCKET_COLUMN.items():
         tally.faces[name] += row[column]
         tally.protected[name] += row[k + column]

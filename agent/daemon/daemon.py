@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.certrenewal import CertRenewal
 from agent.commands import Command, CommandProcessor, CommandRejectedError
 from agent.config import (
     AgentConfig,
@@ -45,6 +46,7 @@ from contract.errors import CamveilError, ConfigError
 from hw.board import BoardInfo, LinuxBoard
 from hw.camera import open_camera
 from hw.led import LedConfig, NullLed, StatusLight, open_led
+from provisioning.unit_renewal import ClientCertFiles
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,13 @@ class Daemon:
         self._stop = threading.Event()
         self._slot = PartsSlot()
         self._commands: queue.Queue[tuple[str, bytes] | None] = queue.Queue(COMMAND_QUEUE_SIZE)
-        self._health = HealthReporter(self.stats, self._board)
+        self.renewal = CertRenewal(
+            unit.device_id,
+            ClientCertFiles(unit.tls_cert.parent),
+            self._reconnect_with,
+            self._use_client_files,
+        )
+        self._health = HealthReporter(self.stats, self._board, self.renewal.current)
         self._boot = new_boot_id()
         self.emitter: Emitter | None = None
         self.publisher: Publisher | None = None
@@ -208,6 +216,16 @@ class Daemon:
             "pipeline replaced (camera %s, detector %s)", config.camera.kind, config.detector.model
         )
 
+    def _reconnect_with(self, cert: Path, key: Path, wait_s: float) -> bool:
+        transport = self.transport
+        assert transport is not None
+        return transport.reconnect_with(cert, key, wait_s=wait_s)
+
+    def _use_client_files(self, cert: Path, key: Path) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.use_files(cert, key)
+
     # --- transport callbacks --------------------------------------------------------------------
 
     def _on_state(self, event: ConnectionEvent) -> None:
@@ -316,6 +334,7 @@ class Daemon:
                     "set_config": self._cmd_set_config,
                     "restart_pipeline": self._cmd_restart_pipeline,
                     **self.enrolment.handlers(),
+                    **self.renewal.handlers(),
                 },
                 send_ack=self._send_ack,
             )

@@ -1,5 +1,6 @@
 """What the daemon reports about itself: the health event every interval (fps, drops, outbox,
-CPU temperature, uptime, versions, model hashes, config hashes) and the summary of a run."""
+CPU temperature, uptime, versions, model hashes, config hashes, the TLS certificate's serial and
+expiry) and the summary of a run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from agent import __version__
 from agent.commands import CommandProcessor
 from agent.config import AgentConfig
+from agent.events import CertHealth
 from agent.outbox import Outbox
 from agent.publisher import Emitter, Publisher
 from agent.stats import PipelineStats
@@ -21,6 +23,7 @@ from contract.confighash import ConfigDigest
 from contract.errors import CamveilError
 from contract.ranges import seq_ranges
 from hw.board import BoardInfo
+from provisioning.unit_renewal import CertInfo
 
 
 def model_hashes(config: DetectorConfig) -> dict[str, str]:
@@ -39,9 +42,15 @@ class HealthReporter:
     at the time. Constructor only stores (and notes the start for the uptime). Thread-safe: the
     command thread may send one out of turn (after a config change) while the loop runs."""
 
-    def __init__(self, stats: PipelineStats, board: BoardInfo) -> None:
+    def __init__(
+        self,
+        stats: PipelineStats,
+        board: BoardInfo,
+        cert: Callable[[], CertInfo | None] = lambda: None,
+    ) -> None:
         self._stats = stats
         self._board = board
+        self._cert = cert
         self._started_mono = time.monotonic()
         self._frames0, self._t0 = 0, time.monotonic()
         self._lock = threading.Lock()
@@ -76,6 +85,8 @@ class HealthReporter:
         models = model_hashes(config.detector)
         temp = self._board.cpu_temp_c()
         stats = self._stats
+        info = self._cert()
+        cert = None if info is None else CertHealth(info.serial, info.not_after)
         emitter.emit(
             lambda b: b.health(
                 fps=fps,
@@ -86,6 +97,7 @@ class HealthReporter:
                 versions=versions,
                 models=models,
                 config=digest,
+                cert=cert,
             )
         )
 

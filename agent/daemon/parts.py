@@ -14,7 +14,10 @@ from agent.frame_sink import FrameSink
 from agent.pipeline import CameraFactory, DetectorFactory, FramePath, Pipeline, open_frame_path
 from agent.publisher import Emitter
 from agent.stats import PipelineStats
+from agent.vision.embedworker import open_embed_worker
 from agent.vision.reid import open_reid
+from agent.vision.relink import TrackLinker
+from agent.vision.track import Tracker
 from agent.vision.verify import Verifier
 from hw.camera.base import Camera
 
@@ -51,8 +54,15 @@ def build_parts(
     verifier: Verifier | None = None,
 ) -> Parts:
     """Load the detector and open the camera; nothing is shared with the running parts.
-    ``verifier``: enrolled verification's matcher (None: off)."""
+    ``verifier``: enrolled verification's matcher (None: off). It and the re-identifier share
+    one embedder (one FaceNet interpreter and worker thread), loaded here when either is on;
+    the tracker's relinker then listens to it too (``[privacy.tracker] relink_s``)."""
     reid = open_reid(config.reid, stats)
+    tracker = Tracker(config.privacy.tracker)
+    relinker = TrackLinker(config.privacy.tracker, tracker, stats)
+    faces = open_embed_worker(
+        (verifier, reid), stats, listeners=(relinker,) if config.privacy.tracker.relink_s else ()
+    )
     sink = FrameSink(config.events, emitter, visitors=reid)
     path = open_frame_path(
         config.camera,
@@ -62,8 +72,8 @@ def build_parts(
         stats=stats,
         camera_factory=camera_factory,
         detector_factory=detector_factory,
-        reid=reid,
-        verifier=verifier,
+        faces=faces,
+        tracker=tracker,
     )
     return Parts(config, path, sink)
 

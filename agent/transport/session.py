@@ -39,10 +39,14 @@ envelope.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import ssl
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -72,6 +76,8 @@ from contract.topics import KIND_RECEIPT, command_topic, receipt_topic, status_t
 logger = logging.getLogger(__name__)
 
 _DISCONNECT_WITH_WILL: Final = 0x04
+REFUSALS_TO_GIVE_UP: Final = 2
+"""reconnect_with(): refusals of the new certificate (not network failures) that end the wait."""
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
 
 
@@ -105,6 +111,9 @@ class Transport:
         self._stopping = False
         self._lock = threading.Lock()  # guards _outstanding/_early; never held over paho calls
         self._publish_lock = threading.Lock()  # serialises publish(); never taken by paho
+        self._restart_lock = threading.Lock()  # stop() vs reconnect_with()
+        self._closed = False  # stop() was called: reconnect_with() starts nothing
+        self._refusals = 0  # attempts the broker refused (TLS or CONNACK), not network failures
         self._outstanding: set[int] = set()
         self._early: set[int] = set()
         self._failures = 0
@@ -120,6 +129,7 @@ class Transport:
         naming the file if the CA, certificate or key cannot be loaded."""
         if self._client is not None:
             raise RuntimeError("Transport already started")
+        self._closed = False
         cfg = self._config
         context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
 
@@ -143,10 +153,11 @@ class Transport:
 
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = cfg.session_expiry_s
-        self._stopping = False
         self._failures = 0
         self._dispatcher.start(f"mqtt-dispatch-{cfg.device_id}")
-        self._client = client
+        with self._publish_lock:
+            self._client = client
+            self._stopping = False
         client.connect_async(
             cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=properties
         )
@@ -156,10 +167,16 @@ class Transport:
     def stop(self, *, publish_will: bool = True, timeout: float = 10.0) -> None:
         """Disconnect and stop the threads. With ``publish_will`` the broker publishes the last
         will ("offline") as for a lost connection. Outstanding mids are void afterwards."""
-        client, self._client = self._client, None
+        with self._restart_lock:
+            self._closed = True
+            self._stop(publish_will, timeout)
+
+    def _stop(self, publish_will: bool, timeout: float) -> None:
+        with self._publish_lock:  # no publish() is half-way through on the client we stop
+            client, self._client = self._client, None
+            self._stopping = True
         if client is None:
             return
-        self._stopping = True
         if publish_will and self._connected.is_set():
             client.disconnect(
                 reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=_DISCONNECT_WITH_WILL)
@@ -175,6 +192,37 @@ class Transport:
         self._emit(ConnectionEvent(ConnectionState.STOPPED, "stopped"))
         self._dispatcher.stop(timeout)
         logger.info("mqtt: stopped")
+
+    def reconnect_with(self, cert_file: Path, key_file: Path, *, wait_s: float) -> bool:
+        """End the session with a plain DISCONNECT (no last will; the broker keeps the session
+        and what it queued for it), start again with this client certificate and key, and wait
+        up to ``wait_s`` seconds for the broker to accept it: True once connected; False after
+        ``wait_s``, or sooner once the broker refused it ``REFUSALS_TO_GIVE_UP`` times (a TLS
+        or CONNACK refusal; a broker that cannot be reached is waited for). The
+        publisher sees ``STOPPED`` and offers what was in flight again (no message is lost).
+        ConfigError, before anything is disconnected, when the files cannot be loaded. False at
+        once after :meth:`stop`. Not from a transport callback (it waits for the dispatcher)."""
+        config = dataclasses.replace(self._config, cert_file=cert_file, key_file=key_file)
+        tls_context(config.ca_file, config.cert_file, config.key_file)  # loads, or raises
+        with self._restart_lock:
+            if self._closed or self._client is None:
+                return False  # stopped (the daemon is shutting down): start nothing
+            self._stop(publish_will=False, timeout=10.0)
+            self._config = config
+            refused = self._refusals
+            self.start()
+        deadline = time.monotonic() + wait_s
+        while not self._closed:
+            if self.wait_connected(min(0.2, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline or self._refusals - refused >= REFUSALS_TO_GIVE_UP:
+                return False
+        return False
+
+    def use_files(self, cert_file: Path, key_file: Path) -> None:
+        """The paths of the same certificate and key after they were renamed (the next start
+        loads them from there); the current session is left alone."""
+        self._config = dataclasses.replace(self._config, cert_file=cert_file, key_file=key_file)
 
     def __enter__(self) -> Transport:
         self.start()
@@ -224,12 +272,12 @@ class Transport:
             raise ValueError(f"envelope sealed for {payload.topic!r}, not {topic!r}")
         if payload.device != self._config.device_id:
             raise ValueError(f"envelope of device {payload.device!r} on {self._config.device_id}")
-        client = self._client
-        if client is None:
-            if self._stopping:
-                return None  # stopping or stopped: the caller keeps the message
-            raise RuntimeError("Transport.publish() before start()")
         with self._publish_lock:
+            client = self._client
+            if client is None:
+                if self._stopping:
+                    return None  # stopping or stopped: the caller keeps the message
+                raise RuntimeError("Transport.publish() before start()")
             if not self._connected.is_set():
                 return None
             with self._lock:
@@ -323,6 +371,8 @@ class Transport:
         self._emit(ConnectionEvent(ConnectionState.CONNECTED, "connected"))
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if isinstance(cast(Client, client).last_error, ssl.SSLError):
+            self._refusals += 1  # a TLS handshake failed: a certificate was refused
         reason = describe(cast(Client, client).last_error)
         delay = self._schedule_retry(client)
         logger.warning(
@@ -353,6 +403,7 @@ class Transport:
             logger.warning("mqtt: %s; reconnect in %.1fs", reason, delay)
             self._emit(ConnectionEvent(ConnectionState.DISCONNECTED, reason, delay))
         else:  # TLS/CONNACK refusal: the socket opened, then closed before a session existed
+            self._refusals += 1
             last = cast(Client, client).last_error
             reason = describe(last) if last is not None else reason_code.getName()
             cast(Client, client).last_error = None

@@ -97,6 +97,14 @@ class Embedding:
         v.fill(0.0)
         v.flags.writeable = False
 
+    def copy(self) -> Embedding:
+        """An independent copy (its own memory, wiped on its own)."""
+        out: Embedding = object.__new__(Embedding)
+        v = self._vector.copy()
+        v.flags.writeable = False
+        object.__setattr__(out, "_vector", v)
+        return out
+
     def cosine(self, other: Embedding) -> float:
         """Cosine similarity with ``other`` (both are unit vectors): 1 same, about 0 unrelated."""
         return float(np.dot(self._vector, other._vector))

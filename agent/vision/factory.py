@@ -10,7 +10,8 @@ from typing import Any
 from agent.vision.detection import Detector
 from contract.errors import ConfigError
 
-DETECTOR_MODELS = ("centerface_int8", "blazeface_full_int8")
+DETECTOR_MODELS = ("centerface_int8", "blazeface_full_int8", "yunet_int8")
+PARTNER_MODELS = ("yunet_int8",)
 EXTRA_SCORE_THRESHOLD = 0.16
 EXTRA_SMALL_SCORE_THRESHOLD = 0.10
 
@@ -20,8 +21,9 @@ class DetectorConfig:
     """Which face detector runs, and how."""
 
     model: str = "centerface_int8"
-    """Model name in models/manifest.json: ``centerface_int8`` (best on small faces) or
-    ``blazeface_full_int8`` (fastest; needs tiling for faces under ~40 px)."""
+    """Model name in models/manifest.json: ``centerface_int8`` (best on small faces),
+    ``blazeface_full_int8`` (fastest; needs tiling for faces under ~40 px) or ``yunet_int8``
+    (YuNet-n: confident on large faces, weaker on small ones; mostly useful as ``partner``)."""
     threshold: float | None = None
     """One score threshold for every face size; ``None`` uses the model's tuned defaults
     (centerface: 0.07 for faces under 32 px, 0.12 above). Lower protects more faces and
@@ -40,6 +42,14 @@ class DetectorConfig:
     92.8% of faces under 16 px (default 76.0%), 97.1% of faces >= 16 px (95.9%) and 96.4% of
     faces >= 32 px (95.6%), for 5.5% of background overwritten (4.6%), at 0.45 s/MP (0.09).
     The extra pass uses score thresholds 0.10 under 32 px and 0.16 above."""
+    partner: str = ""
+    """``centerface_int8`` only: also run this model on the whole frame and merge its boxes
+    (``""``: off). ``yunet_int8`` finds large and close faces CenterFace misses or boxes too
+    small: on WIDER FACE val the merged boxes protect 96.9% of faces >= 16 px (default 95.9%)
+    and 96.5% of faces >= 32 px (95.6%) for 5.6% of background overwritten (4.6%), at about
+    1.45 times the default's cost (docs/PROTECTION.md, "Detector comparison")."""
+    partner_threshold: float = 0.6
+    """Score threshold of the partner's own boxes."""
     tile: int = 0
     """Also run the detector on overlapping tiles of this many source pixels (0: whole frame)."""
     tile_overlap: float = 0.25
@@ -63,10 +73,10 @@ class DetectorConfig:
             raise ConfigError(f"[detector] threads = {self.threads} must be between 1 and 64")
         if not 0.25 <= self.scale <= 4.0:
             raise ConfigError(f"[detector] scale = {self.scale} must be between 0.25 and 4")
-        if self.scale != 1.0 and self.model != "centerface_int8":
+        if self.scale != 1.0 and self.model == "blazeface_full_int8":
             raise ConfigError(
-                f"[detector] scale applies to centerface_int8 only; {self.model} letterboxes "
-                "the whole frame (use tile for small faces)"
+                f"[detector] scale does not apply to {self.model}: it letterboxes the whole "
+                "frame (use tile for small faces)"
             )
         if self.extra_scale and not 0.25 <= self.extra_scale <= 4.0:
             raise ConfigError(
@@ -74,6 +84,19 @@ class DetectorConfig:
             )
         if self.extra_scale and self.model != "centerface_int8":
             raise ConfigError("[detector] extra_scale applies to centerface_int8 only")
+        if self.partner and self.partner not in PARTNER_MODELS:
+            raise ConfigError(
+                f'[detector] partner = {self.partner!r} is unknown; use "" (off) or '
+                f"{', '.join(PARTNER_MODELS)}"
+            )
+        if self.edgetpu and (self.model == "yunet_int8" or self.partner):
+            raise ConfigError("[detector] edgetpu: no EdgeTPU build of yunet_int8 exists")
+        if self.partner and self.model != "centerface_int8":
+            raise ConfigError("[detector] partner applies to centerface_int8 only")
+        if not 0.0 < self.partner_threshold < 1.0:
+            raise ConfigError(
+                f"[detector] partner_threshold = {self.partner_threshold} must be between 0 and 1"
+            )
         if self.tile < 0 or (0 < self.tile < 64):
             raise ConfigError(f"[detector] tile = {self.tile}: use 0 (off) or at least 64 pixels")
         if not 0.0 <= self.tile_overlap < 0.9:
@@ -111,6 +134,19 @@ def build_detector(config: DetectorConfig) -> Detector:
             )
             second = CenterFaceDetector(path, extra, edgetpu=config.edgetpu).load()
             detector = MergedDetector([detector, second])
+        if config.partner:
+            from agent.vision.tiling import MergedDetector
+            from agent.vision.yunet import YuNetConfig, YuNetDetector
+
+            partner_path = verified_path(config.partner, config.models_dir or MODELS_DIR)
+            yn = YuNetConfig(score_threshold=config.partner_threshold, num_threads=config.threads)
+            detector = MergedDetector([detector, YuNetDetector(partner_path, yn).load()])
+    elif config.model == "yunet_int8":
+        from agent.vision.yunet import YuNetConfig, YuNetDetector
+
+        overrides["scale"] = config.scale
+        yc = dataclasses.replace(YuNetConfig(), **overrides)
+        detector = YuNetDetector(path, yc).load()
     else:
         from agent.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
 

@@ -26,7 +26,6 @@ and the threshold may not go below 0.65 (a measured false-accept rate of 5.8e-5 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable
@@ -41,6 +40,7 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 
 from agent.vision.embedding import DIMENSIONS, Embedding
+from contract.commands import SUBJECT_ID
 from contract.envelope.cose import hkdf_sha256
 from contract.envelope.keys import Identity
 from contract.errors import ConfigError, KeyFileError
@@ -71,8 +71,6 @@ TEMPLATE_BYTES: Final = DIMENSIONS * 4
 GALLERY_FILE: Final = "gallery.sealed"
 _MAGIC: Final = b"CVG1"
 _VERSION: Final = 1
-SUBJECT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-"""What a subject id may be: an opaque reference (e.g. ``staff-0017``), never a name."""
 MAX_CONSENT_CHARS: Final = 200
 
 
@@ -108,9 +106,11 @@ class EnrolmentConfig:
     min_score: float = 0.5
     """Detections below this detector score are redacted but not matched."""
     queue_size: int = 4
-    """Crops waiting for the embedder; when full, further crops are dropped (counted)."""
+    """Crops waiting for the embedder; when full, further crops are dropped
+    (``verify_overload``). The embedder is shared with ``[reid]``: its queue takes the larger
+    of the two sizes."""
     threads: int = 1
-    """Interpreter threads of the embedder."""
+    """Interpreter threads of the embedder (shared with ``[reid]``: the larger count)."""
 
     def __post_init__(self) -> None:
         if self.enabled:
@@ -360,6 +360,7 @@ class Gallery:
 __all__ = [
     "DEFAULT_THRESHOLD",
     "GALLERY_FILE",
+    "SUBJECT_ID",
     "EnrolmentConfig",
     "Gallery",
     "GalleryRefusedError",

@@ -1,10 +1,11 @@
 """Anonymous re-identification: link sightings of one person inside a short window, then forget.
 
-Off by default (``[reid] enabled``, which also needs a ``purpose``). When on, the pipeline hands
-every frame's fresh face detections, with their tracker ids, to :class:`Reidentifier.observe`
-*after* the frame was redacted. Per track a face crop is cut from the original pixels and queued
-to a worker thread that embeds it (:class:`~agent.vision.embedding.FaceEmbedder`); the pipeline
-never waits for it. Finished embeddings are picked up on a later frame and linked by
+Off by default (``[reid] enabled``, which also needs a ``purpose``). When on, the
+:class:`Reidentifier` is a client of the shared face embedder
+(:class:`~agent.vision.embedworker.EmbedWorker`): *after* a frame was redacted it sees the
+frame's fresh face detections with their tracker ids (:meth:`Reidentifier.select`) and asks for
+a crop of each track to be embedded, cut from the original pixels, by the worker thread; the
+pipeline never waits for it. Finished embeddings are picked up on a later frame and linked by
 :class:`VisitorRegistry`: a track whose face matches a visitor seen earlier in the window
 (cosine >= ``threshold`` against any of that visitor's kept samples, and not in view at the same
 time as one of that visitor's tracks) continues that visitor; otherwise it starts a new one.
@@ -16,30 +17,29 @@ windows, so both end on the same frame). Each window has its own 32-byte random 
 pseudonymous id is ``HMAC-SHA256(key, window start / visitor number)``, so ids of two windows
 cannot be linked, even by someone who sees both. At the end of the window the registry keeps only
 a :class:`~agent.privacy.visitors.VisitorWindow` (a dwell-time histogram); the sample bank (every
-kept embedding) and the key are overwritten with zeros and dropped, and the interpreter's tensors
-are overwritten by embedding a blank crop. Ids are not published at all: presence events carry
-only the histogram (agent.events, with differential privacy).
+kept embedding) and the key are overwritten with zeros and dropped, and the shared interpreter's
+tensors are overwritten by embedding a blank crop (:attr:`Selection.scrub`). Ids are not
+published at all: presence events carry only the histogram (agent.events, with differential
+privacy).
 
-Failure: an exception in :meth:`Reidentifier.observe` or in the embedder only loses the visitor
-statistics for that frame or face, counted in the pipeline's ``dropped`` under ``reid_*`` keys.
-Redaction has already happened and does not depend on any of it.
+Failure: an exception in :meth:`Reidentifier.select` or in the embedder only loses the visitor
+statistics for that frame or face, counted in the pipeline's ``dropped`` under ``reid_*`` keys
+(:mod:`agent.vision.embedworker`). Redaction has already happened and does not depend on any of
+it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
 import math
 import queue
 import secrets
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from typing import Final, Protocol
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -47,7 +47,8 @@ import numpy.typing as npt
 from agent.privacy.visitors import DEFAULT_DWELL_EDGES_S, VisitorWindow, check_edges
 from agent.stats import PipelineStats
 from agent.vision.detection import Detection
-from agent.vision.embedding import DIMENSIONS, INPUT_SIZE, Embedding, align
+from agent.vision.embedding import DIMENSIONS, Embedding
+from agent.vision.embedworker import Selection, Wanted
 from contract.errors import ConfigError
 from hw.frame import Frame
 
@@ -92,9 +93,10 @@ class ReidConfig:
     max_faces_per_frame: int = 4
     """At most this many crops are queued per frame (bounds the cost of crowds)."""
     queue_size: int = 8
-    """Crops waiting for the embedder; when full, further crops are dropped (``reid_overload``)."""
+    """Crops waiting for the embedder; when full, further crops are dropped (``reid_overload``).
+    The embedder is shared with ``[enrolment]``: its queue takes the larger of the two sizes."""
     threads: int = 1
-    """Interpreter threads of the embedder."""
+    """Interpreter threads of the embedder (shared with ``[enrolment]``: the larger count)."""
     dwell_buckets_s: tuple[int, ...] = DEFAULT_DWELL_EDGES_S
     """Edges (seconds) of the dwell-time histogram in presence events."""
 
@@ -298,59 +300,40 @@ class VisitorRegistry:
         self.closed = True
 
 
-class CropEmbedder(Protocol):
-    """What the worker needs of :class:`~agent.vision.embedding.FaceEmbedder`."""
-
-    def embed_crop(self, crop: npt.NDArray[np.uint8]) -> Embedding: ...
-
-
-@dataclass(frozen=True)
-class _Job:
-    epoch: int
-    track_id: int
-    crop: npt.NDArray[np.uint8]
-
-
-_SCRUB: Final = object()
-_STOP: Final = object()
-
-
 class Reidentifier:
-    """Owns the window's :class:`VisitorRegistry` and the embedder's worker thread.
+    """Owns the window's :class:`VisitorRegistry`; a client of the shared
+    :class:`~agent.vision.embedworker.EmbedWorker`.
 
-    :meth:`observe`, :meth:`take_closed` and :meth:`flush` are called by the pipeline thread
-    (the sink runs on it too). The constructor only stores; ``with`` starts the worker (and
-    ``load`` is called on the embedder first when it has one), exit stops it and wipes
+    :meth:`select`, :meth:`take_closed` and :meth:`flush` are called by the pipeline thread
+    (the sink runs on it too), :meth:`embedded` by the worker thread. The constructor only
+    stores; :meth:`close` (the worker calls it when it stops; also on ``with`` exit) wipes
     everything.
     """
 
-    def __init__(
-        self,
-        config: ReidConfig,
-        embedder: CropEmbedder,
-        stats: PipelineStats | None = None,
-        *,
-        margin: float = 0.2,
-        use_landmarks: bool = False,
-    ) -> None:
+    name = "reid"
+    lost = "re-identification"
+
+    def __init__(self, config: ReidConfig, stats: PipelineStats | None = None) -> None:
         self.config = config
-        self._embedder = embedder
         self.stats = stats if stats is not None else PipelineStats()
-        self._margin = margin
-        self._use_landmarks = use_landmarks
-        self._jobs: queue.Queue[object] = queue.Queue(config.queue_size)
         self._results: queue.SimpleQueue[tuple[int, int, Embedding | None]] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
         self.registry: VisitorRegistry | None = None
         self._epoch = 0
         self._frame_no = 0
         self._closed: VisitorWindow | None = None
+        self._scrub = False
+
+    @property
+    def threads(self) -> int:
+        return self.config.threads
+
+    @property
+    def queue_size(self) -> int:
+        return self.config.queue_size
 
     # --- lifetime --------------------------------------------------------------------------
 
     def __enter__(self) -> Reidentifier:
-        self._worker = threading.Thread(target=self._work, name="reid-embedder", daemon=True)
-        self._worker.start()
         return self
 
     def __exit__(
@@ -366,36 +349,16 @@ class Reidentifier:
             self.registry.wipe()
             self.registry = None
         self._epoch += 1
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            self._discard_jobs()
-            self._put(_SCRUB)
-            self._put(_STOP)
-            worker.join(timeout=5.0)
         self._drain()
-
-    def _put(self, item: object) -> None:
-        try:
-            self._jobs.put(item, timeout=1.0)
-        except queue.Full:
-            logger.warning("re-identification worker did not take its stop message")
-
-    def _discard_jobs(self) -> None:
-        while True:
-            try:
-                item = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, _Job):
-                item.crop.fill(0)
 
     # --- the pipeline thread ---------------------------------------------------------------
 
-    def observe(self, frame: Frame, faces: Sequence[tuple[int, Detection]]) -> None:
-        """One redacted-for frame: its capture time and fresh face detections with track ids.
-        Never waits for the embedder."""
+    def select(self, frame: Frame, faces: Sequence[tuple[int, Detection]]) -> Selection:
+        """One redacted-for frame: its capture time and fresh face detections with track ids;
+        links the embeddings that came back and returns the faces to embed now."""
         ts = frame.ts
         self._frame_no += 1
+        self._drain()  # results that came back before this frame belong to their window
         registry = self.registry
         if registry is None:
             registry = self._open(ts)
@@ -403,8 +366,7 @@ class Reidentifier:
             skipped = math.floor((ts - registry.start) / self.config.window_s)
             self._rotate(registry.start + self.config.window_s)
             registry = self._open(registry.start + skipped * self.config.window_s)
-        self._drain()
-        queued = 0
+        wanted: list[Wanted] = []
         for track_id, det in faces:
             if not registry.seen(track_id, ts, self._frame_no):
                 continue
@@ -412,21 +374,15 @@ class Reidentifier:
                 continue
             if det.score < self.config.min_score:
                 continue
-            if queued >= self.config.max_faces_per_frame:
+            if len(wanted) >= self.config.max_faces_per_frame:
                 break
-            try:
-                crop = align(frame.pixels, det, self._margin, self._use_landmarks)
-            except ValueError:
-                self.stats.drop("reid_bad_crop")
-                continue
-            try:
-                self._jobs.put_nowait(_Job(self._epoch, track_id, crop))
-            except queue.Full:
-                crop.fill(0)
-                self.stats.drop("reid_overload")
-                break
-            registry.requested(track_id, self._frame_no)
-            queued += 1
+            wanted.append(Wanted(track_id, det, self._epoch))
+        scrub, self._scrub = self._scrub, False
+        return Selection(wanted, scrub)
+
+    def queued(self, track_id: int) -> None:
+        if self.registry is not None:
+            self.registry.requested(track_id, self._frame_no)
 
     def take_closed(self) -> VisitorWindow | None:
         """The last window that ended (once), for the presence event that ends with it."""
@@ -453,8 +409,7 @@ class Reidentifier:
         self._closed = registry.close(end)
         self.registry = None
         self._epoch += 1
-        with contextlib.suppress(queue.Full):  # else the next rotation or close scrubs
-            self._jobs.put_nowait(_SCRUB)
+        self._scrub = True  # the worker overwrites the model's tensors on the next frame
 
     def _drain(self) -> None:
         registry = self.registry
@@ -474,51 +429,23 @@ class Reidentifier:
 
     # --- the worker thread -----------------------------------------------------------------
 
-    def _work(self) -> None:
-        blank = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
-        while True:
-            item = self._jobs.get()
-            if item is _STOP:
-                return
-            if item is _SCRUB:
-                # overwrite the interpreter's input and output tensors; a model that refuses a
-                # blank crop only leaves them as they were
-                with contextlib.suppress(Exception):
-                    self._embedder.embed_crop(blank).wipe()
-                continue
-            assert isinstance(item, _Job)
-            try:
-                embedding: Embedding | None = self._embedder.embed_crop(item.crop)
-            except Exception as exc:  # the embedder failing only costs visitor statistics
-                self.stats.drop("reid_embed_failed")
-                logger.warning("face embedding failed (%s); visitor statistics skip it", exc)
-                embedding = None
-            finally:
-                item.crop.fill(0)
-            self._results.put((item.epoch, item.track_id, embedding))
+    def embedded(self, track_id: int, ts: float, tag: int, embedding: Embedding | None) -> None:
+        """Hand the result to the pipeline thread (linked there, on the next frame)."""
+        self._results.put((tag, track_id, embedding))
 
 
-def open_reid(
-    config: ReidConfig, stats: PipelineStats | None = None, models_dir: Path | None = None
-) -> Reidentifier | None:
-    """The configured :class:`Reidentifier` (None when ``[reid]`` is off): FaceNet int8,
-    hash-checked against the manifest, loaded here (enter it to start its worker)."""
+def open_reid(config: ReidConfig, stats: PipelineStats | None = None) -> Reidentifier | None:
+    """The configured :class:`Reidentifier` (None when ``[reid]`` is off); it embeds through
+    the shared worker (:func:`agent.vision.embedworker.open_embed_worker`)."""
     if not config.enabled:
         return None
-    from agent.vision.embedding import EmbedderConfig, FaceEmbedder
-    from models import MODELS_DIR, verified_path
-
-    folder = models_dir or MODELS_DIR
-    embedder = FaceEmbedder(
-        verified_path("facenet_int8", folder), EmbedderConfig(num_threads=config.threads)
-    ).load()
     logger.info(
         "anonymous re-identification on: window %.0f s, threshold %.2f, purpose: %s",
         config.window_s,
         config.threshold,
         config.purpose,
     )
-    return Reidentifier(config, embedder, stats)
+    return Reidentifier(config, stats)
 
 
 __all__ = [

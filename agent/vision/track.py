@@ -2,7 +2,9 @@
 
 A face track that is not re-detected keeps being redacted for ``hold_frames`` more frames, at its
 position predicted from its recent velocity and grown a little for every missed frame, so a single
-missed detection in video does not leak a face.
+missed detection in video does not leak a face. With face embeddings on, a face that comes back
+after its track ended can take its old id again (:meth:`Tracker.relink`, driven by
+:mod:`agent.vision.relink`); that changes ids only, never what is redacted.
 """
 
 from __future__ import annotations
@@ -28,12 +30,23 @@ class TrackerConfig:
     """A held box grows by this fraction of its size per missed frame (motion uncertainty)."""
     velocity_smoothing: float = 0.5
     """Weight of the newest displacement in the velocity estimate (0..1)."""
+    relink_s: float = 2.0
+    """Only with face embeddings on (``[reid]`` or ``[enrolment]``): a face track that ended
+    (hidden for longer than the hold-over) continues when the same face comes back within this
+    many seconds, recognised by its embedding (:mod:`agent.vision.relink`); 0 turns it off."""
+    relink_threshold: float = 0.65
+    """Cosine similarity at which a new face track is the same face as a track that ended
+    (0.65: a measured false-accept rate of 5.8e-5 per comparison, agent/vision/gallery.py)."""
 
     def __post_init__(self) -> None:
         if self.hold_frames < 0:
             raise ValueError("hold_frames must be >= 0")
         if not 0.0 < self.iou_match <= 1.0:
             raise ValueError("iou_match must be in (0, 1]")
+        if not 0.0 <= self.relink_s <= 60.0:
+            raise ValueError("relink_s must be between 0 and 60 seconds")
+        if not 0.0 < self.relink_threshold < 1.0:
+            raise ValueError("relink_threshold must be in (0, 1) (cosine similarity)")
 
 
 @dataclass
@@ -92,6 +105,23 @@ class Tracker:
     def reset(self) -> None:
         """Forget every track (after a camera reconnect the scene may have changed)."""
         self._tracks.clear()
+
+    def track_ids(self) -> set[int]:
+        """The ids of every track, detected in the last frame or held over."""
+        return {t.track_id for t in self._tracks}
+
+    def relink(self, track_id: int, to: int) -> bool:
+        """Give track ``track_id`` the id ``to`` of a track that ended (the same face came back,
+        :mod:`agent.vision.relink`): from the next frame on its regions carry ``to``. Only the
+        id changes: the box, velocity and hold-over, so what is redacted, stay as they were.
+        False (nothing changed) when ``track_id`` is gone or ``to`` is still in use."""
+        if to in self.track_ids():
+            return False
+        for track in self._tracks:
+            if track.track_id == track_id:
+                track.track_id = to
+                return True
+        return False
 
     def update(self, detections: Sequence[Detection]) -> list[TrackedRegion]:
         """Feed one frame's detections; return every region to redact in this frame."""

@@ -1,5 +1,6 @@
-"""`camveil bench [--json] [--suite pipeline|envelope|ingest|all] [--seconds S] [--sizes ...]
-[--threads ...] [--latency-events N] [--latency-rate R] [--units N] [--events-per-unit N]`."""
+"""`camveil bench [--json] [--suite pipeline|envelope|anchor|reid|ingest|all] [--seconds S]
+[--sizes ...] [--threads ...] [--rounds N] [--reid-modes ...] [--latency-events N]
+[--latency-rate R] [--units N] [--events-per-unit N]`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from tools.bench_anchor import anchor, format_anchor
 from tools.bench_envelope import bench_envelope
 from tools.bench_frames import check_source
 from tools.bench_ingest import bench_ingest, format_ingest
+from tools.bench_reid import MODES, bench_reid, format_reid, parse_modes
 
 EPILOG = """\
 The pipeline suite runs the real pipeline (guarded detector, tracker, redaction, JPEG encoding of
@@ -46,6 +48,13 @@ The envelope suite measures seal and open per second, outbox enqueue + ack throu
 durability on (one fsync per enqueued event), and event latency capture -> PUBACK at
 --latency-rate events/s against a local mosquitto it starts with throw-away keys (needs the
 mosquitto package; reported as unavailable without it).
+
+The reid suite (only when asked for) measures the pipeline with the face observers off and on:
+--reid-modes off (neither), reid (re-identification), match (enrolled matching against a full
+50-subject gallery), both (through the one shared embedder), every-frame (re-identification
+embedding every face on every frame). The configurations take turns, --rounds rounds of
+--seconds each in a rotated order; reported: fps and process CPU per frame, per round and their
+medians. Defaults for this suite: --sizes 1280x720 --threads 2 (tools/bench_reid.py).
 
 The ingest suite (only when asked for: it provisions --units simulated units, about a minute for
 500) measures the dashboard's ingest in separate processes against a local mosquitto with a
@@ -60,9 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
         "--suite",
-        choices=("pipeline", "envelope", "anchor", "ingest", "all"),
+        choices=("pipeline", "envelope", "anchor", "reid", "ingest", "all"),
         default="all",
-        help="default: all (pipeline and envelope; anchor and ingest run only when named)",
+        help="default: all (pipeline and envelope; anchor, reid and ingest run only when named)",
     )
     parser.add_argument(
         "--images",
@@ -78,8 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         metavar="N",
-        help="anchor suite: interleaved passes over the images; the speedup is their median "
-        "(default 3)",
+        help="anchor and reid suites: interleaved passes (anchor: over the images, the speedup "
+        "is their median; reid: each configuration measured once per round) (default 3)",
+    )
+    parser.add_argument(
+        "--reid-modes",
+        default=",".join(MODES),
+        help="reid suite: configurations, from off,reid,match,both,every-frame "
+        f"(default {','.join(MODES)})",
     )
     parser.add_argument(
         "--no-process",
@@ -91,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sizes",
-        default="640x480,1280x720,1920x1080",
-        help="frame sizes, WIDTHxHEIGHT,... (default 640x480,1280x720,1920x1080)",
+        help="frame sizes, WIDTHxHEIGHT,... (default 640x480,1280x720,1920x1080; reid suite: "
+        "one size, default 1280x720)",
     )
     parser.add_argument(
         "--source",
@@ -131,8 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument_group("cases").add_argument(
         "--threads",
         dest="thread_counts",
-        default="1,2",
-        help="interpreter thread counts to compare (default 1,2)",
+        help="interpreter thread counts to compare (default 1,2; reid suite: one count, default 2)",
     )
 
 
@@ -159,7 +173,10 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"machine": machine()}
     results: list[CaseResult] = []
     if args.suite in ("pipeline", "all"):
-        case_list = cases(parse_sizes(args.sizes), parse_threads(args.thread_counts))
+        case_list = cases(
+            parse_sizes(args.sizes or "640x480,1280x720,1920x1080"),
+            parse_threads(args.thread_counts or "1,2"),
+        )
         check_source(settings.source)
         verified_path(settings.detector.model, settings.detector.models_dir or MODELS_DIR)
         bar = tqdm(
@@ -194,6 +211,13 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(report, indent=2))
         else:
             print(format_anchor(report["anchor"]))
+        return 0
+    if args.suite == "reid":
+        report["reid"] = _reid(args, settings)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(format_reid(report["reid"]))
         return 0
     if args.suite == "ingest":
         if not 0 < args.units <= 5000 or not 0 < args.events_per_unit <= 10000:
@@ -239,6 +263,9 @@ def _anchor(args: argparse.Namespace) -> dict[str, Any]:
         passed += ["--scale", str(config.scale)]
     if config.extra_scale:
         passed += ["--extra-scale", str(config.extra_scale)]
+    if config.partner:
+        passed += ["--partner", config.partner]
+        passed += ["--partner-threshold", str(config.partner_threshold)]
     print(
         "bench: anchor (deface and camveil in turns on one core, then both whole processes) ...",
         file=sys.stderr,
@@ -250,6 +277,32 @@ def _anchor(args: argparse.Namespace) -> dict[str, Any]:
         rounds=args.rounds,
         processes=not args.no_process,
         detector_args=passed,
+    )
+
+
+def _reid(args: argparse.Namespace, settings: BenchSettings) -> dict[str, Any]:
+    sizes = parse_sizes(args.sizes or "1280x720")
+    threads = parse_threads(args.thread_counts or "2")
+    if len(sizes) != 1 or len(threads) != 1:
+        raise ConfigError("bench --suite reid: give one --sizes and one --threads")
+    ((width, height),) = sizes
+    modes = parse_modes(args.reid_modes)
+    check_source(settings.source)
+    verified_path(settings.detector.model, settings.detector.models_dir or MODELS_DIR)
+    print(
+        f"bench: reid ({', '.join(modes)} taking turns, {args.rounds} round(s) of "
+        f"{args.seconds:g} s each) ...",
+        file=sys.stderr,
+    )
+    return bench_reid(
+        width=width,
+        height=height,
+        detector=replace(settings.detector, threads=threads[0]),
+        seconds=args.seconds,
+        rounds=args.rounds,
+        modes=modes,
+        source=settings.source,
+        warmup=args.warmup,
     )
 
 

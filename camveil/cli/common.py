@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agent.privacy.redact import FillMode, RedactionConfig
-from agent.vision.factory import DETECTOR_MODELS, DetectorConfig
+from agent.vision.factory import DETECTOR_MODELS, PARTNER_MODELS, DetectorConfig
 from contract.errors import ConfigError
 
 
@@ -15,13 +15,22 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threshold", type=float, default=None, help="score threshold")
     group.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     group.add_argument(
-        "--scale", type=float, default=1.0, help="resize before centerface (default 1.0)"
+        "--scale", type=float, default=1.0, help="resize before centerface/yunet (default 1.0)"
     )
     group.add_argument(
         "--extra-scale",
         type=float,
         default=0.0,
         help="centerface: also run at this scale and merge (2.0: maximum protection, 5x cost)",
+    )
+    group.add_argument(
+        "--partner",
+        default="",
+        choices=("", *PARTNER_MODELS),
+        help="centerface: also run this model and merge its boxes (yunet_int8; default off)",
+    )
+    group.add_argument(
+        "--partner-threshold", type=float, default=0.6, help="partner score threshold (0.6)"
     )
     group.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: off)")
     group.add_argument("--margin", type=float, default=0.25, help="box growth (default 0.25)")
@@ -44,7 +53,16 @@ def non_negative_int(text: str) -> int:
 #: DetectorConfig names its fields as in the TOML file; on the command line they are options
 _DETECTOR_OPTIONS = {
     f"[detector] {field}{sep}": f"--{field.replace('_', '-')}{sep and ' '}"
-    for field in ("threshold", "threads", "scale", "extra_scale", "tile", "model")
+    for field in (
+        "threshold",
+        "threads",
+        "scale",
+        "extra_scale",
+        "partner_threshold",
+        "partner",
+        "tile",
+        "model",
+    )
     for sep in (" = ", "")
 }
 
@@ -59,6 +77,8 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
             threads=args.threads,
             scale=args.scale,
             extra_scale=args.extra_scale,
+            partner=args.partner,
+            partner_threshold=args.partner_threshold,
             tile=args.tile,
         )
     except ConfigError as exc:

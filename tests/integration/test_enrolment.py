@@ -24,10 +24,13 @@ from agent.commands import CommandProcessor
 from agent.enrolment import Enrolment
 from agent.events import Event, EventBuilder, to_map
 from agent.pipeline import Pipeline, PrivacyConfig
+from agent.privacy.visitors import VisitorWindow
 from agent.sequence import CountingSequence
 from agent.stats import PipelineStats
+from agent.vision.embedworker import open_embed_worker
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.gallery import GALLERY_FILE, EnrolmentConfig
+from agent.vision.reid import ReidConfig, open_reid
 from camveil.cli.enrol import compute_templates, gallery_add_args
 from contract.commands import Ack, seal_command
 from contract.envelope.keys import Identity, PeerKeys
@@ -144,7 +147,11 @@ def test_enrolment_photos_need_exactly_one_face(photos: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def run_frames(unit: Unit, scenes: list[tuple[str | None, int]]) -> PipelineStats:
+def run_frames(
+    unit: Unit, scenes: list[tuple[str | None, int]], reid: ReidConfig | None = None
+) -> tuple[PipelineStats, VisitorWindow | None]:
+    """The scenes through the real pipeline with the enrolled matcher (and, with ``reid``, the
+    re-identifier: both behind the one shared embedder); the last visitor window."""
     frames: Iterator[Frame] = iter(
         Frame(canvas(name, x), i, 1000.0 + i * 0.25, time.monotonic())
         for i, (name, x) in enumerate(scenes)
@@ -152,21 +159,25 @@ def run_frames(unit: Unit, scenes: list[tuple[str | None, int]]) -> PipelineStat
     stats = PipelineStats()
     verifier = unit.enrolment.verifier(stats)
     assert verifier is not None
-    with verifier:
+    reidentifier = open_reid(reid, stats) if reid is not None else None
+    worker = open_embed_worker((verifier, reidentifier), stats)
+    assert worker is not None and len(worker.clients) == (1 if reid is None else 2)
+    with worker:
         pipe = Pipeline(
             lambda: next(frames),
             build_detector(DetectorConfig()),
             lambda _p: None,
             PrivacyConfig(),
             stats,
-            verifier=verifier,
+            faces=worker,
         )
         for _ in scenes:
             pipe.step()
             time.sleep(0.03)  # the worker keeps up, as it does at camera rate
         time.sleep(0.5)
         verifier.drain()
-    return stats
+        window = reidentifier.flush() if reidentifier is not None else None
+    return stats, window
 
 
 def test_an_enrolled_face_matches_and_other_faces_do_not(
@@ -192,7 +203,10 @@ def test_an_enrolled_face_matches_and_other_faces_do_not(
         + [(None, 0)] * 12
         + [("astronaut", 100 + 4 * i) for i in range(8)]
     )
-    stats = run_frames(unit, scenes)
+    reid = ReidConfig(enabled=True, purpose="integration test: both on, one embedder")
+    stats, window = run_frames(unit, scenes, reid)
+    assert window is not None and window.unique == 3, (window, dict(stats.dropped))
+    assert stats.snapshot()["latency"]["embed"]["n"] >= 3  # type: ignore[index]
     matches = unit.of("match")
     assert len(matches) == 1, (matches, dict(stats.dropped))
     assert matches[0]["subject"] == "staff-0044" and 0.6 <= matches[0]["score"] <= 1.0
@@ -200,7 +214,7 @@ def test_an_enrolled_face_matches_and_other_faces_do_not(
     audits = unit.of("audit")
     assert [a["action"] for a in audits] == ["enrol", "match"]
     assert audits[0]["consent"] == "form-44" and audits[0]["subjects"] == 1
-    assert not any(k.startswith("verify_") for k in stats.dropped), stats.dropped
+    assert not any(k.startswith(("verify_", "reid_")) for k in stats.dropped), stats.dropped
 
 
 def test_gallery_commands_are_refused_when_off_over_the_cap_replayed_or_forged(
@@ -268,11 +282,13 @@ def test_daemon_enrols_over_mqtt_matches_and_reports_through_the_outbox(
     harness: Harness, photos: Path
 ) -> None:
     """The real daemon on the harness's replay camera (the astronaut photo, 640x480), real
-    mosquitto, real outbox and backend listener; the default threshold 0.70."""
+    mosquitto, real outbox and backend listener; the default threshold 0.70. Re-identification
+    is on too: both share the daemon's one embedder."""
     harness.config_path.write_text(
         harness.config_path.read_text()
         + '\n[enrolment]\nenabled = true\npurpose = "integration test: staff door"\n'
         'legal_basis = "explicit consent of the test subject"\nrefresh_frames = 2\n'
+        '\n[reid]\nenabled = true\npurpose = "integration test: both on, one embedder"\n'
     )
     harness.start_agent()
     templates, model = compute_templates([photos / "astronaut.png"])

@@ -24,6 +24,7 @@ from PIL import Image
 from agent.pipeline import Pipeline, PrivacyConfig
 from agent.stats import PipelineStats
 from agent.vision.embedding import Embedding, FaceEmbedder
+from agent.vision.embedworker import open_embed_worker
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.reid import ReidConfig, open_reid
 from hw.frame import Frame
@@ -62,17 +63,18 @@ def test_real_faces_link_across_tracks_and_people_stay_apart() -> None:
         for i, (name, x) in enumerate(scenes)
     )
     config = ReidConfig(enabled=True, purpose="integration test of visitor counting")
-    reid = open_reid(config)
-    assert reid is not None
     stats = PipelineStats()
-    with reid:
+    reid = open_reid(config, stats)
+    worker = open_embed_worker([reid], stats)
+    assert reid is not None and worker is not None
+    with worker:
         pipe = Pipeline(
             lambda: next(frames),
             build_detector(DetectorConfig()),
             lambda _p: None,
             PrivacyConfig(),
             stats,
-            reid=reid,
+            faces=worker,
         )
         for name, _x in scenes:
             pipe.step()

@@ -402,3 +402,39 @@ def test_transport_comes_back_after_twenty_broker_restarts_and_crashes(
     assert fresh_mosquitto.starts == 21
     assert time.monotonic() - started < 20
     assert rec.rejected.empty() and transport.outstanding == 0
+
+
+def test_reconnect_with_another_certificate_and_refusals(
+    mosquitto: Mosquitto, mqtt_pki: TestPki, make_transport: Callable[..., Any], tmp_path: Path
+) -> None:
+    """What a certificate renewal asks of the transport: a new session with another key and
+    certificate of the same device; a certificate the broker refuses ends the wait early; a
+    pair that does not load changes nothing; after stop() nothing is started again."""
+    from provisioning import pki
+
+    device = Identity.generate("cam-tx-renew")
+    files = mqtt_pki.device(device.kid)
+    transport, rec = make_transport(config_for(files, mosquitto.port))
+    assert transport.wait_connected(10)
+    renewed = pki.write_issued(tmp_path, "renewed", pki.make_device_cert(mqtt_pki.ca, device.kid))
+    foreign = pki.write_issued(tmp_path, "foreign",
+                               pki.make_device_cert(pki.make_ca("other"), device.kid))  # fmt: skip
+
+    assert transport.reconnect_with(renewed.cert, renewed.key, wait_s=20)
+    rec.wait_state(ConnectionState.STOPPED)  # the publisher requeues what was in flight
+    rec.wait_state(ConnectionState.CONNECTED)
+    envelope = sealed(device, event_topic(device.kid, "person"), 1)
+    assert transport.publish(envelope.topic, envelope) is not None
+    rec.acked.get(timeout=5)
+
+    started = time.monotonic()
+    assert not transport.reconnect_with(foreign.cert, foreign.key, wait_s=30)
+    assert time.monotonic() - started < 20  # refused twice: no waiting out the 30 s
+    assert transport.reconnect_with(files.cert, files.key, wait_s=20)
+
+    with pytest.raises(ConfigError, match="client certificate and key"):
+        transport.reconnect_with(renewed.cert, foreign.key, wait_s=5)  # key of another cert
+    assert transport.connected  # nothing was disconnected
+    transport.stop()
+    assert not transport.reconnect_with(renewed.cert, renewed.key, wait_s=5)
+    assert not transport.connected

@@ -52,8 +52,21 @@ def test_nested_tables_are_typed(tmp_path: Path) -> None:
         ("[detector]\nscale = 8.0\n", r"\[detector\] scale = 8.0 must be between 0.25 and 4"),
         (
             '[detector]\nmodel = "blazeface_full_int8"\nscale = 2.0\n',
-            r"scale applies to centerface_int8 only",
+            r"scale does not apply to blazeface_full_int8",
         ),
+        (
+            '[detector]\npartner = "blazeface_full_int8"\n',
+            r"partner = 'blazeface_full_int8' is unknown",
+        ),
+        (
+            '[detector]\nmodel = "yunet_int8"\npartner = "yunet_int8"\n',
+            r"partner applies to centerface_int8 only",
+        ),
+        (
+            "[detector]\npartner_threshold = 1.5\n",
+            r"partner_threshold = 1.5 must be between 0 and 1",
+        ),
+        ('[detector]\npartner = "yunet_int8"\nedgetpu = true\n', r"no EdgeTPU build of yunet_int8"),
         ("[detector]\nextra_scale = 9.0\n", r"extra_scale = 9.0: use 0 \(off\) or 0.25 to 4"),
         (
             '[detector]\nmodel = "blazeface_full_int8"\nextra_scale = 2.0\n',

@@ -440,3 +440,37 @@ def test_metrics_with_session_or_token(client: TestClient, store: Store) -> None
     assert 'camveil_rejected_messages_total{device="cv-1",reason="replayed"} 1.0' in text
     login(client)
     assert client.get("/metrics").status_code == 200
+
+
+def test_certificate_days_left_shown_and_alerted_below_the_threshold(
+    client: TestClient, store: Store, clock: Clock
+) -> None:
+    day = 86400
+    now = int(clock.now)
+    for device, days in (("cv-fresh", 400), ("cv-soon", 12), ("cv-gone", -1)):
+        add(store, device, 1, "status", {"state": "online"})
+        cert = {"serial": f"{device[3:]}0a", "not_after": now + days * day + 60}
+        add(store, device, 2, "health", {**health(), "cert": cert})
+    add(store, "cv-old", 1, "health", health())  # a unit from before: no cert reported
+    scanner = AlertScanner(store, Thresholds(cert_alert_days=30), offline_alert_after_s=120)
+    assert scanner.scan() == 2  # the one expiring soon and the expired one
+    later = {"serial": "soon0a", "not_after": now + 11 * day}
+    add(store, "cv-soon", 3, "health", {**health(), "cert": later})
+    assert scanner.scan() == 0  # one alert per certificate, not per health message
+    login(client)
+    page = client.get("/alerts").text
+    assert page.count('data-kind="cert"') == 2
+    assert "expires" in page and "camveil station renew STATION cv-soon" in page
+    assert "expired" in page and "re-provision" in page
+    fleet = client.get("/?sort=cert").text
+    # sorted by days left, the unit without a certificate last
+    assert re.findall(r'data-device="([^"]+)"', fleet) == ["cv-gone", "cv-soon", "cv-fresh",
+                                                          "cv-old"]  # fmt: skip
+    cells = re.findall(
+        r'<td class="num cert( expiring)?" title="certificate (\w+)">(-?\d+)<', fleet
+    )
+    assert cells == [(" expiring", "gone0a", "-1"), (" expiring", "soon0a", "11"),
+                     ("", "fresh0a", "400")]  # fmt: skip
+    unit = client.get("/unit/cv-soon").text
+    assert 'id="cert-expiry" class="error"' in unit and "11 days left" in unit
+    assert 'id="cert-expiry" class="muted"' in client.get("/unit/cv-fresh").text

@@ -23,6 +23,7 @@ from agent.privacy.visitors import VisitorWindow, dwell_histogram
 from agent.stats import PipelineStats
 from agent.vision.detection import Box, Detection
 from agent.vision.embedding import DIMENSIONS, Embedding
+from agent.vision.embedworker import EmbedWorker, Selection
 from agent.vision.reid import ReidConfig, Reidentifier, VisitorRegistry, check_windows
 from contract.errors import ConfigError
 from hw.frame import Frame
@@ -190,7 +191,16 @@ def frame(
     return Frame(px, index, ts, time.monotonic()), faces
 
 
-def settle(reid: Reidentifier, embedder: ColourEmbedder, calls: int) -> None:
+def reidentify(
+    cfg: ReidConfig, embedder: ColourEmbedder, stats: PipelineStats | None = None
+) -> tuple[Reidentifier, EmbedWorker]:
+    """A re-identifier and the shared worker that feeds it (enter the worker)."""
+    stats = stats if stats is not None else PipelineStats()
+    reid = Reidentifier(cfg, stats)
+    return reid, EmbedWorker(embedder, [reid], stats)
+
+
+def settle(embedder: ColourEmbedder, calls: int) -> None:
     deadline = time.monotonic() + 10
     while embedder.calls < calls and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -199,20 +209,22 @@ def settle(reid: Reidentifier, embedder: ColourEmbedder, calls: int) -> None:
 
 def test_reidentifier_counts_visitors_per_window_and_wipes_crops() -> None:
     emb = ColourEmbedder()
-    with Reidentifier(CFG, emb) as reid:
+    reid, work = reidentify(CFG, emb)
+    with work:
         f, faces = frame(0.0, [64, 128])
-        reid.observe(f, faces)
-        settle(reid, emb, 2)
+        work.observe(f, faces)
+        settle(emb, 2)
         f, faces = frame(5.0, [64, 128])
-        reid.observe(f, faces)  # picks up the two results, links them
+        work.observe(f, faces)  # picks up the two results, links them
         assert reid.registry is not None and len(reid.registry.visitor_ids()) == 2
         assert reid.take_closed() is None
         f, faces = frame(10.0, [64])  # the window [0, 10) ends on this frame
-        reid.observe(f, faces)
+        work.observe(f, faces)
         closed = reid.take_closed()
         assert closed is not None and (closed.start, closed.end) == (0.0, 10.0)
         assert closed.unique == 2 and closed.counts == (2, 0, 0, 0)
-        settle(reid, emb, 3)
+        settle(emb, 3)
+        assert emb.blanks == 1, "a blank crop overwrote the model's tensors at the window's end"
         last = reid.flush()
         assert last is not None and last.start == 10.0 and last.unique == 1
     assert emb.crops and all(not c.any() for c in emb.crops), "face crops are zeroed after use"
@@ -220,12 +232,13 @@ def test_reidentifier_counts_visitors_per_window_and_wipes_crops() -> None:
 
 def test_doubtful_and_small_faces_are_not_embedded() -> None:
     emb = ColourEmbedder()
-    with Reidentifier(CFG, emb) as reid:
+    reid, work = reidentify(CFG, emb)
+    with work:
         f, faces = frame(0.0, [64, 128])
         (t1, d1), (t2, d2) = faces
         doubtful = Detection(d1.box, CFG.min_score - 0.01)
         small = Detection(Box(d2.box.x0, d2.box.y0, d2.box.x0 + 30, d2.box.y0 + 30), 0.9)
-        reid.observe(f, [(t1, doubtful), (t2, small)])
+        work.observe(f, [(t1, doubtful), (t2, small)])
         registry = reid.registry
         assert registry is not None
         assert not registry._tracks[t1].pending and not registry._tracks[t2].pending, "queued"
@@ -236,11 +249,12 @@ def test_doubtful_and_small_faces_are_not_embedded() -> None:
 def test_embedder_failure_is_counted_and_costs_only_statistics() -> None:
     stats = PipelineStats()
     emb = ColourEmbedder(fail=True)
-    with Reidentifier(CFG, emb, stats) as reid:
+    reid, work = reidentify(CFG, emb, stats)
+    with work:
         f, faces = frame(0.0, [64])
-        reid.observe(f, faces)
-        settle(reid, emb, 1)
-        reid.observe(*frame(1.0, [64]))
+        work.observe(f, faces)
+        settle(emb, 1)
+        work.observe(*frame(1.0, [64]))
         window = reid.flush()
     assert stats.dropped["reid_embed_failed"] >= 1
     assert window is not None and window.unique == 0
@@ -251,10 +265,11 @@ def test_a_stuck_embedder_never_blocks_observe() -> None:
     gate = threading.Event()
     cfg = ReidConfig(enabled=True, purpose="unit test of visitor counting", queue_size=1)
     emb = ColourEmbedder(gate=gate)
-    with Reidentifier(cfg, emb, stats) as reid:
+    _reid, work = reidentify(cfg, emb, stats)
+    with work:
         for i in range(20):
             f, faces = frame(float(i), [32, 64, 96, 128], index=i)
-            reid.observe(f, faces)
+            work.observe(f, faces)
         stuck = emb.calls  # the embedder is still held at its gate
         gate.set()
     assert stuck == 0, "every observe returned while the embedder had not finished one crop"
@@ -264,12 +279,13 @@ def test_a_stuck_embedder_never_blocks_observe() -> None:
 def test_an_embedding_that_arrives_after_its_window_ended_is_wiped_not_linked() -> None:
     gate = threading.Event()
     emb = ColourEmbedder(gate=gate)
-    with Reidentifier(CFG, emb) as reid:
-        reid.observe(*frame(0.0, [64]))  # queued; the embedder is held
-        reid.observe(*frame(10.0, []))  # the window ends before the result exists
+    reid, work = reidentify(CFG, emb)
+    with work:
+        work.observe(*frame(0.0, [64]))  # queued; the embedder is held
+        work.observe(*frame(10.0, []))  # the window ends before the result exists
         gate.set()
-        settle(reid, emb, 1)
-        reid.observe(*frame(11.0, []))
+        settle(emb, 1)
+        work.observe(*frame(11.0, []))
         assert reid.registry is not None and reid.registry.visitor_ids() == []
         closed = reid.take_closed()
     assert closed is not None and closed.unique == 0
@@ -285,14 +301,16 @@ class OneFace:
 
 
 class BrokenReid(Reidentifier):
-    def observe(self, frame: Frame, faces: Any) -> None:
+    def select(self, frame: Frame, faces: Any) -> Selection:
         raise RuntimeError("re-identification broke")
 
 
-def _run(reid: Reidentifier | None, stats: PipelineStats) -> list[ProcessedFrame]:
+def _run(faces: EmbedWorker | None, stats: PipelineStats) -> list[ProcessedFrame]:
     out: list[ProcessedFrame] = []
     frames = iter([frame(float(i), [200], index=i)[0] for i in range(3)])
-    pipe = Pipeline(lambda: next(frames), OneFace(), out.append, PrivacyConfig(), stats, reid=reid)
+    pipe = Pipeline(
+        lambda: next(frames), OneFace(), out.append, PrivacyConfig(), stats, faces=faces
+    )
     for _ in range(3):
         pipe.step()
     return out
@@ -301,8 +319,8 @@ def _run(reid: Reidentifier | None, stats: PipelineStats) -> list[ProcessedFrame
 def test_a_failing_reidentifier_still_redacts_every_frame_and_counts() -> None:
     plain = _run(None, PipelineStats())
     stats = PipelineStats()
-    with BrokenReid(CFG, ColourEmbedder()) as reid:
-        broken = _run(reid, stats)
+    with EmbedWorker(ColourEmbedder(), [BrokenReid(CFG, stats)], stats) as work:
+        broken = _run(work, stats)
     assert len(broken) == len(plain) == 3
     for a, b in zip(plain, broken, strict=True):
         assert np.array_equal(a.redacted.pixels, b.redacted.pixels)
@@ -312,13 +330,14 @@ def test_a_failing_reidentifier_still_redacts_every_frame_and_counts() -> None:
 
 def test_the_pipeline_hands_fresh_faces_to_the_reidentifier() -> None:
     emb = ColourEmbedder()
-    with Reidentifier(CFG, emb) as reid:
-        _run(reid, PipelineStats())
-        settle(reid, emb, 1)
+    reid, work = reidentify(CFG, emb)
+    with work:
+        _run(work, PipelineStats())
+        settle(emb, 1)
         window = reid.flush()
     assert window is not None and window.unique == 1
     assert emb.calls == 1, "one track, embedded once (refresh after 15 frames)"
-    assert emb.blanks >= 1, "a blank crop overwrote the model's tensors at the window's end"
+    assert emb.blanks >= 1, "a blank crop overwrote the model's tensors when the worker stopped"
 
 
 # --- the sink attaches a closed window to the presence event ending with it -------------------

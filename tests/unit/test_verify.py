@@ -12,6 +12,7 @@ import pytest
 
 from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame
 from agent.stats import PipelineStats
+from agent.vision.embedworker import EmbedWorker, Selection
 from agent.vision.gallery import EnrolmentConfig, Gallery
 from agent.vision.verify import Verifier
 from contract.envelope.keys import Identity
@@ -40,21 +41,22 @@ def test_an_enrolled_colour_matches_once_per_track_and_per_cooldown(gallery: Gal
     matches: list[tuple[str, float, float]] = []
     stats = PipelineStats()
     embedder = ColourEmbedder()
-    with Verifier(CFG, embedder, gallery, lambda *m: matches.append(m), stats) as v:
+    v = Verifier(CFG, gallery, lambda *m: matches.append(m), stats)
+    with EmbedWorker(embedder, [v], stats) as work:
         for i in range(4):  # track 1: enrolled (matched once, then left alone); track 2: not
             f, faces = frame(float(i), [192, 64], index=i)
-            v.observe(f, faces)
-            settle(v, embedder, 2 + i)
+            work.observe(f, faces)
+            settle(embedder, 2 + i)
         v.drain()
         assert [(s, round(sc, 3), ts) for s, sc, ts in matches] == [("staff-0006", 1.0, 0.0)]
         assert embedder.calls == 5
         # black squares are not faces to the colour embedder: tracks 3 and 4 are the new ones
         f, faces = frame(3.0, [0, 0, 192], index=5)  # a new track inside the cooldown
-        v.observe(f, faces)
-        settle(v, embedder, 6)
+        work.observe(f, faces)
+        settle(embedder, 6)
         f, faces = frame(10.0, [0, 0, 0, 192], index=6)  # another, after it
-        v.observe(f, faces)
-        settle(v, embedder, 7)
+        work.observe(f, faces)
+        settle(embedder, 7)
         v.drain()
     assert [(m[0], m[2]) for m in matches] == [("staff-0006", 0.0), ("staff-0006", 10.0)]
     assert stats.dropped["verify_cooldown"] == 1
@@ -66,25 +68,26 @@ def test_a_failing_embedder_is_counted_and_matches_nothing(gallery: Gallery) -> 
     stats = PipelineStats()
     matches: list[Any] = []
     embedder = ColourEmbedder(fail=True)
-    with Verifier(CFG, embedder, gallery, lambda *m: matches.append(m), stats) as v:
+    v = Verifier(CFG, gallery, lambda *m: matches.append(m), stats)
+    with EmbedWorker(embedder, [v], stats) as work:
         f, faces = frame(0.0, [192])
-        v.observe(f, faces)
-        settle(v, embedder, 1)
+        work.observe(f, faces)
+        settle(embedder, 1)
         v.drain()
     assert not matches and stats.dropped["verify_embed_failed"] == 1
 
 
 class BrokenVerifier(Verifier):
-    def observe(self, frame: Frame, faces: Any) -> None:
+    def select(self, frame: Frame, faces: Any) -> Selection:
         raise RuntimeError("matcher broke")
 
 
 def test_a_failing_matcher_still_redacts_every_frame_and_counts(gallery: Gallery) -> None:
-    def run(verifier: Verifier | None, stats: PipelineStats) -> list[ProcessedFrame]:
+    def run(faces: EmbedWorker | None, stats: PipelineStats) -> list[ProcessedFrame]:
         out: list[ProcessedFrame] = []
         frames = iter([frame(float(i), [200], index=i)[0] for i in range(3)])
         pipe = Pipeline(
-            lambda: next(frames), OneFace(), out.append, PrivacyConfig(), stats, verifier=verifier
+            lambda: next(frames), OneFace(), out.append, PrivacyConfig(), stats, faces=faces
         )
         for _ in range(3):
             pipe.step()
@@ -92,8 +95,9 @@ def test_a_failing_matcher_still_redacts_every_frame_and_counts(gallery: Gallery
 
     plain = run(None, PipelineStats())
     stats = PipelineStats()
-    with BrokenVerifier(CFG, ColourEmbedder(), gallery, lambda *m: None) as v:
-        broken = run(v, stats)
+    broken_matcher = BrokenVerifier(CFG, gallery, lambda *m: None, stats)
+    with EmbedWorker(ColourEmbedder(), [broken_matcher], stats) as work:
+        broken = run(work, stats)
     assert len(broken) == len(plain) == 3
     for a, b in zip(plain, broken, strict=True):
         assert np.array_equal(a.redacted.pixels, b.redacted.pixels)
