@@ -54,6 +54,7 @@ from agent.privacy.visitors import VisitorWindow
 from agent.sequence import SequenceSource
 from agent.stats import PipelineStats
 from agent.tamper import TamperKind
+from contract.confighash import ConfigDigest
 from contract.envelope.keys import Identity, PublicIdentity, check_kid
 from contract.envelope.seal import SealedEnvelope, seal
 from contract.errors import EventError, SnapshotTooLargeError, UnredactedDataError
@@ -228,6 +229,9 @@ class HealthEvent:
     """Software versions, e.g. ``{"camveil": "0.1.0", "python": "3.11.2"}``."""
     models: Mapping[str, str]
     """Model name -> sha256 (hex) of the model file in use."""
+    config: ConfigDigest | None = None
+    """Hashes of the running config and of its ``remote.toml`` overlay (contract.confighash);
+    None: not reported (a unit from before config hashes, or a simulator that has none)."""
     cert: CertHealth | None = None
     """The TLS client certificate in use (None: unreadable, or a caller that has none)."""
     TYPE: ClassVar[str] = "health"
@@ -491,6 +495,7 @@ class EventBuilder:
         uptime_s: float,
         versions: Mapping[str, str],
         models: Mapping[str, str],
+        config: ConfigDigest | None = None,
         cert: CertHealth | None = None,
     ) -> HealthEvent:
         snap = pipeline.snapshot()
@@ -521,6 +526,7 @@ class EventBuilder:
             uptime_s=round(float(uptime_s), 3),
             versions=MappingProxyType({str(k): str(v) for k, v in versions.items()}),
             models=MappingProxyType({str(k): str(v) for k, v in models.items()}),
+            config=config,
             cert=cert,
         )
 
@@ -672,6 +678,12 @@ def to_map(event: Event) -> dict[str, Any]:
             "versions": dict(event.versions),
             "models": dict(event.models),
         }
+        if event.config is not None:
+            body["config"] = {
+                "effective": event.config.effective,
+                "remote": event.config.remote,
+                "remote_keys": dict(event.config.remote_keys),
+            }
         if event.cert is not None:
             body["cert"] = {"serial": event.cert.serial, "not_after": event.cert.not_after}
     elif isinstance(event, MatchEvent):

@@ -26,8 +26,9 @@ import cbor2
 
 from contract.errors import ConfigError
 from contract.sqlitewal import connect_wal
+from dashboard import history
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _V1: Final = """
 CREATE TABLE events (
@@ -131,7 +132,36 @@ CREATE INDEX held_by_device ON held (device, id);
 CREATE INDEX held_by_kid ON held (kid, id)
 """
 
-MIGRATIONS: Final[Mapping[int, str]] = {1: _V1, 2: _V2, 3: _V3_HELD}
+# v4: config drift and sparklines. Where each unit's latest health sits in its own sequence
+# (boot, seq, ts: was it sent after the ack of a config change?); per unit, the config keys set
+# from this dashboard as hashes (dashboard.drift); downsampled health (dashboard.history).
+_V4_DRIFT_HISTORY: Final = """
+ALTER TABLE units ADD COLUMN health_boot TEXT;
+ALTER TABLE units ADD COLUMN health_seq INTEGER;
+ALTER TABLE units ADD COLUMN health_ts INTEGER;
+CREATE TABLE config_set (
+    device     TEXT PRIMARY KEY,
+    keys       TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    command_id TEXT NOT NULL,
+    operator   TEXT NOT NULL,
+    set_at     REAL NOT NULL,
+    ack_boot   TEXT,
+    ack_seq    INTEGER,
+    ack_ts     INTEGER
+);
+CREATE TABLE health_history (
+    bucket  INTEGER NOT NULL,
+    device  TEXT NOT NULL,
+    n       INTEGER NOT NULL,
+    fps_sum REAL,
+    outbox  INTEGER,
+    temp    REAL,
+    PRIMARY KEY (bucket, device)
+) WITHOUT ROWID
+"""
+
+MIGRATIONS: Final[Mapping[int, str]] = {1: _V1, 2: _V2, 3: _V3_HELD, 4: _V4_DRIFT_HISTORY}
 """Version N -> the SQL that brings version N-1 to N (0 = an empty file)."""
 
 
@@ -430,6 +460,7 @@ def insert_events(conn: sqlite3.Connection, events: Sequence[NewEvent], now: flo
     (device, boot, seq) was stored already. Updates each unit's last seen, state and health."""
     out: list[bool] = []
     seen: set[str] = set()
+    healths = 0
     for event in events:
         message = event.message
         kind = str(message.get("type", "?"))
@@ -463,11 +494,23 @@ def insert_events(conn: sqlite3.Connection, events: Sequence[NewEvent], now: flo
         elif kind == "health" and isinstance(body, Mapping):
             _touch(conn, event.device, now)
             conn.execute(
-                "UPDATE units SET health = ?, health_at = ? WHERE device = ?",
-                (json.dumps(_jsonable(body), sort_keys=True), now, event.device),
+                "UPDATE units SET health = ?, health_at = ?, health_boot = ?, health_seq = ?, "
+                "health_ts = ? WHERE device = ?",
+                (
+                    json.dumps(_jsonable(body), sort_keys=True),
+                    now,
+                    str(message.get("boot", "")),
+                    event.seq,
+                    ts if isinstance(ts, int) else None,
+                    event.device,
+                ),
             )
+            history.record(conn, event.device, ts if isinstance(ts, int) else None, now, body)
+            healths += 1
     for device in seen:
         _touch(conn, device, now)
+    if healths:
+        history.prune(conn, now)
     return out
 
 

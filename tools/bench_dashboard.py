@@ -2,11 +2,15 @@
 
     python -m tools.bench_dashboard --units 500 [--rounds 20] [--no-browser] [--json]
 
-A store (a temporary SQLite file) is filled with ``--units`` units, each with a status, a health
-message and a few rejections; then the fleet page ``/`` is requested ``--rounds`` times:
+A store (a temporary SQLite file) is filled with ``--units`` units, each with a status, an hour
+of health messages (one a minute: the sparklines), config hashes (a fifth of the units with a
+config set from the dashboard, half of those drifting) and a few rejections; then the fleet page
+``/`` is requested ``--rounds`` times:
 
-- ``server_ms``: the app alone (Starlette's in-process TestClient: routing, one query, Jinja);
-- ``query_ms``: the store query and row shaping alone (:func:`dashboard.web.views.fleet`);
+- ``server_ms``: the app alone (Starlette's in-process TestClient: routing, the queries, Jinja
+  and the sparklines' SVG);
+- ``query_ms``: the store queries and row shaping alone (:func:`dashboard.web.views.fleet`, with
+  the history);
 - ``browser_ms``: headless Chromium (Debian's ``/usr/bin/chromium`` through Playwright) loading
   the page from uvicorn on loopback, from navigation start to the load event
   (``PerformanceNavigationTiming.loadEventEnd``), and ``browser_dcl_ms`` to DOMContentLoaded.
@@ -30,7 +34,9 @@ from typing import Any
 
 from argon2 import PasswordHasher
 
-from dashboard.store import Store
+from contract.confighash import digest
+from dashboard import drift
+from dashboard.store import NewEvent, Store, insert_events
 from dashboard.web import WebConfig, create_app
 from dashboard.web.auth import Passwords
 from dashboard.web.views import Thresholds, fleet
@@ -40,27 +46,41 @@ _PASSWORD = secrets.token_urlsafe(16)  # a throw-away operator of a throw-away s
 _FAST = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
 
 
-def fill(store: Store, units: int) -> None:
+def fill(store: Store, units: int, healths: int = 60) -> None:
+    """Per unit: a status, ``healths`` health messages a minute apart up to now (the last hour
+    of sparklines, with config hashes), a site; some rejections; for every fifth unit a config
+    set from the dashboard, which every other of them runs (in force) and the rest do not
+    (drift)."""
+    now = time.time()
+    set_here = {"detector": {"threads": 2}}
     for n in range(units):
         device = f"cv-bench-{n:04d}"
-        for seq, (kind, body) in enumerate(
-            (
-                ("status", {"state": "offline" if n % 17 == 0 else "online"}),
-                (
-                    "health",
-                    {
-                        "fps": 10.0 + n % 7,
-                        "dropped": {"overload": n % 5},
-                        "outbox": {"depth": n % 11, "evicted": {}},
-                        "temp_c": 45.0 + n % 20,
-                        "versions": {"camveil": "0.1.0"},
-                        "models": {"centerface_int8": f"{n % 3:02x}" * 32},
-                    },
-                ),
-            )
-        ):
-            message = {"v": 1, "type": kind, "boot": "b", "ts": 0, "body": body}
-            store.add_event(device, seq, f"camveil/v1/{device}/event/{kind}", message)
+        overlay = set_here if n % 10 == 0 else {}
+        d = digest({"unit": n % 4, **overlay}, overlay)
+        config = {"effective": d.effective, "remote": d.remote, "remote_keys": d.remote_keys}
+        events = [NewEvent(device, 0, f"camveil/v1/{device}/status", {
+            "v": 1, "type": "status", "boot": "b", "ts": int(now * 1000),
+            "body": {"state": "offline" if n % 17 == 0 else "online"}})]  # fmt: skip
+        for k in range(healths):
+            body = {
+                "fps": 10.0 + n % 7 + (k % 5) * 0.3,
+                "dropped": {"overload": n % 5},
+                "outbox": {"depth": (n + k) % 11, "evicted": {}},
+                "temp_c": 45.0 + n % 20 + k % 3,
+                "versions": {"camveil": "0.1.0"},
+                "models": {"centerface_int8": f"{n % 3:02x}" * 32},
+                "config": config,
+            }
+            ts = int((now - (healths - 1 - k) * 60) * 1000)
+            message = {"v": 1, "type": "health", "boot": "b", "ts": ts, "body": body}
+            events.append(NewEvent(device, 1 + k, f"camveil/v1/{device}/event/health", message))
+        with store.transaction() as conn:
+            insert_events(conn, events, now)
+            if n % 5 == 0:
+                drift.record_set(
+                    conn, device, set_here, command_id=f"op-{n}", operator="bench", now=now - 7200,
+                    ack={"boot": "b", "seq": 0, "ts": int((now - 7200) * 1000)},
+                )  # fmt: skip
         store.set_site(device, f"site-{n % 9}")
         if n % 13 == 0:
             store.add_rejection(device, "bad_signature")
@@ -82,7 +102,7 @@ def bench_dashboard(units: int, rounds: int, browser: bool) -> dict[str, Any]:
         query: list[float] = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            fleet(store, time.time(), Thresholds())
+            fleet(store, time.time(), Thresholds(), with_history=True)
             query.append(time.perf_counter() - t0)
         result["query_ms"] = _ms(query)
         with TestClient(app) as client:
@@ -96,6 +116,8 @@ def bench_dashboard(units: int, rounds: int, browser: bool) -> dict[str, Any]:
                 server.append(time.perf_counter() - t0)
             assert page.status_code == 200
             assert len(re.findall(r"<tr data-device=", page.text)) == units
+            assert page.text.count('<svg class="trend"') == units
+            assert page.text.count('data-config="drift"') == units // 10
             result["server_ms"] = _ms(server)
             result["html_bytes"] = len(page.content)
         if browser:

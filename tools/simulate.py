@@ -25,6 +25,7 @@ loop's thread; other threads hand work over through a queue and a wake-up socket
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import random
@@ -46,6 +47,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__
+from agent.config import config_digest, config_from_mapping
 from agent.events import EventBuilder, LinkState, new_boot_id, seal_event
 from agent.outbox import OutboxStats
 from agent.privacy.redact import RedactionConfig, redact
@@ -53,6 +55,7 @@ from agent.sequence import SequenceStore
 from agent.stats import PipelineStats
 from agent.unitstate import BrokerAddress, UnitState
 from agent.vision.detection import Box
+from contract.confighash import ConfigDigest
 from contract.envelope.seal import SealedEnvelope
 from contract.mqtt import QOS, tls_context
 from hw.frame import Frame
@@ -197,6 +200,7 @@ class SimUnit:
                 uptime_s=time.monotonic() - self._started,
                 versions={"camveil": __version__, "simulated": "1"},
                 models={"detector": "sim-0000000000000000"},
+                config=_default_digest(),
             )
         )
 
@@ -206,6 +210,12 @@ class SimUnit:
         box = Box(120.0, 60.0, 200.0, 150.0)
         redacted = redact(frame, [box], RedactionConfig())
         return self._seal(self.builder.snapshot(redacted, trigger="simulated"))
+
+
+@functools.cache
+def _default_digest() -> ConfigDigest:
+    """Simulated units run the default config, with no remote overlay."""
+    return config_digest(config_from_mapping({}), {})
 
 
 def synthetic_frame(rng: random.Random, width: int = 320, height: int = 240) -> Frame:

@@ -21,9 +21,11 @@ The package, by job:
 - :mod:`agent.config.validate`: a TOML table into a dataclass, errors naming the key;
 - :mod:`agent.config.layers`: the provisioned settings and the file merged and validated;
 - :mod:`agent.config.remote`: the ``set_config`` overlay (``remote.toml``);
+- :mod:`agent.config.digest`: the hashes of the running config reported in health;
 - :mod:`agent.config.toml`: reading, writing and replacing TOML files.
 """
 
+from agent.config.digest import config_digest
 from agent.config.layers import (
     LoadedConfig,
     Provisioned,
@@ -57,6 +59,7 @@ __all__ = [
     "OutputConfig",
     "Provisioned",
     "ZoneConfig",
+    "config_digest",
     "config_from_mapping",
     "dump_toml",
     "from_mapping",

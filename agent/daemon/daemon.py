@@ -8,12 +8,19 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.certrenewal import CertRenewal
 from agent.commands import Command, CommandProcessor, CommandRejectedError
-from agent.config import AgentConfig, dump_toml, remote_config_path, write_config_atomic
+from agent.config import (
+    AgentConfig,
+    config_digest,
+    dump_toml,
+    remote_config_path,
+    write_config_atomic,
+)
 from agent.daemon.health import DaemonSummary, HealthReporter, summarize
 from agent.daemon.parts import Parts, PartsSlot, build_parts
 from agent.daemon.remote import remote_change
@@ -32,6 +39,7 @@ from agent.transport import ConnectionEvent, Transport
 from agent.unitstate import UnitState
 from agent.vision.factory import build_detector
 from contract.commands import Ack
+from contract.confighash import ConfigDigest
 from contract.errors import CamveilError, ConfigError
 from hw.board import BoardInfo, LinuxBoard
 from hw.camera import open_camera
@@ -55,6 +63,7 @@ class Daemon:
         unit: UnitState,
         *,
         config_path: Path | None = None,
+        remote_overlay: Mapping[str, Any] | None = None,
         board: BoardInfo | None = None,
         max_frames: int | None = None,
         drain_timeout_s: float = 10.0,
@@ -64,6 +73,10 @@ class Daemon:
         self._config = config
         self._unit = unit
         self._config_path = config_path
+        self._overlay: dict[str, Any] = dict(remote_overlay or {})
+        """The ``remote.toml`` mapping merged into ``config`` (what set_config changed)."""
+        self._digest: ConfigDigest | None = None
+        self._report_config = False
         self._board = board or LinuxBoard()
         self._max_frames = max_frames
         self._drain_timeout_s = drain_timeout_s
@@ -182,6 +195,7 @@ class Daemon:
             command.args.get("config"), self._config_path, self._config
         )
         self._replace_parts(new_config, persist=overlay)
+        self._report_config = True  # a health with the new hashes right after the ack
         return "ok"
 
     def _replace_parts(self, config: AgentConfig, persist: dict[str, Any] | None) -> None:
@@ -205,6 +219,9 @@ class Daemon:
             raise CommandRejectedError(f"rolled back: {exc}") from None
         old.sink.flush()
         old.close()
+        if persist is not None:
+            self._overlay = persist
+        self._digest = config_digest(config, self._overlay)
         self._config = config
         emitter.builder = self._builder(config, path.seqs)
         logger.info(
@@ -245,6 +262,11 @@ class Daemon:
                 return
             suppressed = processor.acks_suppressed
             ack = processor.handle(*item)
+            if self._report_config:
+                self._report_config = False
+                path = self.publishing
+                assert path is not None
+                self._health.emit(path.emitter, path.outbox, self._config, self._digest)
             if not ack.accepted:
                 self.stats.drop(f"cmd_rejected.{ack.reason.split(':', 1)[0]}")
             if processor.acks_suppressed != suppressed:
@@ -260,6 +282,7 @@ class Daemon:
     def run(self) -> DaemonSummary:
         """Run until stopped; returns what happened. Raises CamveilError on a start failure."""
         unit, config = self._unit, self._config
+        self._digest = config_digest(config, self._overlay)
         threads: list[threading.Thread] = []
         with contextlib.ExitStack() as stack:
             path = stack.enter_context(
@@ -324,7 +347,13 @@ class Daemon:
                 for t in threads:
                     t.start()
                 self.ready.set()
-                self._health.loop(self._stop, emitter, outbox, lambda: self._config)
+                self._health.loop(
+                    self._stop,
+                    emitter,
+                    outbox,
+                    lambda: self._config,
+                    lambda: self._digest,
+                )
             finally:
                 self._stop.set()
                 parts = slot.current
@@ -333,7 +362,7 @@ class Daemon:
                 _join(threads[1], None)
                 if slot.current is not None:
                     slot.current.sink.flush()
-                self._health.emit(emitter, outbox, self._config)
+                self._health.emit(emitter, outbox, self._config, self._digest)
                 path.drain(self._drain_timeout_s)
                 self._commands.put(None)
                 _join(threads[0], 10.0)

@@ -1,6 +1,6 @@
 """What the daemon reports about itself: the health event every interval (fps, drops, outbox,
-CPU temperature, uptime, versions, model hashes, the TLS certificate's serial and expiry) and the
-summary of a run."""
+CPU temperature, uptime, versions, model hashes, config hashes, the TLS certificate's serial and
+expiry) and the summary of a run."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from agent.outbox import Outbox
 from agent.publisher import Emitter, Publisher
 from agent.stats import PipelineStats
 from agent.vision.factory import DetectorConfig
+from contract.confighash import ConfigDigest
 from contract.errors import CamveilError
 from contract.ranges import seq_ranges
 from hw.board import BoardInfo
@@ -38,7 +39,8 @@ def model_hashes(config: DetectorConfig) -> dict[str, str]:
 
 class HealthReporter:
     """Health events: the frame rate since the previous one, and the state of everything else
-    at the time. Constructor only stores (and notes the start for the uptime)."""
+    at the time. Constructor only stores (and notes the start for the uptime). Thread-safe: the
+    command thread may send one out of turn (after a config change) while the loop runs."""
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class HealthReporter:
         self._cert = cert
         self._started_mono = time.monotonic()
         self._frames0, self._t0 = 0, time.monotonic()
+        self._lock = threading.Lock()
 
     def _fps(self) -> float:
         elapsed = time.monotonic() - self._t0
@@ -59,8 +62,22 @@ class HealthReporter:
     def _restart_window(self) -> None:
         self._frames0, self._t0 = self._stats.frames_out, time.monotonic()
 
-    def emit(self, emitter: Emitter, outbox: Outbox, config: AgentConfig) -> None:
-        """One health event, its fps counted since the previous one (or the loop's start)."""
+    def emit(
+        self,
+        emitter: Emitter,
+        outbox: Outbox,
+        config: AgentConfig,
+        digest: ConfigDigest | None = None,
+    ) -> None:
+        """One health event, its fps counted since the previous one (or the loop's start);
+        ``digest``: the hashes of ``config`` and its remote overlay."""
+        with self._lock:
+            self._emit(emitter, outbox, config, digest)
+            self._restart_window()
+
+    def _emit(
+        self, emitter: Emitter, outbox: Outbox, config: AgentConfig, digest: ConfigDigest | None
+    ) -> None:
         fps = self._fps()
         outbox_stats = outbox.stats()
         uptime = time.monotonic() - self._started_mono
@@ -79,6 +96,7 @@ class HealthReporter:
                 uptime_s=uptime,
                 versions=versions,
                 models=models,
+                config=digest,
                 cert=cert,
             )
         )
@@ -89,13 +107,14 @@ class HealthReporter:
         emitter: Emitter,
         outbox: Outbox,
         config: Callable[[], AgentConfig],
+        digest: Callable[[], ConfigDigest | None] = lambda: None,
     ) -> None:
         """A health event every ``[events] health_interval_s`` of the current config, until
         ``stop``."""
-        self._restart_window()
-        while not stop.wait(config().events.health_interval_s):
-            self.emit(emitter, outbox, config())
+        with self._lock:
             self._restart_window()
+        while not stop.wait(config().events.health_interval_s):
+            self.emit(emitter, outbox, config(), digest())
 
 
 @dataclass(frozen=True)

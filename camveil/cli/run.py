@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from tqdm import tqdm
 
@@ -137,12 +138,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if config.mqtt.enabled and not args.demo:
         # with the changes made by set_config commands
-        config = load_with_remote(path, args.state_dir)[0]
+        config, _, overlay = load_with_remote(path, args.state_dir)
         if args.model:
             config = dataclasses.replace(
                 config, detector=dataclasses.replace(config.detector, model=args.model)
             )
-        return run_daemon(config, path, args.frames or None)
+        return run_daemon(config, path, args.frames or None, overlay)
     config.output.dir.mkdir(parents=True, exist_ok=True)
     sink = OutputSink(config.output)
     with open_frame_path(config.camera, config.detector, config.privacy, sink) as path:
@@ -215,13 +216,21 @@ def say_why_silent(loaded: LoadedConfig, path: Path) -> None:
         )
 
 
-def run_daemon(config: AgentConfig, config_path: Path, max_frames: int | None) -> int:
-    """The MQTT daemon until SIGTERM/SIGINT, the end of a finite camera, or ``max_frames``."""
+def run_daemon(
+    config: AgentConfig,
+    config_path: Path,
+    max_frames: int | None,
+    remote_overlay: dict[str, Any] | None = None,
+) -> int:
+    """The MQTT daemon until SIGTERM/SIGINT, the end of a finite camera, or ``max_frames``;
+    ``remote_overlay``: the ``remote.toml`` mapping merged into ``config``."""
     from agent.daemon import Daemon
     from agent.unitstate import UnitState
 
     unit = UnitState.load(config.mqtt.state_dir)
-    daemon = Daemon(config, unit, config_path=config_path, max_frames=max_frames)
+    daemon = Daemon(
+        config, unit, config_path=config_path, remote_overlay=remote_overlay, max_frames=max_frames
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         daemon.stop()

@@ -14,6 +14,8 @@ eviction total (``alert_watch``), and raises:
 ``restart``     a new boot id: the agent restarted (a watchdog reset, a crash, or
                 an intended restart)
 ``model``       the model hashes a unit reports changed
+``drift``       the config a unit reports differs from the keys set from this dashboard
+                (:mod:`dashboard.drift`); one alert per (set, reported) pair of hashes
 ``cert``        the TLS certificate a unit reports expires within ``cert_alert_days``
                 (one alert per certificate; renew it: `camveil station renew`)
 ==============  ==================================================================
@@ -32,10 +34,11 @@ from typing import Any, Final
 
 import cbor2
 
+from dashboard import drift
 from dashboard.store import Store
 from dashboard.web.views import Thresholds
 
-KINDS: Final = ("offline", "tamper", "rejected", "eviction", "restart", "model", "cert")
+KINDS: Final = ("offline", "tamper", "rejected", "eviction", "restart", "model", "drift", "cert")
 _BATCH: Final = 5000
 
 
@@ -66,6 +69,7 @@ class AlertScanner:
                 break
         raised += self._scan_rejections()
         raised += self._scan_offline()
+        raised += self._scan_drift()
         return raised
 
     def _scan_events(self) -> tuple[int, bool]:
@@ -216,6 +220,11 @@ class AlertScanner:
                 )
         return raised
 
+    def _scan_drift(self) -> int:
+        store = self._store
+        with store.transaction() as conn:
+            return _drift_alerts(conn, store.now())
+
     def _scan_offline(self) -> int:
         store = self._store
         now = store.now()
@@ -246,6 +255,33 @@ class AlertScanner:
                 detail = f"offline for {int(now - since)} s: {why}"
                 raised += _raise(conn, key, device, "offline", detail, now)
         return raised
+
+
+_DRIFT_SQL: Final = """
+SELECT u.device, u.health, u.health_at, u.health_boot, u.health_seq, u.health_ts,
+       (SELECT COUNT(*) FROM commands m WHERE m.device = u.device AND m.name = 'set_config'
+        AND m.status = 'sent' AND m.sent_at > ?),
+       c.keys, c.hash, c.command_id, c.operator, c.set_at, c.ack_boot, c.ack_seq, c.ack_ts
+FROM config_set c JOIN units u ON u.device = c.device
+"""
+
+
+def _drift_alerts(conn: Any, now: float) -> int:
+    raised = 0
+    for r in conn.execute(_DRIFT_SQL, (now - drift.IN_FLIGHT_S,)).fetchall():
+        device, health = r[0], json.loads(r[1]) if r[1] else None
+        state = drift.judge(
+            health, drift.HealthMark(r[3], r[4], r[5], r[2]), drift.config_set_of(r[7:15]), r[6]
+        )
+        if state.state != "drift" or state.set is None:
+            continue
+        detail = (
+            f"runs another config than set here by {state.set.operator} "
+            f"({str(state.expected)[:12]}; the unit: {str(state.on_unit)[:12]}): {state.detail}"
+        )
+        key = f"drift:{device}:{state.expected}:{state.remote}"
+        raised += _raise(conn, key, device, "drift", detail, now)
+    return raised
 
 
 def _raise(conn: Any, key: str, device: str, kind: str, detail: str, at: float) -> int:

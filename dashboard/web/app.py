@@ -55,12 +55,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.commands import REMOTE_SECTIONS
 from contract.errors import ConfigError
-from dashboard import audit
+from dashboard import audit, drift
 from dashboard.revocations import RevocationFile
 from dashboard.store import Store
 from dashboard.web import alerts, views
 from dashboard.web.auth import LoginLimiter, Passwords, Session, Sessions, csrf_ok
-from dashboard.web.charts import presence_chart
+from dashboard.web.charts import presence_chart, trend
 from dashboard.web.commands import CommandDesk, CommandSender, ConfigValidator
 from dashboard.web.metrics import registry
 
@@ -150,6 +150,11 @@ def _ago(seconds: float | None) -> str:
     return f"{s // 86400} d ago"
 
 
+def _short(digest: str | None) -> str:
+    """The first 10 hex digits of a hash (the unit page shows the whole one)."""
+    return digest[:10] if digest else "-"
+
+
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -183,7 +188,7 @@ class Web:
             autoescape=select_autoescape(["html"]),
             auto_reload=False,
         )
-        self.env.globals.update(fmt=_fmt, ago=_ago, when=_when)
+        self.env.globals.update(fmt=_fmt, ago=_ago, when=_when, trend=trend, short=_short)
         store.on_change(self.broadcaster.changed)
 
     # --- helpers ---
@@ -384,15 +389,19 @@ def create_app(
         status = qp.get("status", "")
         status = status if status in views.STATUSES else ""
         site = qp.get("site", "")[:100]
+        config = qp.get("config", "")
+        config = config if config in drift.STATES else ""
         sort = qp.get("sort", "device")
         sort = sort if sort in views.SORT_KEYS else "device"
         desc = qp.get("desc") == "1"
-        args: dict[str, Any] = {"q": q, "status": status, "site": site, "sort": sort, "desc": desc}
+        args: dict[str, Any] = {
+            "q": q, "status": status, "site": site, "config": config, "sort": sort, "desc": desc,
+        }  # fmt: skip
 
         def build() -> dict[str, Any]:
             rows = views.fleet(
-                store, web.clock(), cfg.limits, q=q, status=status, site=site, sort=sort,
-                descending=desc, revoked=cfg.revocations.current(),
+                store, web.clock(), cfg.limits, q=q, status=status, site=site, config=config,
+                sort=sort, descending=desc, revoked=cfg.revocations.current(), with_history=True,
             )  # fmt: skip
             total = int(store.read("SELECT COUNT(*) FROM units")[0][0])
             return {"rows": rows, "total": total, "sites": views.sites(store)}
@@ -405,6 +414,7 @@ def create_app(
         data = await run_in_threadpool(build)
         return web.render(
             request, "fleet.html", session, statuses=views.STATUSES, query=query,
+            drift_states=drift.STATES,
             stale_after=cfg.limits.stale_after_s, offline_after=cfg.limits.offline_after_s,
             **args, **data,
         )  # fmt: skip

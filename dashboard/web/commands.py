@@ -8,7 +8,9 @@ records it in the ``commands`` table as ``sent``, appends it to the audit log,
 and hands it to a worker thread. The worker sends through a :class:`CommandSender` (the real
 one seals with the operator key and waits for the unit's ack over MQTT,
 :class:`StationSender`) and records ``accepted``, ``rejected`` (with the unit's reason),
-``timeout`` or ``error``.
+``timeout`` or ``error``. An accepted ``set_config`` is also folded into the keys set from
+this dashboard (:func:`dashboard.drift.record_set`), against which the unit's reported config
+hashes are judged.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Final, Protocol
 
 from contract.commands import SUBJECT_ID
 from contract.errors import CamveilError, ConfigError
-from dashboard import audit
+from dashboard import audit, drift
 from dashboard.command_client import (
     OperatorKeys,
     new_command_id,
@@ -49,8 +51,8 @@ class CommandSender(Protocol):
     def send(
         self, device: str, name: str, args: Mapping[str, Any] | None, command_id: str
     ) -> Mapping[str, Any]:
-        """Seal, publish, wait: the ack's body (``status``, ``reason``); TimeoutError when
-        no ack came."""
+        """Seal, publish, wait: the ack's plaintext (``body`` with ``status`` and ``reason``;
+        the unit's ``boot``, ``seq`` and ``ts``); TimeoutError when no ack came."""
         ...
 
 
@@ -66,7 +68,7 @@ class StationSender:
     def send(
         self, device: str, name: str, args: Mapping[str, Any] | None, command_id: str
     ) -> Mapping[str, Any]:
-        ack = send_command(
+        return send_command(
             self._keys,
             host=self._host,
             port=self._port,
@@ -77,8 +79,15 @@ class StationSender:
             expires_s=300,
             timeout=self._timeout,
         )
-        body = ack.get("body")
-        return body if isinstance(body, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class _Queued:
+    id: str
+    device: str
+    name: str
+    args: dict[str, Any] | None
+    operator: str
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class CommandDesk:
         self._store = store
         self._sender = sender
         self._validate = validate_config
-        self._queue: queue.Queue[tuple[str, str, str, dict[str, Any] | None] | None] = queue.Queue()
+        self._queue: queue.Queue[_Queued | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     @property
@@ -153,7 +162,7 @@ class CommandDesk:
                 (command_id, device, name, args_text, operator, self._store.now()),
             )
         audit.append(self._store, operator, "command", f"{device} {name} {command_id} {args_text}")
-        self._queue.put((command_id, device, name, args))
+        self._queue.put(_Queued(command_id, device, name, args, operator))
         return Submitted(command_id, device, name)
 
     def _work(self) -> None:
@@ -161,28 +170,33 @@ class CommandDesk:
             item = self._queue.get()
             if item is None:
                 return
-            command_id, device, name, args = item
-            status, reason = self._send(command_id, device, name, args)
+            status, reason, ack = self._send(item)
+            now = self._store.now()
             with self._store.transaction() as conn:
                 conn.execute(
                     "UPDATE commands SET status = ?, reason = ?, done_at = ? WHERE id = ?",
-                    (status, reason, self._store.now(), command_id),
+                    (status, reason, now, item.id),
                 )
+                patch = (item.args or {}).get("config")
+                if item.name == "set_config" and status == "accepted" and isinstance(patch, dict):
+                    drift.record_set(
+                        conn, item.device, patch, command_id=item.id, operator=item.operator,
+                        now=now, ack=ack,
+                    )  # fmt: skip
             self._store.notify()
 
-    def _send(
-        self, command_id: str, device: str, name: str, args: dict[str, Any] | None
-    ) -> tuple[str, str]:
+    def _send(self, item: _Queued) -> tuple[str, str, Mapping[str, Any]]:
         assert self._sender is not None
         try:
-            body = self._sender.send(device, name, args, command_id)
+            ack = self._sender.send(item.device, item.name, item.args, item.id)
         except TimeoutError as exc:
-            return "timeout", str(exc)
+            return "timeout", str(exc), {}
         except CamveilError as exc:
-            return "error", str(exc)
+            return "error", str(exc), {}
         except Exception as exc:  # one failed send must not end the worker
-            logger.exception("sending command %s to %s failed", command_id, device)
-            return "error", type(exc).__name__
-        status = body.get("status")
+            logger.exception("sending command %s to %s failed", item.id, item.device)
+            return "error", type(exc).__name__, {}
+        body = ack.get("body")
+        body = body if isinstance(body, Mapping) else {}
         reason = str(body.get("reason", ""))
-        return ("accepted", reason) if status == "accepted" else ("rejected", reason)
+        return ("accepted" if body.get("status") == "accepted" else "rejected"), reason, ack

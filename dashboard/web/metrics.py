@@ -6,7 +6,9 @@ Per unit (label ``device``, and ``site``): ``camveil_unit_up`` (1 online, 0 othe
 ``camveil_unit_dropped_frames``, ``camveil_unit_outbox_depth``,
 ``camveil_unit_temperature_celsius``, ``camveil_unit_health_stale`` (1 when the health values
 are stale; the values are still exported, with their age in
-``camveil_unit_health_age_seconds``); per claimed device and reason
+``camveil_unit_health_age_seconds``), ``camveil_unit_config_drift`` (1 when the unit runs
+another config than set from the dashboard, 0 when it runs it or the change is pending; not
+exported without a judgement: nothing set, or no hashes reported); per claimed device and reason
 ``camveil_rejected_messages_total``; fleet-wide ``camveil_events_stored``,
 ``camveil_alerts_open``. Only verified, non-identifying values: no snapshots, no counts of
 people.
@@ -55,6 +57,11 @@ class StoreCollector(Collector):
         age = GaugeMetricFamily(
             "camveil_unit_health_age_seconds", "age of the last health message", labels=labels
         )
+        drift = GaugeMetricFamily(
+            "camveil_unit_config_drift",
+            "1 when the unit runs another config than set from the dashboard",
+            labels=labels,
+        )
         for row in fleet(self._store, now, self._limits):
             u = row.unit
             key = [u.device, u.site]
@@ -64,6 +71,8 @@ class StoreCollector(Collector):
                 seen.add_metric(key, u.last_seen)
             if u.health_at is not None:
                 age.add_metric(key, now - u.health_at)
+            if row.config.state in ("ok", "pending", "drift"):
+                drift.add_metric(key, 1.0 if row.config.state == "drift" else 0.0)
             for family, value in (
                 (fps, u.fps),
                 (drops, u.drops),
@@ -72,7 +81,7 @@ class StoreCollector(Collector):
             ):
                 if value is not None:
                     family.add_metric(key, float(value))
-        yield from (up, seen, fps, drops, depth, temp, stale, age)
+        yield from (up, seen, fps, drops, depth, temp, stale, age, drift)
         rejected = CounterMetricFamily(
             "camveil_rejected_messages",
             "messages refused, per claimed device and reason",

@@ -13,12 +13,13 @@ online: they are then shown greyed and marked, never as current.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import cbor2
 
+from dashboard import drift, history
 from dashboard.revocations import Revoked
 from dashboard.store import Store, StoredEvent, UnitView
 
@@ -33,6 +34,7 @@ SORT_KEYS: Final = (
     "temp",
     "last_seen",
     "rejected",
+    "drift",
     "cert",
 )
 
@@ -71,38 +73,50 @@ class FleetRow:
     """Days left on the unit's TLS certificate (its last health), None if not reported."""
     cert_expiring: bool = False
     """``cert_days`` is below the alert threshold."""
+    config: drift.ConfigState = field(default_factory=drift.ConfigState.unknown)
+    trend: history.Series | None = None
+    """The last hour of its health (the fleet page's chart; None: none stored)."""
 
     @property
     def device(self) -> str:
         return self.unit.device
 
     def sort_value(self, key: str) -> Any:
-        u = self.unit
-        values: dict[str, Any] = {
-            "device": u.device,
-            "site": u.site,
-            "status": STATUSES.index(self.status),
-            "fps": u.fps,
-            "drops": u.drops,
-            "outbox": u.outbox_depth,
-            "temp": u.temperature,
-            "last_seen": -(u.last_seen or 0.0),
-            "rejected": self.rejected,
-            "cert": self.cert_days,
-        }
-        value = values[key]
+        value = _SORT[key](self)
         # missing values sort last, whatever the direction
-        return (value is None, value if value is not None else 0, u.device)
+        return (value is None, value if value is not None else 0, self.unit.device)
+
+
+_SORT: Final[Mapping[str, Callable[[FleetRow], Any]]] = {
+    "device": lambda r: r.unit.device,
+    "site": lambda r: r.unit.site,
+    "status": lambda r: STATUSES.index(r.status),
+    "fps": lambda r: r.unit.fps,
+    "drops": lambda r: r.unit.drops,
+    "outbox": lambda r: r.unit.outbox_depth,
+    "temp": lambda r: r.unit.temperature,
+    "last_seen": lambda r: -(r.unit.last_seen or 0.0),
+    "rejected": lambda r: r.rejected,
+    "drift": lambda r: drift.STATES.index(r.config.state),
+    "cert": lambda r: r.cert_days,
+}
+"""What each sort key sorts by (only the one asked for is computed)."""
 
 
 _FLEET_SQL: Final = """
 SELECT u.device, u.site, u.state, u.state_at, u.last_seen, u.health, u.health_at,
-       COALESCE(r.n, 0), COALESCE(a.n, 0)
+       COALESCE(r.n, 0), COALESCE(a.n, 0),
+       u.health_boot, u.health_seq, u.health_ts, COALESCE(p.n, 0),
+       c.keys, c.hash, c.command_id, c.operator, c.set_at, c.ack_boot, c.ack_seq, c.ack_ts
 FROM units u
 LEFT JOIN (SELECT device, SUM(count) AS n FROM rejections
            WHERE reason != 'duplicate' GROUP BY device) r ON r.device = u.device
 LEFT JOIN (SELECT device, COUNT(*) AS n FROM alerts
            WHERE acked_at IS NULL GROUP BY device) a ON a.device = u.device
+LEFT JOIN (SELECT device, COUNT(*) AS n FROM commands
+           WHERE name = 'set_config' AND status = 'sent' AND sent_at > ?
+           GROUP BY device) p ON p.device = u.device
+LEFT JOIN config_set c ON c.device = u.device
 """
 
 
@@ -114,16 +128,26 @@ def fleet(
     q: str = "",
     status: str = "",
     site: str = "",
+    config: str = "",
     sort: str = "device",
     descending: bool = False,
     revoked: Mapping[str, Revoked] | None = None,
+    with_history: bool = False,
 ) -> list[FleetRow]:
-    """Every unit (one query), filtered and sorted. ``q`` matches device or site."""
+    """Every unit (one query; with ``with_history`` a second one for the last hour of every
+    unit's health), filtered and sorted. ``q`` matches device or site; ``config`` is a drift
+    state (:data:`dashboard.drift.STATES`)."""
     rows: list[FleetRow] = []
     needle = q.strip().lower()
-    for r in store.read(_FLEET_SQL):
-        row = _row(r, now, limits, revoked or {})
+    series: dict[str, history.Series] = {}
+    if with_history:
+        found = store.read(history.SERIES_SQL, (history.first_bucket(now),))
+        series = history.series(found, now)
+    for r in store.read(_FLEET_SQL, (now - drift.IN_FLIGHT_S,)):
+        row = _row(r, now, limits, revoked or {}, series)
         if status and row.status != status:
+            continue
+        if config and row.config.state != config:
             continue
         if site and row.unit.site != site:
             continue
@@ -131,11 +155,12 @@ def fleet(
             continue
         rows.append(row)
     key = sort if sort in SORT_KEYS else "device"
-    present = [row for row in rows if row.sort_value(key)[0] is False]
-    missing = [row for row in rows if row.sort_value(key)[0] is True]
-    present.sort(key=lambda row: row.sort_value(key), reverse=descending)
+    keyed = [(row.sort_value(key), row) for row in rows]
+    present = [(k, row) for k, row in keyed if k[0] is False]
+    missing = [row for k, row in keyed if k[0] is True]
+    present.sort(key=lambda kr: kr[0], reverse=descending)
     missing.sort(key=lambda row: row.device)
-    return present + missing
+    return [row for _, row in present] + missing
 
 
 def fleet_row(
@@ -145,12 +170,16 @@ def fleet_row(
     limits: Thresholds,
     revoked: Mapping[str, Revoked] | None = None,
 ) -> FleetRow | None:
-    found = store.read(_FLEET_SQL + " WHERE u.device = ?", (device,))
+    found = store.read(_FLEET_SQL + " WHERE u.device = ?", (now - drift.IN_FLIGHT_S, device))
     return _row(found[0], now, limits, revoked or {}) if found else None
 
 
 def _row(
-    r: Sequence[Any], now: float, limits: Thresholds, revoked: Mapping[str, Revoked]
+    r: Sequence[Any],
+    now: float,
+    limits: Thresholds,
+    revoked: Mapping[str, Revoked],
+    series: Mapping[str, history.Series] | None = None,
 ) -> FleetRow:
     unit = UnitView(
         device=r[0],
@@ -169,7 +198,12 @@ def _row(
     age = now - unit.last_seen if unit.last_seen is not None else None
     days = unit.cert_days_left(now)
     expiring = days is not None and days < limits.cert_alert_days
-    return FleetRow(unit, status, stale, age, int(r[7]), int(r[8]), revocation, days, expiring)
+    mark = drift.HealthMark(r[9], r[10], r[11], unit.health_at)
+    config = drift.judge(unit.health, mark, drift.config_set_of(r[13:21]), int(r[12]))
+    return FleetRow(
+        unit, status, stale, age, int(r[7]), int(r[8]), revocation, days, expiring, config,
+        (series or {}).get(unit.device),
+    )  # fmt: skip
 
 
 def sites(store: Store) -> list[str]:

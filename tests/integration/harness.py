@@ -146,8 +146,13 @@ class Harness:
     # --- the agent -------------------------------------------------------------------------
 
     def start_agent(self) -> Daemon:
-        config = load_with_remote(self.config_path)[0]
-        daemon = Daemon(config, UnitState.load(self.unit_dir), config_path=self.config_path)
+        config, _, overlay = load_with_remote(self.config_path)
+        daemon = Daemon(
+            config,
+            UnitState.load(self.unit_dir),
+            config_path=self.config_path,
+            remote_overlay=overlay,
+        )
         self.daemon = daemon
         self.thread = threading.Thread(target=self._run, args=(daemon,), name="daemon")
         self.thread.start()

@@ -16,9 +16,10 @@ import pytest
 from harness import DEVICE, Harness, astronaut, config_text
 from PIL import Image
 
-from agent.config import load_with_remote
+from agent.config import config_digest, load_with_remote
 from agent.vision.factory import DetectorConfig, build_detector
 from contract.commands import seal_command
+from contract.confighash import key_hashes, keys_hash
 from contract.envelope.keys import Identity
 from contract.envelope.seal import SealedEnvelope
 from contract.topics import event_topic
@@ -196,6 +197,18 @@ def test_set_config_bad_value_is_rejected_and_good_one_applied(harness: Harness)
     harness.publish(good)
     assert harness.ack_for(good)["status"] == "accepted"
     assert daemon.config.events.presence_window_s == 2.0
+    # the first health after the ack reports the new config: the overlay key by key (hashes of
+    # values, the values never), and the whole effective config
+    acked = harness.wait_for(lambda r: r.type == "cmd_ack" and r.message["body"]["id"] == "g1")
+    reported = harness.wait_for(
+        lambda r: (
+            r.type == "health" and r.message["boot"] == acked.message["boot"] and r.seq > acked.seq
+        )
+    ).message["body"]["config"]
+    overlay = {"events": {"presence_window_s": 2.0}}
+    assert reported["remote_keys"] == key_hashes(overlay)
+    assert reported["remote"] == keys_hash(key_hashes(overlay))
+    assert reported["effective"] == config_digest(daemon.config, overlay).effective
     mark = len(harness.received)
     harness.wait_for(_is("presence"), after=mark)  # the swapped pipeline runs
     harness.stop_agent()
@@ -204,7 +217,10 @@ def test_set_config_bad_value_is_rejected_and_good_one_applied(harness: Harness)
     assert harness.config_path.read_text() == before
     assert (harness.unit_dir / "remote.toml").exists()
     assert load_with_remote(harness.config_path)[0].events.presence_window_s == 2.0
+    mark = len(harness.received)
     assert harness.start_agent().config.events.presence_window_s == 2.0
+    again = harness.wait_for(_is("health"), after=mark).message["body"]["config"]
+    assert again == reported  # after a restart, from remote.toml
     harness.stop_agent()
 
 

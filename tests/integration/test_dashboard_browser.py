@@ -8,7 +8,11 @@ the web app runs on uvicorn, and the page is driven like an operator would.
 - the unit page shows the latest snapshot (a real photo, faces found by the real detector and
   overwritten): the served image is the one the unit sealed, its face regions are the solid
   fill, and the view is in the audit log;
-- without a session every route is refused, a POST without the CSRF token too.
+- without a session every route is refused, a POST without the CSRF token too;
+- config drift: a unit running what was set for it is "in force", one that lost it is marked
+  "drift" (and found by the filter), one that reports no hashes "unknown"; the fleet's
+  charts of the last hour are drawn from an hour of health; with the real agent, a change set
+  on the page is shown in force once the agent's next health reports its hashes.
 
 ``CAMVEIL_SCREENSHOTS=1`` saves the fleet and unit views to ``docs/img/``.
 """
@@ -16,6 +20,7 @@ the web app runs on uvicorn, and the page is driven like an operator would.
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
@@ -33,18 +38,18 @@ from broker import HOST, Mosquitto, TestClient, TestPki, free_port
 from harness import DEVICE, Harness
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
-from sealing_unit import Unit
+from sealing_unit import BOOT, Unit
 
 from agent.events import LinkState, seal_event
-from agent.outbox import OutboxStats
 from agent.privacy.redact import RedactionConfig, pixel_rect, redact
-from agent.stats import PipelineStats
 from agent.vision.factory import DetectorConfig, build_detector
 from camveil.cli.dashboard import _validate_config
+from contract.confighash import digest, key_hashes, keys_hash
 from contract.envelope.keys import Identity, PeerKeys
 from contract.envelope.seal import SealedEnvelope
 from dashboard import audit
 from dashboard.command_client import OperatorKeys
+from dashboard.drift import record_set
 from dashboard.ingest import Ingest
 from dashboard.listener import ListenerConfig
 from dashboard.store import Store
@@ -77,34 +82,6 @@ class Dashboard:
     port: int
     snapshot: bytes
     faces: list[tuple[int, int, int, int]]
-
-
-def _health(unit: Unit, fps: float) -> SealedEnvelope:
-    stats = PipelineStats(frames_in=100, frames_out=98)
-    stats.drop("overload")
-    stats.drop("overload")
-    outbox = OutboxStats(
-        depth=2,
-        bytes=900,
-        in_flight=0,
-        oldest_age_s=1.5,
-        evicted_total={},
-        rejected_total={},
-        corrupt_recovered=0,
-    )
-    return seal_event(
-        unit.builder.health(
-            fps=fps,
-            pipeline=stats,
-            outbox=outbox,
-            cpu_temp_c=48.5,
-            uptime_s=120.0,
-            versions={"camveil": "0.1.0"},
-            models={"centerface_int8": "9f" * 32},
-        ),
-        sender=unit.identity,
-        recipient=unit.backend,
-    )
 
 
 def _snapshot(unit: Unit) -> tuple[SealedEnvelope, list[tuple[int, int, int, int]]]:
@@ -153,13 +130,41 @@ def dashboard(fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, tmp_path: Path) -> 
         listener, backend, PeerKeys([u.identity.public() for u in units.values()]), store
     )
     app = create_app(store, config=WebConfig(tick_s=2.0), hasher=FAST)
+    # config: the first unit runs what was set for it from the dashboard (in force), the second
+    # lost it (drift), the third reports no config hashes (a unit from before them: unknown)
+    overlay = {"detector": {"threads": 2}}
+    with store.transaction() as conn:
+        for device in DEVICES[:2]:
+            conn.execute(
+                "INSERT INTO commands (id, device, name, args, operator, sent_at, status, reason, "
+                "done_at) VALUES (?, ?, 'set_config', ?, 'alice', ?, 'accepted', 'ok', ?)",
+                (f"op-1-{device}", device, json.dumps({"config": overlay}), store.now(),
+                 store.now()),
+            )  # fmt: skip
+            record_set(
+                conn, device, overlay, command_id=f"op-1-{device}", operator="alice",
+                now=store.now(), ack={"boot": BOOT, "seq": 0, "ts": 0},
+            )  # fmt: skip
+    reports = [digest(overlay, overlay), digest({}, {}), None]
     try:
         with ingest, _serve(app) as url:
             assert ingest.listener.subscribed.wait(10)
             snapshot, faces = _snapshot(units[DEVICES[0]])
             for n, unit in enumerate(units.values()):
+                unit.event()  # a seq after the ack of the change (seq 0)
                 with TestClient(unit.files, fresh_mosquitto.port) as client:
-                    for envelope in (unit.status(), _health(unit, 10.0 + n), unit.event()):
+                    for minutes in range(55, 0, -5) if n == 0 else ():  # an hour of health
+                        unit.behind_s = minutes * 60.0
+                        earlier = unit.health(
+                            9.0 + minutes % 3,
+                            reports[n],
+                            depth=minutes % 4,
+                            temp=45.0 + minutes / 10,
+                        )
+                        client.publish(earlier.topic, earlier.data)
+                    unit.behind_s = 0.0
+                    latest = unit.health(10.0 + n, reports[n])
+                    for envelope in (unit.status(), latest, unit.event()):
                         client.publish(envelope.topic, envelope.data)
                     if n == 0:
                         client.publish(snapshot.topic, snapshot.data)
@@ -171,7 +176,7 @@ def dashboard(fresh_mosquitto: Mosquitto, mqtt_pki: TestPki, tmp_path: Path) -> 
                                 recipient=unit.backend,
                             )
                             client.publish(window.topic, window.data)
-            _wait(lambda: store.event_count() == 3 * len(DEVICES) + 1 + len(PRESENCE))
+            _wait(lambda: store.event_count() == 3 * len(DEVICES) + 1 + len(PRESENCE) + 11)
             jpeg = next(e for e in store.events(DEVICES[0]) if e.type == "snapshot").body["jpeg"]
             yield Dashboard(url, store, units, fresh_mosquitto.port, jpeg, faces)
     finally:
@@ -208,6 +213,26 @@ def test_operator_sees_units_offline_and_snapshot(dashboard: Dashboard, browser:
     for device in DEVICES:
         assert page.get_attribute(f'tr[data-device="{device}"]', "data-status") == "online"
     assert "10.0" in page.inner_text(f'tr[data-device="{DEVICES[0]}"]')
+    configs = {d: page.get_attribute(f'tr[data-device="{d}"]', "data-config") for d in DEVICES}
+    assert configs == {DEVICES[0]: "ok", DEVICES[1]: "drift", DEVICES[2]: "unknown"}
+    marker = page.locator(f'tr[data-device="{DEVICES[1]}"] .cfg-drift')
+    assert marker.inner_text() == "drift" and marker.is_visible()
+    assert "detector.threads" in (marker.get_attribute("title") or "")
+    # the last hour: fps, outbox and temperature side by side in one small chart, drawn
+    chart = page.locator(f'tr[data-device="{DEVICES[0]}"] svg.trend')
+    box = chart.bounding_box()
+    assert box is not None and box["width"] == 200 and box["height"] == 16
+    d = chart.locator("path").get_attribute("d") or ""
+    assert d.count("M") == 3 and len(d) > 60  # three series of 12 points
+    title = page.get_attribute(f'tr[data-device="{DEVICES[0]}"] td.trend', "title") or ""
+    assert title.startswith("last hour: fps 9 to 11; outbox 0 to 3; °C 45.5 to 50.5"), title
+    assert page.locator(f'tr[data-device="{DEVICES[2]}"] svg.trend').count() == 1  # one health
+    page.select_option("select[name=config]", "drift")
+    page.click(".filters button")
+    page.wait_for_selector("#fleet-count")
+    assert page.locator("#fleet tbody tr").count() == 1
+    assert page.get_attribute("#fleet tbody tr", "data-device") == DEVICES[1]
+    page.goto(dashboard.url + "/")
     page.wait_for_function("() => document.body.dataset.live === '1'")  # the SSE stream is open
 
     # the third unit dies without a DISCONNECT: the broker publishes its pre-sealed last will
@@ -250,7 +275,12 @@ def test_operator_sees_units_offline_and_snapshot(dashboard: Dashboard, browser:
     assert page.locator("#timeline tr[data-type=snapshot]").count() == 1
     assert "people" in page.inner_text("#timeline")
     assert page.locator("svg.chart polyline").count() == 2  # people and faces
+    assert page.get_attribute("#config-state", "data-state") == "ok"
+    assert page.inner_text("#config-expected").startswith(page.inner_text("#config-on-unit"))
     _screenshot(page, "dashboard-unit.png")
+    page.goto(f"{dashboard.url}/unit/{DEVICES[1]}")
+    assert page.get_attribute("#config-state", "data-state") == "drift"
+    assert "not set on the unit: detector.threads" in page.inner_text("#config")
 
 
 def test_refused_without_session_and_without_csrf(dashboard: Dashboard, browser: Browser) -> None:
@@ -324,11 +354,18 @@ def test_commands_from_the_page_reach_the_real_agent(harness: Harness, browser: 
                 "() => document.getElementById('latest-snapshot').naturalWidth > 0"
             )
 
+            assert page.get_attribute("#config-state", "data-state") == "unset"
             page.fill("#cmd-config textarea", "detector.threads=2")
             page.click("#cmd-config button")
             accepted = '#commands tr[data-status="accepted"]'
             page.wait_for_selector(f"{accepted} >> nth=1", timeout=30_000)  # the second one
             actions = [e.action for e in audit.entries(store)]
             assert actions.count("command") == 2  # the refused typo never left
+            # the real agent's next health reports the hashes of what the page set, computed
+            # on the unit from its remote.toml: in force, shown live on the open page
+            page.wait_for_selector('#config-state[data-state="ok"]', timeout=30_000)
+            expected = page.inner_text("#config-expected").split()[0]
+            assert expected == keys_hash(key_hashes({"detector": {"threads": 2}}))
+            assert page.inner_text("#config-on-unit") == expected
     finally:
         store.close()

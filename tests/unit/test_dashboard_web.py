@@ -39,16 +39,20 @@ class Clock:
 
 
 class FakeSender:
-    """Records commands and answers like a unit that accepts everything."""
+    """Records commands and answers like a unit that accepts everything: the ack's plaintext,
+    sealed by the unit in boot ``b1`` with seq ``ack_seq`` (then the next)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, Any]] = []
+        self.ack_seq = 100
 
     def send(
         self, device: str, name: str, args: Mapping[str, Any] | None, command_id: str
     ) -> Mapping[str, Any]:
         self.sent.append((device, name, args))
-        return {"id": command_id, "status": "accepted", "reason": "ok"}
+        self.ack_seq += 1
+        body = {"id": command_id, "cmd_seq": 1, "status": "accepted", "reason": "ok"}
+        return {"type": "cmd_ack", "boot": "b1", "seq": self.ack_seq, "ts": 0, "body": body}
 
 
 class CountingStore(Store):

@@ -39,6 +39,7 @@ from agent.privacy.store import encode_jpeg
 from agent.sequence import CountingSequence, SequenceStore
 from agent.stats import PipelineStats
 from agent.vision.detection import Box
+from contract.confighash import ConfigDigest, digest
 from contract.envelope import Identity, PeerKeys, ReplayGuard, open_envelope
 from contract.envelope.cose import strict_loads
 from contract.errors import EventError, SnapshotTooLargeError, UnredactedDataError
@@ -67,7 +68,7 @@ def redacted(pixels: np.ndarray, boxes: tuple[Box, ...] = ()) -> RedactedFrame:
     return redact(Frame(pixels, index=0, ts=NOW, mono=0.0, source="test"), boxes, RedactionConfig())
 
 
-def health_event(b: EventBuilder) -> Any:
+def health_event(b: EventBuilder, config: ConfigDigest | None = None) -> Any:
     stats = PipelineStats(frames_in=10, frames_out=9)
     stats.drop("detector_timeout")
     stats.time("detect", 0.021)
@@ -93,6 +94,7 @@ def health_event(b: EventBuilder) -> Any:
         uptime_s=3600.0,
         versions={"camveil": "0.1.0", "python": "3.11.2"},
         models={"blazeface": "ab" * 32},
+        config=config,
     )
 
 
@@ -108,6 +110,7 @@ def all_events(b: EventBuilder) -> list[Any]:
         b.snapshot(frame, command="cmd-7f3a"),
         *(b.tamper(kind, 0.8) for kind in TamperKind),
         health_event(b),
+        health_event(b, digest({"detector": {"threads": 2}}, {"detector": {"threads": 2}})),
         b.status(LinkState.ONLINE),
         b.status(LinkState.ONLINE, delivery="receipt"),
         b.status(LinkState.OFFLINE),
@@ -136,6 +139,10 @@ def test_the_cddl_is_not_vacuous() -> None:
         {**good, "device": ""},
         {**good, "ts": 1.5},
     ]
+    digested = to_map(health_event(builder(), digest({}, {})))
+    bad_maps.append(
+        {**digested, "body": {**digested["body"], "config": {"effective": "x", "remote": "y"}}}
+    )
     snap = to_map(builder().snapshot(redacted(scene()), trigger="motion"))
     bad_maps.append({**snap, "body": {**snap["body"], "cmd": "c1"}})  # two reasons
     bad_maps.append({**snap, "body": {k: v for k, v in snap["body"].items() if k != "trigger"}})
