@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from contract.commands import SUBJECT_ID
+from contract.confighash import scrub
 from contract.errors import CamveilError, ConfigError
 from dashboard import audit, drift
 from dashboard.command_client import (
@@ -154,7 +155,9 @@ class CommandDesk:
             raise ConfigError("commands are disabled: the dashboard runs without operator keys")
         args = self.check(name, config_text, subject)
         command_id = new_command_id()
-        args_text = json.dumps(args or {}, sort_keys=True, default=str)
+        # What is stored and audited has its secrets scrubbed (a camera password typed into a
+        # set_config goes to the unit sealed, never into the dashboard's tables or audit log).
+        args_text = json.dumps(scrub(args or {}), sort_keys=True, default=str)
         with self._store.transaction() as conn:
             conn.execute(
                 "INSERT INTO commands (id, device, name, args, operator, sent_at, status) "

@@ -474,3 +474,30 @@ def test_certificate_days_left_shown_and_alerted_below_the_threshold(
     unit = client.get("/unit/cv-soon").text
     assert 'id="cert-expiry" class="error"' in unit and "11 days left" in unit
     assert 'id="cert-expiry" class="muted"' in client.get("/unit/cv-fresh").text
+
+
+def test_a_password_in_a_set_config_reaches_the_unit_but_not_the_dashboards_records(
+    client: TestClient, store: Store, sender: FakeSender
+) -> None:
+    add(store, "cv-1", 1, "status", {"state": "online"})
+    login(client)
+    token = csrf(client, "/unit/cv-1")
+    url = "rtsp://viewer:hunter2-secret@10.0.0.7:554/stream1"
+    r = client.post(
+        "/unit/cv-1/command",
+        data={
+            "csrf": token,
+            "command": "set_config",
+            "config": f'camera.kind="rtsp"\ncamera.source="{url}"',
+        },
+    )
+    assert r.status_code == 303, r.text
+    web = client.app.state.web  # type: ignore[attr-defined]
+    web.desk.stop()
+    assert sender.sent == [
+        ("cv-1", "set_config", {"config": {"camera": {"kind": "rtsp", "source": url}}})
+    ]
+    stored = [row[0] for row in store._rows("SELECT args FROM commands")]  # type: ignore[attr-defined]
+    assert len(stored) == 1 and "viewer:<secret>@10.0.0.7" in stored[0]
+    assert all("hunter2" not in e.target for e in audit_entries(client))
+    assert "hunter2" not in client.get("/unit/cv-1").text
