@@ -34,7 +34,9 @@ from typing import Any, Final
 import cbor2
 
 SCRUBBED: Final = "<secret>"
-_URL_PASSWORD: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*):[^@\s/]*@")
+# The password runs to the authority's last "@" (as urllib.parse.urlsplit reads it), so a
+# password holding an "@" is hidden whole, not cut at its first "@".
+_URL_PASSWORD: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*):[^\s/]*@")
 _SECRET_NAME: Final = re.compile(r"passw(or)?d|secret|token|credential", re.IGNORECASE)
 
 

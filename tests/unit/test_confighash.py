@@ -124,3 +124,10 @@ def test_overlay_merging_as_the_unit_does() -> None:
     # a leaf replacing a table (and back) drops what it replaced
     assert merge_key_hashes({"a.b": "1", "a.c": "2"}, {"a": "3"}) == {"a": "3"}
     assert merge_key_hashes({"a": "3"}, {"a.b": "1"}) == {"a.b": "1"}
+
+
+def test_a_password_holding_an_at_sign_is_hidden_whole() -> None:
+    text = "rtsp://admin:p@ss@10.0.0.5:554/ch1 and rtsp://viewer:x@cam/2"
+    assert scrub(text) == (
+        f"rtsp://admin:{SCRUBBED}@10.0.0.5:554/ch1 and rtsp://viewer:{SCRUBBED}@cam/2"
+    )
