@@ -46,13 +46,12 @@ from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame
 from agent.privacy.store import encode_jpeg
 from agent.stats import PipelineStats
 from agent.vision.embedding import DIMENSIONS
-from agent.vision.embedworker import EmbedWorker, open_embed_worker
+from agent.vision.embedworker import EmbedWorker
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.gallery import EnrolmentConfig, Gallery
 from agent.vision.guard import GuardedDetector
 from agent.vision.reid import ReidConfig, Reidentifier
-from agent.vision.relink import TrackLinker
-from agent.vision.track import Tracker
+from agent.vision.relink import open_tracking
 from agent.vision.verify import Verifier
 from contract.envelope.keys import Identity
 from contract.errors import ConfigError
@@ -120,9 +119,7 @@ def _setup(
         enrolment = EnrolmentConfig(enabled=True, purpose=PURPOSE, legal_basis=PURPOSE)
         verifier = Verifier(enrolment, gallery(), lambda *_m: None, stats)
     privacy = PrivacyConfig()
-    tracker = Tracker(privacy.tracker)  # as the daemon wires it: the relinker listens too
-    relinker = TrackLinker(privacy.tracker, tracker, stats)
-    worker = open_embed_worker((verifier, reid), stats, listeners=(relinker,))
+    tracker, worker = open_tracking(privacy.tracker, (verifier, reid), stats)  # as the daemon
     if worker is not None:
         stack.enter_context(worker)
     pipeline = Pipeline(read, detector, encode, privacy, stats, faces=worker, tracker=tracker)

@@ -14,10 +14,8 @@ from agent.frame_sink import FrameSink
 from agent.pipeline import CameraFactory, DetectorFactory, FramePath, Pipeline, open_frame_path
 from agent.publisher import Emitter
 from agent.stats import PipelineStats
-from agent.vision.embedworker import open_embed_worker
 from agent.vision.reid import open_reid
-from agent.vision.relink import TrackLinker
-from agent.vision.track import Tracker
+from agent.vision.relink import open_tracking
 from agent.vision.verify import Verifier
 from hw.camera.base import Camera
 
@@ -59,11 +57,7 @@ def build_parts(
     either is on; the tracker's relinker then listens to it too (``[privacy.tracker]
     relink_s``)."""
     reid = open_reid(config.reid, stats)
-    tracker = Tracker(config.privacy.tracker)
-    relinker = TrackLinker(config.privacy.tracker, tracker, stats)
-    faces = open_embed_worker(
-        (verifier, reid), stats, listeners=(relinker,) if config.privacy.tracker.relink_s else ()
-    )
+    tracker, faces = open_tracking(config.privacy.tracker, (verifier, reid), stats)
     sink = FrameSink(config.events, emitter, visitors=reid)
     path = open_frame_path(
         config.camera,

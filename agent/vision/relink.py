@@ -36,7 +36,7 @@ import numpy.typing as npt
 from agent.stats import PipelineStats
 from agent.vision.detection import Detection
 from agent.vision.embedding import Embedding
-from agent.vision.embedworker import Selection
+from agent.vision.embedworker import EmbedClient, EmbedWorker, Selection, open_embed_worker
 from agent.vision.track import Tracker, TrackerConfig
 from hw.frame import Frame
 
@@ -168,4 +168,18 @@ class TrackLinker:
         self._results.put((track_id, embedding))
 
 
-__all__ = ["TrackLinker"]
+def open_tracking(
+    config: TrackerConfig,
+    clients: Sequence[EmbedClient | None],
+    stats: PipelineStats | None = None,
+) -> tuple[Tracker, EmbedWorker | None]:
+    """The tracker and the shared face embedder for ``clients`` (None when none is on), with
+    the tracker's relinker listening to the embedder when ``relink_s`` is set: the daemon's
+    wiring, written once for it and the benches."""
+    tracker = Tracker(config)
+    relinker = TrackLinker(config, tracker, stats)
+    listeners = (relinker,) if config.relink_s else ()
+    return tracker, open_embed_worker(clients, stats, listeners=listeners)
+
+
+__all__ = ["TrackLinker", "open_tracking"]
