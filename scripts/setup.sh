@@ -31,6 +31,19 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   "$PYTHON" -m venv "$VENV"
+else
+  # A venv shared between checkouts (VENV=/other/.venv from a git worktree) would have its
+  # editable install silently repointed here by the `pip install -e` below, and the other
+  # checkout would then run this one's code. Refuse unless asked.
+  installed=$(cd / && "$VENV/bin/python" -I -c \
+    'import pathlib, agent; print(pathlib.Path(agent.__file__).resolve().parent.parent)' \
+    2>/dev/null || true)
+  if [ -n "$installed" ] && [ "$installed" != "$(pwd -P)" ] && [ "${CAMVEIL_SETUP_REPOINT:-0}" != 1 ]; then
+    echo "setup: $VENV has camveil installed from $installed, not from $(pwd -P);" \
+      "installing here would repoint it. Use this checkout's own venv (VENV=.venv)," \
+      "or set CAMVEIL_SETUP_REPOINT=1 to repoint it on purpose." >&2
+    exit 2
+  fi
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
