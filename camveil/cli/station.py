@@ -2,6 +2,7 @@
 broker configuration, inventory); `camveil station add-backend DIR NAME`: one more backend
 certificate (one per backend process connected at the same time); `camveil station list DIR`:
 the units in its inventory; `camveil station revoke DIR UNIT`: take a unit out of the fleet;
+`camveil station crl DIR [--out FILE]`: what the CRL lists, and a copy of it for the broker host;
 `camveil station renew DIR UNIT... | --expiring-within DAYS`: renew units' TLS certificates over
 MQTT (docs/PROTOCOL.md, "Certificate renewal")."""
 
@@ -83,6 +84,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_TARGET,
         help=f"where install.sh puts the files on the broker host (default {DEFAULT_TARGET})",
+    )
+    crl = sub.add_parser(
+        "crl",
+        help="list what the station's CRL refuses (one line per certificate: serial, device, "
+        "revoked or superseded, since, reason) and with --out copy it for the broker host, "
+        "after `revoke` or `renew`: no new broker bundle needed",
+    )
+    crl.add_argument("dir", type=Path, help="station directory")
+    crl.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the CRL here; on the broker host put it in "
+        f"{DEFAULT_TARGET}/incoming/crl.pem, where the bundle's camveil-crl.path checks it and "
+        "restarts mosquitto (a reload would leave a revoked unit's open connection alone)",
     )
     revoke = sub.add_parser(
         "revoke",
@@ -169,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "renew":
         return renew(args)
+    if args.action == "crl":
+        return crl(args)
     if args.action == "revoke":
         result = revoke_unit(args.dir, args.device, args.reason)
         paths = StationPaths(args.dir)
@@ -179,12 +197,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  broker config:    {paths.broker_dir / 'mosquitto.conf'} now has crlfile")
             print("next: restart mosquitto (it reads a new crlfile line only at start)")
         else:
-            print(
-                "next: `camveil station broker-bundle` to a new folder, copy it to the broker "
-                'host and run `sudo RELOAD="systemctl reload mosquitto" sh install.sh` (SIGHUP: '
-                "new connections of the unit are refused); restart mosquitto to end one already "
-                "open"
-            )
+            print(f"next: {CRL_NEXT.format(dir=args.dir)}")
         return 0
     with Inventory(open_station(args.dir).inventory) as inventory:
         for unit in inventory.units():
@@ -194,6 +207,31 @@ def run(args: argparse.Namespace) -> int:
         for revoked in inventory.revocations():
             when = dt.datetime.fromtimestamp(revoked.revoked_at, dt.timezone.utc)
             print(f"{revoked.device}\trevoked\t{when.isoformat(timespec='seconds')}")
+    return 0
+
+
+CRL_NEXT = (
+    "camveil station crl {dir} --out crl.pem, copy crl.pem to the broker host's "
+    f"{DEFAULT_TARGET}/incoming/crl.pem (its camveil-crl.path restarts mosquitto with it: "
+    "the certificates are refused and their open connections end)"
+)
+
+
+def crl(args: argparse.Namespace) -> int:
+    """``camveil station crl``: one line per certificate the CRL lists; ``--out``: a copy."""
+    from provisioning.broker_crl import export_crl, station_crl
+
+    listing = station_crl(args.dir) if args.out is None else export_crl(args.dir, args.out)
+    for entry in listing.entries:
+        print(entry.line())
+    print(f"CRL number {listing.number}: {len(listing.entries)} certificate(s) refused")
+    if args.out is not None:
+        print(f"written to {args.out}")
+        print(
+            f"next: copy it to the broker host's {DEFAULT_TARGET}/incoming/crl.pem (e.g. `sudo "
+            f"install -m 0644 crl.pem {DEFAULT_TARGET}/incoming/`); camveil-crl.path checks it "
+            "and restarts mosquitto"
+        )
     return 0
 
 
@@ -240,8 +278,7 @@ def renew(args: argparse.Namespace) -> int:
     if superseded:
         paths = StationPaths(args.dir)
         print(
-            f"{superseded} superseded certificate(s) are in {paths.crl}: copy it to the broker "
-            "(`camveil station broker-bundle`, install.sh with RELOAD) so that an old key is "
-            "refused too"
+            f"{superseded} superseded certificate(s) are in {paths.crl}; so that an old key is "
+            f"refused too: {CRL_NEXT.format(dir=args.dir)}"
         )
     return 0 if failed == 0 else 1
