@@ -16,6 +16,7 @@ from contract.errors import ProvisioningError
 from contract.statedir import CAMERA_KINDS
 from provisioning.broker_bundle import DEFAULT_TARGET, write_broker_bundle
 from provisioning.inventory import Inventory
+from provisioning.renewal import DEFAULT_JOBS, MAX_JOBS
 from provisioning.station import (
     DEFAULT_BROKER_URL,
     CameraChoice,
@@ -123,6 +124,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     renew.add_argument("--broker", help="mqtts://host:port (default: the station's broker URL)")
     renew.add_argument(
         "--timeout", type=float, default=20.0, help="seconds to wait for each unit's answer"
+    )
+    renew.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"renew up to N units at the same time over one connection (default {DEFAULT_JOBS}, "
+        f"at most {MAX_JOBS}; 1: one after the other). The lines come in device order whatever "
+        "order the units finish in",
     )
 
 
@@ -236,9 +246,10 @@ def crl(args: argparse.Namespace) -> int:
 
 
 def renew(args: argparse.Namespace) -> int:
-    """Renew each unit in turn; one line per unit; exit 0 when all were renewed, 1 otherwise."""
+    """Renew the units, ``--jobs`` at a time; one line per unit in device order; exit 0 when all
+    were renewed, 1 otherwise."""
     from agent.unitstate import parse_broker_url
-    from dashboard.cert_renewal import renew_unit
+    from dashboard.cert_renewal import renew_units
     from dashboard.command_client import load_station
     from provisioning.renewal import renewal_targets
 
@@ -248,6 +259,8 @@ def renew(args: argparse.Namespace) -> int:
         raise ProvisioningError("--expiring-within must be 0 or more days")
     if not args.timeout > 0:
         raise ProvisioningError("--timeout must be more than 0 seconds")
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise ProvisioningError(f"--jobs must be 1 to {MAX_JOBS}, not {args.jobs}")
     targets = renewal_targets(
         args.dir, tuple(args.devices), expiring_within_days=args.expiring_within
     )
@@ -261,10 +274,11 @@ def renew(args: argparse.Namespace) -> int:
     broker = parse_broker_url(url)
     failed = 0
     superseded = 0
-    for target in targets:
-        outcome = renew_unit(
-            keys, args.dir, target, host=broker.host, port=broker.port, timeout=args.timeout
-        )
+    outcomes = renew_units(
+        keys, args.dir, targets, host=broker.host, port=broker.port, timeout=args.timeout,
+        jobs=args.jobs,
+    )  # fmt: skip
+    for target, outcome in zip(targets, outcomes, strict=True):
         if outcome.ok:
             until = dt.datetime.fromtimestamp(outcome.not_after or 0, dt.timezone.utc)
             superseded += len(outcome.superseded)

@@ -90,6 +90,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda t: ["station", "crl", str(init_station(t / "st").root), "--out", str(t)],
         ("is a folder", "give a file name"),
     ),
+    "station renew --jobs 0": (
+        lambda t: ["station", "renew", str(t), "cv-0123456789abcdef", "--jobs", "0"],
+        ("--jobs must be 1 to 64, not 0",),
+    ),
     "station crl: no CRL yet": (_station_without_crl, ("crl.pem does not exist", "revoke")),
     "run --frames -1": (
         lambda t: ["run", "--frames", "-1"],
