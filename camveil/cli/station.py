@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bundle = sub.add_parser(
         "broker-bundle",
         help="write the broker host's files (mosquitto conf.d drop-in, certificates, key, CRL, "
-        "ACL, install.sh) into a new folder, copied out of the station folder",
+        "ACL, the CRL path's systemd units, install.sh) into a new folder, copied out of the "
+        "station folder",
     )
     bundle.add_argument("dir", type=Path, help="station directory")
     bundle.add_argument("out", type=Path, help="new (or empty) folder for the bundle")
@@ -103,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     revoke = sub.add_parser(
         "revoke",
-        help="revoke a unit: its certificate joins the broker's CRL, it leaves the trusted devices",
+        help="revoke a unit: its certificates join the station's CRL (the broker gets it with "
+        "`camveil station crl --out`), it leaves the trusted devices",
     )
     revoke.add_argument("dir", type=Path, help="station directory")
     revoke.add_argument("device", help="device id of the unit (see `camveil station list`)")
@@ -111,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     renew = sub.add_parser(
         "renew",
         help="renew units' TLS client certificates over MQTT: each unit makes a new key, the "
-        "station certifies it, the unit switches once the broker accepts it",
+        "station certifies it, the unit switches once the broker accepts it; the old "
+        "certificates join the CRL (`camveil station crl --out` for the broker)",
     )
     renew.add_argument("dir", type=Path, help="station directory")
     renew.add_argument("devices", nargs="*", metavar="UNIT", help="device ids to renew")
