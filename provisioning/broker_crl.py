@@ -106,7 +106,6 @@ SERVICE_UNIT: Final = """\
 # open connections of the certificates it lists alone); started by camveil-crl.path
 [Unit]
 Description=camveil: put a new CRL in force and restart mosquitto
-After=mosquitto.service
 
 [Service]
 Type=oneshot
