@@ -27,9 +27,34 @@ REPORT_INTERVAL: Final = 600.0
 
 _HINTS: Final = (
     (
+        ("certificate revoked",),
+        "the broker has this unit's certificate on its CRL: it was revoked (`camveil station "
+        "revoke`) or replaced by a renewal; factory-reset and provision it again if it belongs "
+        "in the fleet",
+        "refused",
+    ),
+    (
+        ("certificate expired",),
+        "this unit's certificate (or the broker's clock) is past its end date: provision the "
+        "unit again over USB (`camveil station list` shows the date)",
+        "refused",
+    ),
+    (
+        ("unknown ca",),
+        "the broker does not know the CA of this unit's certificate: the unit was provisioned "
+        "by another station, or the broker has another station's files",
+        "refused",
+    ),
+    (
         ("certificate verify failed",),
         "the broker's certificate is not from this unit's CA or does not name the host it "
         "dials: start the broker from the station's broker files, or provision again",
+        "refused",
+    ),
+    (
+        ("right after the TLS handshake",),
+        "under TLS 1.3 the broker checks this unit's certificate after the handshake: it may "
+        "be revoked, expired or not from the broker's CA; see the broker's log",
         "refused",
     ),
     (

@@ -164,13 +164,20 @@ def new_command_id() -> str:
 
 
 class AckWaiter:
-    """One MQTT connection with the operator's certificate: subscribes to the device's ack
-    topic, publishes one command, and returns the matching opened ack (or None on timeout)."""
+    """One MQTT connection with the operator's certificate: subscribes to the ack topics of
+    ``devices``, publishes commands to them, and returns each one's matching opened ack.
 
-    def __init__(self, keys: OperatorKeys, host: str, port: int, device: PublicIdentity) -> None:
+    :meth:`send` may be called from several threads at once (one command per thread, each
+    waiting for its own ack): the broker takes the client id from the certificate, so a second
+    connection with the same operator certificate would disconnect the first, and commands to
+    many units share this one."""
+
+    def __init__(self, keys: OperatorKeys, host: str, port: int, *devices: PublicIdentity) -> None:
+        if not devices:
+            raise ValueError("AckWaiter needs at least one device")
         self._keys = keys
         self._reader = ack_reader(keys.operator)
-        self._device = device
+        self._devices = PeerKeys(devices)
         self._host = host
         self._port = port
         self._guard = ReplayGuard()
@@ -200,7 +207,7 @@ class AckWaiter:
             self._refused = f"the broker refused the connection: {reason_code.getName()}"
             self._subscribed.set()
             return
-        client.subscribe(ack_topic(self._device.kid), qos=1)
+        client.subscribe([(ack_topic(kid), 1) for kid in sorted(self._devices)])
 
     def _on_subscribe(
         self,
@@ -220,7 +227,7 @@ class AckWaiter:
             opened = open_envelope(
                 bytes(message.payload),
                 topic=message.topic,
-                trusted_senders=PeerKeys([self._device]),
+                trusted_senders=self._devices,
                 recipient=self._reader,
                 replay_guard=self._guard,
             )
@@ -252,7 +259,12 @@ class AckWaiter:
         if self._refused is not None:
             raise CamveilError(self._refused)
         info = self._client.publish(envelope.topic, envelope.data, qos=1)
-        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        try:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        except (RuntimeError, ValueError) as exc:  # paho: not connected, queue full
+            raise CamveilError(
+                f"command {command_id} not sent to {self._host}:{self._port}: {exc}"
+            ) from None
         with self._lock:
             while True:
                 for ack in self._acks:

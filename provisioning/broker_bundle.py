@@ -6,9 +6,20 @@ bundle is a folder to copy to the broker host::
     OUT/conf.d/camveil.conf     a mosquitto conf.d drop-in (Debian: /etc/mosquitto/conf.d/);
                                 its paths point into TARGET (default /etc/mosquitto/camveil)
     OUT/files/                  ca.crt, server.crt, server.key (0600), crl.pem, acl
+    OUT/apply-crl.sh            puts a new CRL in force (provisioning.broker_crl): installed
+                                into TARGET, run by camveil-crl.service
+    OUT/systemd/                camveil-crl.path (watches TARGET/incoming/crl.pem) and
+                                camveil-crl.service (oneshot: apply-crl.sh, which checks the CRL
+                                and restarts mosquitto), for /etc/systemd/system
     OUT/install.sh              run as root on the broker host: copies files/ into TARGET (the key
                                 owned by the mosquitto user, which mosquitto switches to before
-                                it reads it), the drop-in into conf.d, then restarts mosquitto
+                                it reads it), apply-crl.sh beside them, the drop-in into conf.d,
+                                the two units into systemd (camveil-crl.path enabled), then
+                                restarts mosquitto
+
+After ``camveil station revoke`` or ``renew`` only the CRL changes: ``camveil station crl DIR
+--out FILE`` and FILE copied to TARGET/incoming/crl.pem on the broker host is enough (no new
+bundle).
 
 The drop-in leaves ``user``, ``persistence``, ``persistence_location`` and ``log_dest`` to the
 host's main mosquitto.conf (Debian's sets them; mosquitto 2.0.11 refuses a second ``user`` or
@@ -22,7 +33,7 @@ from string import Template
 from typing import Final
 
 from contract.errors import ProvisioningError
-from provisioning import broker, pki
+from provisioning import broker, broker_crl, pki
 from provisioning.station import StationConfig, open_station
 
 DEFAULT_TARGET: Final = Path("/etc/mosquitto/camveil")
@@ -38,9 +49,11 @@ INSTALL_SCRIPT: Final = """\
 # Install camveil's mosquitto files on this broker host; run as root from anywhere.
 #   sh install.sh              copy everything, then restart mosquitto
 #   RELOAD="systemctl reload mosquitto" sh install.sh
-#                              after `camveil station revoke`: a SIGHUP re-reads the CRL and ACL
+#                              after `camveil station add-backend`: a SIGHUP re-reads the ACL
+#                              (a new CRL alone needs no new bundle: see apply-crl.sh)
 # MOSQUITTO_USER (default mosquitto) must own the key: mosquitto drops root before reading it.
-# CONF_D (default /etc/mosquitto/conf.d) is where the drop-in goes.
+# CONF_D (default /etc/mosquitto/conf.d) is where the drop-in goes, SYSTEMD_DIR (default
+# /etc/systemd/system) the units of the CRL path; SYSTEMCTL (default systemctl) enables them.
 set -eu
 here=$$(cd "$$(dirname "$$0")" && pwd)
 target='${TARGET}'
@@ -48,13 +61,20 @@ user=$${MOSQUITTO_USER:-mosquitto}
 group=$$(id -gn "$$user")
 conf_d=$${CONF_D:-/etc/mosquitto/conf.d}
 reload=$${RELOAD:-systemctl restart mosquitto}
-install -d -m 0755 "$$target"
+systemd_dir=$${SYSTEMD_DIR:-/etc/systemd/system}
+systemctl=$${SYSTEMCTL:-systemctl}
+install -d -m 0755 "$$target" "$$target/incoming"
 for f in ca.crt server.crt crl.pem acl; do
     install -m 0644 "$$here/files/$$f" "$$target/$$f"
 done
 install -m 0600 -o "$$user" -g "$$group" "$$here/files/server.key" "$$target/server.key"
+install -m 0755 "$$here/${APPLY}" "$$target/${APPLY}"
 install -m 0644 "$$here/conf.d/${DROPIN}" "$$conf_d/${DROPIN}"
-echo "camveil broker files in $$target, drop-in $$conf_d/${DROPIN}; running: $$reload"
+install -m 0644 "$$here/systemd/${PATH_UNIT}" "$$here/systemd/${SERVICE_UNIT}" "$$systemd_dir/"
+$$systemctl daemon-reload
+$$systemctl enable --now ${PATH_UNIT}
+echo "camveil broker files in $$target, drop-in $$conf_d/${DROPIN}; new CRLs go to" \
+    "$$target/incoming/crl.pem (${PATH_UNIT}); running: $$reload"
 $$reload
 """
 
@@ -107,9 +127,16 @@ def write_broker_bundle(root: Path, out: Path, target: Path = DEFAULT_TARGET) ->
         dropin = render_dropin(settings, target)
     except ValueError as exc:
         raise ProvisioningError(f"--target-dir {target}: {exc}") from None
-    script = Template(INSTALL_SCRIPT).substitute(TARGET=target, DROPIN=DROPIN_NAME)
+    script = Template(INSTALL_SCRIPT).substitute(
+        TARGET=target,
+        DROPIN=DROPIN_NAME,
+        APPLY=broker_crl.APPLY_SCRIPT_NAME,
+        PATH_UNIT=broker_crl.PATH_UNIT_NAME,
+        SERVICE_UNIT=broker_crl.SERVICE_UNIT_NAME,
+    )
     (out / "files").mkdir(mode=0o700, parents=True)
     (out / "conf.d").mkdir(mode=0o755)
+    (out / "systemd").mkdir(mode=0o755)
     out.chmod(0o700)  # holds the broker's private key
     for name, mode in FILES.items():
         data = (paths.broker_dir / name).read_bytes()
@@ -117,4 +144,6 @@ def write_broker_bundle(root: Path, out: Path, target: Path = DEFAULT_TARGET) ->
     dropin_path = out / "conf.d" / DROPIN_NAME
     pki.write_atomic(dropin_path, dropin.encode(), 0o644)
     pki.write_atomic(out / "install.sh", script.encode(), 0o755)
+    for name, text in broker_crl.render_files(target).items():
+        pki.write_atomic(out / name, text.encode(), 0o755 if name.endswith(".sh") else 0o644)
     return dropin_path

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from nacl.public import PublicKey
 from nacl.signing import VerifyKey
@@ -42,6 +43,10 @@ from provisioning.station import (
 logger = logging.getLogger(__name__)
 
 DAY_S = 86400.0
+#: units renewed at the same time by `camveil station renew` (each mostly waits for its unit to
+#: reconnect with the new certificate), and the most it accepts
+DEFAULT_JOBS: Final = 8
+MAX_JOBS: Final = 64
 
 
 @dataclass(frozen=True)

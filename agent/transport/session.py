@@ -56,7 +56,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.transport.client import Client, describe
+from agent.transport.client import Client, describe, describe_refusal
 from agent.transport.dispatch import Dispatcher
 from agent.transport.interface import (
     AckCallback,
@@ -404,8 +404,7 @@ class Transport:
             self._emit(ConnectionEvent(ConnectionState.DISCONNECTED, reason, delay))
         else:  # TLS/CONNACK refusal: the socket opened, then closed before a session existed
             self._refusals += 1
-            last = cast(Client, client).last_error
-            reason = describe(last) if last is not None else reason_code.getName()
+            reason = describe_refusal(cast(Client, client).last_error)
             cast(Client, client).last_error = None
             logger.warning(
                 "mqtt: connect to %s:%s failed (%s); retry in %.1fs",

@@ -2,6 +2,7 @@
 broker configuration, inventory); `camveil station add-backend DIR NAME`: one more backend
 certificate (one per backend process connected at the same time); `camveil station list DIR`:
 the units in its inventory; `camveil station revoke DIR UNIT`: take a unit out of the fleet;
+`camveil station crl DIR [--out FILE]`: what the CRL lists, and a copy of it for the broker host;
 `camveil station renew DIR UNIT... | --expiring-within DAYS`: renew units' TLS certificates over
 MQTT (docs/PROTOCOL.md, "Certificate renewal")."""
 
@@ -15,6 +16,7 @@ from contract.errors import ProvisioningError
 from contract.statedir import CAMERA_KINDS
 from provisioning.broker_bundle import DEFAULT_TARGET, write_broker_bundle
 from provisioning.inventory import Inventory
+from provisioning.renewal import DEFAULT_JOBS, MAX_JOBS
 from provisioning.station import (
     DEFAULT_BROKER_URL,
     CameraChoice,
@@ -74,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bundle = sub.add_parser(
         "broker-bundle",
         help="write the broker host's files (mosquitto conf.d drop-in, certificates, key, CRL, "
-        "ACL, install.sh) into a new folder, copied out of the station folder",
+        "ACL, the CRL path's systemd units, install.sh) into a new folder, copied out of the "
+        "station folder",
     )
     bundle.add_argument("dir", type=Path, help="station directory")
     bundle.add_argument("out", type=Path, help="new (or empty) folder for the bundle")
@@ -84,9 +87,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TARGET,
         help=f"where install.sh puts the files on the broker host (default {DEFAULT_TARGET})",
     )
+    crl = sub.add_parser(
+        "crl",
+        help="list what the station's CRL refuses (one line per certificate: serial, device, "
+        "revoked or superseded, since, reason) and with --out copy it for the broker host, "
+        "after `revoke` or `renew`: no new broker bundle needed",
+    )
+    crl.add_argument("dir", type=Path, help="station directory")
+    crl.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the CRL here; on the broker host put it in "
+        f"{DEFAULT_TARGET}/incoming/crl.pem, where the bundle's camveil-crl.path checks it and "
+        "restarts mosquitto (a reload would leave a revoked unit's open connection alone)",
+    )
     revoke = sub.add_parser(
         "revoke",
-        help="revoke a unit: its certificate joins the broker's CRL, it leaves the trusted devices",
+        help="revoke a unit: its certificates join the station's CRL (the broker gets it with "
+        "`camveil station crl --out`), it leaves the trusted devices",
     )
     revoke.add_argument("dir", type=Path, help="station directory")
     revoke.add_argument("device", help="device id of the unit (see `camveil station list`)")
@@ -94,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     renew = sub.add_parser(
         "renew",
         help="renew units' TLS client certificates over MQTT: each unit makes a new key, the "
-        "station certifies it, the unit switches once the broker accepts it",
+        "station certifies it, the unit switches once the broker accepts it; the old "
+        "certificates join the CRL (`camveil station crl --out` for the broker)",
     )
     renew.add_argument("dir", type=Path, help="station directory")
     renew.add_argument("devices", nargs="*", metavar="UNIT", help="device ids to renew")
@@ -107,6 +127,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     renew.add_argument("--broker", help="mqtts://host:port (default: the station's broker URL)")
     renew.add_argument(
         "--timeout", type=float, default=20.0, help="seconds to wait for each unit's answer"
+    )
+    renew.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"renew up to N units at the same time over one connection (default {DEFAULT_JOBS}, "
+        f"at most {MAX_JOBS}; 1: one after the other). The lines come in device order whatever "
+        "order the units finish in",
     )
 
 
@@ -169,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "renew":
         return renew(args)
+    if args.action == "crl":
+        return crl(args)
     if args.action == "revoke":
         result = revoke_unit(args.dir, args.device, args.reason)
         paths = StationPaths(args.dir)
@@ -179,12 +210,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  broker config:    {paths.broker_dir / 'mosquitto.conf'} now has crlfile")
             print("next: restart mosquitto (it reads a new crlfile line only at start)")
         else:
-            print(
-                "next: `camveil station broker-bundle` to a new folder, copy it to the broker "
-                'host and run `sudo RELOAD="systemctl reload mosquitto" sh install.sh` (SIGHUP: '
-                "new connections of the unit are refused); restart mosquitto to end one already "
-                "open"
-            )
+            print(f"next: {CRL_NEXT.format(dir=args.dir)}")
         return 0
     with Inventory(open_station(args.dir).inventory) as inventory:
         for unit in inventory.units():
@@ -197,10 +223,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+CRL_NEXT = (
+    "camveil station crl {dir} --out crl.pem, copy crl.pem to the broker host's "
+    f"{DEFAULT_TARGET}/incoming/crl.pem (its camveil-crl.path restarts mosquitto with it: "
+    "the certificates are refused and their open connections end)"
+)
+
+
+def crl(args: argparse.Namespace) -> int:
+    """``camveil station crl``: one line per certificate the CRL lists; ``--out``: a copy."""
+    from provisioning.broker_crl import export_crl, station_crl
+
+    listing = station_crl(args.dir) if args.out is None else export_crl(args.dir, args.out)
+    for entry in listing.entries:
+        print(entry.line())
+    print(f"CRL number {listing.number}: {len(listing.entries)} certificate(s) refused")
+    if args.out is not None:
+        print(f"written to {args.out}")
+        print(
+            f"next: copy it to the broker host's {DEFAULT_TARGET}/incoming/crl.pem (e.g. `sudo "
+            f"install -m 0644 crl.pem {DEFAULT_TARGET}/incoming/`); camveil-crl.path checks it "
+            "and restarts mosquitto"
+        )
+    return 0
+
+
 def renew(args: argparse.Namespace) -> int:
-    """Renew each unit in turn; one line per unit; exit 0 when all were renewed, 1 otherwise."""
+    """Renew the units, ``--jobs`` at a time; one line per unit in device order; exit 0 when all
+    were renewed, 1 otherwise."""
     from agent.unitstate import parse_broker_url
-    from dashboard.cert_renewal import renew_unit
+    from dashboard.cert_renewal import renew_units
     from dashboard.command_client import load_station
     from provisioning.renewal import renewal_targets
 
@@ -210,6 +262,8 @@ def renew(args: argparse.Namespace) -> int:
         raise ProvisioningError("--expiring-within must be 0 or more days")
     if not args.timeout > 0:
         raise ProvisioningError("--timeout must be more than 0 seconds")
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise ProvisioningError(f"--jobs must be 1 to {MAX_JOBS}, not {args.jobs}")
     targets = renewal_targets(
         args.dir, tuple(args.devices), expiring_within_days=args.expiring_within
     )
@@ -223,10 +277,11 @@ def renew(args: argparse.Namespace) -> int:
     broker = parse_broker_url(url)
     failed = 0
     superseded = 0
-    for target in targets:
-        outcome = renew_unit(
-            keys, args.dir, target, host=broker.host, port=broker.port, timeout=args.timeout
-        )
+    outcomes = renew_units(
+        keys, args.dir, targets, host=broker.host, port=broker.port, timeout=args.timeout,
+        jobs=args.jobs,
+    )  # fmt: skip
+    for target, outcome in zip(targets, outcomes, strict=True):
         if outcome.ok:
             until = dt.datetime.fromtimestamp(outcome.not_after or 0, dt.timezone.utc)
             superseded += len(outcome.superseded)
@@ -240,8 +295,7 @@ def renew(args: argparse.Namespace) -> int:
     if superseded:
         paths = StationPaths(args.dir)
         print(
-            f"{superseded} superseded certificate(s) are in {paths.crl}: copy it to the broker "
-            "(`camveil station broker-bundle`, install.sh with RELOAD) so that an old key is "
-            "refused too"
+            f"{superseded} superseded certificate(s) are in {paths.crl}; so that an old key is "
+            f"refused too: {CRL_NEXT.format(dir=args.dir)}"
         )
     return 0 if failed == 0 else 1

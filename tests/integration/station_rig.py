@@ -7,6 +7,7 @@ import os
 import pwd
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -121,3 +122,44 @@ def wait_for_log(process: BrokerProcess, text: str, after: int = 0, timeout: flo
     while process.log().count(text) <= after:
         assert time.monotonic() < deadline, f"{text!r} not in the log:\n{process.log_tail()}"
         time.sleep(0.02)
+
+
+def install_bundle(bundle: Path, host: Path, reload: str) -> subprocess.CompletedProcess[str]:
+    """The bundle's install.sh, with the broker host's paths under ``host`` (conf.d, systemd)
+    and this user owning the key; systemctl is not run (no systemd here)."""
+    (host / "conf.d").mkdir(parents=True, exist_ok=True)
+    (host / "systemd").mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "MOSQUITTO_USER": pwd.getpwuid(os.geteuid()).pw_name,
+        "CONF_D": str(host / "conf.d"),
+        "SYSTEMD_DIR": str(host / "systemd"),
+        "SYSTEMCTL": "true",
+        "RELOAD": reload,
+    }
+    done = subprocess.run(
+        ["sh", str(bundle / "install.sh")], env=env, capture_output=True, text=True,
+        timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def host_broker(paths: StationPaths, host: Path, port: int, log: Path) -> BrokerProcess:
+    """mosquitto as on a Debian broker host after install.sh: the host's main config (user,
+    persistence, logging) including ``host/conf.d``, where the bundle's drop-in is."""
+    main_conf = host / "mosquitto.conf"
+    main_conf.write_text(
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}\npersistence true\n"
+        f"persistence_location {host}/data/\nlog_dest stderr\ninclude_dir {host / 'conf.d'}\n"
+    )
+    (host / "data").mkdir(exist_ok=True)
+    backend = backend_files(paths)
+    assert backend.cert is not None and backend.key is not None
+    return BrokerProcess(
+        main_conf,
+        port=port,
+        probe=ProbeClient(backend.ca, backend.cert, backend.key),
+        log_path=log,
+        cwd=host,
+    )

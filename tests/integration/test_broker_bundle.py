@@ -6,17 +6,15 @@ config points into the station folder."""
 
 from __future__ import annotations
 
-import os
-import pwd
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 from broker import ClientFiles, mosquitto_binary
 from station_rig import (
     CONNACK_OK,
-    backend_files,
+    host_broker,
+    install_bundle,
     mqtt_connect,
     provision_unit,
     settings,
@@ -24,23 +22,8 @@ from station_rig import (
 )
 
 from agent.unitstate import UnitState
-from provisioning.devbroker import BrokerProcess, ProbeClient, free_port
+from provisioning.devbroker import free_port
 from provisioning.station import init_station
-
-
-def install(bundle: Path, root: Path, reload: str) -> None:
-    """The bundle's install.sh, with the broker host's paths under ``root``."""
-    env = {
-        **os.environ,
-        "MOSQUITTO_USER": pwd.getpwuid(os.geteuid()).pw_name,
-        "CONF_D": str(root / "conf.d"),
-        "RELOAD": reload,
-    }
-    done = subprocess.run(
-        ["sh", str(bundle / "install.sh")], env=env, capture_output=True, text=True,
-        timeout=30, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
 
 
 def test_mosquitto_runs_from_the_broker_bundle(
@@ -78,25 +61,11 @@ def test_mosquitto_runs_from_the_broker_bundle(
     for option in ("user", "persistence", "persistence_location", "log_dest"):
         assert not any(line.split(" ")[0] == option for line in dropin.splitlines()), option
 
-    install(bundle, host, reload="true")
+    install_bundle(bundle, host, reload="true")
     assert stat.S_IMODE((target / "server.key").stat().st_mode) == 0o600
     assert (target / "server.key").read_bytes() == (station / "broker" / "server.key").read_bytes()
     # the host's main config, as Debian's: user, persistence and logging, then conf.d
-    main_conf = host / "mosquitto.conf"
-    main_conf.write_text(
-        f"user {pwd.getpwuid(os.geteuid()).pw_name}\npersistence true\n"
-        f"persistence_location {host}/data/\nlog_dest stderr\ninclude_dir {host / 'conf.d'}\n"
-    )
-    (host / "data").mkdir()
-    backend = backend_files(paths)
-    assert backend.cert is not None and backend.key is not None
-    process = BrokerProcess(
-        main_conf,
-        port=port,
-        probe=ProbeClient(backend.ca, backend.cert, backend.key),
-        log_path=tmp_path / "mosquitto.log",
-        cwd=host,
-    )
+    process = host_broker(paths, host, port, tmp_path / "mosquitto.log")
     with process:
         for name in ("cam-broker.test", "localhost"):  # the unit's name is in the certificate
             assert mqtt_connect(unit, port, name) == CONNACK_OK, process.log_tail()
@@ -107,7 +76,7 @@ def test_mosquitto_runs_from_the_broker_bundle(
         argv = ["station", "broker-bundle", str(station), str(bundle2), "--target-dir", str(target)]
         assert cli.main(argv) == 0
         assert process.pid is not None
-        install(bundle2, host, reload=f"kill -HUP {process.pid}")
+        install_bundle(bundle2, host, reload=f"kill -HUP {process.pid}")
         wait_for_log(process, "Reloading config")
         refusals = process.log().count("certificate verify failed")
         with pytest.raises(OSError):  # the "certificate revoked" alert, or the close after it

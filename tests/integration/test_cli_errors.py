@@ -62,6 +62,12 @@ def _a_file(tmp_path: Path) -> str:
     return str(path)
 
 
+def _station_without_crl(tmp_path: Path) -> list[str]:
+    root = init_station(tmp_path / "old-station").root
+    (root / "broker" / "crl.pem").unlink()  # as a station from before revocation support
+    return ["station", "crl", str(root), "--out", str(tmp_path / "crl.pem")]
+
+
 def _photo(tmp_path: Path) -> str:
     from PIL import Image
 
@@ -80,6 +86,15 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
         lambda t: ["station", "list", _a_file(t)],
         ("notes.txt is a file, not a station directory",),
     ),
+    "station crl --out FOLDER": (
+        lambda t: ["station", "crl", str(init_station(t / "st").root), "--out", str(t)],
+        ("is a folder", "give a file name"),
+    ),
+    "station renew --jobs 0": (
+        lambda t: ["station", "renew", str(t), "cv-0123456789abcdef", "--jobs", "0"],
+        ("--jobs must be 1 to 64, not 0",),
+    ),
+    "station crl: no CRL yet": (_station_without_crl, ("crl.pem does not exist", "revoke")),
     "run --frames -1": (
         lambda t: ["run", "--frames", "-1"],
         ("--frames", "-1 is negative", "camveil run --help"),

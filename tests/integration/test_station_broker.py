@@ -129,7 +129,8 @@ def test_revoked_unit_is_refused_by_mosquitto(
         try:
             assert cli.main(["station", "revoke", str(paths.root), device, "--reason", "lost"]) == 0
             out = capsys.readouterr().out
-            assert f"revoked {device}" in out and "systemctl reload mosquitto" in out
+            assert f"revoked {device}" in out and "camveil station crl" in out
+            assert "restarts mosquitto" in out
 
             # the station's records: CRL signed by the CA with the serial, trust files without it
             crl = pki.load_crl_pem(paths.crl.read_bytes())

@@ -330,6 +330,18 @@ def test_link_report_says_it_once_then_rate_limited(caplog: pytest.LogCaptureFix
     [
         ("TLS: certificate verify failed: unable to get local issuer", "not from this unit's CA"),
         ("TLS: tlsv1 alert certificate revoked", "revoked"),
+        ("the broker closed the connection right after the TLS handshake", "see the broker's log"),
+        (
+            "the broker closed the connection right after the TLS handshake: sslv3 alert "
+            "certificate revoked",
+            "on its CRL",
+        ),
+        ("TLS: sslv3 alert certificate expired", "past its end date"),
+        (
+            "the broker closed the connection right after the TLS handshake: tlsv1 alert unknown "
+            "ca",
+            "does not know the CA",
+        ),
         ("gaierror: [Errno -2] Name or service not known", "does not resolve"),
         ("ConnectionRefusedError: CONNACK 0x87 Not authorized", "refused the session"),
         ("something else", ""),
