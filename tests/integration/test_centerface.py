@@ -353,6 +353,21 @@ def test_small_faces_get_the_lower_threshold() -> None:
     assert 1 < len(split) < len(every)
 
 
+def test_small_threshold_sets_only_the_small_faces_threshold() -> None:
+    from agent.vision.centerface import CenterFaceDetector as Loaded
+    from agent.vision.factory import DetectorConfig, build_detector
+
+    paired = build_detector(DetectorConfig(threshold=0.10, small_threshold=0.06))
+    assert isinstance(paired, Loaded)
+    assert (paired.config.score_threshold, paired.config.small_score_threshold) == (0.10, 0.06)
+    alone = build_detector(DetectorConfig(small_threshold=0.05))
+    assert isinstance(alone, Loaded)  # the tuned threshold for larger faces stays
+    assert (alone.config.score_threshold, alone.config.small_score_threshold) == (0.12, 0.05)
+    flat = build_detector(DetectorConfig(threshold=0.2))
+    assert isinstance(flat, Loaded)
+    assert (flat.config.score_threshold, flat.config.small_score_threshold) == (0.2, 0.2)
+
+
 @pytest.mark.parametrize("name", ["astronaut", "coffee"])
 def test_candidates_down_to_a_floor_hold_the_detections(
     detector: CenterFaceDetector, name: str
