@@ -273,6 +273,8 @@ def child_argv(case: BenchCase, settings: BenchSettings) -> list[str]:
     ]  # fmt: skip
     if det.threshold is not None:
         argv += ["--threshold", repr(det.threshold)]
+    if det.small_threshold is not None:
+        argv += ["--small-threshold", repr(det.small_threshold)]
     return argv
 
 

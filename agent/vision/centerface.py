@@ -17,12 +17,13 @@ input. Defaults were tuned with ``models/recipe/eval_centerface.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,9 +33,6 @@ from agent.vision.detection import Box, Detection
 from agent.vision.nms import nms
 from contract.errors import ModelError
 from hw.runtime import Runtime, TensorInfo, TFLiteRuntime
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -301,19 +299,45 @@ class CenterFaceDetector:
             out = (out.astype(np.float32) - oinfo.zero_point) * np.float32(oinfo.scale)
         return out[0], placement
 
-    def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
+    def candidates(self, rgb: npt.NDArray[np.uint8], floor: float | None = None) -> Candidates:
+        """Every box after NMS scoring at least ``floor`` (default: the lower threshold), in
+        image pixels, with its score and the threshold its size needs to be a detection.
+
+        NMS only lets a higher-scoring box suppress a lower one, so the boxes that reach their
+        threshold are the same whatever ``floor`` is: :meth:`detect` returns exactly those.
+        """
         cfg = self._config
+        if floor is not None and not 0.0 < floor < 1.0:
+            raise ValueError(f"floor must be in (0, 1), got {floor}")
+        if floor is not None:
+            cfg = dataclasses.replace(cfg, small_score_threshold=floor, score_threshold=floor)
         head, placement = self.raw(rgb)
         boxes, scores = decode(head, cfg)
         if scores.size == 0:
-            return []
+            return Candidates(np.zeros((0, 4), np.float32), scores, scores.copy())
         keep = nms(boxes, scores, cfg.iou_threshold, cfg.max_detections)
         out = placement.to_image(grow(boxes[keep], cfg))
         sc = scores[keep]
+        solid = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+        out, sc = out[solid], sc[solid]
         side = np.maximum(out[:, 2] - out[:, 0], out[:, 3] - out[:, 1])
-        needed = np.where(side < cfg.small_face_px, cfg.small_score_threshold, cfg.score_threshold)
+        own = self._config
+        needed = np.where(side < own.small_face_px, own.small_score_threshold, own.score_threshold)
+        return Candidates(out, sc, needed.astype(np.float32))
+
+    def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
+        c = self.candidates(rgb)
         return [
-            Detection(Box(*(float(v) for v in out[i])), float(sc[i]))
-            for i in range(len(keep))
-            if out[i, 2] > out[i, 0] and out[i, 3] > out[i, 1] and sc[i] >= needed[i]
+            Detection(Box(*(float(v) for v in c.boxes[i])), float(c.scores[i]))
+            for i in np.flatnonzero(c.scores >= c.needed)
         ]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """CenterFace's boxes (N, 4) in image pixels, highest score first, their scores (N,) and
+    the score each one's size needs to count as a detection (N,)."""
+
+    boxes: npt.NDArray[np.float32]
+    scores: npt.NDArray[np.float32]
+    needed: npt.NDArray[np.float32]

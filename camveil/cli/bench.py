@@ -259,6 +259,8 @@ def _anchor(args: argparse.Namespace) -> dict[str, Any]:
     passed = ["--model", config.model]
     if config.threshold is not None:
         passed += ["--threshold", str(config.threshold)]
+    if config.small_threshold is not None:
+        passed += ["--small-threshold", str(config.small_threshold)]
     if config.scale != 1.0:
         passed += ["--scale", str(config.scale)]
     if config.extra_scale:

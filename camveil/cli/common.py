@@ -13,6 +13,12 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("detector")
     group.add_argument("--model", default="centerface_int8", choices=DETECTOR_MODELS)
     group.add_argument("--threshold", type=float, default=None, help="score threshold")
+    group.add_argument(
+        "--small-threshold",
+        type=float,
+        default=None,
+        help="centerface: score threshold for faces under 32 px (default: --threshold, or 0.07)",
+    )
     group.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     group.add_argument(
         "--scale", type=float, default=1.0, help="resize before centerface/yunet (default 1.0)"
@@ -54,6 +60,7 @@ def non_negative_int(text: str) -> int:
 _DETECTOR_OPTIONS = {
     f"[detector] {field}{sep}": f"--{field.replace('_', '-')}{sep and ' '}"
     for field in (
+        "small_threshold",
         "threshold",
         "threads",
         "scale",
@@ -74,6 +81,7 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
         return DetectorConfig(
             model=args.model,
             threshold=args.threshold,
+            small_threshold=args.small_threshold,
             threads=args.threads,
             scale=args.scale,
             extra_scale=args.extra_scale,

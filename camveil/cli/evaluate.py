@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     report["detector"] = {
         "model": args.model,
         "threshold": args.threshold,
+        "small_threshold": args.small_threshold,
         "partner": args.partner,
         "partner_threshold": args.partner_threshold,
         "extra_scale": args.extra_scale,

@@ -183,6 +183,7 @@ def test_child_command_line_carries_every_setting() -> None:
         source="synthetic",
         detector=DetectorConfig(
             threshold=0.3,
+            small_threshold=0.06,
             scale=2.0,
             extra_scale=0.5,
             partner="yunet_int8",

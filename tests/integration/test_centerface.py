@@ -351,3 +351,40 @@ def test_small_faces_get_the_lower_threshold() -> None:
     ]
     assert [d.box for d in split] == [d.box for d in expected]
     assert 1 < len(split) < len(every)
+
+
+def test_small_threshold_sets_only_the_small_faces_threshold() -> None:
+    from agent.vision.centerface import CenterFaceDetector as Loaded
+    from agent.vision.factory import DetectorConfig, build_detector
+
+    paired = build_detector(DetectorConfig(threshold=0.10, small_threshold=0.06))
+    assert isinstance(paired, Loaded)
+    assert (paired.config.score_threshold, paired.config.small_score_threshold) == (0.10, 0.06)
+    alone = build_detector(DetectorConfig(small_threshold=0.05))
+    assert isinstance(alone, Loaded)  # the tuned threshold for larger faces stays
+    assert (alone.config.score_threshold, alone.config.small_score_threshold) == (0.12, 0.05)
+    flat = build_detector(DetectorConfig(threshold=0.2))
+    assert isinstance(flat, Loaded)
+    assert (flat.config.score_threshold, flat.config.small_score_threshold) == (0.2, 0.2)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+def test_candidates_down_to_a_floor_hold_the_detections(
+    detector: CenterFaceDetector, name: str
+) -> None:
+    """The boxes reaching their threshold are the same whatever the floor (NMS only suppresses
+    lower scores), so detect() is exactly the candidates that reach what their size needs."""
+    img = photo(name)
+    found = detector.detect(img)
+    c = detector.candidates(img, floor=0.02)
+    assert list(c.scores) == sorted(c.scores, reverse=True)
+    assert c.scores.min() >= 0.02 and len(c.scores) > len(found)
+    sure = c.scores >= c.needed
+    assert [(d.box, d.score) for d in found] == [
+        (Box(*(float(v) for v in b)), float(s))
+        for b, s in zip(c.boxes[sure], c.scores[sure], strict=True)
+    ]
+    side = np.maximum(c.boxes[:, 2] - c.boxes[:, 0], c.boxes[:, 3] - c.boxes[:, 1])
+    assert np.array_equal(c.needed, np.where(side < 32, 0.07, 0.12).astype(np.float32))
+    with pytest.raises(ValueError, match="floor"):
+        detector.candidates(img, floor=1.5)

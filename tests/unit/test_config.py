@@ -67,6 +67,11 @@ def test_nested_tables_are_typed(tmp_path: Path) -> None:
             r"partner_threshold = 1.5 must be between 0 and 1",
         ),
         ('[detector]\npartner = "yunet_int8"\nedgetpu = true\n', r"no EdgeTPU build of yunet_int8"),
+        ("[detector]\nsmall_threshold = 0.0\n", r"small_threshold = 0.0 must be between 0 and 1"),
+        (
+            '[detector]\nmodel = "yunet_int8"\nsmall_threshold = 0.06\n',
+            r"small_threshold applies to centerface_int8 only",
+        ),
         ("[detector]\nextra_scale = 9.0\n", r"extra_scale = 9.0: use 0 \(off\) or 0.25 to 4"),
         (
             '[detector]\nmodel = "blazeface_full_int8"\nextra_scale = 2.0\n',
