@@ -27,14 +27,16 @@ from provisioning.unit_renewal import CertInfo
 
 
 def model_hashes(config: DetectorConfig) -> dict[str, str]:
-    """Model name -> sha256 from the manifest (the factory refuses a file that differs)."""
+    """Model name -> sha256 from the manifest (the factory refuses a file that differs), for the
+    detector and its ``partner`` if one runs beside it: both decide what gets redacted."""
     from models import MODELS_DIR, load_manifest
 
     try:
-        entry = load_manifest((config.models_dir or MODELS_DIR) / "manifest.json")[config.model]
-    except (CamveilError, KeyError):
+        manifest = load_manifest((config.models_dir or MODELS_DIR) / "manifest.json")
+    except CamveilError:
         return {}
-    return {config.model: entry.sha256}
+    names = [config.model] + ([config.partner] if config.partner else [])
+    return {name: manifest[name].sha256 for name in names if name in manifest}
 
 
 class HealthReporter:
