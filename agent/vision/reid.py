@@ -10,7 +10,14 @@ pipeline never waits for it. Finished embeddings are picked up on a later frame 
 (cosine >= ``threshold`` against any of that visitor's kept samples, and not in view at the same
 time as one of that visitor's tracks) continues that visitor; otherwise it starts a new one.
 Tracks that are never embedded (faces smaller than ``min_face_px``, or the embedder failing)
-are not visitors.
+are not visitors by themselves.
+
+With ``persons`` on (the default), a person detector (:mod:`agent.vision.persons`) also runs
+every ``person_every`` frames, after redaction, and its people are tracked
+(:mod:`agent.vision.persontrack`): a person track counts as the face visitor seen inside it, or,
+with none, as one anonymous visitor; so people seen only from behind are counted too. No
+embedding is made of a person. The person detector has no part in redaction: if it fails, only
+that frame's person sightings are lost (``reid_persons_failed``).
 
 A window lasts ``window_s`` of capture time (default 10 minutes, a whole number of presence
 windows, so both end on the same frame). Each window has its own 32-byte random key; a visitor's
