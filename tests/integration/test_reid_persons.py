@@ -22,10 +22,12 @@ about a minute of CPU, too long for the test suite; this test needs no ``../shar
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -36,9 +38,11 @@ from agent.stats import PipelineStats
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.reid import ReidConfig, open_reid
 from agent.vision.relink import open_tracking
+from camveil.__main__ import main
 from hw.frame import Frame
 from tests.photos import photo
 from tools.evaluate_visitors import count_visitors
+from tools.video_truth import sha256_of
 
 W, H = 640, 480
 GONE = 30
@@ -119,3 +123,31 @@ def test_eval_visitors_counts_a_replayed_clip(tmp_path: Path) -> None:
     assert (on["unique"], off["unique"]) == (1, 0)
     assert on["frames"] == off["frames"] == 21
     assert on["persons_p50_ms"] is not None and off["persons_p50_ms"] is None
+
+
+def test_eval_visitors_command_checks_the_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`camveil eval-visitors` on an mp4 of two visits and a visitors file: 0 with the count
+    right (the face links both visits: 1 person), 1 when the file says 3 people."""
+    video = tmp_path / "walk.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, (W, H))
+    assert writer.isOpened()
+    for x in visit() + [None] * GONE + visit():
+        writer.write(cv2.cvtColor(canvas(x), cv2.COLOR_RGB2BGR))
+    writer.release()
+    truth = {
+        "format": "camveil-video-visitors/1",
+        "video": {"file": video.name, "sha256": sha256_of(video)},
+        "people": 1,
+        "counted": "by construction",
+    }
+    annotation = tmp_path / "walk.visitors.json"
+    annotation.write_text(json.dumps(truth))
+    argv = ["eval-visitors", "--video", str(tmp_path), "--annotations", str(annotation)]
+    assert main([*argv, "--persons", "on", "--tolerance", "0.1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["people"] == 1 and [r["unique"] for r in report["runs"]] == [1]
+    annotation.write_text(json.dumps(truth | {"people": 3}))
+    assert main([*argv, "--persons", "on", "--tolerance", "0.1"]) == 1
+    assert "1 visitors (error -2)" in capsys.readouterr().out
