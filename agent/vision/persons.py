@@ -11,7 +11,7 @@ radius point. It finds people from behind as well as from the front (it is train
 bodies, not on faces).
 
 Decoding as MediaPipe's pose detection graph: sigmoid of the clipped logit, a score threshold
-(MediaPipe 0.5), weighted NMS at IoU 0.3 on the head boxes, then greedy NMS at IoU 0.5 on the
+(MediaPipe 0.5), weighted NMS at IoU 0.3 on the head boxes, then greedy NMS at IoU 0.3 on the
 person boxes, and a box lying 80% inside a higher-scoring one is dropped. The person's box is
 the body circle's square narrowed to half its width (a standing person is about half as wide as
 tall), clipped to the image; ``landmarks`` holds the head box's centre first, then the four
@@ -53,7 +53,7 @@ class PersonDetectorConfig:
     num_threads: int = 1
     width_share: float = 0.5
     """Width of the person box as a share of the body circle's diameter."""
-    body_iou: float = 0.5
+    body_iou: float = 0.3
     """Second NMS, on the person boxes: two head boxes of one person (a head seen from behind
     can give two) are one person when their bodies overlap by more than this."""
     body_cover: float = 0.8

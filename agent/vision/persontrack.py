@@ -21,6 +21,7 @@ Two tracks of one person who left and came back without showing a face cannot be
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -28,6 +29,9 @@ from typing import Final
 from agent.vision.detection import Box, Detection
 from agent.vision.track import Tracker, TrackerConfig
 
+HOLD_FRAMES: Final = 24
+"""A person track missed for more frames than this ends (2.4 s at 10 fps): shorter than the
+time between two people on the replay video, longer than its detector's gaps."""
 IOU_MATCH: Final = 0.05
 """Minimum IoU to continue a person track (the tracker matches the best overlaps first)."""
 
@@ -58,6 +62,17 @@ def _head(det: Detection) -> tuple[float, float]:
 
 class PersonTracks:
     """One window's person tracks (pipeline thread only)."""
+
+    @classmethod
+    def every(
+        cls, person_every: int, min_frames: int, hold_frames: int = HOLD_FRAMES
+    ) -> PersonTracks:
+        """Person tracks fed by a detector that runs every ``person_every`` frames: hold-over
+        and the detections needed to count, both given in frames, converted to runs."""
+        return cls(
+            hold_runs=max(1, math.ceil(hold_frames / person_every)),
+            min_hits=max(1, math.ceil(min_frames / person_every)),
+        )
 
     def __init__(self, hold_runs: int = 8, min_hits: int = 3) -> None:
         if min_hits < 1:

@@ -121,8 +121,11 @@ class ReidConfig:
     """Run the person detector on every this many frames (1: every frame)."""
     person_threshold: float = 0.5
     """Person detector score threshold (MediaPipe's)."""
-    person_min_hits: int = 3
-    """Detections a person track needs to count as a visitor (drops passing false alarms)."""
+    person_min_frames: int = 9
+    """A person track counts as a visitor once detected on ``ceil(person_min_frames /
+    person_every)`` runs (3 by default): it drops passing false alarms and a second box on a
+    person walking in. On the replay video, 9 frames counts 6 of 6 people for every
+    ``person_every`` from 1 to 8 (6 frames: 8 visitors at 6)."""
 
     def __post_init__(self) -> None:
         if self.enabled and len(self.purpose.strip()) < 8:
@@ -144,8 +147,10 @@ class ReidConfig:
             raise ConfigError("[reid] need 1 <= max_faces_per_frame <= 64, 1 <= queue_size <= 256")
         if not 1 <= self.threads <= 64:
             raise ConfigError("[reid] threads must be between 1 and 64")
-        if not 1 <= self.person_every <= 100 or not 1 <= self.person_min_hits <= 100:
-            raise ConfigError("[reid] person_every and person_min_hits must be between 1 and 100")
+        if not 1 <= self.person_every <= 100 or not 1 <= self.person_min_frames <= 1000:
+            raise ConfigError(
+                "[reid] person_every must be between 1 and 100, person_min_frames 1 and 1000"
+            )
         if not 0.0 < self.person_threshold < 1.0:
             raise ConfigError("[reid] person_threshold must be between 0 and 1")
         try:
@@ -199,7 +204,7 @@ class VisitorRegistry:
         self._rows = 0
         self.last_ts = start
         self.closed = False
-        self.persons = PersonTracks(min_hits=config.person_min_hits)
+        self.persons = PersonTracks.every(config.person_every, config.person_min_frames)
         """Person tracks (``[reid] persons``; empty when the person detector is off)."""
 
     # --- sightings -------------------------------------------------------------------------

@@ -290,3 +290,21 @@ def test_a_box_inside_a_stronger_person_is_the_same_person() -> None:
     regs[small, 4:8] = (0.0, 10.0, 0.0, -10.0)  # a small body inside the big one
     det = PersonDetector(Path("scripted.tflite")).load(Scripted(regs, logits))  # type: ignore[arg-type]
     assert len(det.detect(np.zeros((224, 224, 3), np.uint8))) == 1
+
+
+def test_hold_over_and_hits_are_given_in_frames() -> None:
+    assert (PersonTracks.every(3, 9).min_hits, PersonTracks.every(1, 9).min_hits) == (3, 9)
+    assert PersonTracks.every(4, 9).min_hits == 3  # ceil(9 / 4)
+    assert PersonTracks.every(100, 9).min_hits == 1
+    tracks = PersonTracks.every(4, 1, hold_frames=8)  # two runs of hold-over
+    tracks.update(100.0, [body(50.0)], [])
+    tracks.update(100.4, [], [])
+    tracks.update(100.8, [], [])
+    tracks.update(101.2, [body(52.0)], [])  # within the hold-over: the same person
+    assert tracks.visitors(lambda _t: None) == ({}, [pytest.approx(1.2)])
+    tracks = PersonTracks.every(4, 1, hold_frames=4)  # one run
+    tracks.update(100.0, [body(50.0)], [])
+    tracks.update(100.4, [], [])
+    tracks.update(100.8, [], [])
+    tracks.update(101.2, [body(52.0)], [])  # too late: a second person
+    assert tracks.visitors(lambda _t: None) == ({}, [0.0, 0.0])
