@@ -12,7 +12,7 @@ VIDEO_ANNOTATIONS ?= $(wildcard tests/data/video/*.faces.json)
 SETTING ?= default
 DEMO_SOURCE ?= ../shared/data/video/intel-sample-videos/one-by-one-person-detection.mp4
 
-.PHONY: setup run demo test test-fast check bench bench-anchor eval eval-video eval-embed models bundle clean
+.PHONY: setup run demo test test-fast check bench bench-anchor eval eval-video eval-visitors eval-embed models bundle clean
 
 setup: $(STAMP)
 
@@ -65,6 +65,19 @@ eval-video: setup
 		done; \
 	else \
 		echo "eval-video: skipped: no videos at $(VIDEO_DIR) (set VIDEO_DIR=...)"; \
+	fi
+
+## unique visitors of re-identification ([reid] persons off and on) on the replay video, 6 people
+## counted by eye (tests/data/video/*.visitors.json), and on the annotated clips; fails when the
+## count with persons on is more than 10% off; skipped when the videos are not there (~3 min)
+eval-visitors: setup
+	@if test -d "$(VIDEO_DIR)"; then \
+		for ann in $(wildcard tests/data/video/*.visitors.json) $(VIDEO_ANNOTATIONS); do \
+			$(BIN)/camveil eval-visitors --video $(VIDEO_DIR) --annotations $$ann \
+				--tolerance 0.1 $(ARGS) || exit 1; \
+		done; \
+	else \
+		echo "eval-visitors: skipped: no videos at $(VIDEO_DIR) (set VIDEO_DIR=...)"; \
 	fi
 
 ## face verification with the embedding model on labelled pairs (LFW): int8, and float beside it

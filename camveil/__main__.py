@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "camveil.cli.evaluate_video",
         "measure face leaks per frame and per track on an annotated video",
     ),
+    "eval-visitors": (
+        "camveil.cli.evaluate_visitors",
+        "measure unique-visitor counts of re-identification on a clip counted by eye",
+    ),
     "eval-embed": (
         "camveil.cli.evaluate_embed",
         "measure face verification (embedding model) on labelled image pairs",

@@ -7,13 +7,15 @@ a sink that JPEG-encodes every redacted frame. The configurations (``--reid-mode
 
 - ``off``: neither face observer;
 - ``reid``: anonymous re-identification with the default ``[reid]`` settings (a new track is
-  embedded once, then every 15 frames);
+  embedded once, then every 15 frames; the person detector on every 3rd frame);
 - ``match``: enrolled matching with the default ``[enrolment]`` settings against a full
   jurisdiction-mode gallery (50 subjects x 5 random templates, so nobody in the frames matches
   and every track is tried again every 15 frames, as for passers-by);
 - ``both``: both, through the one shared embedder;
 - ``every-frame`` (only when named): re-identification embedding every face up to
-  ``max_faces_per_frame`` on every frame, the worst case.
+  ``max_faces_per_frame`` on every frame, the worst case;
+- ``reid-faces`` (only when named): ``reid`` without the person detector (``[reid] persons =
+  false``), to see what counting people costs.
 
 With an embedder on, the tracker's relinker listens to it, as in the daemon
 (:mod:`agent.vision.relink`).
@@ -50,7 +52,7 @@ from agent.vision.embedworker import EmbedWorker
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.gallery import EnrolmentConfig, Gallery
 from agent.vision.guard import GuardedDetector
-from agent.vision.reid import ReidConfig, Reidentifier
+from agent.vision.reid import ReidConfig, Reidentifier, open_reid
 from agent.vision.relink import open_tracking
 from agent.vision.verify import Verifier
 from contract.envelope.keys import Identity
@@ -59,7 +61,8 @@ from tools.bench_frames import frame_reader, resolve_source
 
 MODES: Final = ("off", "reid", "match", "both")
 """The default configurations."""
-ALL_MODES: Final = (*MODES, "every-frame")
+ALL_MODES: Final = (*MODES, "every-frame", "reid-faces")
+REID_MODES: Final = ("reid", "both", "every-frame", "reid-faces")
 PURPOSE: Final = "benchmark of the face observers' cost"
 GALLERY_SUBJECTS: Final = 50
 GALLERY_TEMPLATES: Final = 5
@@ -113,7 +116,9 @@ def _setup(
     reid_config = ReidConfig(enabled=True, purpose=PURPOSE)
     if mode == "every-frame":
         reid_config = replace(reid_config, refresh_frames=1)
-    reid = Reidentifier(reid_config, stats) if mode in ("reid", "both", "every-frame") else None
+    if mode == "reid-faces":
+        reid_config = replace(reid_config, persons=False)
+    reid = open_reid(reid_config, stats) if mode in REID_MODES else None
     verifier = None
     if mode in ("match", "both"):
         enrolment = EnrolmentConfig(enabled=True, purpose=PURPOSE, legal_basis=PURPOSE)

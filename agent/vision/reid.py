@@ -10,7 +10,14 @@ pipeline never waits for it. Finished embeddings are picked up on a later frame 
 (cosine >= ``threshold`` against any of that visitor's kept samples, and not in view at the same
 time as one of that visitor's tracks) continues that visitor; otherwise it starts a new one.
 Tracks that are never embedded (faces smaller than ``min_face_px``, or the embedder failing)
-are not visitors.
+are not visitors by themselves.
+
+With ``persons`` on (the default), a person detector (:mod:`agent.vision.persons`) also runs
+every ``person_every`` frames, after redaction, and its people are tracked
+(:mod:`agent.vision.persontrack`): a person track counts as the face visitor seen inside it, or,
+with none, as one anonymous visitor; so people seen only from behind are counted too. No
+embedding is made of a person. The person detector has no part in redaction: if it fails, only
+that frame's person sightings are lost (``reid_persons_failed``).
 
 A window lasts ``window_s`` of capture time (default 10 minutes, a whole number of presence
 windows, so both end on the same frame). Each window has its own 32-byte random key; a visitor's
@@ -36,6 +43,7 @@ import logging
 import math
 import queue
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -46,9 +54,10 @@ import numpy.typing as npt
 
 from agent.privacy.visitors import DEFAULT_DWELL_EDGES_S, VisitorWindow, check_edges
 from agent.stats import PipelineStats
-from agent.vision.detection import Detection
+from agent.vision.detection import Detection, Detector
 from agent.vision.embedding import DIMENSIONS, Embedding
 from agent.vision.embedworker import Selection, Wanted
+from agent.vision.persontrack import PersonTracks
 from contract.errors import ConfigError
 from hw.frame import Frame
 
@@ -100,6 +109,23 @@ class ReidConfig:
     """Interpreter threads of the embedder (shared with ``[enrolment]``: the larger count)."""
     dwell_buckets_s: tuple[int, ...] = DEFAULT_DWELL_EDGES_S
     """Edges (seconds) of the dwell-time histogram in presence events."""
+    persons: bool = True
+    """Also count people who show no face: a person detector (MediaPipe's BlazePose detector,
+    ``models/pose_detection.tflite``) runs every ``person_every`` frames, its people are
+    tracked, a person track counts as the face visitor seen inside it or, with none, as one
+    anonymous visitor (:mod:`agent.vision.persontrack`). No embedding is made of a person. On
+    by default with ``[reid]``: without it a camera that sees people from behind counts almost
+    nobody (the replay video: 1 visitor of 6 people); it costs one 224x224 inference (about
+    12 ms on one core) every ``person_every`` frames, after redaction."""
+    person_every: int = 3
+    """Run the person detector on every this many frames (1: every frame)."""
+    person_threshold: float = 0.5
+    """Person detector score threshold (MediaPipe's)."""
+    person_min_frames: int = 9
+    """A person track counts as a visitor once detected on ``ceil(person_min_frames /
+    person_every)`` runs (3 by default): it drops passing false alarms and a second box on a
+    person walking in. On the replay video, 9 frames counts 6 of 6 people for every
+    ``person_every`` from 1 to 8 (6 frames: 8 visitors at 6)."""
 
     def __post_init__(self) -> None:
         if self.enabled and len(self.purpose.strip()) < 8:
@@ -121,6 +147,12 @@ class ReidConfig:
             raise ConfigError("[reid] need 1 <= max_faces_per_frame <= 64, 1 <= queue_size <= 256")
         if not 1 <= self.threads <= 64:
             raise ConfigError("[reid] threads must be between 1 and 64")
+        if not 1 <= self.person_every <= 100 or not 1 <= self.person_min_frames <= 1000:
+            raise ConfigError(
+                "[reid] person_every must be between 1 and 100, person_min_frames 1 and 1000"
+            )
+        if not 0.0 < self.person_threshold < 1.0:
+            raise ConfigError("[reid] person_threshold must be between 0 and 1")
         try:
             check_edges(self.dwell_buckets_s)
         except ValueError as exc:
@@ -172,6 +204,8 @@ class VisitorRegistry:
         self._rows = 0
         self.last_ts = start
         self.closed = False
+        self.persons = PersonTracks.every(config.person_every, config.person_min_frames)
+        """Person tracks (``[reid] persons``; empty when the person detector is off)."""
 
     # --- sightings -------------------------------------------------------------------------
 
@@ -187,6 +221,13 @@ class VisitorRegistry:
         if track.visitor is None:
             return True
         return frame_no - track.last_embed_frame >= self.config.refresh_frames
+
+    def persons_seen(
+        self, ts: float, persons: Sequence[Detection], faces: Sequence[tuple[int, Detection]]
+    ) -> None:
+        """One run of the person detector at ``ts``, with the frame's fresh faces."""
+        self.last_ts = max(self.last_ts, ts)
+        self.persons.update(ts, persons, faces)
 
     def requested(self, track_id: int, frame_no: int) -> None:
         track = self._tracks.get(track_id)
@@ -275,12 +316,23 @@ class VisitorRegistry:
         return [v.id for v in self._visitors]
 
     def dwell_times(self) -> list[float]:
-        """Per visitor: last sighting minus first, over all its tracks, inside the window."""
+        """Per visitor: last sighting minus first, over all its face tracks and the person
+        tracks its faces were seen in, inside the window; then one per anonymous person
+        (:mod:`agent.vision.persontrack`)."""
+        linked, anonymous = self.persons.visitors(self._visitor_of)
         out = []
-        for v in self._visitors:
+        for index, v in enumerate(self._visitors):
             tracks = [self._tracks[t] for t in v.tracks]
-            out.append(max(t.last for t in tracks) - min(t.first for t in tracks))
-        return out
+            first = min(t.first for t in tracks)
+            last = max(t.last for t in tracks)
+            if index in linked:
+                first, last = min(first, linked[index][0]), max(last, linked[index][1])
+            out.append(last - first)
+        return out + anonymous
+
+    def _visitor_of(self, track_id: int) -> int | None:
+        track = self._tracks.get(track_id)
+        return track.visitor if track is not None else None
 
     def close(self, end: float) -> VisitorWindow:
         """The window's histogram; then every embedding and the key are zeroed and dropped."""
@@ -298,6 +350,7 @@ class VisitorRegistry:
         self._rows = 0
         self._tracks.clear()
         self._visitors.clear()
+        self.persons.clear()
         self.closed = True
 
 
@@ -314,9 +367,16 @@ class Reidentifier:
     name = "reid"
     lost = "re-identification"
 
-    def __init__(self, config: ReidConfig, stats: PipelineStats | None = None) -> None:
+    def __init__(
+        self,
+        config: ReidConfig,
+        stats: PipelineStats | None = None,
+        persons: Detector | None = None,
+    ) -> None:
         self.config = config
         self.stats = stats if stats is not None else PipelineStats()
+        self._persons = persons
+        """The person detector (``[reid] persons``), run on the pipeline thread."""
         self._results: queue.SimpleQueue[tuple[int, int, Embedding | None]] = queue.SimpleQueue()
         self.registry: VisitorRegistry | None = None
         self._epoch = 0
@@ -351,6 +411,16 @@ class Reidentifier:
             self.registry = None
         self._epoch += 1
         self._drain()
+        self._scrub_persons()
+
+    def _scrub_persons(self) -> None:
+        """Run the person detector on a black image, so that its interpreter's tensors no
+        longer hold the last frame."""
+        if self._persons is not None:
+            try:
+                self._persons.detect(np.zeros((8, 8, 3), np.uint8))
+            except Exception:  # the interpreter is unusable anyway; nothing more to do
+                logger.warning("person detector scrub failed", exc_info=True)
 
     # --- the pipeline thread ---------------------------------------------------------------
 
@@ -367,6 +437,8 @@ class Reidentifier:
             skipped = math.floor((ts - registry.start) / self.config.window_s)
             self._rotate(registry.start + self.config.window_s)
             registry = self._open(registry.start + skipped * self.config.window_s)
+        if self._persons is not None and (self._frame_no - 1) % self.config.person_every == 0:
+            self._find_persons(frame, registry, faces)
         wanted: list[Wanted] = []
         for track_id, det in faces:
             if not registry.seen(track_id, ts, self._frame_no):
@@ -380,6 +452,22 @@ class Reidentifier:
             wanted.append(Wanted(track_id, det, self._epoch))
         scrub, self._scrub = self._scrub, False
         return Selection(wanted, scrub)
+
+    def _find_persons(
+        self, frame: Frame, registry: VisitorRegistry, faces: Sequence[tuple[int, Detection]]
+    ) -> None:
+        """Person detection for counting only: a failure loses this frame's person sightings
+        (``reid_persons_failed``); redaction has already happened without it."""
+        assert self._persons is not None
+        t0 = time.perf_counter()
+        try:
+            persons = self._persons.detect(frame.pixels)
+        except Exception as exc:
+            self.stats.drop("reid_persons_failed")
+            logger.warning("person detection skipped frame %d: %s", frame.index, exc)
+        else:
+            registry.persons_seen(frame.ts, persons, faces)
+        self.stats.time("persons", time.perf_counter() - t0)
 
     def queued(self, track_id: int) -> None:
         if self.registry is not None:
@@ -411,6 +499,7 @@ class Reidentifier:
         self.registry = None
         self._epoch += 1
         self._scrub = True  # the worker overwrites the model's tensors on the next frame
+        self._scrub_persons()
 
     def _drain(self) -> None:
         registry = self.registry
@@ -437,16 +526,25 @@ class Reidentifier:
 
 def open_reid(config: ReidConfig, stats: PipelineStats | None = None) -> Reidentifier | None:
     """The configured :class:`Reidentifier` (None when ``[reid]`` is off); it embeds through
-    the shared worker (:func:`agent.vision.embedworker.open_embed_worker`)."""
+    the shared worker (:func:`agent.vision.embedworker.open_embed_worker`). With ``persons``
+    on it loads the person detector (hash checked: ModelError if it differs)."""
     if not config.enabled:
         return None
+    persons: Detector | None = None
+    if config.persons:
+        from agent.vision.persons import PersonDetectorConfig, build_person_detector
+
+        persons = build_person_detector(
+            PersonDetectorConfig(score_threshold=config.person_threshold)
+        )
     logger.info(
-        "anonymous re-identification on: window %.0f s, threshold %.2f, purpose: %s",
+        "anonymous re-identification on: window %.0f s, threshold %.2f, persons %s, purpose: %s",
         config.window_s,
         config.threshold,
+        f"every {config.person_every} frames" if persons is not None else "off",
         config.purpose,
     )
-    return Reidentifier(config, stats)
+    return Reidentifier(config, stats, persons)
 
 
 __all__ = [

@@ -50,9 +50,10 @@ durability on (one fsync per enqueued event), and event latency capture -> PUBAC
 mosquitto package; reported as unavailable without it).
 
 The reid suite (only when asked for) measures the pipeline with the face observers off and on:
---reid-modes off (neither), reid (re-identification), match (enrolled matching against a full
-50-subject gallery), both (through the one shared embedder), every-frame (re-identification
-embedding every face on every frame). The configurations take turns, --rounds rounds of
+--reid-modes off (neither), reid (re-identification, with its person detector), match (enrolled
+matching against a full 50-subject gallery), both (through the one shared embedder), every-frame
+(re-identification embedding every face on every frame), reid-faces (reid without the person
+detector). The configurations take turns, --rounds rounds of
 --seconds each in a rotated order; reported: fps and process CPU per frame, per round and their
 medians. Defaults for this suite: --sizes 1280x720 --threads 2 (tools/bench_reid.py).
 
@@ -93,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reid-modes",
         default=",".join(MODES),
-        help="reid suite: configurations, from off,reid,match,both,every-frame "
+        help="reid suite: configurations, from off,reid,match,both,every-frame,reid-faces "
         f"(default {','.join(MODES)})",
     )
     parser.add_argument(

