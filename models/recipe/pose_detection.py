@@ -22,8 +22,9 @@ Steps (the BlazeFace recipe's, see ``blazeface.py`` and ../shared MODELS.md):
    and the feature pyramid; the six detection-head convolutions
    (``classifier_person_{8,16,32}``, ``regressor_person_{8,16,32}``) keep float activations with
    dynamic int8 weights, RESHAPE and CONCATENATION stay float, and QUANTIZE ops in front of
-   the outputs are dropped. DEPTH_TO_SPACE, which the quantizer does not handle, runs on int8
-   data as a plain re-arrangement (scale and zero point copied from its input).
+   the outputs are dropped (with the heads int8 too, the scores collapse: median difference to
+   float 0.46 on the check frames). DEPTH_TO_SPACE, which the quantizer does not handle, runs
+   on int8 data as a plain re-arrangement (scale and zero point copied from its input).
 
 Calibration (never the clips that evaluate counting, i.e. the replay mp4 and GIFs): the test
 photos (scikit-image ``astronaut``, ``camera``, ``coffee``; ``face_recognition==1.3.0`` sdist
@@ -45,6 +46,12 @@ and, in the project venv (needs the decoder, ``agent.vision.persons``)::
 ``check`` compares int8 with float on the test photos and (with ``--video``) every 10th frame of
 the replay clips: raw logits and regressors where float sees a person, and the decoded people
 (score, box). Int8 outputs are not byte-reproducible: check a rebuild by its detections.
+
+Measured for the committed model (162 frames: 7 photos and every 10th frame of the 4 clips;
+float finds 127 people, int8 126): score difference median 0.007, max 0.17; box corners median
+12.5 px, max 136 px (median 3.5% of the box height: the body box hangs on two keypoints); 2
+float people just above the 0.5 threshold (0.55, 0.57) missed. 3.6 MB; one inference 5.4 ms
+against 10.7 ms for float on one x86 core (XNNPACK).
 """
 
 from __future__ import annotations
