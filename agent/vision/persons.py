@@ -1,4 +1,5 @@
-"""Person detector for visitor counting: MediaPipe's BlazePose detector (``pose_detection``).
+"""Person detector for visitor counting: MediaPipe's BlazePose detector, int8
+(``pose_detection_int8``; ``models/recipe/pose_detection.py`` quantizes MediaPipe's float model).
 
 Re-identification counts people who never show a face (seen from behind) with it; it is never
 used for redaction (:mod:`agent.vision.reid`). The model takes one RGB image letterboxed to
@@ -33,7 +34,7 @@ from agent.vision.nms import nms
 from contract.errors import ModelError
 from hw.runtime import Runtime, TFLiteRuntime
 
-MODEL: Final = "pose_detection"
+MODEL: Final = "pose_detection_int8"
 INPUT_SIZE: Final = 224
 STRIDES: Final = (8, 16, 32, 32, 32)
 NUM_ANCHORS: Final = 2254
@@ -94,7 +95,7 @@ class PersonDetector:
     """:class:`agent.vision.detection.Detector` of people (``kind="person"``).
 
     The constructor only stores; :meth:`load` opens the model (or takes a ready ``runtime``).
-    Pass the path from ``models.verified_path("pose_detection")`` so the hash is checked.
+    Pass the path from ``models.verified_path("pose_detection_int8")`` so the hash is checked.
     """
 
     def __init__(self, model_path: Path, config: PersonDetectorConfig | None = None) -> None:

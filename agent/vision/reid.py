@@ -111,12 +111,12 @@ class ReidConfig:
     """Edges (seconds) of the dwell-time histogram in presence events."""
     persons: bool = True
     """Also count people who show no face: a person detector (MediaPipe's BlazePose detector,
-    ``models/pose_detection.tflite``) runs every ``person_every`` frames, its people are
+    ``models/pose_detection_int8.tflite``) runs every ``person_every`` frames, its people are
     tracked, a person track counts as the face visitor seen inside it or, with none, as one
     anonymous visitor (:mod:`agent.vision.persontrack`). No embedding is made of a person. On
     by default with ``[reid]``: without it a camera that sees people from behind counts almost
-    nobody (the replay video: 1 visitor of 6 people); it costs one 224x224 inference (about
-    12 ms on one core) every ``person_every`` frames, after redaction."""
+    nobody (the replay video: 1 visitor of 6 people); it costs one int8 224x224 inference (about
+    8 ms on one core) every ``person_every`` frames, after redaction."""
     person_every: int = 3
     """Run the person detector on every this many frames (1: every frame)."""
     person_threshold: float = 0.5

