@@ -56,6 +56,12 @@ class DetectorConfig:
     ``threshold = 0.10`` and ``small_threshold = 0.06``, 97.4% and 96.8% for 6.2%."""
     partner_threshold: float = 0.6
     """Score threshold of the partner's own boxes."""
+    persons: bool = False
+    """Also run the person detector (MediaPipe BlazePose, ``pose_detection_int8``, about 9 ms a
+    frame) and redact each person's head region, placed from the model's keypoints, so heads
+    seen from behind or the side are covered too (:mod:`agent.vision.heads`; needs
+    ``[privacy] redact_person_heads``, on by default). It runs inside the detector's deadline:
+    if it fails the frame is dropped. Measured in docs/PROTECTION.md, "Person head regions"."""
     tile: int = 0
     """Also run the detector on overlapping tiles of this many source pixels (0: whole frame)."""
     tile_overlap: float = 0.25
@@ -110,6 +116,8 @@ class DetectorConfig:
             raise ConfigError(
                 f"[detector] partner_threshold = {self.partner_threshold} must be between 0 and 1"
             )
+        if self.persons and self.edgetpu:
+            raise ConfigError("[detector] persons: no EdgeTPU build of the person detector exists")
         if self.tile < 0 or (0 < self.tile < 64):
             raise ConfigError(f"[detector] tile = {self.tile}: use 0 (off) or at least 64 pixels")
         if not 0.0 <= self.tile_overlap < 0.9:
@@ -171,4 +179,12 @@ def build_detector(config: DetectorConfig) -> Detector:
         from agent.vision.tiling import TiledDetector
 
         detector = TiledDetector(detector, tile=config.tile, overlap=config.tile_overlap)
+    if config.persons:
+        from agent.vision.heads import HeadDetector, WithHeads
+        from agent.vision.persons import MODEL as PERSON_MODEL
+        from agent.vision.persons import PersonDetector, PersonDetectorConfig
+
+        person_path = verified_path(PERSON_MODEL, config.models_dir or MODELS_DIR)
+        people = PersonDetector(person_path, PersonDetectorConfig(num_threads=config.threads))
+        detector = WithHeads(detector, HeadDetector(people.load()))
     return detector
