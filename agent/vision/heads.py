@@ -14,7 +14,7 @@ region like any other. (The model's own box is drawn lower, over chin and neck, 
 used.)
 
 :class:`HeadDetector` turns every person into a ``Detection(kind="head")`` with that box, and
-:class:`WithHeads` adds them to a face detector's detections. Both run inside the guarded
+:class:`WithHeads` adds those of people whose face was not found to a face detector's detections. Both run inside the guarded
 detector like the face model (:mod:`agent.vision.guard`): if the person model raises or is too
 slow, the frame is dropped (fail closed). Head regions are tracked and held over like faces
 (:mod:`agent.vision.track` matches tracks of the same kind) and never merged with face boxes
@@ -108,16 +108,31 @@ class HeadDetector:
         return heads_of(self._persons.detect(rgb), self.geometry)
 
 
+def holds_a_face(head: Box, faces: list[Detection]) -> bool:
+    """A face detection's centre lies inside ``head``: that person's face was found."""
+    return any(
+        head.x0 <= (f.box.x0 + f.box.x1) / 2 <= head.x1
+        and head.y0 <= (f.box.y0 + f.box.y1) / 2 <= head.y1
+        for f in faces
+        if f.kind == "face"
+    )
+
+
 class WithHeads:
-    """A face detector's detections followed by a head detector's, on the same frame. Either
-    one raising raises (the guard then drops the frame)."""
+    """A face detector's detections followed by the head regions of the people whose face it did
+    not find (no face box's centre inside the head region: DESIGN.md, "where a person is detected
+    but no face is found"), on the same frame. A found face is redacted by its own box; its
+    head region would add hair and background for nothing the face box leaves. Either detector
+    raising raises (the guard then drops the frame)."""
 
     def __init__(self, faces: Detector, heads: Detector) -> None:
         self._faces = faces
         self._heads = heads
 
     def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
-        return [*self._faces.detect(rgb), *self._heads.detect(rgb)]
+        faces = self._faces.detect(rgb)
+        heads = self._heads.detect(rgb)
+        return [*faces, *(h for h in heads if not holds_a_face(h.box, faces))]
 
 
 __all__ = [
@@ -128,4 +143,5 @@ __all__ = [
     "WithHeads",
     "head_box",
     "heads_of",
+    "holds_a_face",
 ]

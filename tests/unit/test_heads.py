@@ -88,10 +88,16 @@ class _Broken:
 FACE = Detection(Box(20, 20, 40, 40), 0.9)
 
 
-def test_faces_come_first_then_heads() -> None:
-    both = WithHeads(_Fixed([FACE]), HeadDetector(_Fixed([_person((30.0, 0.0), (30.0, 60.0))])))
-    kinds = [d.kind for d in both.detect(np.zeros((64, 64, 3), np.uint8))]
-    assert kinds == ["face", "head"]
+def test_faces_come_first_then_the_heads_whose_face_was_not_found() -> None:
+    # head of the first person: x 7.5..52.5, y -6..54, holding FACE's centre (30, 30)
+    found = _person((30.0, 0.0), (30.0, 60.0))
+    missed = _person((100.0, 0.0), (100.0, 60.0))  # its face was not found
+    both = WithHeads(_Fixed([FACE]), HeadDetector(_Fixed([found, missed])))
+    out = both.detect(np.zeros((64, 128, 3), np.uint8))
+    assert [d.kind for d in out] == ["face", "head"]
+    assert out[1].box.x0 > 70  # the missed face's head, not the found one's
+    alone = WithHeads(_Fixed([]), HeadDetector(_Fixed([found, missed])))
+    assert [d.kind for d in alone.detect(np.zeros((64, 128, 3), np.uint8))] == ["head", "head"]
 
 
 def test_a_failing_person_detector_drops_the_frame_through_the_guard() -> None:
