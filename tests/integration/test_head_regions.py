@@ -5,12 +5,17 @@ output overwrites it; where it finds the face, no head region is added."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from agent.pipeline import Pipeline, PrivacyConfig, ProcessedFrame
 from agent.vision.detection import Box, Detector
 from agent.vision.factory import DetectorConfig, build_detector
 from agent.vision.guard import GuardedDetector
+from camveil.__main__ import main
 from hw.frame import Frame
 from tests.photos import photo
 
@@ -68,3 +73,20 @@ def test_a_found_face_gets_no_head_region() -> None:
 
 def test_no_person_no_head_region(blind: Detector) -> None:
     assert blind.detect(photo("coffee")) == []
+
+
+def test_camveil_redact_persons_overwrites_a_face_the_face_detector_misses(
+    faces: Detector, tmp_path: Path
+) -> None:
+    rgb = photo("astronaut")
+    (face,) = [d.box for d in faces.detect(rgb) if d.score > 0.5]
+    src, out = tmp_path / "astronaut.png", tmp_path / "out"
+    Image.fromarray(rgb).save(src)
+    x0, y0, x1, y1 = (round(v) for v in (face.x0, face.y0, face.x1, face.y1))
+    for persons, face_left in (([], True), (["--persons"], False)):
+        args = ["redact", str(src), "--out", str(out), "--threshold", "0.99", "--no-progress"]
+        assert main([*args, *persons]) == 0
+        with Image.open(out / "astronaut.png") as img:
+            written = np.asarray(img.convert("RGB"))
+        assert (written[y0:y1, x0:x1] == rgb[y0:y1, x0:x1]).all() == face_left
+        assert not persons or (written[y0:y1, x0:x1] == 0).all()
