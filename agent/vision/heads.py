@@ -16,9 +16,9 @@ used.)
 :class:`HeadDetector` turns every person into a ``Detection(kind="head")`` with that box, and
 :class:`WithHeads` adds those of the people whose face was not found to a face detector's
 detections. Both run inside the guarded detector like the face model (:mod:`agent.vision.guard`):
-if the person model raises or is too slow, the frame is dropped (fail closed). Head regions are tracked and held over like faces
-(:mod:`agent.vision.track` matches tracks of the same kind) and never merged with face boxes
-(:mod:`agent.vision.tiling` merges each kind on its own).
+if the person model raises or is too slow, the frame is dropped (fail closed). Head regions are
+tracked and held over like faces (:mod:`agent.vision.track` matches tracks of the same kind) and
+never merged with face boxes (:mod:`agent.vision.tiling` merges each kind on its own).
 """
 
 from __future__ import annotations
