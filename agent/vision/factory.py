@@ -58,10 +58,11 @@ class DetectorConfig:
     """Score threshold of the partner's own boxes."""
     persons: bool = False
     """Also run the person detector (MediaPipe BlazePose, ``pose_detection_int8``, about 9 ms a
-    frame) and redact each person's head region, placed from the model's keypoints, so heads
-    seen from behind or the side are covered too (:mod:`agent.vision.heads`; needs
-    ``[privacy] redact_person_heads``, on by default). It runs inside the detector's deadline:
-    if it fails the frame is dropped. Measured in docs/PROTECTION.md, "Person head regions"."""
+    frame, on the CPU) and redact the head region, placed from the model's keypoints, of each
+    person whose face was not found, so heads seen from behind or the side are covered too
+    (:mod:`agent.vision.heads`; needs ``[privacy] redact_person_heads``, on by default). It runs
+    inside the detector's deadline: if it fails the frame is dropped. Measured in
+    docs/PROTECTION.md, "Person head regions"."""
     tile: int = 0
     """Also run the detector on overlapping tiles of this many source pixels (0: whole frame)."""
     tile_overlap: float = 0.25
@@ -116,8 +117,6 @@ class DetectorConfig:
             raise ConfigError(
                 f"[detector] partner_threshold = {self.partner_threshold} must be between 0 and 1"
             )
-        if self.persons and self.edgetpu:
-            raise ConfigError("[detector] persons: no EdgeTPU build of the person detector exists")
         if self.tile < 0 or (0 < self.tile < 64):
             raise ConfigError(f"[detector] tile = {self.tile}: use 0 (off) or at least 64 pixels")
         if not 0.0 <= self.tile_overlap < 0.9:
