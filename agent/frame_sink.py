@@ -50,10 +50,12 @@ class ClosedWindow:
 def zone_counts(
     detections: Iterable[Detection], width: int, height: int, zones: Sequence[ZoneConfig]
 ) -> dict[str, tuple[int, int]]:
-    """Zone -> (people, faces) in one frame."""
-    per_zone = {ALL_ZONE: [0, 0], **{z.name: [0, 0] for z in zones}}
+    """Zone -> (people, faces) in one frame. A ``person`` box may hold a found face, so people
+    are at least the faces; a ``head`` region (``[detector] persons``) is only made for a
+    person whose face was not found, so heads add to the faces."""
+    per_zone = {ALL_ZONE: [0, 0, 0], **{z.name: [0, 0, 0] for z in zones}}
     for det in detections:
-        slot = 1 if det.kind == "face" else 0
+        slot = {"face": 1, "head": 2}.get(det.kind, 0)
         cx = (det.box.x0 + det.box.x1) / 2 / max(width, 1)
         cy = (det.box.y0 + det.box.y1) / 2 / max(height, 1)
         per_zone[ALL_ZONE][slot] += 1
@@ -61,7 +63,7 @@ def zone_counts(
             x0, y0, x1, y1 = zone.rect
             if x0 <= cx < x1 and y0 <= cy < y1:
                 per_zone[zone.name][slot] += 1
-    return {name: (max(p, f), f) for name, (p, f) in per_zone.items()}
+    return {name: (max(p, f) + h, f) for name, (p, f, h) in per_zone.items()}
 
 
 class PresenceWindows:

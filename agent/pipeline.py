@@ -62,9 +62,13 @@ class PrivacyConfig:
     redaction: RedactionConfig = field(default_factory=RedactionConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     redact_person_heads: bool = True
-    """Where a person is detected, also redact the top of the person box (its head)."""
+    """Where a person's head is detected, redact it: a ``head`` detection's box as it is (the
+    person detector of ``[detector] persons``, :mod:`agent.vision.heads`), the top
+    ``head_fraction`` of a ``person`` detection's box."""
     head_fraction: float = 0.3
-    """Share of a person box's height (from the top) treated as the head region."""
+    """Share of a ``person`` box's height (from the top) treated as the head region. The shipped
+    person detector gives ``head`` regions from its keypoints instead, which this does not
+    change."""
 
 
 def head_region(person: Box, fraction: float) -> Box:
@@ -73,12 +77,16 @@ def head_region(person: Box, fraction: float) -> Box:
 
 
 def regions_to_redact(tracked: list[TrackedRegion], config: PrivacyConfig) -> list[Box]:
-    """Face boxes plus (if configured) person head regions, from the tracker's output."""
+    """Face boxes plus (if configured) head regions, from the tracker's output."""
     out: list[Box] = []
     for region in tracked:
         if region.kind == "face":
             out.append(region.box)
-        elif config.redact_person_heads:
+        elif not config.redact_person_heads:
+            continue
+        elif region.kind == "head":
+            out.append(region.box)
+        else:
             out.append(head_region(region.box, config.head_fraction))
     return out
 

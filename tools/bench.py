@@ -275,6 +275,8 @@ def child_argv(case: BenchCase, settings: BenchSettings) -> list[str]:
         argv += ["--threshold", repr(det.threshold)]
     if det.small_threshold is not None:
         argv += ["--small-threshold", repr(det.small_threshold)]
+    if det.persons:
+        argv += ["--persons"]
     return argv
 
 

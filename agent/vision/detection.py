@@ -8,7 +8,9 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-Kind = Literal["face", "person"]
+Kind = Literal["face", "person", "head"]
+"""``face``: a face box; ``person``: a whole person (the visitor counter's); ``head``: the head
+region of a person, redacted like a face (:mod:`agent.vision.heads`)."""
 
 
 @dataclass(frozen=True)

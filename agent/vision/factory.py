@@ -56,6 +56,13 @@ class DetectorConfig:
     ``threshold = 0.10`` and ``small_threshold = 0.06``, 97.4% and 96.8% for 6.2%."""
     partner_threshold: float = 0.6
     """Score threshold of the partner's own boxes."""
+    persons: bool = False
+    """Also run the person detector (MediaPipe BlazePose, ``pose_detection_int8``, about 9 ms a
+    frame, on the CPU) and redact the head region, placed from the model's keypoints, of each
+    person whose face was not found, so heads seen from behind or the side are covered too
+    (:mod:`agent.vision.heads`; needs ``[privacy] redact_person_heads``, on by default). It runs
+    inside the detector's deadline: if it fails the frame is dropped. Measured in
+    docs/PROTECTION.md, "Person head regions"."""
     tile: int = 0
     """Also run the detector on overlapping tiles of this many source pixels (0: whole frame)."""
     tile_overlap: float = 0.25
@@ -171,4 +178,12 @@ def build_detector(config: DetectorConfig) -> Detector:
         from agent.vision.tiling import TiledDetector
 
         detector = TiledDetector(detector, tile=config.tile, overlap=config.tile_overlap)
+    if config.persons:
+        from agent.vision.heads import HeadDetector, WithHeads
+        from agent.vision.persons import MODEL as PERSON_MODEL
+        from agent.vision.persons import PersonDetector, PersonDetectorConfig
+
+        person_path = verified_path(PERSON_MODEL, config.models_dir or MODELS_DIR)
+        people = PersonDetector(person_path, PersonDetectorConfig(num_threads=config.threads))
+        detector = WithHeads(detector, HeadDetector(people.load()))
     return detector

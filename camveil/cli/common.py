@@ -38,6 +38,11 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--partner-threshold", type=float, default=0.6, help="partner score threshold (0.6)"
     )
+    group.add_argument(
+        "--persons",
+        action="store_true",
+        help="also redact the head of every person the person detector finds (default off)",
+    )
     group.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: off)")
     group.add_argument("--margin", type=float, default=0.25, help="box growth (default 0.25)")
     group.add_argument(
@@ -67,6 +72,7 @@ _DETECTOR_OPTIONS = {
         "extra_scale",
         "partner_threshold",
         "partner",
+        "persons",
         "tile",
         "model",
     )
@@ -87,6 +93,7 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
             extra_scale=args.extra_scale,
             partner=args.partner,
             partner_threshold=args.partner_threshold,
+            persons=args.persons,
             tile=args.tile,
         )
     except ConfigError as exc:

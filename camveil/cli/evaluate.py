@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         "small_threshold": args.small_threshold,
         "partner": args.partner,
         "partner_threshold": args.partner_threshold,
+        "persons": args.persons,
         "extra_scale": args.extra_scale,
         "scale": args.scale,
         "tile": args.tile,

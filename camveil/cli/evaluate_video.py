@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="default: the unit's detector; max: maximum protection (--extra-scale 2)",
     )
+    parser.add_argument(
+        "--persons",
+        action="store_true",
+        help="also redact the head of every person the person detector finds ([detector] persons)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     parser.add_argument(
         "--hold-frames",
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     video = args.video / truth.file if args.video.is_dir() else args.video
     check_video(truth, video)
     detector = dataclasses.replace(
-        SETTINGS[args.setting], threads=args.threads, timeout=args.timeout
+        SETTINGS[args.setting], threads=args.threads, timeout=args.timeout, persons=args.persons
     )
     privacy = PrivacyConfig(tracker=TrackerConfig(hold_frames=args.hold_frames))
     report = evaluate_video(video, truth, detector, privacy, size=args.size)
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"setting: {args.setting} (hold-over {args.hold_frames} frames)")
+        persons = ", person head regions" if args.persons else ""
+        print(f"setting: {args.setting}{persons} (hold-over {args.hold_frames} frames)")
         print(format_report(report))
     return 0

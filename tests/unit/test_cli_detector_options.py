@@ -31,3 +31,19 @@ def test_an_error_names_the_option() -> None:
         detector_config(_parse("--small-threshold", "1.5"))
     with pytest.raises(ConfigError, match=r"^--small-threshold applies to centerface_int8 only$"):
         detector_config(_parse("--model", "yunet_int8", "--small-threshold", "0.06"))
+
+
+def test_persons_is_off_unless_asked_for() -> None:
+    assert detector_config(_parse()).persons is False
+    assert detector_config(_parse("--persons")) == DetectorConfig(persons=True)
+
+
+def test_bench_children_run_with_the_person_detector_when_asked() -> None:
+    from agent.pipeline import PrivacyConfig
+    from tools.bench import BenchCase, BenchSettings, child_argv
+
+    case = BenchCase(1280, 720, 1)
+    on = BenchSettings(detector=DetectorConfig(persons=True), privacy=PrivacyConfig())
+    off = BenchSettings(detector=DetectorConfig(), privacy=PrivacyConfig())
+    assert "--persons" in child_argv(case, on)
+    assert "--persons" not in child_argv(case, off)

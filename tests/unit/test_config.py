@@ -67,6 +67,7 @@ def test_nested_tables_are_typed(tmp_path: Path) -> None:
             r"partner_threshold = 1.5 must be between 0 and 1",
         ),
         ('[detector]\npartner = "yunet_int8"\nedgetpu = true\n', r"no EdgeTPU build of yunet_int8"),
+        ('[detector]\npersons = "yes"\n', r"\[detector\] persons = 'yes': expected true or false"),
         ("[detector]\nsmall_threshold = 0.0\n", r"small_threshold = 0.0 must be between 0 and 1"),
         (
             '[detector]\nmodel = "yunet_int8"\nsmall_threshold = 0.06\n',

@@ -31,6 +31,11 @@ def test_people_at_least_faces_for_face_only_detectors() -> None:
     assert zone_counts([face(20, 50), face(30, 50)], W, H, []) == {"all": (2, 2)}
 
 
+def test_a_head_region_is_a_person_whose_face_was_not_found() -> None:
+    head = Detection(Box(30, 30, 50, 50), 0.8, "head")
+    assert zone_counts([face(20, 50), head], W, H, []) == {"all": (2, 1)}
+
+
 def test_window_keeps_the_maximum_and_closes_on_time() -> None:
     win = PresenceWindows(10.0, [LEFT])
     assert win.observe(100.0, [face(20, 50)], W, H) is None
