@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
-# Check the aarch64 bundle without a Pi: install it in an emulated Debian bookworm arm64 rootfs
-# (qemu user mode) and compare the int8 face detector's output there with the x86_64 bundle's.
+# Check the aarch64 bundle without a Pi: install it in an emulated Debian arm64 rootfs (qemu user
+# mode) and compare the int8 face detector's output there with the x86_64 bundle's.
 #
-#   sudo scripts/arm-check.sh [--dist DIR] [--cpus "cortex-a72 cortex-a76"] [--no-bench]
+#   sudo scripts/arm-check.sh [--suite bookworm|trixie] [--ref-python PY] [--dist DIR]
+#                             [--cpus "cortex-a72 cortex-a76"] [--no-bench]
 #
-#   --dist DIR   take camveil-<version>-{aarch64,x86_64}.tar.gz from DIR instead of building both
-#                (scripts/bundle.sh, needs PyPI) into the work directory
-#   --cpus LIST  emulated CPUs (qemu -cpu); default Pi 4 (cortex-a72) and Pi 5 (cortex-a76)
-#   --no-bench   skip `camveil bench` under emulation
+#   --suite S       the Debian release of the rootfs and the bundles' target: bookworm (default;
+#                   Raspberry Pi OS bookworm: CPython 3.11, glibc 2.36) or trixie (CPython 3.13,
+#                   glibc 2.41)
+#   --ref-python PY the x86_64 interpreter for the reference venv (default /usr/bin/python3);
+#                   must be the suite's CPython version
+#   --dist DIR      take camveil-<version>-{aarch64,x86_64}.tar.gz from DIR instead of building
+#                   both (scripts/bundle.sh, needs PyPI) into the work directory
+#   --cpus LIST     emulated CPUs (qemu -cpu); default Pi 4 (cortex-a72) and Pi 5 (cortex-a76)
+#   --no-bench      skip `camveil bench` under emulation
 #
-# Needs root (chroot, mounts), qemu-user-static with binfmt (flag F), debootstrap, the build
-# machine's /usr/bin/python3 at the bundle's version (the x86_64 reference venv), and the test
-# photos `make setup` fetches (.cache/pypi/face_recognition-*.tar.gz, skimage's astronaut.png):
+# Needs root (chroot, mounts), qemu-user-static with binfmt (flag F), debootstrap, an x86_64
+# CPython at the suite's version (the reference venv: /usr/bin/python3 on a bookworm build
+# machine), and the test photos `make setup` fetches (.cache/pypi/face_recognition-*.tar.gz,
+# skimage's astronaut.png):
 #   apt-get install qemu-user-static binfmt-support debootstrap
-# Work directory: $ARM_CHECK_DIR (default /tmp/camveil-arm-check); the rootfs there is kept and
-# reused. Mirror: $MIRROR, else the bookworm mirror in /etc/apt/sources*, else deb.debian.org.
+# Work directory: $ARM_CHECK_DIR (default /tmp/camveil-arm-check, /tmp/camveil-arm-check-trixie
+# for trixie); the rootfs there is kept and reused. Mirror: $MIRROR, else the suite's mirror in
+# /etc/apt/sources*, else deb.debian.org. The x86_64 bundle is built for the same CPython, for
+# glibc up to the build machine's, and constrained to the aarch64 bundle's wheel versions.
 # Exit status: 0 all match, 1 a mismatch (score diff > 0.05, box diff > 4 px, a face missing or
 # extra, XNNPACK not active), 2 a missing prerequisite or a failing step. Slow (about 10 minutes,
-# 5 more for the first rootfs): not part of `make test` or CI. Timings under emulation say
-# nothing about speed on a Pi.
+# 5 more for the first rootfs; trixie 7 and 5 on a loaded 2-core machine): not part of
+# `make test` or CI. Timings under emulation say nothing about speed on a Pi.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${ARM_CHECK_DIR:-/tmp/camveil-arm-check}
+SUITE=bookworm
+REF_PY=/usr/bin/python3
 CPUS="cortex-a72 cortex-a76"
 DIST_IN=""
 BENCH=1
@@ -35,12 +45,14 @@ die() {
   exit 2
 }
 usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
 while (($#)); do
   case "$1" in
+    --suite) SUITE=${2:?--suite needs bookworm or trixie} && shift ;;
+    --ref-python) REF_PY=${2:?--ref-python needs an interpreter} && shift ;;
     --dist) DIST_IN=${2:?--dist needs a directory} && shift ;;
     --cpus) CPUS=${2:?--cpus needs a list} && shift ;;
     --no-bench) BENCH=0 ;;
@@ -49,6 +61,11 @@ while (($#)); do
   esac
   shift
 done
+case "$SUITE" in
+  bookworm) PYVER=3.11 GLIBC=2.36 WORK=${ARM_CHECK_DIR:-/tmp/camveil-arm-check} ;;
+  trixie) PYVER=3.13 GLIBC=2.41 WORK=${ARM_CHECK_DIR:-/tmp/camveil-arm-check-trixie} ;;
+  *) echo "arm-check: --suite must be bookworm or trixie, not $SUITE" >&2 && usage 2 ;;
+esac
 
 # --- prerequisites ------------------------------------------------------------------------------
 [ "$(id -u)" -eq 0 ] || die "run as root (chroot and mounts): sudo $0"
@@ -58,18 +75,24 @@ BINFMT=/proc/sys/fs/binfmt_misc/qemu-aarch64
   die "no qemu-aarch64 binfmt handler: apt-get install qemu-user-static binfmt-support"
 grep -q '^flags:.*F' "$BINFMT" ||
   die "the qemu-aarch64 binfmt handler lacks flag F (fix binary), a chroot cannot use it"
-HOSTPY=/usr/bin/python3
-[ -x "$HOSTPY" ] || die "no $HOSTPY for the x86_64 reference venv"
+HOSTPY=$REF_PY
+command -v "$HOSTPY" >/dev/null || die "no $HOSTPY for the x86_64 reference venv (--ref-python)"
+hostpyver=$("$HOSTPY" -c 'import platform, sys
+print("%d.%d %s" % (*sys.version_info[:2], platform.machine()))') || die "$HOSTPY does not run"
+[ "$hostpyver" = "$PYVER x86_64" ] || die "the x86_64 reference needs CPython $PYVER on x86_64" \
+  "(the $SUITE bundle's), $HOSTPY is $hostpyver: pass one with --ref-python"
+HOST_GLIBC=$(getconf GNU_LIBC_VERSION | awk '{print $2}')
 first() { [ -e "$1" ] && echo "$1"; } # the first match of a glob, or nothing
 PHOTOS_TGZ=$(first "$REPO"/.cache/pypi/face_recognition-*.tar.gz || true)
 [ -n "$PHOTOS_TGZ" ] || die "no $REPO/.cache/pypi/face_recognition-*.tar.gz: run make setup"
 ASTRONAUT=$(first "$REPO"/.venv/lib/python3*/site-packages/skimage/data/astronaut.png || true)
 [ -n "$ASTRONAUT" ] || die "no skimage astronaut.png in $REPO/.venv: run make setup"
-if [ -z "${MIRROR:-}" ]; then
+if [ -z "${MIRROR:-}" ]; then # (no match, or no such files: not an error)
   MIRROR=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-    awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ && u !~ /security/ {print u; exit}')
-  [ -n "$MIRROR" ] || MIRROR=$(grep -hsE '^deb +[^ ]+ +bookworm( |$)' /etc/apt/sources.list \
-    /etc/apt/sources.list.d/*.list | awk '{print $2; exit}')
+    awk -v s="$SUITE" '/^URIs:/ {u=$2}
+      /^Suites:/ && $0 ~ (" " s "( |$)") && u !~ /security/ {print u; exit}' || true)
+  [ -n "$MIRROR" ] || MIRROR=$(grep -hsE "^deb +[^ ]+ +$SUITE( |\$)" /etc/apt/sources.list \
+    /etc/apt/sources.list.d/*.list | awk '{print $2; exit}' || true)
   MIRROR=${MIRROR:-http://deb.debian.org/debian}
 fi
 renice -n 10 -p $$ >/dev/null # a shared machine: the emulator takes a core for minutes
@@ -139,7 +162,7 @@ arm() {
     LANG=C.UTF-8 "$@"
 }
 
-# --- 1. the rootfs: Debian bookworm arm64 (minbase + python3), kept between runs -----------------
+# --- 1. the rootfs: Debian $SUITE arm64 (minbase + python3), kept between runs -----------------
 T0=$SECONDS
 if [ ! -f "$ROOT/.camveil-rootfs-ok" ]; then
   unmount_all
@@ -147,12 +170,20 @@ if [ ! -f "$ROOT/.camveil-rootfs-ok" ]; then
     ! grep -qF " $ROOT/" /proc/mounts || die "$ROOT still has mounts, not removing it"
     rm -rf --one-file-system "$ROOT"
   fi
-  say "debootstrap bookworm arm64 from $MIRROR into $ROOT (first stage)"
-  debootstrap --arch=arm64 --variant=minbase --include=python3 --foreign bookworm "$ROOT" \
+  say "debootstrap $SUITE arm64 from $MIRROR into $ROOT (first stage)"
+  debootstrap --arch=arm64 --variant=minbase --include=python3 --foreign "$SUITE" "$ROOT" \
     "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
     tail -n 20 "$WORK/debootstrap.log" >&2
     die "debootstrap (first stage) failed, log: $WORK/debootstrap.log"
   }
+  # the second stage runs debootstrap's resolver (grep and perl, emulated) over the whole
+  # Packages index, pass after pass: 56 MB for trixie arm64, well over half an hour on a loaded
+  # machine. It only needs the stanzas of the packages the first stage fetched (debpaths), so
+  # the rootfs keeps only those (apt in the rootfs then knows only them; the check needs no apt)
+  for f in "$ROOT"/var/lib/apt/lists/*_Packages; do
+    awk 'FNR == NR {keep[$1]; next} $2 in keep' "$ROOT/debootstrap/debpaths" RS= ORS='\n\n' \
+      "$f" >"$f.camveil" && mv "$f.camveil" "$f"
+  done
   say "second stage under qemu-aarch64 (a few minutes)"
   chroot "$ROOT" /debootstrap/debootstrap --second-stage >>"$WORK/debootstrap.log" 2>&1 || {
     tail -n 20 "$WORK/debootstrap.log" >&2
@@ -166,26 +197,44 @@ fi
 mount_chroot
 FIRST_CPU=${CPUS%% *}
 fake_cpu "$FIRST_CPU"
-arm "$FIRST_CPU" python3 -c 'import platform; print(platform.machine())' | grep -qx aarch64 ||
-  die "python3 in the rootfs does not run as aarch64"
+ROOTPY=$(arm "$FIRST_CPU" python3 -c 'import platform, sys
+print("%d.%d %s" % (*sys.version_info[:2], platform.machine()))') ||
+  die "python3 does not run in the rootfs"
+[ "$ROOTPY" = "$PYVER aarch64" ] ||
+  die "python3 in the $SUITE rootfs is $ROOTPY, not CPython $PYVER on aarch64"
 
 # --- 2. the bundles ----------------------------------------------------------------------------
 DIST=$WORK/dist
 if [ -n "$DIST_IN" ]; then
   DIST=$(cd "$DIST_IN" && pwd)
 else
-  for a in aarch64 x86_64; do
-    say "building the $a bundle (scripts/bundle.sh, into $DIST)"
-    ARCH=$a DIST=$DIST "$REPO/scripts/bundle.sh" >"$WORK/bundle-$a.log" 2>&1 || {
-      cat "$WORK/bundle-$a.log" >&2
-      die "scripts/bundle.sh --arch $a failed"
-    }
-  done
+  rm -f "$DIST"/camveil-*.tar.gz "$DIST"/camveil-*.tar.gz.sha256
+  say "building the aarch64 bundle for CPython $PYVER, glibc $GLIBC (scripts/bundle.sh, into $DIST)"
+  "$REPO/scripts/bundle.sh" --arch aarch64 --python "$PYVER" --glibc "$GLIBC" --out "$DIST" \
+    >"$WORK/bundle-aarch64.log" 2>&1 || {
+    cat "$WORK/bundle-aarch64.log" >&2
+    die "scripts/bundle.sh --arch aarch64 failed"
+  }
+  # the reference runs here: wheels for this machine's glibc, at the aarch64 bundle's versions
+  X86_GLIBC=$(printf '%s\n%s\n' "$GLIBC" "$HOST_GLIBC" | sort -V | head -n1)
+  tar -xzOf "$(ls "$DIST"/camveil-*-aarch64.tar.gz)" --wildcards '*/requirements.lock' |
+    grep -v '^camveil==' >"$WORK/aarch64.lock"
+  say "building the x86_64 bundle for CPython $PYVER, glibc $X86_GLIBC, the same wheel versions"
+  "$REPO/scripts/bundle.sh" --arch x86_64 --python "$PYVER" --glibc "$X86_GLIBC" --out "$DIST" \
+    --constraint "$WORK/aarch64.lock" >"$WORK/bundle-x86_64.log" 2>&1 || {
+    cat "$WORK/bundle-x86_64.log" >&2
+    die "scripts/bundle.sh --arch x86_64 failed"
+  }
 fi
 newest() { printf '%s\n' "$@" | sort -V | tail -n1; } # the newest version of a glob's matches
 TGZ_ARM=$(newest "$DIST"/camveil-*-aarch64.tar.gz)
 TGZ_X86=$(newest "$DIST"/camveil-*-x86_64.tar.gz)
 { [ -f "$TGZ_ARM" ] && [ -f "$TGZ_X86" ]; } || die "no aarch64 and x86_64 bundles in $DIST"
+for tgz in "$TGZ_ARM" "$TGZ_X86"; do
+  bpy=$(tar -xzOf "$tgz" --wildcards '*/BUNDLE_INFO' | sed -n 's/^python=//p')
+  [ "$bpy" = "$PYVER" ] ||
+    die "$(basename "$tgz") is for CPython $bpy, the $SUITE check needs $PYVER (--suite, --dist)"
+done
 NAME_ARM=$(basename "$TGZ_ARM" .tar.gz)
 NAME_X86=$(basename "$TGZ_X86" .tar.gz)
 
@@ -250,12 +299,16 @@ import numpy as np
 
 from agent.batch import load_image
 from agent.vision.centerface import CenterFaceDetector
+from hw.runtime import TFLiteRuntime
 from models import verified_path
 
 photos, out_path, heads = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 heads.mkdir(parents=True, exist_ok=True)
 det = CenterFaceDetector(verified_path("centerface_int8")).load()
-result = {"machine": platform.machine(), "photos": {}}
+# whether a delegate (XNNPACK) runs the model, as the agent and `camveil bench` tell it (the
+# runtime's own "Created TensorFlow Lite XNNPACK delegate" line is filtered out of stderr)
+xnnpack = TFLiteRuntime(verified_path("centerface_int8")).load().delegated
+result = {"machine": platform.machine(), "xnnpack": xnnpack, "photos": {}}
 for p in sorted(photos.iterdir()):
     rgb = load_image(p)
     head, placement = CenterFaceDetector.raw(det, rgb)
@@ -326,12 +379,23 @@ cp -r "$CHECK" "$ROOT/tmp/check"
 # --- 6. the detector on x86_64 and on each emulated CPU, then the comparison --------------------
 FAIL=0
 SUMMARY=()
+# xnnpack RESULT.json: did a delegate (XNNPACK) run the model there
+xnnpack() {
+  "$X86_VENV/bin/python" -c 'import json, sys
+sys.exit(json.load(open(sys.argv[1])).get("xnnpack") is not True)' "$1"
+}
 say "detector on x86_64 (reference)"
 "$X86_VENV/bin/python" "$CHECK/detect.py" "$CHECK/photos" "$CHECK/x86.json" "$CHECK/heads-x86" \
   2>"$CHECK/x86.err" || {
   cat "$CHECK/x86.err" >&2
   die "detect.py failed on x86_64"
 }
+if xnnpack "$CHECK/x86.json"; then
+  SUMMARY+=("x86_64 reference: XNNPACK runs the model")
+else
+  FAIL=1
+  SUMMARY+=("x86_64 reference: MISMATCH: XNNPACK does not run the model ($CHECK/x86.err)")
+fi
 for cpu in $CPUS; do
   fake_cpu "$cpu"
   say "detector on emulated $cpu (a few minutes)"
@@ -341,9 +405,9 @@ for cpu in $CPUS; do
     cat "$CHECK/$cpu.err" >&2
     die "detect.py failed on emulated $cpu"
   }
-  if ! grep -q "XNNPACK delegate" "$CHECK/$cpu.err"; then
+  if ! xnnpack "$ROOT/tmp/check/$cpu.json"; then
     FAIL=1
-    SUMMARY+=("$cpu: MISMATCH: TFLite did not create the XNNPACK delegate ($CHECK/$cpu.err)")
+    SUMMARY+=("$cpu: MISMATCH: XNNPACK does not run the model ($CHECK/$cpu.err)")
   fi
   if "$X86_VENV/bin/python" "$CHECK/compare.py" "$CHECK/x86.json" "$CHECK/heads-x86" \
     "$ROOT/tmp/check/$cpu.json" "$ROOT/tmp/check/heads-$cpu" "$cpu" "$SCORE_TOL" "$BOX_TOL" \
@@ -443,7 +507,8 @@ fi
 
 # --- summary --------------------------------------------------------------------------------------
 echo
-echo "== camveil arm-check: $NAME_ARM in Debian bookworm arm64 under qemu-aarch64 vs $NAME_X86"
+echo "== camveil arm-check: $NAME_ARM (CPython $PYVER) in Debian $SUITE arm64 under" \
+  "qemu-aarch64 vs $NAME_X86 ($("$X86_VENV/bin/python" -V))"
 echo "install.sh as root in the emulated rootfs: ${INSTALL_S} s ($INSTALL_WHAT); second run" \
   "${REINSTALL_S} s, nothing to change"
 cat "$CHECK"/compare-*.txt

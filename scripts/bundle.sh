@@ -30,6 +30,12 @@
 # default from CPython 3.13 on, for which numpy 1.x has no wheels: Raspberry Pi OS trixie has
 # Python 3.13 and Debian trixie's numpy 2.2, so its picamera2 stack is built against numpy 2.
 #
+# opencv-python-headless<5 for every target. OpenCV 5's INTER_LINEAR resize, which CenterFace runs
+# on every frame (stretch to multiples of 32), gives other pixels on aarch64 than on x86_64, where
+# the detector is measured: on the emulated trixie check (scripts/arm-check.sh --suite trixie)
+# boxes moved by up to 17 px and a face in biden.jpg was lost and found elsewhere. OpenCV 4.14's
+# INTER_LINEAR gives the same pixels on both, and the same as OpenCV 5.1 on x86_64.
+#
 # Targets: Raspberry Pi OS bookworm (defaults); Raspberry Pi OS trixie (--python 3.13 --glibc
 # 2.41); NVIDIA Jetson JetPack 6 (--python 3.10 --glibc 2.35).
 set -euo pipefail
@@ -135,8 +141,9 @@ for key, model in manifest["models"].items():
 EOF
 
 # 3. runtime dependencies for the target, resolved from the wheel's own metadata
-echo "bundle: downloading wheels for $ARCH, CPython $PYTHON_VERSION, glibc <= $GLIBC, numpy $NUMPY.x"
+echo "bundle: downloading wheels for $ARCH, CPython $PYTHON_VERSION, glibc <= $GLIBC, numpy $NUMPY.x, opencv 4.x"
 if [ "$NUMPY" = 1 ]; then echo "numpy<2" >"$WORK/numpy.txt"; else echo "numpy>=2" >"$WORK/numpy.txt"; fi
+echo "opencv-python-headless<5" >>"$WORK/numpy.txt" # the same resize on aarch64 as on x86_64
 pip download -q "${TARGET[@]}" --constraint "$WORK/numpy.txt" \
   ${CONSTRAINT:+--constraint "$CONSTRAINT"} -d "$B/wheels" "$WHEEL" >"$WORK/download.log" 2>&1 ||
   { grep -v "is ignored: it is neither" "$WORK/download.log" >&2; die "pip download for $ARCH failed"; }

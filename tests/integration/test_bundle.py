@@ -481,6 +481,22 @@ def test_jetpack6_bundle_carries_what_cpython_310_needs(tmp_path: Path) -> None:
     assert (jetson.tree / "systemd" / JETSON_DROPIN).is_file()
 
 
+@pytest.mark.slow
+def test_trixie_bundle_takes_numpy_2_and_opencv_4(tmp_path: Path) -> None:
+    """Raspberry Pi OS trixie: CPython 3.13, glibc 2.41, numpy 2 by default, and OpenCV 4.x,
+    whose INTER_LINEAR resize gives the same pixels on aarch64 as on x86_64 (OpenCV 5.1's does
+    not: scripts/arm-check.sh --suite trixie, docs/INSTALL.md)."""
+    trixie = _build(tmp_path, "aarch64", "2.41", "3.13")
+    wheels = sorted(p.name for p in (trixie.tree / "wheels").iterdir())
+    for name in ["ai_edge_litert-", "numpy-", "opencv_python_headless-"]:
+        (wheel,) = [w for w in wheels if w.startswith(name)]
+        assert wheel.endswith("aarch64.whl"), wheel
+        assert "-cp313-" in wheel or "-abi3-" in wheel, wheel
+    assert any(w.startswith("numpy-2.") for w in wheels), wheels
+    assert any(w.startswith("opencv_python_headless-4.") for w in wheels), wheels
+    assert "python=3.13\nglibc=2.41\n" in (trixie.tree / "BUNDLE_INFO").read_text()
+
+
 def test_cpython_313_needs_numpy_2(tmp_path: Path) -> None:
     """Raspberry Pi OS trixie's Python 3.13: numpy 1.x has no wheels for it, said before any
     download (the trixie bundle itself takes numpy 2 by default)."""
