@@ -120,6 +120,33 @@ class Letterbox:
         return out
 
 
+def decode_anchors(
+    regs: npt.NDArray[np.floating[Any]],
+    scores: npt.NDArray[np.floating[Any]],
+    anchors: npt.NDArray[np.floating[Any]],
+    keypoints: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Candidate boxes of a MediaPipe SSD head (BlazeFace, BlazePose's person detector).
+
+    Each row of ``regs`` is (dx, dy, w, h, then ``keypoints`` (x, y) pairs), all relative to
+    its anchor's centre in ``anchors`` (N, 2), in the letterboxed input's pixels. Returns the
+    boxes (x0, y0, x1, y1), scores and flattened keypoints of the rows whose box has a positive
+    size, as float32."""
+    cx, cy = regs[:, 0] + anchors[:, 0], regs[:, 1] + anchors[:, 1]
+    half_w, half_h = regs[:, 2] / 2, regs[:, 3] / 2
+    valid = (half_w > 0) & (half_h > 0)
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
+    end = 4 + 2 * keypoints
+    points = (regs[:, 4:end].reshape(-1, keypoints, 2) + anchors[:, None, :]).reshape(
+        -1, 2 * keypoints
+    )
+    return (
+        boxes[valid].astype(np.float32),
+        scores[valid].astype(np.float32),
+        points[valid].astype(np.float32),
+    )
+
+
 def letterbox(
     rgb: npt.NDArray[np.uint8], size: int = INPUT_SIZE, interpolation: str = "area"
 ) -> tuple[npt.NDArray[np.uint8], Letterbox]:
@@ -267,17 +294,9 @@ class BlazeFaceDetector:
         keep = np.flatnonzero(scores >= cfg.score_threshold)
         if keep.size == 0:
             return []
-        r, a = regs[keep], self._anchors[keep]
-        cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
-        half_w, half_h = r[:, 2] / 2, r[:, 3] / 2
-        valid = (half_w > 0) & (half_h > 0)
-        cand: npt.NDArray[np.float32] = np.stack(
-            [cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1
-        )[valid].astype(np.float32)
-        # six keypoints (x, y), each relative to its anchor centre
-        points = (r[:, 4:16].reshape(-1, KEYPOINTS, 2) + a[:, None, :]).reshape(-1, 2 * KEYPOINTS)
-        cand_points: npt.NDArray[np.float32] = points[valid].astype(np.float32)
-        cand_scores: npt.NDArray[np.float32] = scores[keep][valid].astype(np.float32)
+        cand, cand_scores, cand_points = decode_anchors(
+            regs[keep], scores[keep], self._anchors[keep], KEYPOINTS
+        )
         if cfg.weighted_nms:
             merged, sc, kp = weighted_nms(cand, cand_scores, cfg.iou_threshold, cand_points)
         else:

@@ -28,7 +28,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from agent.vision.blazeface import Letterbox, letterbox, weighted_nms
+from agent.vision.blazeface import Letterbox, decode_anchors, letterbox, weighted_nms
 from agent.vision.detection import Box, Detection
 from agent.vision.nms import nms
 from contract.errors import ModelError
@@ -151,18 +151,10 @@ class PersonDetector:
         keep = np.flatnonzero(scores >= cfg.score_threshold)
         if keep.size == 0:
             return []
-        r, a = regs[keep], self._anchors[keep]
-        cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
-        half_w, half_h = r[:, 2] / 2, r[:, 3] / 2
-        valid = (half_w > 0) & (half_h > 0)
-        heads = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
-        points = (r[:, 4:].reshape(-1, KEYPOINTS, 2) + a[:, None, :]).reshape(-1, 2 * KEYPOINTS)
-        merged, sc, kp = weighted_nms(
-            heads[valid].astype(np.float32),
-            scores[keep][valid].astype(np.float32),
-            cfg.iou_threshold,
-            points[valid].astype(np.float32),
+        heads, head_scores, points = decode_anchors(
+            regs[keep], scores[keep], self._anchors[keep], KEYPOINTS
         )
+        merged, sc, kp = weighted_nms(heads, head_scores, cfg.iou_threshold, points)
         h, w = rgb.shape[:2]
         head_img = lb.to_image(merged)
         kp_img = lb.points_to_image(kp.reshape(-1, 2)).reshape(-1, KEYPOINTS, 2)
