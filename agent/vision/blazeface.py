@@ -122,16 +122,21 @@ class Letterbox:
 
 def decode_anchors(
     regs: npt.NDArray[np.floating[Any]],
-    scores: npt.NDArray[np.floating[Any]],
+    logits: npt.NDArray[np.floating[Any]],
     anchors: npt.NDArray[np.floating[Any]],
     keypoints: int,
+    threshold: float,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Candidate boxes of a MediaPipe SSD head (BlazeFace, BlazePose's person detector).
 
-    Each row of ``regs`` is (dx, dy, w, h, then ``keypoints`` (x, y) pairs), all relative to
-    its anchor's centre in ``anchors`` (N, 2), in the letterboxed input's pixels. Returns the
-    boxes (x0, y0, x1, y1), scores and flattened keypoints of the rows whose box has a positive
-    size, as float32."""
+    ``logits`` (N,) are the raw scores (sigmoid, clipped at :data:`RAW_SCORE_LIMIT`); each row of
+    ``regs`` is (dx, dy, w, h, then ``keypoints`` (x, y) pairs), all relative to its anchor's
+    centre in ``anchors`` (N, 2), in the letterboxed input's pixels. Returns the boxes
+    (x0, y0, x1, y1), scores and flattened keypoints of the rows that score at least
+    ``threshold`` and whose box has a positive size, as float32 (empty when none)."""
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT)))
+    keep = np.flatnonzero(scores >= threshold)
+    regs, scores, anchors = regs[keep], scores[keep], anchors[keep]
     cx, cy = regs[:, 0] + anchors[:, 0], regs[:, 1] + anchors[:, 1]
     half_w, half_h = regs[:, 2] / 2, regs[:, 3] / 2
     valid = (half_w > 0) & (half_h > 0)
@@ -290,13 +295,11 @@ class BlazeFaceDetector:
     def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
         cfg = self._config
         regs, logits, lb = self.raw(rgb)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT)))
-        keep = np.flatnonzero(scores >= cfg.score_threshold)
-        if keep.size == 0:
-            return []
         cand, cand_scores, cand_points = decode_anchors(
-            regs[keep], scores[keep], self._anchors[keep], KEYPOINTS
+            regs, logits, self._anchors, KEYPOINTS, cfg.score_threshold
         )
+        if cand_scores.size == 0:
+            return []
         if cfg.weighted_nms:
             merged, sc, kp = weighted_nms(cand, cand_scores, cfg.iou_threshold, cand_points)
         else:

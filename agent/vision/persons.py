@@ -40,7 +40,6 @@ STRIDES: Final = (8, 16, 32, 32, 32)
 NUM_ANCHORS: Final = 2254
 REGRESSORS: Final = 12
 KEYPOINTS: Final = 4
-RAW_SCORE_LIMIT: Final = 80.0
 
 
 @dataclass(frozen=True)
@@ -147,13 +146,11 @@ class PersonDetector:
     def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
         cfg = self.config
         regs, logits, lb = self.raw(rgb)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT)))
-        keep = np.flatnonzero(scores >= cfg.score_threshold)
-        if keep.size == 0:
-            return []
         heads, head_scores, points = decode_anchors(
-            regs[keep], scores[keep], self._anchors[keep], KEYPOINTS
+            regs, logits, self._anchors, KEYPOINTS, cfg.score_threshold
         )
+        if head_scores.size == 0:
+            return []
         merged, sc, kp = weighted_nms(heads, head_scores, cfg.iou_threshold, points)
         h, w = rgb.shape[:2]
         head_img = lb.to_image(merged)
