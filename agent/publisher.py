@@ -165,19 +165,25 @@ class Publisher:
             if stop.is_set():
                 break
             try:
-                while self.pump() and not stop.is_set():
-                    pass
+                while True:
+                    more = self.pump()
+                    # Recovered as soon as one batch goes through, not when the backlog is
+                    # drained: a long drain after an outage must not read as failing (and
+                    # withhold the watchdog, which would restart the unit mid-drain).
+                    self._worked()
+                    if not more or stop.is_set():
+                        break
             except Exception as exc:  # an outbox error must not end delivery for good
                 self._failed(exc)
                 stop.wait(1.0)
                 self._wake.set()  # retry soon, not only at the next enqueue
-            else:
-                if self._failing_since is not None:
-                    logger.info(
-                        "publisher: publishing works again after %.0f s of failures",
-                        self.failing_for(),
-                    )
-                self._failing_since = None
+
+    def _worked(self) -> None:
+        if self._failing_since is not None:
+            logger.info(
+                "publisher: publishing works again after %.0f s of failures", self.failing_for()
+            )
+        self._failing_since = None
 
     def _failed(self, exc: Exception) -> None:
         now = time.monotonic()
