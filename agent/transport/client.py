@@ -3,8 +3,10 @@ description of why a connection attempt failed (:func:`describe`)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
+from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -32,18 +34,18 @@ class Client(mqtt.Client):
             raise
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        try:
+        with self._first_error():
             return super()._sock_recv(bufsize)
-        except BlockingIOError:
-            raise
-        except OSError as exc:
-            if self.last_error is None:
-                self.last_error = exc
-            raise
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
-        try:
+        with self._first_error():
             return super()._sock_send(buf)
+
+    @contextlib.contextmanager
+    def _first_error(self) -> Iterator[None]:
+        """Keep the first socket error of this attempt (not "would block"), then re-raise."""
+        try:
+            yield
         except BlockingIOError:
             raise
         except OSError as exc:
